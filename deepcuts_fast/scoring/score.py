@@ -1,0 +1,383 @@
+"""`dc.score`: run the calibration batches once per pass and turn probe statistics into scores.
+
+Criteria that share ingredients share passes: gradient, cam-cut and cam-cut-shift use one clean
+pass; the smooth criteria use one pass with the N noisy copies stacked in the batch dimension
+(chunked under a memory cap); magnitude and random need no data.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch import ROLES, embeddings_module, encoder_layers
+from ..errors import DeepCutsError
+from .criteria import Criterion, get_criterion
+from .layout import LayerLayout, model_layout, reduce_to_units
+from .probes import LinearProbe, PassContext
+from .scores import Scores
+
+GRANULARITIES = ("weight", "unit")
+UNIT_METHODS = ("sum", "first-order")
+BACKENDS = ("auto", "torch", "triton", "cpp", "cuda")
+DEFAULT_CPU_MEMORY = 4 << 30
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Everything that changes the numbers, recorded in the saved scores."""
+
+    granularity: str = "weight"
+    unit_method: str = "sum"
+    noise_samples: int = 10
+    noise_std: float = 1e-3
+    shift: float = 10.0
+    seed: int = 0
+    dtype: str | None = None
+    train_mode: bool = False
+    sequential_noise: bool = False
+    include_padding: bool = False
+
+
+def score(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    criterion: str = "smooth-cut",
+    granularity: str = "weight",
+    **kwargs,
+) -> Scores:
+    """Score every prunable weight (or unit) of `model` with one criterion; see `score_many`."""
+    return score_many(model, batches, [criterion], granularity=granularity, **kwargs)[get_criterion(criterion).name]
+
+
+def score_many(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None,
+    criteria: Sequence[str],
+    granularity: str = "weight",
+    unit_method: str = "sum",
+    noise_samples: int = 10,
+    noise_std: float = 1e-3,
+    shift: float = 10.0,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    max_memory: int | None = None,
+    train_mode: bool = False,
+    sequential_noise: bool = False,
+    include_padding: bool = False,
+    reference: bool = False,
+) -> dict[str, Scores]:
+    """Score `model` with several criteria, sharing forward/backward passes between them.
+
+    `reference=True` reproduces the original DeepCuts code: train mode (dropout on), the N noise
+    samples as N sequential passes, and activation means over padding tokens too.
+    """
+    crits = _unique_criteria(criteria)
+    _check_options(granularity, unit_method, noise_samples, noise_std, backend)
+    if reference:
+        train_mode = sequential_noise = include_padding = True
+    opts = ScoreOptions(granularity, unit_method, int(noise_samples), float(noise_std), float(shift), int(seed),
+                        None if dtype is None else str(dtype).replace("torch.", ""),
+                        train_mode, sequential_noise, include_padding)
+    layout = model_layout(model)
+    meta_base = _model_meta(model, opts)
+    results: dict[str, Scores] = {}
+    for crit in (c for c in crits if not c.uses_gradient):
+        results[crit.name] = _data_free_scores(model, layout, crit, opts, meta_base)
+    grad_crits = [c for c in crits if c.uses_gradient]
+    if grad_crits:
+        batch_list = _materialise(batches)
+        for smooth in (False, True):
+            group = [c for c in grad_crits if c.smooth == smooth]
+            if group:
+                runner = _Pass(model, layout, group, smooth, opts, dtype, max_memory, progress)
+                results.update(runner.run(batch_list, meta_base))
+    return {c.name: results[c.name] for c in crits}
+
+
+def _unique_criteria(names: Sequence[str]) -> list[Criterion]:
+    if isinstance(names, str):
+        names = [names]
+    out: list[Criterion] = []
+    for n in names:
+        c = get_criterion(n)
+        if c not in out:
+            out.append(c)
+    if not out:
+        raise DeepCutsError("no criterion given")
+    return out
+
+
+def _check_options(granularity: str, unit_method: str, n: int, std: float, backend: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise DeepCutsError(f"unknown granularity {granularity!r}; choose 'weight' or 'unit'")
+    if unit_method not in UNIT_METHODS:
+        raise DeepCutsError(f"unknown unit_method {unit_method!r}; choose 'sum' or 'first-order'")
+    if int(n) < 1:
+        raise DeepCutsError(f"noise_samples must be >= 1, got {n}")
+    if not (math.isfinite(std) and std >= 0):
+        raise DeepCutsError(f"noise_std must be a finite number >= 0, got {std}")
+    if backend not in BACKENDS:
+        raise DeepCutsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in ("auto", "torch"):
+        raise DeepCutsError(f"backend {backend!r} is not built in this installation; use backend='torch' or 'auto'")
+
+
+def _model_meta(model: nn.Module, opts: ScoreOptions) -> dict:
+    from .. import __version__
+
+    prunable = sum(p.numel() for lin in _linears(model) for p in lin.parameters())
+    return {
+        **asdict(opts),
+        "model_type": model.config.model_type,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "prunable_params": prunable,
+        "version": __version__,
+    }
+
+
+def _linears(model: nn.Module) -> list[nn.Linear]:
+    return [layer.linears[r] for layer in encoder_layers(model) for r in ROLES]
+
+
+def _materialise(batches) -> list[Mapping[str, torch.Tensor]]:
+    if batches is None:
+        raise DeepCutsError("gradient-based criteria need calibration batches; pass batches=...")
+    batch_list = list(batches)
+    if not batch_list:
+        raise DeepCutsError("no calibration batches: the data is empty")
+    for i, b in enumerate(batch_list):
+        if "labels" not in b:
+            raise DeepCutsError(f"calibration batch {i} has no 'labels'; gradient-based criteria need labels")
+    return batch_list
+
+
+def _data_free_scores(model: nn.Module, layout: list[LayerLayout], crit: Criterion, opts: ScoreOptions,
+                      meta_base: dict) -> Scores:
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(opts.seed)
+    weights = {}
+    for layer in layout:
+        for r in ROLES:
+            for kind in ("weight", "bias"):
+                name = f"{layer.names[r]}.{kind}"
+                if name in params:
+                    p = params[name].detach()
+                    weights[name] = torch.rand(p.shape, generator=g) if crit.random else p.float().abs().cpu()
+    scores = Scores(weights, layout, {**meta_base, "criterion": crit.name, "batches": 0})
+    if opts.granularity == "unit":
+        return Scores({}, layout, scores.meta, heads=scores.unit_scores()["heads"],
+                      neurons=scores.unit_scores()["neurons"])
+    return scores
+
+
+class _Pass:
+    """One scoring pass (clean or noisy) over all calibration batches for a group of criteria."""
+
+    def __init__(self, model, layout, criteria, smooth, opts: ScoreOptions, dtype, max_memory, progress):
+        self.model, self.layout, self.criteria, self.opts = model, layout, criteria, opts
+        self.samples = opts.noise_samples if smooth else 1
+        self.noise_std = opts.noise_std if smooth else 0.0
+        self.dtype, self.max_memory, self.progress = dtype, max_memory, progress
+        self.first_order = opts.granularity == "unit" and opts.unit_method == "first-order"
+        self.ctx = PassContext(seed=opts.seed)
+        self.device = next(model.parameters()).device
+        self.probes = self._make_probes()
+        self.acc: dict[str, dict] = {c.name: {} for c in criteria}
+        self.units: dict[str, list] = {c.name: [None] * len(layout) for c in criteria}
+
+    def _make_probes(self) -> list[list[LinearProbe]]:
+        want_rows = any(c.cam for c in self.criteria)
+        probes = []
+        index = 0
+        for layer in encoder_layers(self.model):
+            row = []
+            for r in ROLES:
+                row.append(LinearProbe(
+                    name=layer.names[r], index=index, module=layer.linears[r], ctx=self.ctx,
+                    want_grad=not self.first_order, want_rows=want_rows and not self.first_order,
+                    want_activation=self.first_order and r in ("attn_out", "ffn_out"),
+                ))
+                index += 1
+            probes.append(row)
+        return probes
+
+    def run(self, batches: list, meta_base: dict) -> dict[str, Scores]:
+        chunk = 1 if self.opts.sequential_noise else self._samples_per_chunk(batches[0])
+        chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
+        names = "+".join(c.name for c in self.criteria)
+        with self._scoring_mode(), tqdm(total=len(batches) * len(chunks), desc=f"scoring {names}",
+                                        disable=not self.progress, leave=False) as bar:
+            for b, batch in enumerate(batches):
+                for samples in chunks:
+                    self._forward_backward(b, batch, samples)
+                    bar.update(1)
+                self._epilogue(b)
+        meta = {**meta_base, "batches": len(batches), "samples_per_chunk": chunk}
+        return {c.name: self._finish(c, meta) for c in self.criteria}
+
+    @contextlib.contextmanager
+    def _scoring_mode(self):
+        """Probes attached, no parameter gradients, eval (or train) mode; all restored afterwards."""
+        model = self.model
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        was_training = model.training
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.train(self.opts.train_mode)
+        handle = embeddings_module(model).register_forward_hook(_start_graph)
+        for row in self.probes:
+            for p in row:
+                p.attach()
+        fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        try:
+            with fork:
+                torch.manual_seed(self.opts.seed)
+                yield
+        finally:
+            handle.remove()
+            for row in self.probes:
+                for p in row:
+                    p.detach()
+                    p.reset()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            model.train(was_training)
+
+    def _samples_per_chunk(self, batch: Mapping[str, torch.Tensor]) -> int:
+        cfg = self.model.config
+        batch_size, seq = batch["input_ids"].shape[:2]
+        hidden = self.layout[0] and self.probes[0][0].module.in_features
+        ffn = self.probes[0][4].module.out_features
+        heads = self.probes[0][0].module.out_features // self.layout[0].head_dim
+        elt = 2 if self.dtype in (torch.bfloat16, torch.float16) else 4
+        tokens = batch_size * seq
+        per_layer = tokens * (10 * hidden + 3 * ffn) * elt + 3 * batch_size * heads * seq * seq * elt
+        per_sample = per_layer * cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else per_layer
+        cap = self.max_memory or _default_memory(self.device)
+        return max(1, min(self.samples, cap // max(1, per_sample)))
+
+    def _forward_backward(self, b: int, batch: Mapping[str, torch.Tensor], samples: range) -> None:
+        k = len(samples)
+        inputs = {key: v.to(self.device) for key, v in batch.items() if torch.is_tensor(v)}
+        labels = inputs.pop("labels")
+        batch_size = labels.shape[0]
+        if k > 1:
+            inputs = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in inputs.items()}
+            labels = labels.repeat(k, *([1] * (labels.dim() - 1)))
+        mask = inputs.get("attention_mask")
+        if mask is None or self.opts.include_padding:
+            mask = torch.ones(inputs["input_ids"].shape, device=self.device)
+        self.ctx.token_mask = mask.reshape(-1).float()
+        self.ctx.batch_index, self.ctx.samples, self.ctx.noise_std = b, samples, self.noise_std
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            logits = self.model(**inputs).logits
+        loss = _summed_sample_loss(logits.float(), labels, batch_size)
+        if not torch.isfinite(loss):
+            raise DeepCutsError(f"non-finite loss ({loss.item()}) on calibration batch {b}; "
+                                "check the model weights and labels")
+        loss.backward()
+
+    @torch.no_grad()
+    def _epilogue(self, b: int) -> None:
+        """Turn one batch's accumulated statistics into scores and add them up."""
+        self._check_finite(b)
+        for li, row in enumerate(self.probes):
+            for crit in self.criteria:
+                if self.first_order:
+                    heads, neurons = self._first_order_units(crit, row)
+                else:
+                    batch_scores = {}
+                    for p in row:
+                        batch_scores.update(self._weight_scores(crit, p, b))
+                    if self.opts.granularity == "weight":
+                        _accumulate(self.acc[crit.name], batch_scores)
+                        continue
+                    heads, neurons = reduce_to_units(self.layout[li], batch_scores)
+                prev = self.units[crit.name][li]
+                self.units[crit.name][li] = (heads, neurons) if prev is None else (prev[0] + heads, prev[1] + neurons)
+            for p in row:
+                p.reset()
+
+    def _check_finite(self, b: int) -> None:
+        """Name the layer nearest the loss whose gradients are not finite (where they went bad)."""
+        for p in reversed([p for row in self.probes for p in row]):
+            stat = p.act_dot if self.first_order else p.grad
+            if stat is not None and not torch.isfinite(stat.sum()):
+                raise DeepCutsError(f"non-finite gradients in {p.name} on calibration batch {b}; "
+                                    "check the model weights and inputs, or score in fp32")
+
+    def _weight_scores(self, crit: Criterion, p: LinearProbe, b: int) -> dict[str, torch.Tensor]:
+        if p.grad is None:
+            raise DeepCutsError(f"no gradient reached {p.name} on calibration batch {b}; "
+                                "is the layer used by the model's forward?")
+        scale = 1.0 / self.samples
+        w = p.module.weight.detach().float()
+        out = {p.name + ".weight": w * p.grad * scale}
+        if p.module.bias is not None:
+            out[p.name + ".bias"] = p.module.bias.detach().float() * p.grad_bias * scale
+        shift = crit.row_weight_shift(self.opts.shift)
+        if shift is not None:
+            roww = p.out_sum / max(p.tokens, 1.0) + shift
+            out = {k: v * (roww[:, None] if v.dim() == 2 else roww) for k, v in out.items()}
+        for v in out.values():
+            v.abs_()
+        return out
+
+    def _first_order_units(self, crit: Criterion, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
+        result = []
+        for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
+            if p.act_dot is None:
+                raise DeepCutsError(f"no gradient reached the input of {p.name}")
+            channel = p.act_dot / self.samples
+            shift = crit.row_weight_shift(self.opts.shift)
+            if shift is not None:
+                channel = channel * (p.act_sum / max(p.tokens, 1.0) + shift)
+            result.append(channel.view(-1, d).sum(1).abs())
+        return result[0], result[1]
+
+    def _finish(self, crit: Criterion, meta: dict) -> Scores:
+        meta = {**meta, "criterion": crit.name}
+        if self.opts.granularity == "weight":
+            return Scores({k: v.cpu() for k, v in self.acc[crit.name].items()}, self.layout, meta)
+        units = self.units[crit.name]
+        return Scores({}, self.layout, meta, heads=[u[0].cpu() for u in units], neurons=[u[1].cpu() for u in units])
+
+
+def _start_graph(module: nn.Module, inputs, output):
+    """Make the embedding output require grad so the encoder builds a graph with frozen weights."""
+    if torch.is_tensor(output) and not output.requires_grad:
+        return output.detach().requires_grad_(True)
+    return output
+
+
+def _summed_sample_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Sum over stacked copies of each copy's mean loss (CE, or MSE for one output)."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.view(-1), labels.float().view(-1), reduction="sum") / batch_size
+    return F.cross_entropy(logits, labels.long().view(-1), reduction="sum") / batch_size
+
+
+def _accumulate(acc: dict, batch_scores: Mapping[str, torch.Tensor]) -> None:
+    for k, v in batch_scores.items():
+        if k in acc:
+            acc[k].add_(v)
+        else:
+            acc[k] = v
+
+
+def _default_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return DEFAULT_CPU_MEMORY

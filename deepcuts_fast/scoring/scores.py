@@ -1,0 +1,127 @@
+"""`Scores`: per-parameter importance (name -> tensor) plus per-unit views, saved as safetensors."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import DeepCutsError
+from .layout import LayerLayout, reduce_to_units
+
+FORMAT = "deepcuts-scores/1"
+
+
+class Scores(Mapping[str, torch.Tensor]):
+    """Importance scores of one criterion.
+
+    At `weight` granularity it maps every prunable parameter name to a score tensor of the same
+    shape; at `unit` granularity the mapping is empty and only the head / neuron views exist.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        layout: list[LayerLayout],
+        meta: Mapping,
+        heads: list[torch.Tensor] | None = None,
+        neurons: list[torch.Tensor] | None = None,
+    ) -> None:
+        self._weights = dict(weights)
+        self.layout = list(layout)
+        self.meta = dict(meta)
+        if heads is None or neurons is None:
+            if not self._weights:
+                raise ValueError("Scores needs per-weight scores or per-unit scores")
+            units = [reduce_to_units(layer, self._weights) for layer in self.layout]
+            heads, neurons = [u[0] for u in units], [u[1] for u in units]
+        self._heads = list(heads)
+        self._neurons = list(neurons)
+
+    # -- mapping over per-parameter scores ---------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._weights[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def __repr__(self) -> str:
+        return (
+            f"Scores(criterion={self.criterion!r}, granularity={self.granularity!r}, "
+            f"layers={len(self.layout)}, tensors={len(self)})"
+        )
+
+    @property
+    def criterion(self) -> str:
+        return self.meta.get("criterion", "")
+
+    @property
+    def granularity(self) -> str:
+        return "weight" if self._weights else "unit"
+
+    # -- unit views ---------------------------------------------------------------------------
+    def heads(self, layer: int) -> torch.Tensor:
+        """Score of every attention head of encoder layer `layer`."""
+        return self._heads[layer]
+
+    def neurons(self, layer: int) -> torch.Tensor:
+        """Score of every FFN neuron of encoder layer `layer`."""
+        return self._neurons[layer]
+
+    def unit_scores(self) -> dict[str, list[torch.Tensor]]:
+        """{'heads': [per layer], 'neurons': [per layer]}."""
+        return {"heads": list(self._heads), "neurons": list(self._neurons)}
+
+    # -- masks ----------------------------------------------------------------------------------
+    def masks(self, compression: float, scope: str = "layer") -> dict[str, torch.Tensor]:
+        """Paper-style unstructured keep-masks reaching `compression` = total / remaining params."""
+        from .masks import masks_for_compression
+
+        if not self._weights:
+            raise DeepCutsError("masks need weight-granularity scores; score with granularity='weight'")
+        return masks_for_compression(self._weights, self.meta, compression, scope)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the scores atomically as one safetensors file (metadata in its header)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"weights/{k}": v.contiguous() for k, v in self._weights.items()}
+        for i, (h, n) in enumerate(zip(self._heads, self._neurons)):
+            tensors[f"units/heads/{i}"] = h.contiguous()
+            tensors[f"units/neurons/{i}"] = n.contiguous()
+        header = {
+            "format": FORMAT,
+            "meta": json.dumps(self.meta),
+            "layout": json.dumps([layer.to_dict() for layer in self.layout]),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scores":
+        """Read scores written by `save` (safetensors only)."""
+        from safetensors import SafetensorError, safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise DeepCutsError(f"scores file {p} does not exist; create it with `deepcuts score`")
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DeepCutsError(f"{p} is not a readable safetensors scores file ({e})") from e
+        if header.get("format") != FORMAT:
+            raise DeepCutsError(f"{p} is not a deepcuts scores file (format {header.get('format')!r})")
+        layout = [LayerLayout.from_dict(d) for d in json.loads(header["layout"])]
+        weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
+        heads = [tensors[f"units/heads/{i}"] for i in range(len(layout))]
+        neurons = [tensors[f"units/neurons/{i}"] for i in range(len(layout))]
+        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons)

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random-weight encoders (no files needed) and padded token batches."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+TINY = dict(hidden=32, heads=4, ffn=48, layers=2, vocab=100)
+
+
+def tiny_model(arch: str = "bert", num_labels: int = 2, attn: str = "eager", seed: int = 0):
+    """A tiny random-weight sequence classifier of the given family, in eval mode."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=TINY["vocab"], max_position_embeddings=64, num_labels=num_labels,
+                  attn_implementation=attn)
+    if arch == "distilbert":
+        cfg = DistilBertConfig(dim=TINY["hidden"], n_heads=TINY["heads"], hidden_dim=TINY["ffn"],
+                               n_layers=TINY["layers"], **common)
+        model = DistilBertForSequenceClassification(cfg)
+    else:
+        cfg_cls, model_cls = {
+            "bert": (BertConfig, BertForSequenceClassification),
+            "roberta": (RobertaConfig, RobertaForSequenceClassification),
+            "electra": (ElectraConfig, ElectraForSequenceClassification),
+        }[arch]
+        extra = {"pad_token_id": 1} if arch == "roberta" else {}
+        if arch == "electra":
+            extra["embedding_size"] = TINY["hidden"]
+        cfg = cfg_cls(hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
+                      intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], **common, **extra)
+        model = model_cls(cfg)
+    if num_labels == 1:
+        model.config.problem_type = "regression"
+    return model.eval()
+
+
+def tiny_batches(n_batches: int = 2, batch_size: int = 4, seq_len: int = 10, num_labels: int = 2,
+                 seed: int = 0, pad_id: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Random token batches where every row after the first has trailing padding."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(5, TINY["vocab"], (batch_size, seq_len), generator=g)
+        lengths = torch.randint(3, seq_len, (batch_size,), generator=g)
+        lengths[0] = seq_len
+        mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+        ids = ids.masked_fill(mask == 0, pad_id)
+        if num_labels == 1:
+            labels = torch.randn(batch_size, generator=g)
+        else:
+            labels = torch.randint(0, num_labels, (batch_size,), generator=g)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+@pytest.fixture
+def bert():
+    return tiny_model("bert")
+
+
+@pytest.fixture
+def batches():
+    return tiny_batches()

@@ -1,0 +1,112 @@
+"""Deliberately plain re-implementations of the DeepCuts scores, used as test oracles.
+
+Explicit autograd (torch.autograd.grad on the weights), one noise sample at a time, masked means
+written out by hand. Slow and obvious; shares nothing with the package but the documented noise keys.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deepcuts_fast.arch import ROLES, encoder_layers
+from deepcuts_fast.scoring.probes import noise_key
+
+
+def prunable(model):
+    """[(module name, Linear)] in forward order."""
+    return [(layer.names[r], layer.linears[r]) for layer in encoder_layers(model) for r in ROLES]
+
+
+def batch_loss(model, batch):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.view(-1), batch["labels"].float())
+    return F.cross_entropy(logits, batch["labels"])
+
+
+def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shift=10.0, seed=0,
+                 include_padding=False):
+    """Per-parameter scores summed over batches, as SPEC §1 defines them."""
+    smooth = criterion.startswith("smooth")
+    cam = "cam" in criterion
+    c = shift if criterion.endswith("shift") else 0.0
+    n_samples = noise_samples if smooth else 1
+    mods = prunable(model)
+    params = [(f"{name}.{k}", getattr(lin, k)) for name, lin in mods for k in ("weight", "bias")]
+    for _, p in params:
+        p.requires_grad_(True)
+    total = {name: torch.zeros_like(p) for name, p in params}
+    for b, batch in enumerate(batches):
+        mask = batch["attention_mask"].float()
+        if include_padding:
+            mask = torch.ones_like(mask)
+        grads = {name: torch.zeros_like(p) for name, p in params}
+        out_means = {name: 0.0 for name, _ in mods}
+        for n in range(n_samples):
+            handles, outputs = [], {}
+            for idx, (name, lin) in enumerate(mods):
+                def hook(mod, inp, out, name=name, idx=idx):
+                    outputs[name] = out.detach()
+                    if smooth and noise_std:
+                        g = torch.Generator().manual_seed(noise_key(seed, b, idx, n))
+                        return out + noise_std * torch.randn(out.shape, generator=g)
+                    return out
+                handles.append(lin.register_forward_hook(hook))
+            loss = batch_loss(model, batch)
+            for h in handles:
+                h.remove()
+            gs = torch.autograd.grad(loss, [p for _, p in params])
+            for (name, _), g in zip(params, gs):
+                grads[name] += g / n_samples
+            for name, _ in mods:
+                y = outputs[name]
+                out_means[name] = out_means[name] + (y * mask[..., None]).sum((0, 1)) / mask.sum() / n_samples
+        for name, p in params:
+            s = p.detach() * grads[name]
+            if cam:
+                a = out_means[name.rsplit(".", 1)[0]] + c
+                s = s * (a[:, None] if s.dim() == 2 else a)
+            total[name] += s.abs()
+    for _, p in params:
+        p.requires_grad_(False)
+    return total
+
+
+def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0.0, seed=0):
+    """|d loss / d m| for a mask m=1 multiplying each head's context output and each FFN neuron."""
+    layers = encoder_layers(model)
+    heads = [torch.zeros(layer.num_heads) for layer in layers]
+    neurons = [torch.zeros(layer.ffn_width) for layer in layers]
+    mods = prunable(model)
+    n_samples = noise_samples if smooth else 1
+    for b, batch in enumerate(batches):
+        gh = [torch.zeros(layer.num_heads) for layer in layers]
+        gn = [torch.zeros(layer.ffn_width) for layer in layers]
+        for n in range(n_samples):
+            ms, handles = [], []
+            for layer in layers:
+                mh = torch.ones(layer.num_heads, requires_grad=True)
+                mn = torch.ones(layer.ffn_width, requires_grad=True)
+                ms += [mh, mn]
+                d = layer.head_dim
+                handles.append(layer.linears["attn_out"].register_forward_pre_hook(
+                    lambda mod, inp, mh=mh, d=d: (inp[0] * mh.repeat_interleave(d),)))
+                handles.append(layer.linears["ffn_out"].register_forward_pre_hook(
+                    lambda mod, inp, mn=mn: (inp[0] * mn,)))
+            if smooth and noise_std:
+                for idx, (_, lin) in enumerate(mods):
+                    def hook(mod, inp, out, idx=idx):
+                        g = torch.Generator().manual_seed(noise_key(seed, b, idx, n))
+                        return out + noise_std * torch.randn(out.shape, generator=g)
+                    handles.append(lin.register_forward_hook(hook))
+            grads = torch.autograd.grad(batch_loss(model, batch), ms)
+            for h in handles:
+                h.remove()
+            for i in range(len(layers)):
+                gh[i] += grads[2 * i] / n_samples
+                gn[i] += grads[2 * i + 1] / n_samples
+        for i in range(len(layers)):
+            heads[i] += gh[i].abs()
+            neurons[i] += gn[i].abs()
+    return heads, neurons
