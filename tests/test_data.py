@@ -314,3 +314,14 @@ def test_num_labels_defaults():
     assert TextDataset(["a"], [0]).num_labels == 2
     assert TextDataset(["a", "b"], [0, 4]).num_labels == 5
     assert TextDataset(["a", "b"], [0, 2.5]).is_regression
+
+
+def test_sort_by_length_reduces_padding_and_keeps_examples(tokenizer):
+    data = load_dataset("rotten_tomatoes", "test")
+    plain = make_batches(data, tokenizer, batch_size=32, limit=256)
+    grouped = make_batches(data, tokenizer, batch_size=32, limit=256, sort_by_length=True)
+    cells = lambda bs: sum(b["input_ids"].numel() for b in bs)  # noqa: E731
+    assert cells(grouped) < cells(plain)
+    key = lambda bs: sorted(  # noqa: E731
+        (tuple(ids[m.bool()].tolist()), int(y)) for b in bs for ids, m, y in zip(b["input_ids"], b["attention_mask"], b["labels"]))
+    assert key(grouped) == key(plain)

@@ -9,30 +9,39 @@ from torch import nn
 from ..errors import DeepCutsError
 
 SCOPES = ("layer", "global")
+COUNTS = ("model", "encoder")
 
 
-def kept_fraction(compression: float, total: int, prunable: int) -> float:
-    """Fraction of prunable params to keep so total / remaining == compression (ShrinkBench)."""
+def kept_fraction(compression: float, total: int, prunable: int, count: str = "model") -> float:
+    """Fraction of prunable params to keep so total / remaining == compression (ShrinkBench).
+
+    `count` names what `total` covers ("model": every parameter; "encoder": the encoder layers).
+    """
     if not compression > 1:
         raise DeepCutsError(f"compression must be > 1 (total params / remaining params), got {compression}")
     nonprunable = total - prunable
     fraction = (total / compression - nonprunable) / prunable
     if fraction <= 0:
         limit = total / nonprunable if nonprunable else float("inf")
+        hint = " or count compression over the encoder only (params='encoder')" if count == "model" else ""
         raise DeepCutsError(
-            f"compression {compression} cannot be reached: the {nonprunable:,} non-prunable params alone "
-            f"give {limit:.3f}; choose a compression below {limit:.3f}"
+            f"compression {compression} cannot be reached: the {nonprunable:,} non-prunable params "
+            f"({count} count) alone give {limit:.3f}; choose a compression below {limit:.3f}{hint}"
         )
     return fraction
 
 
 def masks_for_compression(
-    scores: Mapping[str, torch.Tensor], meta: Mapping, compression: float, scope: str = "layer"
+    scores: Mapping[str, torch.Tensor], meta: Mapping, compression: float, scope: str = "layer",
+    params: str = "model",
 ) -> dict[str, torch.Tensor]:
     """Boolean keep-masks (True = keep) for every scored tensor."""
     if scope not in SCOPES:
         raise DeepCutsError(f"unknown scope {scope!r}; choose 'layer' or 'global'")
-    fraction = kept_fraction(compression, int(meta["total_params"]), int(meta["prunable_params"]))
+    if params not in COUNTS:
+        raise DeepCutsError(f"unknown params count {params!r}; choose 'model' or 'encoder'")
+    total = int(meta["total_params"] if params == "model" else meta["encoder_params"])
+    fraction = kept_fraction(compression, total, int(meta["prunable_params"]), params)
     if scope == "layer":
         return {name: _top_mask(s.flatten(), fraction).view_as(s) for name, s in scores.items()}
     flat = torch.cat([s.flatten().float() for s in scores.values()])

@@ -135,11 +135,14 @@ def _model_meta(model: nn.Module, opts: ScoreOptions) -> dict:
     from .. import __version__
 
     prunable = sum(p.numel() for lin in _linears(model) for p in lin.parameters())
+    prefixes = tuple(layer.prefix + "." for layer in encoder_layers(model))
+    encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
     return {
         **asdict(opts),
         "model_type": model.config.model_type,
         "total_params": sum(p.numel() for p in model.parameters()),
         "prunable_params": prunable,
+        "encoder_params": encoder,
         "version": __version__,
     }
 

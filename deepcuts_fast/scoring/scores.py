@@ -79,13 +79,18 @@ class Scores(Mapping[str, torch.Tensor]):
         return {"heads": list(self._heads), "neurons": list(self._neurons)}
 
     # -- masks ----------------------------------------------------------------------------------
-    def masks(self, compression: float, scope: str = "layer") -> dict[str, torch.Tensor]:
-        """Paper-style unstructured keep-masks reaching `compression` = total / remaining params."""
+    def masks(self, compression: float, scope: str = "layer", params: str = "model") -> dict[str, torch.Tensor]:
+        """Paper-style unstructured keep-masks reaching `compression` = total / remaining params.
+
+        `scope="layer"` keeps the same top fraction of every tensor, `"global"` one top fraction
+        over all of them; `params="encoder"` counts the ratio over the encoder layers only (small
+        models whose embeddings dominate cannot reach paper ratios otherwise).
+        """
         from .masks import masks_for_compression
 
         if not self._weights:
             raise DeepCutsError("masks need weight-granularity scores; score with granularity='weight'")
-        return masks_for_compression(self._weights, self.meta, compression, scope)
+        return masks_for_compression(self._weights, self.meta, compression, scope, params)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -1,0 +1,302 @@
+"""Benchmark `dc.score` against the autograd floor and the original DeepCuts loop (issue 2).
+
+MiniLM-L6 (packaged), CPU, batches of B=16 x 64 tokens (padded to 64), N noise samples.
+Reports the median time per calibration batch over several repetitions (after a warm-up) of:
+
+  (a) the original DeepCuts loop (benchmarks/original_deepcuts.py): N sequential train-mode passes;
+  (b) the autograd floor: one eval-mode forward + loss.backward() over the N x B stacked batch
+      (all parameters require grad, nothing else), for N = noise samples and N = 1;
+  (c) dc.score: smooth-cut / cam-cut, weight and unit granularity (unit_method first-order / sum);
+  (d) dc.score smooth-cut under bf16 autocast, and the overlap of its global top-10% mask with fp32.
+
+Smooth criteria (N noisy copies) are compared with the N-sample floor, cam-cut (one clean pass) with
+the 1-sample floor. Methods are interleaved inside each repetition so that machine noise hits all
+of them alike; every method gets the same batches.
+
+    python benchmarks/bench_scoring.py [--batches 2] [--repeats 3] [--noise-samples 10] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import deepcuts_fast as dc  # noqa: E402
+from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
+from original_deepcuts import original_smooth_cut  # noqa: E402
+
+TARGETS = {
+    "smooth_weight_vs_floor": 1.15,  # smooth-cut (weight) <= 1.15 x floor(N)
+    "original_vs_smooth_weight": 1.5,  # original >= 1.5 x slower than smooth-cut (weight)
+    "unit_first_order_vs_floor": 0.8,  # unit first-order <= 0.8 x floor
+    "bf16_vs_floor": 0.6,  # smooth-cut bf16 <= 0.6 x fp32 floor(N)
+    "bf16_overlap": 0.95,  # top-10% mask overlap bf16 vs fp32 >= 0.95
+}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batches", type=int, default=2, help="calibration batches (16 x 64 tokens each)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per method (median reported)")
+    ap.add_argument("--noise-samples", type=int, default=10, help="N for the smooth criteria")
+    ap.add_argument("--original-batches", type=int, default=None,
+                    help="batches the (slow) original loop is timed on (default: min(2, --batches))")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--skip-original", action="store_true", help="do not time the original loop")
+    ap.add_argument("--json", type=str, default=None, help="write raw timings and results here")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# timed methods; each returns (seconds, result or None) for one run over its batches
+
+
+def _stacked(batch, n):
+    return {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+
+
+def floor_fn(model, batches, n, dtype=None):
+    """Eval-mode forward + loss.backward() over the n x B stacked batch, all params requiring grad."""
+    stacked = [_stacked(b, n) for b in batches]
+
+    def run():
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        t0 = time.perf_counter()
+        for inputs in stacked:
+            model.zero_grad(set_to_none=True)
+            if dtype is None:
+                loss = model(**inputs).loss
+            else:
+                with torch.autocast("cpu", dtype=dtype):
+                    loss = model(**inputs).loss
+            loss.backward()
+        dt = time.perf_counter() - t0
+        model.zero_grad(set_to_none=True)
+        return dt, None
+
+    return run
+
+
+def original_fn(model, batches, n):
+    def run():
+        t0 = time.perf_counter()
+        out = original_smooth_cut(model, batches, noise_samples=n, noise_std=1e-3, seed=0)
+        return time.perf_counter() - t0, out
+
+    return run
+
+
+def dc_fn(model, batches, criterion, n, seed_from_rep=False, **kw):
+    def run(rep=0):
+        t0 = time.perf_counter()
+        out = dc.score(model, batches, criterion, noise_samples=n, noise_std=1e-3, progress=False,
+                       seed=rep if seed_from_rep else 0, **kw)
+        return time.perf_counter() - t0, out
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def top_fraction_overlap(a, b, fraction=0.1, keys=None):
+    """Fraction of a's global top-`fraction` entries (over all `keys`) that b's global top also keeps."""
+    keys = keys if keys is not None else [k for k in a if k.endswith(".weight")]
+    fa = torch.cat([torch.as_tensor(a[k]).float().reshape(-1) for k in keys])
+    fb = torch.cat([torch.as_tensor(b[k]).float().reshape(-1) for k in keys])
+    k = max(1, int(math.ceil(fraction * fa.numel())))
+    keep_a = torch.zeros(fa.numel(), dtype=torch.bool)
+    keep_a[torch.topk(fa, k, sorted=False).indices] = True
+    return float(keep_a[torch.topk(fb, k, sorted=False).indices].sum()) / k
+
+
+def machine_info():
+    model_name = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model_name,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n = args.noise_samples
+    info = machine_info()
+    load_start = os.getloadavg()
+    print(f"# {info['cpu']} | {info['logical_cpus']} logical CPUs | torch {info['torch']} | "
+          f"torch.get_num_threads()={info['threads']} | loadavg at start {load_start[0]:.2f}", flush=True)
+    if load_start[0] > info["threads"] + 0.5:
+        print(f"WARNING: load average {load_start[0]:.2f} > {info['threads']} threads: other processes are "
+              "competing for the cores, timings will be noisy and inflated", flush=True)
+
+    tok = dc.load_tokenizer("minilm")
+    model = dc.load_model("minilm", num_labels=2, seed=0)
+    data = load_dataset("rotten_tomatoes", "train")
+    batches = make_batches(data, tok, batch_size=args.batch_size, max_length=args.seq_len,
+                           pad_to_max_length=True, limit=args.batches * args.batch_size)
+    n_orig = min(args.original_batches or min(2, args.batches), len(batches))
+    print(f"# MiniLM-L6, {len(batches)} batches of {args.batch_size} x {args.seq_len} tokens, N={n}, "
+          f"repeats={args.repeats}, original timed on {n_orig} batch(es)", flush=True)
+
+    methods = {  # key -> (label, runner, batches it runs over, N)
+        "floor_1": ("(b) autograd floor, N=1", floor_fn(model, batches, 1), len(batches), 1),
+        "floor_n": (f"(b) autograd floor, N={n}", floor_fn(model, batches, n), len(batches), n),
+        "smooth_w": ("(c) dc smooth-cut, weight", dc_fn(model, batches, "smooth-cut", n, seed_from_rep=True),
+                     len(batches), n),
+        "cam_w": ("(c) dc cam-cut, weight", dc_fn(model, batches, "cam-cut", n), len(batches), 1),
+        "smooth_u_fo": ("(c) dc smooth-cut, unit first-order",
+                        dc_fn(model, batches, "smooth-cut", n, granularity="unit", unit_method="first-order"),
+                        len(batches), n),
+        "smooth_u_sum": ("(c) dc smooth-cut, unit sum",
+                         dc_fn(model, batches, "smooth-cut", n, granularity="unit", unit_method="sum"),
+                         len(batches), n),
+        "cam_u_fo": ("(c) dc cam-cut, unit first-order",
+                     dc_fn(model, batches, "cam-cut", n, granularity="unit", unit_method="first-order"),
+                     len(batches), 1),
+        "cam_u_sum": ("(c) dc cam-cut, unit sum",
+                      dc_fn(model, batches, "cam-cut", n, granularity="unit", unit_method="sum"), len(batches), 1),
+        "floor_n_bf16": (f"(b') autograd floor, N={n}, bf16 autocast", floor_fn(model, batches, n, torch.bfloat16),
+                         len(batches), n),
+        "smooth_w_bf16": ("(d) dc smooth-cut, weight, bf16 autocast",
+                          dc_fn(model, batches, "smooth-cut", n, dtype=torch.bfloat16), len(batches), n),
+    }
+    if not args.skip_original:
+        methods["original"] = (f"(a) original DeepCuts, N={n} sequential", original_fn(model, batches[:n_orig], n),
+                               n_orig, n)
+
+    # warm-up: every shape / dtype / code path once, on one batch, untimed
+    t_warm = time.perf_counter()
+    one = batches[:1]
+    floor_fn(model, one, 1)()
+    floor_fn(model, one, n)()
+    floor_fn(model, one, n, torch.bfloat16)()
+    dc_fn(model, one, "cam-cut", n)()
+    dc_fn(model, one, "cam-cut", n, granularity="unit", unit_method="first-order")()
+    if not args.skip_original:
+        original_smooth_cut(model, one, noise_samples=1)
+    print(f"# warm-up {time.perf_counter() - t_warm:.1f}s", flush=True)
+
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    results: dict[str, list] = {"smooth_w": [], "smooth_w_bf16": []}
+    keys = list(methods)
+    t_bench = time.perf_counter()
+    for rep in range(args.repeats):
+        order = keys[rep % len(keys):] + keys[:rep % len(keys)]  # rotate so no method always runs first
+        for key in order:
+            label, fn, nb, _ = methods[key]
+            dt, out = fn(rep) if key == "smooth_w" else fn()
+            times[key].append(dt / nb)
+            if key in results and len(results[key]) < 2:
+                results[key].append(out)
+            print(f"  rep {rep} {label:<44s} {dt / nb:8.3f} s/batch", flush=True)
+    bench_s = time.perf_counter() - t_bench
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(a, b):
+        return med[a] / med[b] if a in med and b in med else float("nan")
+
+    floor_of = {k: ("floor_n" if methods[k][3] == n else "floor_1") for k in methods}
+    floor_of.update(floor_1="floor_1", floor_n="floor_n")
+
+    # overlaps: bf16 vs fp32 (seed 0), and fp32 seed 0 vs seed 1 (noise-to-noise context)
+    fp32_0 = results["smooth_w"][0]
+    overlap_bf16 = top_fraction_overlap(fp32_0, results["smooth_w_bf16"][0])
+    overlap_seed = top_fraction_overlap(fp32_0, results["smooth_w"][1]) if len(results["smooth_w"]) > 1 else None
+
+    rows = []
+    for key in ["original", "floor_1", "floor_n", "smooth_w", "cam_w", "smooth_u_fo", "smooth_u_sum",
+                "cam_u_fo", "cam_u_sum", "floor_n_bf16", "smooth_w_bf16"]:
+        if key not in methods:
+            continue
+        label, _, nb, nn_ = methods[key]
+        fl = floor_of[key]
+        rows.append({
+            "key": key, "method": label, "N": nn_, "batches": nb, "median_s_per_batch": med[key],
+            "min_s": min(times[key]), "max_s": max(times[key]), "floor": fl,
+            "x_floor": ratio(key, fl), "x_floor_n": ratio(key, "floor_n"),
+            "original_speedup": ratio("original", key) if "original" in med else None,
+        })
+
+    checks = []
+
+    def check(name, value, op, target):
+        ok = value <= target if op == "<=" else value >= target
+        checks.append({"target": name, "value": value, "op": op, "threshold": target, "met": bool(ok)})
+
+    check(f"smooth-cut weight / floor(N={n})", ratio("smooth_w", "floor_n"), "<=", TARGETS["smooth_weight_vs_floor"])
+    if "original" in med:
+        check("original / smooth-cut weight (speed-up)", ratio("original", "smooth_w"), ">=",
+              TARGETS["original_vs_smooth_weight"])
+    check(f"smooth-cut unit first-order / floor(N={n})", ratio("smooth_u_fo", "floor_n"), "<=",
+          TARGETS["unit_first_order_vs_floor"])
+    check("cam-cut unit first-order / floor(N=1)", ratio("cam_u_fo", "floor_1"), "<=",
+          TARGETS["unit_first_order_vs_floor"])
+    check(f"smooth-cut bf16 / fp32 floor(N={n})", ratio("smooth_w_bf16", "floor_n"), "<=", TARGETS["bf16_vs_floor"])
+    check("bf16 vs fp32 top-10% mask overlap", overlap_bf16, ">=", TARGETS["bf16_overlap"])
+
+    load_end = os.getloadavg()
+    # ------------------------------------------------------------------ report
+    print()
+    print(f"Median seconds per calibration batch ({args.batch_size} x {args.seq_len} tokens), "
+          f"{args.repeats} repeats, torch.get_num_threads()={torch.get_num_threads()}; "
+          "'x own floor' = vs floor(N) for smooth rows, floor(N=1) for cam-cut rows.")
+    print()
+    print("| method | N | s / batch (median) | min – max | x own floor | x floor(N=%d) | original / this |" % n)
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        sp = r["original_speedup"]
+        print(f"| {r['method']} | {r['N']} | {r['median_s_per_batch']:.3f} | {r['min_s']:.3f} – {r['max_s']:.3f} | "
+              f"{r['x_floor']:.2f} ({r['floor'].replace('floor_n', f'N={n}').replace('floor_1', 'N=1')}) | "
+              f"{r['x_floor_n']:.2f} | {'' if sp is None else f'{sp:.2f}x'} |")
+    print()
+    print(f"top-10% global mask overlap (weights), smooth-cut bf16 vs fp32: {overlap_bf16:.4f}")
+    if overlap_seed is not None:
+        print(f"top-10% global mask overlap (weights), smooth-cut fp32 seed 0 vs seed 1: {overlap_seed:.4f}")
+    print()
+    print("| target | value | threshold | result |")
+    print("|---|---:|---:|---|")
+    for c in checks:
+        print(f"| {c['target']} | {c['value']:.3f} | {c['op']} {c['threshold']} | {'met' if c['met'] else 'MISSED'} |")
+    print()
+    print(f"# timed part {bench_s:.0f}s; loadavg start {load_start[0]:.2f}, end {load_end[0]:.2f}")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": info, "args": vars(args), "loadavg_start": load_start, "loadavg_end": load_end,
+            "times_s_per_batch": times, "rows": rows, "checks": checks,
+            "overlap_bf16_vs_fp32": overlap_bf16, "overlap_fp32_seed0_vs_seed1": overlap_seed,
+        }, indent=2))
+        print(f"# wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The `deepcuts` command line: score, eval and run (the main job on the embedded default)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import DeepCutsError
+
+DTYPES = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepcuts", description="DeepCuts pruning scores for BERT-family encoders.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p, data_required=True):
+        p.add_argument("--model", default="minilm-rt",
+                       help="model folder or hub name; 'minilm' = packaged MiniLM (no task head), "
+                            "'minilm-rt' = it fine-tuned on the embedded data (default; cached)")
+        p.add_argument("--data", required=data_required, default=None if data_required else "rotten_tomatoes",
+                       help="'rotten_tomatoes' (embedded), a CSV/TSV/JSON(L) file with text[,text_pair],label, "
+                            "or a datasets hub name")
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--max-length", type=int, default=64)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = sub.add_parser("score", help="score every prunable weight with a criterion; writes a safetensors file")
+    common(s)
+    s.add_argument("--split", default="train")
+    s.add_argument("--criterion", default="smooth-cut")
+    s.add_argument("--granularity", choices=("weight", "unit"), default="weight")
+    s.add_argument("--unit-method", choices=("sum", "first-order"), default="sum")
+    s.add_argument("--batches", type=int, default=8, help="number of calibration batches")
+    s.add_argument("--noise-samples", type=int, default=10)
+    s.add_argument("--noise-std", type=float, default=1e-3)
+    s.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--reference", action="store_true",
+                   help="reproduce the original code: train mode, sequential noise passes, padding included")
+    s.add_argument("--out", required=True, help="output .safetensors file")
+
+    e = sub.add_parser("eval", help="accuracy / loss of a model on a data split")
+    common(e)
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int, default=None, help="evaluate on the first N examples only")
+
+    r = sub.add_parser("run", help="the main job on the embedded default (fine-tune, score, mask, evaluate)")
+    common(r, data_required=False)
+    r.add_argument("--quick", action="store_true", help="reduced grid: 5 criteria, 8 calibration batches")
+    r.add_argument("--out", default="runs/quick", help="output folder for results.json")
+    r.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_transformers()
+    try:
+        return {"score": cmd_score, "eval": cmd_eval, "run": cmd_run}[args.command](args)
+    except DeepCutsError as e:
+        if args.debug:
+            raise
+        print(f"deepcuts: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepcuts: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _check_writable(path: Path, is_dir: bool = False) -> None:
+    """Fail before any expensive work when the output location cannot be written."""
+    folder = path if is_dir else path.parent
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise DeepCutsError(f"cannot write to {path}: {probe} is not a writable folder; choose another output path")
+    if not is_dir and path.is_dir():
+        raise DeepCutsError(f"output {path} is a folder; give a file name such as scores.safetensors")
+
+
+def _task_model(name: str, dataset, progress: bool):
+    """(model, tokenizer) for a CLI --model value."""
+    from transformers import AutoConfig
+
+    from .embedded import TASK_MODEL_ALIAS, embedded_task_model
+    from .models import load_model, load_tokenizer, resolve_model_path
+
+    if name == TASK_MODEL_ALIAS:
+        model, tokenizer, _ = embedded_task_model(progress=progress)
+        return model, tokenizer
+    if name == "minilm":
+        print("deepcuts: note: the packaged MiniLM has no task head, so a random one is used; "
+              f"use --model {TASK_MODEL_ALIAS} for the fine-tuned model", file=sys.stderr)
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as e:
+        raise DeepCutsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
+    has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    num_labels = config.num_labels if has_head else dataset.num_labels
+    return load_model(name, num_labels=num_labels), load_tokenizer(name)
+
+
+def _batches(args, split: str, limit: int | None, shuffle: bool):
+    from .data import check_labels, load_dataset, make_batches
+
+    dataset = load_dataset(args.data, split)
+    model, tokenizer = _task_model(args.model, dataset, progress=not args.quiet)
+    check_labels(dataset, model.config.num_labels)
+    batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                           shuffle=shuffle, seed=getattr(args, "seed", 0), limit=limit)
+    return model, batches
+
+
+def cmd_score(args) -> int:
+    import torch
+
+    from .scoring import score
+
+    out = Path(args.out)
+    _check_writable(out)
+    if args.batches < 1:
+        raise DeepCutsError("--batches must be >= 1")
+    model, batches = _batches(args, args.split, args.batches * args.batch_size, shuffle=True)
+    dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
+    start = time.perf_counter()
+    scores = score(model, batches, args.criterion, args.granularity, unit_method=args.unit_method,
+                   noise_samples=args.noise_samples, noise_std=args.noise_std, dtype=dtype, seed=args.seed,
+                   reference=args.reference, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    scores.save(out)
+    summary = {"out": str(out), "criterion": scores.criterion, "granularity": scores.granularity,
+               "batches": len(batches), "seconds": round(seconds, 3)}
+    print(json.dumps(summary) if args.json else
+          f"wrote {out}: {scores.criterion} scores ({scores.granularity}) from {len(batches)} batches in {seconds:.1f}s")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train import evaluate
+
+    model, batches = _batches(args, args.split, args.limit, shuffle=False)
+    result = evaluate(model, batches, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        metrics = {k: v for k, v in result.to_dict().items() if v is not None}
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .paper import FULL_CRITERIA, QUICK_CRITERIA, run_paper_mode, write_results
+
+    out = Path(args.out)
+    _check_writable(out, is_dir=True)
+    calib_batches = 8 if args.quick else 32
+    log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    model, calibration = _batches(args, "train", calib_batches * args.batch_size, shuffle=True)
+    from .data import load_dataset, make_batches
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm" if args.model == "minilm-rt" else args.model)
+    evaluation = make_batches(load_dataset(args.data, "test"), tokenizer, batch_size=64, max_length=args.max_length,
+                              sort_by_length=True)
+    result = run_paper_mode(model, calibration, evaluation, QUICK_CRITERIA if args.quick else FULL_CRITERIA,
+                            seed=args.seed, progress=not args.quiet, log=log)
+    path = write_results(result, out)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.table())
+        print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
