@@ -116,27 +116,30 @@ def _task_model(name: str, dataset, progress: bool):
     return load_model(name, num_labels=num_labels), load_tokenizer(name)
 
 
-def _batches(args, split: str, limit: int | None, shuffle: bool):
-    from .data import check_labels, load_dataset, make_batches
+def _model_and_data(args, split: str):
+    """(model, tokenizer, dataset) for the --model / --data of a command, labels checked."""
+    from .data import check_labels, load_dataset
 
     dataset = load_dataset(args.data, split)
     model, tokenizer = _task_model(args.model, dataset, progress=not args.quiet)
     check_labels(dataset, model.config.num_labels)
-    batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                           shuffle=shuffle, seed=getattr(args, "seed", 0), limit=limit)
-    return model, batches
+    return model, tokenizer, dataset
 
 
 def cmd_score(args) -> int:
     import torch
 
-    from .scoring import score
+    from .data import make_batches
+    from .scoring import get_criterion, score
 
     out = Path(args.out)
     _check_writable(out)
+    get_criterion(args.criterion)  # fail on a misspelt name before loading anything
     if args.batches < 1:
         raise DeepCutsError("--batches must be >= 1")
-    model, batches = _batches(args, args.split, args.batches * args.batch_size, shuffle=True)
+    model, tokenizer, dataset = _model_and_data(args, args.split)
+    batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                           shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)
     dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
     start = time.perf_counter()
     scores = score(model, batches, args.criterion, args.granularity, unit_method=args.unit_method,
@@ -152,9 +155,12 @@ def cmd_score(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .data import make_batches
     from .train import evaluate
 
-    model, batches = _batches(args, args.split, args.limit, shuffle=False)
+    model, tokenizer, dataset = _model_and_data(args, args.split)
+    batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                           limit=args.limit, sort_by_length=True)
     result = evaluate(model, batches, progress=not args.quiet)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -165,17 +171,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .data import load_dataset, make_batches
     from .paper import FULL_CRITERIA, QUICK_CRITERIA, run_paper_mode, write_results
 
     out = Path(args.out)
     _check_writable(out, is_dir=True)
     calib_batches = 8 if args.quick else 32
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    model, calibration = _batches(args, "train", calib_batches * args.batch_size, shuffle=True)
-    from .data import load_dataset, make_batches
-    from .models import load_tokenizer
-
-    tokenizer = load_tokenizer("minilm" if args.model == "minilm-rt" else args.model)
+    model, tokenizer, dataset = _model_and_data(args, "train")
+    calibration = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                               shuffle=True, seed=args.seed, limit=calib_batches * args.batch_size)
     evaluation = make_batches(load_dataset(args.data, "test"), tokenizer, batch_size=64, max_length=args.max_length,
                               sort_by_length=True)
     result = run_paper_mode(model, calibration, evaluation, QUICK_CRITERIA if args.quick else FULL_CRITERIA,

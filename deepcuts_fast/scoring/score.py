@@ -256,17 +256,16 @@ class _Pass:
             model.train(was_training)
 
     def _samples_per_chunk(self, batch: Mapping[str, torch.Tensor]) -> int:
-        cfg = self.model.config
+        """How many noisy copies of a batch fit under the memory cap (a rough activation estimate)."""
         batch_size, seq = batch["input_ids"].shape[:2]
-        hidden = self.layout[0] and self.probes[0][0].module.in_features
-        ffn = self.probes[0][4].module.out_features
-        heads = self.probes[0][0].module.out_features // self.layout[0].head_dim
+        first = self.probes[0]
+        hidden, ffn = first[0].module.in_features, first[4].module.out_features
+        heads = first[0].module.out_features // self.layout[0].head_dim
         elt = 2 if self.dtype in (torch.bfloat16, torch.float16) else 4
-        tokens = batch_size * seq
-        per_layer = tokens * (10 * hidden + 3 * ffn) * elt + 3 * batch_size * heads * seq * seq * elt
-        per_sample = per_layer * cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else per_layer
+        per_layer = batch_size * seq * (10 * hidden + 3 * ffn) * elt + 3 * batch_size * heads * seq * seq * elt
+        per_sample = per_layer * len(self.layout)
         cap = self.max_memory or _default_memory(self.device)
-        return max(1, min(self.samples, cap // max(1, per_sample)))
+        return max(1, min(self.samples, cap // per_sample))
 
     def _forward_backward(self, b: int, batch: Mapping[str, torch.Tensor], samples: range) -> None:
         k = len(samples)

@@ -1,0 +1,133 @@
+"""The `deepcuts` command line on a tiny model folder and a tiny CSV (no real model needed)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import TINY
+
+import deepcuts_fast as dc
+from deepcuts_fast.cli import main
+from deepcuts_fast.data import load_dataset, make_batches
+
+WORDS = "good bad film plot actor boring great awful funny dull moving script".split()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny BERT classifier folder with the MiniLM tokenizer (safetensors weights)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = dc.load_tokenizer("minilm")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
+                     intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], max_position_embeddings=64,
+                     num_labels=2)
+    path = tmp_path_factory.mktemp("tiny_model")
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(24):
+            n = int(torch.randint(3, 12, (1,), generator=g))
+            words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (n,), generator=g)]
+            w.writerow([" ".join(words), i % 2])
+    return path
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_writes_the_same_scores_as_the_api(model_dir, data_csv, tmp_path, capsys):
+    out = tmp_path / "scores.safetensors"
+    code, stdout, _ = run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "cam-cut",
+                           "--batches", "2", "--batch-size", "4", "--out", str(out), "--quiet", "--json"], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["batches"] == 2 and summary["criterion"] == "cam-cut"
+    got = dc.Scores.load(out)
+    model = dc.load_model(str(model_dir))
+    batches = make_batches(load_dataset(str(data_csv)), dc.load_tokenizer(str(model_dir)), batch_size=4,
+                           shuffle=True, seed=0, limit=8)
+    want = dc.score(model, batches, "cam-cut", progress=False)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_eval_reports_accuracy(model_dir, data_csv, capsys):
+    code, stdout, _ = run(["eval", "--model", str(model_dir), "--data", str(data_csv), "--json", "--quiet"], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["n"] == 24 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_run_quick_writes_results(model_dir, data_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run(["run", "--quick", "--model", str(model_dir), "--data", str(data_csv), "--out", str(out),
+                           "--batch-size", "4", "--quiet"], capsys)
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode"}
+    rows = results["paper_mode"]
+    assert {r["criterion"] for r in rows} == {"magnitude", "gradient", "cam-cut", "smooth-cut", "random"}
+    assert {r["compression"] for r in rows} == {2.0, 3.0, 3.5, 4.0}
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["kept_fraction"] < 1.0
+    assert "| magnitude |" in stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["score", "--criterion", "smoth-cut"], "Did you mean 'smooth-cut'"),
+    (["score", "--out", "/proc/deepcuts/x.safetensors"], "cannot write"),
+    (["score", "--model", "{empty}"], "cannot load"),
+    (["score", "--data", "{empty_csv}"], "no rows"),
+    (["score", "--data", "{bad_labels}"], "label"),
+    (["score", "--model", "{gpt2}"], "supported: bert, distilbert, electra, roberta"),
+])
+def test_errors_are_one_line_with_non_zero_exit_and_no_output_file(
+        argv, message, model_dir, data_csv, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    (tmp_path / "bad.csv").write_text("text,label\ngood film,7\nbad film,0\n")
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(
+        tmp_path / "gpt2")
+    subs = {"{empty}": tmp_path / "empty", "{empty_csv}": tmp_path / "empty.csv", "{bad_labels}": tmp_path / "bad.csv",
+            "{gpt2}": tmp_path / "gpt2"}
+    argv = [str(subs.get(a, a)) for a in argv]
+    out = tmp_path / "scores.safetensors"
+    base = {"--model": str(model_dir), "--data": str(data_csv), "--out": str(out)}
+    for flag, value in base.items():
+        if flag not in argv:
+            argv += [flag, value]
+    code, _, err = run(argv + ["--quiet", "--batches", "1", "--batch-size", "4"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("deepcuts: error:") and message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".scores")]
+
+
+def test_console_script_help_and_clean_failure(tmp_path):
+    exe = [sys.executable, "-m", "deepcuts_fast.cli"]
+    for sub in ([], ["score"], ["eval"], ["run"]):
+        proc = subprocess.run(exe + sub + ["--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: deepcuts" in proc.stdout
+    proc = subprocess.run(exe + ["score", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "s"),
+                                 "--model", "minilm"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope.csv" in proc.stderr

@@ -1,0 +1,68 @@
+"""A few checks on the real packaged MiniLM-L6 and the embedded data (marked slow; CI runs them)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from naive import naive_first_order, naive_scores
+from test_scoring import assert_scores_close
+
+import deepcuts_fast as dc
+from deepcuts_fast.cli import main
+from deepcuts_fast.data import load_dataset, make_batches
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return dc.load_model("minilm", num_labels=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def rt_batches():
+    tok = dc.load_tokenizer("minilm")
+    return make_batches(load_dataset("rotten_tomatoes", "train"), tok, batch_size=4, max_length=32, shuffle=True,
+                        limit=8)
+
+
+def test_layout_of_the_packaged_model(minilm):
+    layers = dc.arch.encoder_layers(minilm)
+    assert len(layers) == 6
+    assert all(layer.num_heads == 12 and layer.head_dim == 32 and layer.ffn_width == 1536 for layer in layers)
+    assert sum(p.numel() for p in minilm.parameters()) == 22_713_986  # 22.7M + the 2-class head
+
+
+@pytest.mark.parametrize("criterion", ["cam-cut-shift", "smooth-cam-cut"])
+def test_scores_match_the_naive_oracle_on_minilm(minilm, rt_batches, criterion):
+    kw = dict(noise_samples=2, noise_std=1e-3, seed=0)
+    got = dc.score(minilm, rt_batches, criterion, progress=False, **kw)
+    assert_scores_close(got, naive_scores(minilm, rt_batches, criterion, **kw), rtol=1e-3)
+
+
+def test_first_order_units_match_mask_gradients_on_minilm(minilm, rt_batches):
+    u = dc.score(minilm, rt_batches, "gradient", "unit", unit_method="first-order", progress=False)
+    heads, neurons = naive_first_order(minilm, rt_batches)
+    for i in range(6):
+        torch.testing.assert_close(u.heads(i), heads[i], rtol=1e-3, atol=1e-8)
+        torch.testing.assert_close(u.neurons(i), neurons[i], rtol=1e-3, atol=1e-8)
+
+
+def test_paper_ratios_need_the_encoder_count_on_minilm(minilm):
+    s = dc.score(minilm, None, "magnitude")
+    with pytest.raises(dc.DeepCutsError, match="below 1.881"):
+        s.masks(2.0)
+    masks = s.masks(4.0, params="encoder")
+    enc = s.meta["encoder_params"]
+    removed = sum(int((~m).sum()) for m in masks.values())
+    assert enc / (enc - removed) == pytest.approx(4.0, rel=1e-4)
+
+
+def test_cli_scores_the_packaged_model(tmp_path, capsys):
+    out = tmp_path / "minilm.safetensors"
+    code = main(["score", "--model", "minilm", "--data", "rotten_tomatoes", "--criterion", "smooth-cut",
+                 "--granularity", "unit", "--batches", "1", "--batch-size", "4", "--noise-samples", "2",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    s = dc.Scores.load(out)
+    assert s.granularity == "unit" and s.heads(5).shape == (12,) and s.neurons(0).shape == (1536,)
+    assert all(torch.isfinite(s.heads(i)).all() and (s.heads(i) > 0).any() for i in range(6))
