@@ -3,16 +3,25 @@ __version__ = "0.1.0"
 
 from .errors import DeepCutsError
 from .models import load_model, load_tokenizer
+from .planning import Plan, plan
+from .pruning import export, export_program, from_pretrained, prune, save_pretrained
 from .scoring import CRITERIA, Scores, apply_masks, score, score_many
 
 __all__ = [
     "CRITERIA",
     "DeepCutsError",
+    "Plan",
     "Scores",
     "__version__",
     "apply_masks",
+    "export",
+    "export_program",
+    "from_pretrained",
     "load_model",
     "load_tokenizer",
+    "plan",
+    "prune",
+    "save_pretrained",
     "score",
     "score_many",
 ]

@@ -1,0 +1,114 @@
+"""`deepcuts bench`: the latency benchmark of a (slim) model folder or ONNX file, optionally against a baseline."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import DeepCutsError
+from .latency import benchmark
+
+Loader = Callable[[str], nn.Module]
+OUT_FILES = ("bench.json", "bench.csv", "bench.png")
+
+
+def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `bench` sub-command to a `deepcuts` sub-parser set; returns its parser."""
+    p = subparsers.add_parser("bench", help="latency of a model (and a baseline) over batch sizes and sequence lengths")
+    p.add_argument("--model", required=True, help="model folder (slim or dense), 'minilm', or an .onnx file")
+    p.add_argument("--baseline", default=None,
+                   help="model to compare against (folder, 'minilm' or .onnx); speedups are relative to it")
+    p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 32], help="comma-separated, e.g. 1,32")
+    p.add_argument("--seq-lens", type=_positive_ints, default=[128], help="comma-separated, e.g. 128,512")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision torch models run in (ONNX files run as exported)")
+    p.add_argument("--repeats", type=int, default=20, help="timed passes per model and grid point")
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes before timing")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--out", default=None, help=f"folder for {', '.join(OUT_FILES)}")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no per-measurement progress lines")
+    return p
+
+
+def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> int:
+    """Run `deepcuts bench` for parsed `args`; `load` turns a model folder into a module (default below)."""
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_writable_dir(out)
+    paths = [args.baseline, args.model] if args.baseline else [args.model]
+    load = load or _default_loader()
+    models = [p if p.endswith(".onnx") else load(p) for p in paths]
+    report = benchmark(models, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, device=args.device,
+                       dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, names=_names(paths),
+                       threads=args.threads, progress=not (args.quiet or args.json))
+    if out is not None:
+        report.to_json(out / "bench.json")
+        report.to_csv(out / "bench.csv")
+        report.plot(out / "bench.png")
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    s = report.settings
+    print(f"device {s['device']}, {s['threads']} threads, {s['repeats']} timed runs after {s['warmup']} warm-up "
+          f"(speedup and FLOP ratio vs {s['models'][0]})\n")
+    print(report.table())
+    if out is not None:
+        print(f"\nwrote {', '.join(str(out / f) for f in OUT_FILES)}")
+    return 0
+
+
+def _default_loader() -> Loader:
+    """`dc.from_pretrained` (reads slim folders with per-layer widths) when present, else the plain loader."""
+    try:
+        from ..pruning.io import from_pretrained
+    except ImportError:
+        return _load_plain
+    return from_pretrained
+
+
+def _load_plain(path: str) -> nn.Module:
+    """A stock HF classifier folder (or 'minilm'), keeping the head size its config declares."""
+    from transformers import AutoConfig
+
+    from ..models import load_model, resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(path))
+    except (OSError, ValueError) as e:
+        raise DeepCutsError(f"cannot load a model config from {path!r}: {str(e).splitlines()[0]}") from e
+    return load_model(path, num_labels=config.num_labels)
+
+
+def _names(paths: list[str]) -> list[str]:
+    names = [Path(p).name or p for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{role}:{n}" for role, n in zip(("baseline", "model"), names)]
+    return names
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,32, got {text!r}")
+    return values
+
+
+def _check_writable_dir(out: Path) -> None:
+    """Fail before loading or timing anything when `out` cannot become a writable folder."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if probe == out and not out.is_dir():
+        raise DeepCutsError(f"--out {out} is a file; give a folder")
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise DeepCutsError(f"cannot write to {out}: {probe} is not a writable folder; choose another --out")
+

@@ -1,0 +1,109 @@
+"""`BenchmarkReport`: the rows of a latency benchmark as a markdown table, JSON, CSV and a plot.
+
+Every file is written atomically (temporary sibling, then rename).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_path, write_text
+from ..errors import DeepCutsError
+
+_COLUMNS = ("model", "batch", "seq", "dtype", "median ms", "p90", "p99", "seq/s", "speedup", "FLOP ratio",
+            "peak mem MB")
+
+
+@dataclass
+class BenchmarkReport:
+    """Benchmark rows, one per (model, batch, seq), plus where and how they were measured.
+
+    Row keys: model, backend, device, dtype, batch, seq, threads, repeats, median_ms, p90_ms, p99_ms,
+    min_ms, seq_per_s, flops (theoretical encoder FLOPs of the whole batch, None when unknown),
+    weights_mb, activation_mb (peak memory a forward pass added over what was resident before it),
+    peak_mem_mb (weights + activations; None where memory cannot be measured), speedup and
+    flop_ratio (the baseline's median latency / FLOPs over this row's, at the same batch and seq).
+    """
+
+    rows: list[dict]
+    machine: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def row(self, model: str, batch: int, seq: int, dtype: str | None = None) -> dict:
+        """The row of `model` at (`batch`, `seq`) (and `dtype` when rows of several dtypes are mixed)."""
+        for r in self.rows:
+            if (r["model"], r["batch"], r["seq"]) == (model, batch, seq) and dtype in (None, r["dtype"]):
+                return r
+        raise DeepCutsError(f"no benchmark row for {model!r} at batch {batch}, seq {seq}"
+                            + (f", dtype {dtype}" if dtype else ""))
+
+    def to_dict(self) -> dict:
+        return {"machine": self.machine, "settings": self.settings, "rows": self.rows}
+
+    def table(self) -> str:
+        """Markdown table: latency percentiles, throughput, speedup and FLOP ratio side by side, memory."""
+        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        for r in self.rows:
+            cells = [r["model"], str(r["batch"]), str(r["seq"]), r["dtype"], _ms(r["median_ms"]), _ms(r["p90_ms"]),
+                     _ms(r["p99_ms"]), f"{r['seq_per_s']:.1f}", f"{r['speedup']:.2f}x", _opt(r["flop_ratio"], "{:.2f}x"),
+                     _opt(r["peak_mem_mb"], "{:.1f}")]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return Path(path)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else [])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return Path(path)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """PNG: median latency vs batch size, one line per model (and dtype), one panel per sequence length."""
+        try:
+            from matplotlib import ticker
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as e:
+            raise DeepCutsError("plotting needs matplotlib: pip install matplotlib") from e
+        seqs = sorted({r["seq"] for r in self.rows})
+        several_dtypes = len({r["dtype"] for r in self.rows}) > 1
+        # An explicit Figure on the Agg canvas: no pyplot state, no change to the user's backend.
+        fig = Figure(figsize=(5 * max(len(seqs), 1), 4), layout="constrained")
+        FigureCanvasAgg(fig)
+        for ax, seq in zip(fig.subplots(1, max(len(seqs), 1), squeeze=False)[0], seqs):
+            lines: dict[str, list[tuple[int, float]]] = {}
+            for r in self.rows:
+                if r["seq"] == seq:
+                    label = f"{r['model']} ({r['dtype']})" if several_dtypes else r["model"]
+                    lines.setdefault(label, []).append((r["batch"], r["median_ms"]))
+            for label, points in lines.items():
+                batches, ms = zip(*sorted(points))
+                ax.plot(batches, ms, marker="o", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(sorted({r["batch"] for r in self.rows if r["seq"] == seq}))
+            ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.yaxis.set_major_formatter(ticker.LogFormatter())
+            ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+            ax.set(title=f"seq {seq}", xlabel="batch size", ylabel="median latency (ms)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        return Path(path)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)

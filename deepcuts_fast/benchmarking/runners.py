@@ -1,0 +1,156 @@
+"""One benchmarked model: a torch module (cast copy on the target device) or an ONNX file under onnxruntime.
+
+A runner turns the shared token ids into its own inputs, runs one forward pass, times it (CUDA
+events on a GPU, `time.perf_counter` otherwise) and measures its peak extra memory.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DeepCutsError
+from ..flops import encoder_flops
+from . import memory
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_ONNX_DTYPES = {"tensor(float)": "fp32", "tensor(bfloat16)": "bf16", "tensor(float16)": "fp16",
+                "tensor(double)": "fp64"}
+_ONNX_INTS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_MB = 2**20
+
+
+def flops_or_none(model: nn.Module | None, seq_len: int) -> int | None:
+    """Encoder FLOPs of one sequence, or None for a model whose architecture has no cost model."""
+    if model is None:
+        return None
+    try:
+        return encoder_flops(model, seq_len)
+    except DeepCutsError:
+        return None
+
+
+def max_seq_len(model: nn.Module) -> int | None:
+    """Longest sequence the model's position embeddings allow (None when the config does not say)."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and getattr(config, "model_type", None) == "roberta":
+        limit -= (config.pad_token_id or 0) + 1  # RoBERTa positions start after the padding index
+    return limit
+
+
+class TorchRunner:
+    """A copy of `model` in eval mode, moved to `device` and cast to `dtype`.
+
+    bf16 is a cast copy (`.to(bfloat16)`), not `torch.autocast`: autocast re-casts every weight on
+    every call and keeps LayerNorm / softmax in fp32; on a tiny BERT and a 2-layer hidden-256 BERT
+    (AMX CPU) the cast copy was as fast or faster at every shape tried (up to 1.5x at batch 8 x 64).
+    It is also what a bf16 deployment runs.
+    """
+
+    backend = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype,
+                 flops_model: nn.Module | None = None):
+        self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        self.device = device
+        self.dtype = DTYPE_NAMES[dtype]
+        self.vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        self.flops_model = flops_model if flops_model is not None else model
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        self.weights_mb = sum(t.numel() * t.element_size() for t in tensors) / _MB
+
+    def inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.vocab is not None and self.vocab < int(ids.max()) + 1:
+            ids = ids.remainder(self.vocab)
+        ids = ids.to(self.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> None:
+        self.model(**inputs)
+
+    def time_ms(self, inputs: dict[str, torch.Tensor]) -> float:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.model(**inputs)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        self.model(**inputs)
+        return (time.perf_counter() - t0) * 1e3
+
+    def peak_mb(self, inputs: dict[str, torch.Tensor]) -> float | None:
+        if self.device.type == "cuda":
+            return memory.cuda_peak_mb(lambda: self.run(inputs), self.device)
+        return memory.cpu_peak_mb(lambda: self.run(inputs)) if memory.rss_available() else None
+
+    def flops(self, seq_len: int) -> int | None:
+        return flops_or_none(self.flops_model, seq_len)
+
+
+class OnnxRunner:
+    """An onnxruntime session on an exported model; runs in the precision it was exported in.
+
+    Time includes onnxruntime's host/device copies of inputs and outputs (numpy feeds). Peak memory
+    is measured on CPU only (the GPU allocations of onnxruntime are invisible to torch).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, device: torch.device, threads: int,
+                 flops_model: nn.Module | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise DeepCutsError(f"benchmarking {path} needs onnxruntime: pip install onnxruntime "
+                                "(onnxruntime-gpu for device cuda)") from e
+        provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise DeepCutsError(f"onnxruntime has no {provider} here (available: "
+                                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # same thread count as torch, so the backends compare
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise DeepCutsError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from e
+        self.device = device
+        self.dtype = _ONNX_DTYPES.get(self.session.get_outputs()[0].type, self.session.get_outputs()[0].type)
+        self.flops_model = flops_model
+        self.weights_mb = Path(path).stat().st_size / _MB  # the initializers dominate the file
+        self.onnxruntime_version = ort.__version__
+        self._feeds = [(i.name, i.type) for i in self.session.get_inputs()]
+        for name, kind in self._feeds:
+            if name not in ("input_ids", "attention_mask", "token_type_ids") or kind not in _ONNX_INTS:
+                raise DeepCutsError(f"{path}: unsupported input {name!r} ({kind}); expected int32/int64 "
+                                    "input_ids, attention_mask and optionally token_type_ids")
+
+    def inputs(self, ids: torch.Tensor) -> dict[str, np.ndarray]:
+        values = {"input_ids": ids.numpy(), "attention_mask": np.ones(tuple(ids.shape)),
+                  "token_type_ids": np.zeros(tuple(ids.shape))}
+        return {name: values[name].astype(_ONNX_INTS[kind]) for name, kind in self._feeds}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> None:
+        self.session.run(None, inputs)
+
+    def time_ms(self, inputs: dict[str, np.ndarray]) -> float:
+        t0 = time.perf_counter()
+        self.session.run(None, inputs)
+        return (time.perf_counter() - t0) * 1e3
+
+    def peak_mb(self, inputs: dict[str, np.ndarray]) -> float | None:
+        if self.device.type == "cuda" or not memory.rss_available():
+            return None
+        return memory.cpu_peak_mb(lambda: self.run(inputs))
+
+    def flops(self, seq_len: int) -> int | None:
+        return flops_or_none(self.flops_model, seq_len)

@@ -1,0 +1,5 @@
+"""Pruning: a Plan -> a physically smaller model, saved, loaded and exported."""
+from .io import export, export_program, from_pretrained, save_pretrained
+from .slicing import prune
+
+__all__ = ["export", "export_program", "from_pretrained", "prune", "save_pretrained"]

@@ -1,0 +1,156 @@
+"""Save, load and export slim models (safetensors only; every write is atomic).
+
+A slim directory is an ordinary HF model folder (`config.json`, `model.safetensors`, tokenizer
+files) whose config also records the per-layer widths (`deepcuts_heads`, `deepcuts_ffn`), plus
+`deepcuts_plan.json`. Stock `AutoModel.from_pretrained` cannot read it, because transformers has
+one width for all layers; `dc.from_pretrained` rebuilds the slim shapes first, then loads the weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from ..errors import DeepCutsError
+from ..planning.plan import Plan
+from .slicing import shrink
+
+PLAN_FILE = "deepcuts_plan.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, plan: Plan | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise DeepCutsError(f"{target} already exists; choose a new folder or pass overwrite=True (--overwrite)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise DeepCutsError(f"cannot write {target}: {e.strerror or e}; choose a writable folder") from e
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if plan is not None:
+            (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None) -> nn.Module:
+    """Rebuild a model saved by `save_pretrained` (slim or dense) exactly, in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = Path(path)
+    for name in ("config.json", WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise DeepCutsError(f"{folder} is not a complete model folder: {name} is missing")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise DeepCutsError(f"{folder}/config.json is unreadable: {str(e).splitlines()[0]}") from e
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    model = AutoModelForSequenceClassification.from_config(config)
+    heads, ffn = getattr(config, "deepcuts_heads", None), getattr(config, "deepcuts_ffn", None)
+    if heads is not None and ffn is not None:
+        shrink(model, [range(h) for h in heads], [range(f) for f in ffn])
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as e:
+        raise DeepCutsError(f"{folder}/{WEIGHTS_FILE} is corrupt or partial ({e})") from e
+    missing, unexpected, wrong = _compare(model, state)
+    if missing or unexpected or wrong:
+        first = (missing or unexpected or wrong)[0]
+        raise DeepCutsError(f"{folder} does not match its config (first problem: {first}); "
+                            "the folder is corrupt or was not written by deepcuts")
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    return model.eval()
+
+
+def _compare(model: nn.Module, state: dict) -> tuple[list, list, list]:
+    expected = model.state_dict()
+    tied = {n for n in expected if n not in state and _is_tied(model, n)}
+    missing = [f"missing {n}" for n in expected if n not in state and n not in tied]
+    unexpected = [f"unexpected {n}" for n in state if n not in expected]
+    wrong = [f"{n} has shape {tuple(state[n].shape)}, expected {tuple(t.shape)}"
+             for n, t in expected.items() if n in state and tuple(state[n].shape) != tuple(t.shape)]
+    return missing, unexpected, wrong
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    keys = getattr(model, "_tied_weights_keys", None) or {}
+    return name in keys
+
+
+def export(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, opset: int = 17) -> Path:
+    """Write `model` as ONNX with dynamic batch and sequence axes (inputs: input_ids, attention_mask)."""
+    target = Path(path)
+    if target.suffix != ".onnx":
+        raise DeepCutsError(f"ONNX export needs a .onnx path, got {target}")
+    ids, mask = _example_inputs(seq_len)
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "logits": {0: "batch"}}
+    with atomic_path(target) as tmp, torch.no_grad(), _LogitsOnly(model) as wrapped, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about HF's Python-level shape checks; outputs are tested
+        torch.onnx.export(wrapped, (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          external_data=False)
+    return target
+
+
+def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16) -> Path:
+    """Write a `torch.export` program (.pt2) with dynamic batch and sequence."""
+    target = Path(path)
+    longest = int(getattr(model.config, "max_position_embeddings", 512))
+    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=longest)
+    with _LogitsOnly(model) as wrapped:
+        program = torch.export.export(wrapped, _example_inputs(seq_len),
+                                      dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    with atomic_path(target) as tmp:
+        torch.export.save(program, str(tmp))
+    return target
+
+
+def _example_inputs(seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and a mask with padding, so tracing keeps the masking path."""
+    ids = torch.ones(2, seq_len, dtype=torch.long)
+    mask = torch.ones(2, seq_len, dtype=torch.long)
+    mask[1, seq_len // 2:] = 0
+    return ids, mask
+
+
+class _LogitsOnly(nn.Module):
+    """Adapter with positional tensor inputs and one tensor output, as exporters want; as a context
+    manager it holds the model in eval mode and restores its mode afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._was_training = model.training
+
+    def __enter__(self) -> "_LogitsOnly":
+        return self.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self._was_training)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

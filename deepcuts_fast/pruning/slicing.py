@@ -1,0 +1,102 @@
+"""Physically remove heads and FFN neurons: slice Linears into smaller dense ones.
+
+Driven by the per-architecture description (`arch.ArchSpec`): the same code serves BERT, RoBERTa,
+ELECTRA and DistilBERT. A layer left with no heads gets an attention module that returns an empty
+context (its block then adds only the output bias); a layer with no FFN neurons keeps zero-width
+Linears, which PyTorch runs as a bias-only output.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..arch import arch_spec, base_model
+from ..planning.plan import Plan
+
+
+def prune(model: nn.Module, plan: Plan) -> nn.Module:
+    """A physically smaller copy of `model` keeping the plan's heads and neurons (`model` is untouched)."""
+    plan.check_model(model)
+    slim = copy.deepcopy(model)
+    shrink(slim, plan.heads, plan.neurons)
+    return slim
+
+
+def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[Sequence[int]]) -> None:
+    """Slice every encoder layer of `model` in place to the given head and neuron indices."""
+    spec = arch_spec(model)
+    layers = base_model(model).get_submodule(spec.layers)
+    for layer, kept_heads, kept_neurons in zip(layers, heads, neurons):
+        attention = layer.get_submodule(spec.attention)
+        head_dim = int(getattr(attention, spec.head_dim_attr))
+        rows = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)], dtype=torch.long)
+        for path in (spec.query, spec.key, spec.value):
+            _replace(layer, path, _slice(layer.get_submodule(path), rows, dim=0))
+        _replace(layer, spec.attn_out, _slice(layer.get_submodule(spec.attn_out), rows, dim=1))
+        cols = torch.tensor(list(kept_neurons), dtype=torch.long)
+        _replace(layer, spec.ffn_in, _slice(layer.get_submodule(spec.ffn_in), cols, dim=0))
+        _replace(layer, spec.ffn_out, _slice(layer.get_submodule(spec.ffn_out), cols, dim=1))
+        _set_head_count(attention, spec, len(kept_heads), head_dim)
+    model.config.deepcuts_heads = [len(h) for h in heads]
+    model.config.deepcuts_ffn = [len(n) for n in neurons]
+
+
+def _slice(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear holding the given output rows (dim=0, with their biases) or input columns (dim=1)."""
+    index = index.to(linear.weight.device)
+    weight = linear.weight.detach().index_select(dim, index).clone()
+    bias = None
+    if linear.bias is not None:
+        bias = linear.bias.detach().index_select(0, index).clone() if dim == 0 else linear.bias.detach().clone()
+    return linear_from(weight, bias)
+
+
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear around existing tensors (no random initialisation, zero widths allowed)."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(1, 1, bias=bias is not None, device="meta")  # no init work; shapes set below
+    linear.in_features, linear.out_features = in_features, out_features
+    linear.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
+    return linear
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def _set_head_count(attention: nn.Module, spec, heads: int, head_dim: int) -> None:
+    setattr(attention, spec.heads_attr, heads)
+    if hasattr(attention, "all_head_size"):
+        attention.all_head_size = heads * head_dim
+    if heads == 0 and not isinstance(attention, _NoHeads):
+        inner_out = spec.attn_out[len(spec.attention) + 1:] if spec.attn_out.startswith(spec.attention + ".") else None
+        attention.__class__ = _no_heads_class(type(attention))
+        attention._deepcuts_out = inner_out
+
+
+class _NoHeads:
+    """Mixed in front of an attention class whose layer kept no heads: the context is empty, so the
+    block contributes only the attention-output bias (through the output Linear, wherever it lives)."""
+
+    _deepcuts_out: str | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        if self._deepcuts_out is not None:
+            context = self.get_submodule(self._deepcuts_out)(context)
+        return context, None
+
+
+_NO_HEAD_CLASSES: dict[type, type] = {}
+
+
+def _no_heads_class(cls: type) -> type:
+    if cls not in _NO_HEAD_CLASSES:
+        _NO_HEAD_CLASSES[cls] = type(f"NoHeads{cls.__name__}", (_NoHeads, cls), {})
+    return _NO_HEAD_CLASSES[cls]
