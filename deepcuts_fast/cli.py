@@ -50,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int, default=None, help="evaluate on the first N examples only")
 
+    p = sub.add_parser("prune", help="plan from a scores file and write a physically smaller model folder")
+    p.add_argument("--model", default="minilm-rt", help="the model the scores were computed on (folder or alias)")
+    p.add_argument("--scores", required=True, help="scores file written by `deepcuts score`")
+    for target in ("flops", "params", "heads", "neurons"):
+        p.add_argument(f"--keep-{target}", type=float, default=None, help=f"fraction of {target} to keep")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length the FLOP budget is counted at")
+    p.add_argument("--scope", choices=("global", "layer"), default="global")
+    p.add_argument("--min-heads", type=int, default=0, help="heads kept in every layer at least")
+    p.add_argument("--min-neurons", type=int, default=0, help="FFN neurons kept in every layer at least")
+    p.add_argument("--multiple-of", type=int, default=1, help="round FFN widths to a multiple (e.g. 8 or 64)")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+
     r = sub.add_parser("run", help="the main job on the embedded default (fine-tune, score, mask, evaluate)")
     common(r, data_required=False)
     r.add_argument("--quick", action="store_true", help="reduced grid: 5 criteria, 8 calibration batches")
@@ -64,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_transformers()
     try:
-        return {"score": cmd_score, "eval": cmd_eval, "run": cmd_run}[args.command](args)
+        commands = {"score": cmd_score, "eval": cmd_eval, "prune": cmd_prune, "run": cmd_run}
+        return commands[args.command](args)
     except DeepCutsError as e:
         if args.debug:
             raise
@@ -95,7 +111,8 @@ def _check_writable(path: Path, is_dir: bool = False) -> None:
 
 
 def _task_model(name: str, dataset, progress: bool):
-    """(model, tokenizer) for a CLI --model value."""
+    """(model, tokenizer) for a CLI --model value; a model without a task head gets one sized for
+    `dataset` (two classes when there is no dataset)."""
     from transformers import AutoConfig
 
     from .embedded import TASK_MODEL_ALIAS, embedded_task_model
@@ -112,7 +129,11 @@ def _task_model(name: str, dataset, progress: bool):
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
     has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-    num_labels = config.num_labels if has_head else dataset.num_labels
+    if getattr(config, "deepcuts_heads", None) is not None:
+        from .pruning import from_pretrained
+
+        return from_pretrained(resolve_model_path(name)), load_tokenizer(name)
+    num_labels = config.num_labels if has_head or dataset is None else dataset.num_labels
     return load_model(name, num_labels=num_labels), load_tokenizer(name)
 
 
@@ -167,6 +188,42 @@ def cmd_eval(args) -> int:
     else:
         metrics = {k: v for k, v in result.to_dict().items() if v is not None}
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .flops import encoder_flops, encoder_unit_params
+    from .planning import plan
+    from .pruning import prune, save_pretrained
+    from .scoring import Scores
+
+    out = Path(args.out)
+    _check_writable(out, is_dir=True)
+    if out.exists() and not args.overwrite:
+        raise DeepCutsError(f"{out} already exists; choose a new folder or pass --overwrite")
+    scores = Scores.load(args.scores)
+    model, tokenizer = _task_model(args.model, None, progress=not args.quiet)
+    the_plan = plan(model, scores, keep_flops=args.keep_flops, keep_params=args.keep_params,
+                    keep_heads=args.keep_heads, keep_neurons=args.keep_neurons, seq_len=args.seq_len,
+                    scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
+                    multiple_of=args.multiple_of)
+    slim = prune(model, the_plan)
+    save_pretrained(slim, out, tokenizer=tokenizer, plan=the_plan, overwrite=args.overwrite)
+    summary = {
+        "out": str(out),
+        "heads": [len(h) for h in the_plan.heads],
+        "ffn": [len(n) for n in the_plan.neurons],
+        "params": sum(p.numel() for p in slim.parameters()),
+        "dense_params": sum(p.numel() for p in model.parameters()),
+        "unit_params_kept": encoder_unit_params(slim) / encoder_unit_params(model),
+        "flops_kept": encoder_flops(slim, args.seq_len) / encoder_flops(model, args.seq_len),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(the_plan.summary())
+        print(f"kept {summary['flops_kept']:.1%} of encoder FLOPs at seq {args.seq_len}, "
+              f"{summary['params']:,} of {summary['dense_params']:,} params; wrote {out}")
     return 0
 
 

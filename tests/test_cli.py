@@ -131,3 +131,32 @@ def test_console_script_help_and_clean_failure(tmp_path):
     proc = subprocess.run(exe + ["score", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "s"),
                                  "--model", "minilm"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope.csv" in proc.stderr
+
+
+def test_prune_writes_a_slim_folder_that_loads(model_dir, data_csv, tmp_path, capsys):
+    scores = tmp_path / "s.safetensors"
+    assert run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "gradient",
+                "--granularity", "unit", "--batches", "2", "--batch-size", "4", "--out", str(scores), "--quiet"],
+               capsys)[0] == 0
+    out = tmp_path / "slim"
+    code, stdout, _ = run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5",
+                           "--seq-len", "16", "--out", str(out), "--json", "--quiet"], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["flops_kept"] <= 0.5 and summary["params"] < summary["dense_params"]
+    slim = dc.from_pretrained(out)
+    assert [layer.num_heads for layer in dc.arch.encoder_layers(slim)] == summary["heads"]
+    assert (out / "tokenizer.json").is_file()
+    # the slim folder is a valid --model for eval, and a second prune into it is refused
+    assert run(["eval", "--model", str(out), "--data", str(data_csv), "--quiet"], capsys)[0] == 0
+    code, _, err = run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5",
+                        "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err
+
+
+def test_prune_rejects_scores_of_another_model(model_dir, tmp_path, capsys):
+    other = tmp_path / "other.safetensors"
+    dc.score(dc.load_model("minilm"), None, "magnitude").save(other)
+    code, _, err = run(["prune", "--model", str(model_dir), "--scores", str(other), "--keep-flops", "0.5",
+                        "--out", str(tmp_path / "slim")], capsys)
+    assert code == 2 and "layers" in err and not (tmp_path / "slim").exists()

@@ -66,3 +66,18 @@ def test_cli_scores_the_packaged_model(tmp_path, capsys):
     s = dc.Scores.load(out)
     assert s.granularity == "unit" and s.heads(5).shape == (12,) and s.neurons(0).shape == (1536,)
     assert all(torch.isfinite(s.heads(i)).all() and (s.heads(i) > 0).any() for i in range(6))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pruned_minilm_equals_masked_dense(rt_batches, attn, tmp_path):
+    from test_pruning import logits, zero_dropped_units
+
+    model = dc.load_model("minilm", num_labels=2, seed=0, attn_implementation=attn)
+    scores = dc.score(model, rt_batches, "cam-cut", "unit", progress=False)
+    plan = dc.plan(model, scores, keep_flops=0.5, seq_len=128)
+    slim = dc.prune(model, plan)
+    reference = zero_dropped_units(model, plan)
+    for batch in rt_batches:
+        torch.testing.assert_close(logits(slim, batch), logits(reference, batch), rtol=1e-5, atol=1e-5)
+    back = dc.from_pretrained(dc.save_pretrained(slim, tmp_path / "slim", plan=plan), attn_implementation=attn)
+    assert torch.equal(logits(back, rt_batches[0]), logits(slim, rt_batches[0]))

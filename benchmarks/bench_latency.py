@@ -1,0 +1,131 @@
+"""Latency of dense vs physically pruned encoders (issue 4): is the FLOP reduction a real speedup?
+
+Models: MiniLM-L6 (packaged, random task head) and a BERT-base-sized random model (BertConfig
+defaults: 12 layers, hidden 768, 12 heads, FFN 3072). Each is pruned with magnitude unit scores to
+keep 75 / 50 / 33 % of its encoder FLOPs at the benchmark's sequence length (`dc.plan` + `dc.prune`),
+then dense and slim models are timed together (`dc.benchmark`, round-robin) in every dtype.
+
+Reported per slim model: measured speedup over the dense model, theoretical FLOP ratio, their ratio
+(target >= 0.9 in fp32 on CPU, fp16 on GPU) and its speedup over the fp32 dense model (the gain of
+pruning and bf16 together). FLOPs count heads and FFN only (embeddings, LayerNorms and the head are
+not prunable), so a ratio of 1.0 needs the rest of the forward pass to be negligible.
+
+    python benchmarks/bench_latency.py [--models minilm,bert-base] [--batch-sizes 1,32] [--seq-len 128]
+        [--dtypes fp32,bf16] [--keep 0.75,0.5,0.33] [--repeats 20] [--warmup 3] [--threads N]
+        [--device cpu] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import deepcuts_fast as dc  # noqa: E402
+from deepcuts_fast.benchmarking import BenchmarkReport, benchmark  # noqa: E402
+
+TARGET = 0.9  # measured speedup >= 0.9 x theoretical FLOP reduction
+FAMILIES = ("minilm", "bert-base")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    def items(cast):
+        return lambda text: [cast(v) for v in text.split(",") if v.strip()]
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=items(str), default=list(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
+    ap.add_argument("--batch-sizes", type=items(int), default=[1, 32])
+    ap.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOP targets and the timing")
+    ap.add_argument("--dtypes", type=items(str), default=["fp32", "bf16"], help="fp32, bf16, fp16")
+    ap.add_argument("--keep", type=items(float), default=[0.75, 0.5, 0.33], help="keep_flops fractions")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=None, help="folder for bench.json / bench.csv / bench.png")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.models) - set(FAMILIES))
+    if unknown:
+        ap.error(f"unknown models {unknown}; choose from {', '.join(FAMILIES)}")
+    return args
+
+
+def dense_model(family: str) -> nn.Module:
+    """The dense model of a family (random weights for bert-base, seeded)."""
+    if family == "minilm":
+        return dc.load_model("minilm")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig()).eval()
+
+
+def slim_models(model: nn.Module, keeps: list[float], seq_len: int) -> dict[float, nn.Module]:
+    """keep_flops fraction -> the model pruned to it with magnitude unit scores (no data needed)."""
+    scores = dc.score(model, None, "magnitude", progress=False)
+    return {keep: dc.prune(model, dc.plan(model, scores, keep_flops=keep, seq_len=seq_len)) for keep in keeps}
+
+
+def measure(family: str, dense: nn.Module, slims: dict[float, nn.Module], args: argparse.Namespace
+            ) -> list[BenchmarkReport]:
+    """One report per dtype; dense first, so speedups and FLOP ratios are relative to it."""
+    names = [f"{family}-dense"] + [f"{family}-keep{keep:g}" for keep in slims]
+    return [benchmark([dense, *slims.values()], batch_sizes=args.batch_sizes, seq_lens=[args.seq_len],
+                      device=args.device, dtype=dtype, warmup=args.warmup, repeats=args.repeats, names=names,
+                      threads=args.threads, progress=True)
+            for dtype in args.dtypes]
+
+
+def summary(reports: list[BenchmarkReport]) -> str:
+    """Markdown: per model and dtype, speedup / FLOP ratio vs the target and the speedup over fp32 dense."""
+    lines = [f"| model | batch | seq | dtype | FLOP ratio | speedup | speedup / FLOP ratio (target >= {TARGET}) "
+             "| speedup vs fp32 dense |", "|" + "---|" * 8]
+    fp32 = {(r.settings["models"][0], row["batch"], row["seq"]): row["median_ms"]
+            for r in reports if r.settings["dtype"] == "fp32" for row in r.rows if row["model"] == r.settings["models"][0]}
+    for report in reports:
+        dense_name = report.settings["models"][0]
+        for row in report.rows:
+            ratio = row["flop_ratio"]
+            efficiency = "-" if not ratio or row["model"] == dense_name else (
+                f"{row['speedup'] / ratio:.2f} ({'ok' if row['speedup'] / ratio >= TARGET else 'below'})")
+            dense_fp32 = fp32.get((dense_name, row["batch"], row["seq"]))
+            vs_fp32 = "-" if dense_fp32 is None else f"{dense_fp32 / row['median_ms']:.2f}x"
+            lines.append(f"| {row['model']} | {row['batch']} | {row['seq']} | {row['dtype']} | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}x'} | {row['speedup']:.2f}x | {efficiency} | "
+                         f"{vs_fp32} |")
+    return "\n".join(lines)
+
+
+def combined(reports: list[BenchmarkReport], command: str) -> BenchmarkReport:
+    """All rows in one report, with the machine and the command line that produced them."""
+    return BenchmarkReport(rows=[row for r in reports for row in r.rows], machine=reports[0].machine,
+                           settings={"command": command, "runs": [r.settings for r in reports]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reports = []
+    for family in args.models:
+        dense = dense_model(family)
+        reports += measure(family, dense, slim_models(dense, args.keep, args.seq_len), args)
+    report = combined(reports, " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]))
+    print(f"\n{report.machine}\n")
+    print(report.table())
+    print()
+    print(summary(reports))
+    if args.out is not None:
+        report.to_json(args.out / "bench.json")
+        report.to_csv(args.out / "bench.csv")
+        report.plot(args.out / "bench.png")
+        print(f"\nwrote {args.out}/bench.json, bench.csv, bench.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
