@@ -17,6 +17,7 @@ not prunable), so a ratio of 1.0 needs the rest of the forward pass to be neglig
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -86,8 +87,9 @@ def summary(reports: list[BenchmarkReport]) -> str:
     """Markdown: per model and dtype, speedup / FLOP ratio vs the target and the speedup over fp32 dense."""
     lines = [f"| model | batch | seq | dtype | FLOP ratio | speedup | speedup / FLOP ratio (target >= {TARGET}) "
              "| speedup vs fp32 dense |", "|" + "---|" * 8]
-    fp32 = {(r.settings["models"][0], row["batch"], row["seq"]): row["median_ms"]
-            for r in reports if r.settings["dtype"] == "fp32" for row in r.rows if row["model"] == r.settings["models"][0]}
+    fp32 = {(r.settings["models"][0], row["batch"], row["seq"]): row["median_ms"]  # dense fp32 latency
+            for r in reports if r.settings["dtype"] == "fp32"
+            for row in r.rows if row["model"] == r.settings["models"][0]}
     for report in reports:
         dense_name = report.settings["models"][0]
         for row in report.rows:
@@ -115,15 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         dense = dense_model(family)
         reports += measure(family, dense, slim_models(dense, args.keep, args.seq_len), args)
     report = combined(reports, " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]))
-    print(f"\n{report.machine}\n")
+    print("\n" + json.dumps(report.machine) + "\n")
     print(report.table())
     print()
     print(summary(reports))
     if args.out is not None:
-        report.to_json(args.out / "bench.json")
-        report.to_csv(args.out / "bench.csv")
-        report.plot(args.out / "bench.png")
-        print(f"\nwrote {args.out}/bench.json, bench.csv, bench.png")
+        print(f"\nwrote {', '.join(map(str, report.save(args.out)))}")
     return 0
 
 

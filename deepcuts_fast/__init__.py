@@ -1,6 +1,7 @@
 """deepcuts-fast: interpretability-based (DeepCuts) pruning scores for BERT-family encoders."""
 __version__ = "0.1.0"
 
+from .benchmarking import BenchmarkReport, benchmark
 from .errors import DeepCutsError
 from .models import load_model, load_tokenizer
 from .planning import Plan, plan
@@ -8,12 +9,14 @@ from .pruning import export, export_program, from_pretrained, prune, save_pretra
 from .scoring import CRITERIA, Scores, apply_masks, score, score_many
 
 __all__ = [
+    "BenchmarkReport",
     "CRITERIA",
     "DeepCutsError",
     "Plan",
     "Scores",
     "__version__",
     "apply_masks",
+    "benchmark",
     "export",
     "export_program",
     "from_pretrained",

@@ -14,6 +14,8 @@ DTYPES = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmarking import add_bench_command
+
     parser = argparse.ArgumentParser(prog="deepcuts", description="DeepCuts pruning scores for BERT-family encoders.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 
+    add_bench_command(sub)
+
     r = sub.add_parser("run", help="the main job on the embedded default (fine-tune, score, mask, evaluate)")
     common(r, data_required=False)
     r.add_argument("--quick", action="store_true", help="reduced grid: 5 criteria, 8 calibration batches")
@@ -79,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_transformers()
     try:
-        commands = {"score": cmd_score, "eval": cmd_eval, "prune": cmd_prune, "run": cmd_run}
+        from .benchmarking import run_bench_command
+
+        commands = {"score": cmd_score, "eval": cmd_eval, "prune": cmd_prune, "bench": run_bench_command,
+                    "run": cmd_run}
         return commands[args.command](args)
     except DeepCutsError as e:
         if args.debug:

@@ -13,7 +13,6 @@ from ..errors import DeepCutsError
 from .latency import benchmark
 
 Loader = Callable[[str], nn.Module]
-OUT_FILES = ("bench.json", "bench.csv", "bench.png")
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,27 +29,24 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--repeats", type=int, default=20, help="timed passes per model and grid point")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes before timing")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    p.add_argument("--out", default=None, help=f"folder for {', '.join(OUT_FILES)}")
+    p.add_argument("--out", default=None, help="folder for bench.json, bench.csv and bench.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no per-measurement progress lines")
     return p
 
 
 def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> int:
-    """Run `deepcuts bench` for parsed `args`; `load` turns a model folder into a module (default below)."""
+    """Run `deepcuts bench` for parsed `args`; `load` turns a model folder into a module (default: `_load`)."""
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable_dir(out)
     paths = [args.baseline, args.model] if args.baseline else [args.model]
-    load = load or _default_loader()
+    load = load or _load
     models = [p if p.endswith(".onnx") else load(p) for p in paths]
     report = benchmark(models, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, device=args.device,
                        dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, names=_names(paths),
                        threads=args.threads, progress=not (args.quiet or args.json))
-    if out is not None:
-        report.to_json(out / "bench.json")
-        report.to_csv(out / "bench.csv")
-        report.plot(out / "bench.png")
+    written = report.save(out) if out is not None else []
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -58,22 +54,15 @@ def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> i
     print(f"device {s['device']}, {s['threads']} threads, {s['repeats']} timed runs after {s['warmup']} warm-up "
           f"(speedup and FLOP ratio vs {s['models'][0]})\n")
     print(report.table())
-    if out is not None:
-        print(f"\nwrote {', '.join(str(out / f) for f in OUT_FILES)}")
+    if written:
+        print(f"\nwrote {', '.join(map(str, written))}")
     return 0
 
 
-def _default_loader() -> Loader:
-    """`dc.from_pretrained` (reads slim folders with per-layer widths) when present, else the plain loader."""
-    try:
-        from ..pruning.io import from_pretrained
-    except ImportError:
-        return _load_plain
-    return from_pretrained
-
-
-def _load_plain(path: str) -> nn.Module:
-    """A stock HF classifier folder (or 'minilm'), keeping the head size its config declares."""
+def _load(path: str) -> nn.Module:
+    """A model folder (or 'minilm') as a module: slim folders, whose config records per-layer widths,
+    through `dc.from_pretrained` (stock transformers cannot build them); others through `load_model`,
+    keeping the head size their config declares (the same rule as the other commands)."""
     from transformers import AutoConfig
 
     from ..models import load_model, resolve_model_path
@@ -82,6 +71,10 @@ def _load_plain(path: str) -> nn.Module:
         config = AutoConfig.from_pretrained(resolve_model_path(path))
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load a model config from {path!r}: {str(e).splitlines()[0]}") from e
+    if getattr(config, "deepcuts_heads", None) is not None:
+        from ..pruning import from_pretrained
+
+        return from_pretrained(resolve_model_path(path))
     return load_model(path, num_labels=config.num_labels)
 
 

@@ -5,8 +5,10 @@ Every file is written atomically (temporary sibling, then rename).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,11 +49,22 @@ class BenchmarkReport:
         """Markdown table: latency percentiles, throughput, speedup and FLOP ratio side by side, memory."""
         lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
         for r in self.rows:
-            cells = [r["model"], str(r["batch"]), str(r["seq"]), r["dtype"], _ms(r["median_ms"]), _ms(r["p90_ms"]),
-                     _ms(r["p99_ms"]), f"{r['seq_per_s']:.1f}", f"{r['speedup']:.2f}x", _opt(r["flop_ratio"], "{:.2f}x"),
-                     _opt(r["peak_mem_mb"], "{:.1f}")]
+            cells = [r["model"], str(r["batch"]), str(r["seq"]), r["dtype"], _ms(r["median_ms"]),
+                     _ms(r["p90_ms"]), _ms(r["p99_ms"]), f"{r['seq_per_s']:.1f}", f"{r['speedup']:.2f}x",
+                     _opt(r["flop_ratio"], "{:.2f}x"), _opt(r["peak_mem_mb"], "{:.1f}")]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+    def save(self, folder: str | os.PathLike) -> list[Path]:
+        """Write bench.json, bench.csv and bench.png into `folder`; the plot is skipped, with a note on
+        stderr, where matplotlib is missing (e.g. a bare GPU image), so the numbers are never lost."""
+        folder = Path(folder)
+        written = [self.to_json(folder / "bench.json"), self.to_csv(folder / "bench.csv")]
+        if importlib.util.find_spec("matplotlib") is None:
+            print("deepcuts: note: matplotlib is not installed, so bench.png was not written", file=sys.stderr)
+        else:
+            written.append(self.plot(folder / "bench.png"))
+        return written
 
     def to_json(self, path: str | os.PathLike) -> Path:
         write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -76,10 +76,11 @@ class TorchRunner:
 
     def time_ms(self, inputs: dict[str, torch.Tensor]) -> float:
         if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             self.model(**inputs)
-            end.record()
+            end.record(stream)
             end.synchronize()
             return start.elapsed_time(end)
         t0 = time.perf_counter()
@@ -99,7 +100,9 @@ class OnnxRunner:
     """An onnxruntime session on an exported model; runs in the precision it was exported in.
 
     Time includes onnxruntime's host/device copies of inputs and outputs (numpy feeds). Peak memory
-    is measured on CPU only (the GPU allocations of onnxruntime are invisible to torch).
+    is measured on CPU only (the GPU allocations of onnxruntime are invisible to torch), in a second
+    session without onnxruntime's memory arena: the timed session's arena keeps its memory between
+    runs, which would hide every run's allocations from the RSS probe.
     """
 
     backend = "onnxruntime"
@@ -111,20 +114,16 @@ class OnnxRunner:
         except ImportError as e:
             raise DeepCutsError(f"benchmarking {path} needs onnxruntime: pip install onnxruntime "
                                 "(onnxruntime-gpu for device cuda)") from e
-        provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
-        if provider not in ort.get_available_providers():
-            raise DeepCutsError(f"onnxruntime has no {provider} here (available: "
+        self._ort, self._path, self._threads = ort, str(path), threads
+        self._provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+        if self._provider not in ort.get_available_providers():
+            raise DeepCutsError(f"onnxruntime has no {self._provider} here (available: "
                                 f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # same thread count as torch, so the backends compare
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise DeepCutsError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from e
+        self.session = self._session(arena=True)
+        self._memory_session = None
         self.device = device
-        self.dtype = _ONNX_DTYPES.get(self.session.get_outputs()[0].type, self.session.get_outputs()[0].type)
+        output_type = self.session.get_outputs()[0].type
+        self.dtype = _ONNX_DTYPES.get(output_type, output_type)
         self.flops_model = flops_model
         self.weights_mb = Path(path).stat().st_size / _MB  # the initializers dominate the file
         self.onnxruntime_version = ort.__version__
@@ -133,6 +132,17 @@ class OnnxRunner:
             if name not in ("input_ids", "attention_mask", "token_type_ids") or kind not in _ONNX_INTS:
                 raise DeepCutsError(f"{path}: unsupported input {name!r} ({kind}); expected int32/int64 "
                                     "input_ids, attention_mask and optionally token_type_ids")
+
+    def _session(self, arena: bool):
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self._threads  # same thread count as torch, so the backends compare
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = arena
+        options.log_severity_level = 3
+        try:
+            return self._ort.InferenceSession(self._path, sess_options=options, providers=[self._provider])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise DeepCutsError(f"onnxruntime cannot load {self._path}: {str(e).splitlines()[0]}") from e
 
     def inputs(self, ids: torch.Tensor) -> dict[str, np.ndarray]:
         values = {"input_ids": ids.numpy(), "attention_mask": np.ones(tuple(ids.shape)),
@@ -150,7 +160,10 @@ class OnnxRunner:
     def peak_mb(self, inputs: dict[str, np.ndarray]) -> float | None:
         if self.device.type == "cuda" or not memory.rss_available():
             return None
-        return memory.cpu_peak_mb(lambda: self.run(inputs))
+        if self._memory_session is None:
+            self._memory_session = self._session(arena=False)
+        self._memory_session.run(None, inputs)  # one-time work of this shape stays out of the peak
+        return memory.cpu_peak_mb(lambda: self._memory_session.run(None, inputs))
 
     def flops(self, seq_len: int) -> int | None:
         return flops_or_none(self.flops_model, seq_len)

@@ -1,0 +1,293 @@
+"""`dc.benchmark` / `deepcuts bench` on tiny models: grid, statistics, ratios, outputs, ONNX, errors, CLI."""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, tiny_model
+from torch import nn
+
+from deepcuts_fast.benchmarking import BenchmarkReport, add_bench_command, benchmark, run_bench_command
+from deepcuts_fast.errors import DeepCutsError
+from deepcuts_fast.flops import encoder_flops
+
+FAST = dict(warmup=1, repeats=3, threads=1)
+GRID = dict(batch_sizes=(1, 3), seq_lens=(8, 16))
+
+
+def smaller_ffn(model: nn.Module, width: int = 16) -> nn.Module:
+    """The same architecture as `model` with a narrower FFN (fewer FLOPs), random weights."""
+    config = type(model.config)(**{**model.config.to_dict(), "intermediate_size": width})
+    return type(model)(config).eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    dense = tiny_model("bert")
+    return dense, smaller_ffn(dense)
+
+
+@pytest.fixture(scope="module")
+def report(pair):
+    return benchmark(list(pair), names=["dense", "small"], **GRID, **FAST)
+
+
+def test_rows_cover_the_grid_with_sane_statistics(report):
+    keys = [(r["model"], r["batch"], r["seq"]) for r in report.rows]
+    assert sorted(keys) == sorted((m, b, s) for m in ("dense", "small") for b in (1, 3) for s in (8, 16))
+    for r in report.rows:
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["seq_per_s"] == pytest.approx(r["batch"] * 1e3 / r["median_ms"])
+        assert (r["device"], r["dtype"], r["backend"], r["threads"], r["repeats"]) == ("cpu", "fp32", "torch", 1, 3)
+        assert r["weights_mb"] > 0
+        if r["peak_mem_mb"] is not None:  # Linux: measured from the RSS high-water mark
+            assert r["peak_mem_mb"] == pytest.approx(r["weights_mb"] + r["activation_mb"])
+
+
+def test_speedup_and_flop_ratio_are_relative_to_the_baseline(report, pair):
+    dense, small = pair
+    for b in (1, 3):
+        for s in (8, 16):
+            base, row = report.row("dense", b, s), report.row("small", b, s)
+            assert base["speedup"] == 1.0 and base["flop_ratio"] == 1.0
+            assert row["speedup"] == pytest.approx(base["median_ms"] / row["median_ms"])
+            assert row["flops"] == encoder_flops(small, s) * b
+            assert row["flop_ratio"] == pytest.approx(encoder_flops(dense, s) / encoder_flops(small, s))
+            assert row["flop_ratio"] > 1
+
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+OUT_FILES = ["bench.csv", "bench.json"] + (["bench.png"] if HAS_MATPLOTLIB else [])
+
+
+def test_outputs_are_written_atomically(report, tmp_path):
+    out = tmp_path / "out"
+    assert report.save(out) == [out / "bench.json", out / "bench.csv"] + [out / "bench.png"] * HAS_MATPLOTLIB
+    assert sorted(p.name for p in out.iterdir()) == OUT_FILES  # no temp files left
+    data = json.loads((out / "bench.json").read_text())
+    assert data["rows"] == report.rows and data["machine"]["torch"] == torch.__version__
+    assert data["settings"]["batch_sizes"] == [1, 3]
+    with (out / "bench.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and float(rows[0]["median_ms"]) == pytest.approx(report.rows[0]["median_ms"])
+    table = report.table().splitlines()
+    assert table[0].startswith("| model | batch | seq | dtype | median ms | p90 | p99 | seq/s | speedup | FLOP ratio")
+    assert len(table) == 2 + len(report.rows)
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
+def test_plot_is_a_png(report, tmp_path):
+    assert report.plot(tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
+
+
+def test_save_without_matplotlib_keeps_the_numbers(report, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert [p.name for p in report.save(tmp_path)] == ["bench.json", "bench.csv"]
+    assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_bf16_runs_a_cast_copy_and_leaves_the_model_alone():
+    model = tiny_model("bert").train()
+    threads = torch.get_num_threads()
+    rep = benchmark([model], batch_sizes=(2,), seq_lens=(8,), dtype="bf16", warmup=1, repeats=2, threads=1)
+    assert [r["dtype"] for r in rep.rows] == ["bf16"]
+    assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.get_num_threads() == threads
+
+
+class Sleepy(nn.Module):
+    """Not an HF model: takes 10 ms per call, has no config (so no FLOPs)."""
+
+    def forward(self, input_ids, attention_mask):
+        time.sleep(0.01)
+        return input_ids
+
+
+def test_min_time_adds_repeats_and_plain_modules_have_no_flops():
+    rep = benchmark([Sleepy()], batch_sizes=(1,), seq_lens=(4,), warmup=0, repeats=1, min_time=0.05)
+    (row,) = rep.rows
+    assert row["repeats"] >= 5 and row["median_ms"] >= 10
+    assert row["flops"] is None and row["flop_ratio"] is None
+    assert "| - |" in rep.table()
+
+
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    """A tiny model as ONNX with dynamic batch and sequence (legacy exporter: no onnxscript needed)."""
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    ids = torch.randint(5, TINY["vocab"], (2, 8))
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamic_axes=axes, dynamo=False)
+    return path
+
+
+def test_onnx_model_runs_through_onnxruntime(pair, tmp_path):
+    pytest.importorskip("onnxruntime")
+    dense, small = pair
+    path = export_onnx(small, tmp_path / "small.onnx")
+    rep = benchmark([dense, path], batch_sizes=(1, 2), seq_lens=(8, 12), flops_like=[None, small], **FAST)
+    onnx_rows = [r for r in rep.rows if r["backend"] == "onnxruntime"]
+    assert len(onnx_rows) == 4 and {r["model"] for r in onnx_rows} == {"small.onnx"}
+    for r in onnx_rows:
+        assert r["dtype"] == "fp32" and r["median_ms"] > 0 and r["threads"] == 1
+        assert r["flop_ratio"] == pytest.approx(encoder_flops(dense, r["seq"]) / encoder_flops(small, r["seq"]))
+    assert "onnxruntime" in rep.machine
+    without_flops = benchmark([path], batch_sizes=(1,), seq_lens=(8,), **FAST)
+    assert without_flops.rows[0]["flops"] is None
+
+
+def test_onnx_without_onnxruntime_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"not really onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(DeepCutsError, match="pip install onnxruntime"):
+        benchmark([path], batch_sizes=(1,), seq_lens=(8,))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(models=[]), "at least one model"),
+    (dict(device="tpu"), "device"),
+    (dict(dtype="int8"), "unsupported dtype"),
+    (dict(dtype=torch.int8), "unsupported dtype"),
+    (dict(batch_sizes=(0, 1)), "batch_sizes"),
+    (dict(batch_sizes=()), "batch_sizes"),
+    (dict(seq_lens=(-1,)), "seq_lens"),
+    (dict(repeats=0), "repeats"),
+    (dict(warmup=-1), "warmup"),
+    (dict(threads=0), "threads"),
+    (dict(min_time=0), "min_time"),
+    (dict(names=["a", "b"]), "one name per model"),
+    (dict(seq_lens=(65,)), "longer than"),
+    (dict(models=["model.safetensors"]), "not an .onnx file"),
+    (dict(models=["missing.onnx"]), "does not exist"),
+    (dict(models=[42]), "cannot benchmark"),
+])
+def test_bad_input_is_refused_before_running(kwargs, message, pair):
+    args = dict(models=[pair[0]], batch_sizes=(1,), seq_lens=(8,)) | kwargs
+    with pytest.raises(DeepCutsError, match=message):
+        benchmark(args.pop("models"), **args)
+
+
+def test_duplicate_names_and_missing_rows_are_errors(pair, report):
+    with pytest.raises(DeepCutsError, match="unique"):
+        benchmark(list(pair), names=["x", "x"], batch_sizes=(1,), seq_lens=(8,))
+    with pytest.raises(DeepCutsError, match="no benchmark row"):
+        report.row("dense", 7, 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_a_clear_error(pair):
+    with pytest.raises(DeepCutsError, match="no CUDA GPU"):
+        benchmark([pair[0]], device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rows_use_cuda_events_and_cuda_memory(pair):
+    rep = benchmark(list(pair), names=["dense", "small"], batch_sizes=(1, 8), seq_lens=(16,), device="cuda",
+                    dtype="fp16", warmup=1, repeats=3)
+    for r in rep.rows:
+        assert r["device"].startswith("cuda") and r["dtype"] == "fp16" and r["median_ms"] > 0
+        assert r["activation_mb"] > 0 and r["peak_mem_mb"] > r["weights_mb"]
+    assert rep.row("small", 8, 16)["flop_ratio"] > 1 and "device_name" in rep.machine
+
+
+# ---------------------------------------------------------------------------------------------
+# deepcuts bench
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepcuts")
+    add_bench_command(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+@pytest.fixture(scope="module")
+def model_dirs(pair, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_models")
+    for name, model in zip(("dense", "small"), pair):
+        model.save_pretrained(root / name)
+    return root / "dense", root / "small"
+
+
+def test_cli_writes_json_csv_png_and_prints_json(model_dirs, tmp_path, capsys):
+    dense, small = model_dirs
+    out = tmp_path / "bench"
+    args = bench_parser().parse_args(["bench", "--model", str(small), "--baseline", str(dense), "--batch-sizes", "1,2",
+                                      "--seq-lens", "8", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                                      "--out", str(out), "--json"])
+    assert run_bench_command(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["batch"]) for r in data["rows"]] == [("dense", 1), ("small", 1), ("dense", 2), ("small", 2)]
+    assert data["rows"][1]["flop_ratio"] > 1
+    assert sorted(p.name for p in out.iterdir()) == OUT_FILES
+
+
+def test_cli_prints_the_table_and_reads_slim_folders(pair, tmp_path, capsys):
+    import deepcuts_fast as dc
+
+    slim = dc.prune(pair[0], dc.plan(pair[0], dc.score(pair[0], None, "magnitude", progress=False),
+                                     keep_flops=0.5, seq_len=8))
+    dc.save_pretrained(slim, tmp_path / "slim")
+    args = bench_parser().parse_args(["bench", "--model", str(tmp_path / "slim"), "--batch-sizes", "2",
+                                      "--seq-lens", "8", "--repeats", "2", "--warmup", "0", "--dtype", "bf16",
+                                      "--quiet"])
+    assert run_bench_command(args) == 0
+    out = capsys.readouterr().out
+    assert "| slim | 2 | 8 | bf16 |" in out and "speedup and FLOP ratio vs slim" in out
+
+
+def test_cli_refuses_bad_arguments(model_dirs, tmp_path, capsys):
+    parser = bench_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--model", "x", "--batch-sizes", "0,1"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--model", "x", "--seq-lens", "a"])
+    capsys.readouterr()
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    args = parser.parse_args(["bench", "--model", str(model_dirs[0]), "--out", str(a_file)])
+    with pytest.raises(DeepCutsError, match="is a file"):
+        run_bench_command(args, load=lambda p: pytest.fail("loaded a model before checking --out"))
+    with pytest.raises(DeepCutsError, match="cannot load"):
+        run_bench_command(parser.parse_args(["bench", "--model", str(tmp_path / "nowhere")]))
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/bench_latency.py: its summary on hand-built dense / narrower models
+
+
+def test_bench_latency_summary(pair):
+    spec = importlib.util.spec_from_file_location(
+        "bench_latency", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_latency.py")
+    bench_latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_latency)
+    args = bench_latency.parse_args(["--batch-sizes", "1", "--seq-len", "8", "--dtypes", "fp32,bf16",
+                                     "--repeats", "2", "--warmup", "0", "--threads", "1"])
+    reports = bench_latency.measure("tiny", pair[0], {0.5: pair[1]}, args)
+    text = bench_latency.summary(reports)
+    assert "| tiny-keep0.5 | 1 | 8 | fp32 |" in text and "| tiny-keep0.5 | 1 | 8 | bf16 |" in text
+    fp32, bf16 = reports
+    dense_fp32 = fp32.row("tiny-dense", 1, 8)["median_ms"]
+    assert f"{dense_fp32 / bf16.row('tiny-keep0.5', 1, 8)['median_ms']:.2f}x |" in text
+    both = bench_latency.combined(reports, "bench_latency.py --models tiny")
+    assert isinstance(both, BenchmarkReport) and len(both.rows) == 4
+    assert both.settings["command"] == "bench_latency.py --models tiny"
