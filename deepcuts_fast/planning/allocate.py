@@ -42,8 +42,8 @@ def plan(
     if seq_len < 1 or min_heads < 0 or min_neurons < 0 or multiple_of < 1:
         raise DeepCutsError("seq_len and multiple_of must be >= 1, min_heads and min_neurons >= 0")
     layers = encoder_layers(model)
-    head_scores = [scores.heads(i).float() for i in range(len(layers))]
-    neuron_scores = [scores.neurons(i).float() for i in range(len(layers))]
+    head_scores = [scores.heads(i).float().cpu() for i in range(len(layers))]
+    neuron_scores = [scores.neurons(i).float().cpu() for i in range(len(layers))]
     if budget == "fraction":
         heads = _top_fraction(head_scores, keep_heads, scope, min_heads)
         neurons = _top_fraction(neuron_scores, keep_neurons, scope, min_neurons)

@@ -55,7 +55,7 @@ def masks_for_compression(
 
 def _top_mask(flat: torch.Tensor, fraction: float) -> torch.Tensor:
     k = min(flat.numel(), int(round(fraction * flat.numel())))
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k:
         mask[torch.topk(flat.float(), k, sorted=False).indices] = True
     return mask

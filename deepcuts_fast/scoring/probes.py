@@ -46,7 +46,7 @@ class LinearProbe:
     out_sum: torch.Tensor | None = None
     act_sum: torch.Tensor | None = None
     act_dot: torch.Tensor | None = None
-    tokens: float = 0.0
+    tokens: torch.Tensor | float = 0.0  # stays on the device: no host sync per forward
     handles: list = field(default_factory=list)
 
     def attach(self) -> None:
@@ -67,7 +67,7 @@ class LinearProbe:
         mask = self.ctx.token_mask
         flat_out = output.reshape(-1, output.shape[-1])
         if self.want_rows or self.want_activation:
-            self.tokens += float(mask.sum())
+            self.tokens = self.tokens + mask.sum()
         if self.want_rows:
             _add(self, "out_sum", _masked_sum(mask, flat_out.detach()))
         if self.want_activation:
@@ -96,7 +96,7 @@ class LinearProbe:
         flat_dy = dy.reshape(-1, dy.shape[-1])
         flat_x = x.reshape(-1, x.shape[-1]).to(flat_dy.dtype)
         _add(self, "grad", (flat_dy.t() @ flat_x).float())
-        _add(self, "grad_bias", flat_dy.float().sum(0))
+        _add(self, "grad_bias", flat_dy.sum(0, dtype=torch.float32))
 
     def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor) -> None:
         flat_dx = dx.reshape(-1, dx.shape[-1])

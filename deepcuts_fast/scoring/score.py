@@ -174,7 +174,8 @@ def _data_free_scores(model: nn.Module, layout: list[LayerLayout], crit: Criteri
                 name = f"{layer.names[r]}.{kind}"
                 if name in params:
                     p = params[name].detach()
-                    weights[name] = torch.rand(p.shape, generator=g) if crit.random else p.float().abs().cpu()
+                    weights[name] = (torch.rand(p.shape, generator=g).to(p.device) if crit.random
+                                     else p.float().abs())
     scores = Scores(weights, layout, {**meta_base, "criterion": crit.name, "batches": 0})
     if opts.granularity == "unit":
         return Scores({}, layout, scores.meta, heads=scores.unit_scores()["heads"],
@@ -313,9 +314,11 @@ class _Pass:
 
     def _check_finite(self, b: int) -> None:
         """Name the layer nearest the loss whose gradients are not finite (where they went bad)."""
-        for p in reversed([p for row in self.probes for p in row]):
-            stat = p.act_dot if self.first_order else p.grad
-            if stat is not None and not torch.isfinite(stat.sum()):
+        probes = [p for row in self.probes for p in row if (p.act_dot if self.first_order else p.grad) is not None]
+        sums = torch.stack([(p.act_dot if self.first_order else p.grad).sum() for p in probes])
+        finite = torch.isfinite(sums).tolist()  # one device sync per batch
+        for p, ok in zip(reversed(probes), reversed(finite)):
+            if not ok:
                 raise DeepCutsError(f"non-finite gradients in {p.name} on calibration batch {b}; "
                                     "check the model weights and inputs, or score in fp32")
 
@@ -330,7 +333,7 @@ class _Pass:
             out[p.name + ".bias"] = p.module.bias.detach().float() * p.grad_bias * scale
         shift = crit.row_weight_shift(self.opts.shift)
         if shift is not None:
-            roww = p.out_sum / max(p.tokens, 1.0) + shift
+            roww = p.out_sum / _at_least_one(p.tokens) + shift
             out = {k: v * (roww[:, None] if v.dim() == 2 else roww) for k, v in out.items()}
         for v in out.values():
             v.abs_()
@@ -344,16 +347,20 @@ class _Pass:
             channel = p.act_dot / self.samples
             shift = crit.row_weight_shift(self.opts.shift)
             if shift is not None:
-                channel = channel * (p.act_sum / max(p.tokens, 1.0) + shift)
+                channel = channel * (p.act_sum / _at_least_one(p.tokens) + shift)
             result.append(channel.view(-1, d).sum(1).abs())
         return result[0], result[1]
 
     def _finish(self, crit: Criterion, meta: dict) -> Scores:
         meta = {**meta, "criterion": crit.name}
         if self.opts.granularity == "weight":
-            return Scores({k: v.cpu() for k, v in self.acc[crit.name].items()}, self.layout, meta)
+            return Scores(self.acc[crit.name], self.layout, meta)
         units = self.units[crit.name]
-        return Scores({}, self.layout, meta, heads=[u[0].cpu() for u in units], neurons=[u[1].cpu() for u in units])
+        return Scores({}, self.layout, meta, heads=[u[0] for u in units], neurons=[u[1] for u in units])
+
+
+def _at_least_one(count) -> torch.Tensor | float:
+    return count.clamp_min(1.0) if torch.is_tensor(count) else max(count, 1.0)
 
 
 def _start_graph(module: nn.Module, inputs, output):

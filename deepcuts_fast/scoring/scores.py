@@ -20,6 +20,7 @@ class Scores(Mapping[str, torch.Tensor]):
 
     At `weight` granularity it maps every prunable parameter name to a score tensor of the same
     shape; at `unit` granularity the mapping is empty and only the head / neuron views exist.
+    Tensors live on the device the model was scored on (`.to("cpu")` moves them; `save` does).
     """
 
     def __init__(
@@ -65,6 +66,11 @@ class Scores(Mapping[str, torch.Tensor]):
     def granularity(self) -> str:
         return "weight" if self._weights else "unit"
 
+    def to(self, device: str | torch.device) -> "Scores":
+        """A copy with every tensor on `device`."""
+        return Scores({k: v.to(device) for k, v in self._weights.items()}, self.layout, self.meta,
+                      heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons])
+
     # -- unit views ---------------------------------------------------------------------------
     def heads(self, layer: int) -> torch.Tensor:
         """Score of every attention head of encoder layer `layer`."""
@@ -97,10 +103,10 @@ class Scores(Mapping[str, torch.Tensor]):
         """Write the scores atomically as one safetensors file (metadata in its header)."""
         from safetensors.torch import save_file
 
-        tensors = {f"weights/{k}": v.contiguous() for k, v in self._weights.items()}
+        tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in self._weights.items()}
         for i, (h, n) in enumerate(zip(self._heads, self._neurons)):
-            tensors[f"units/heads/{i}"] = h.contiguous()
-            tensors[f"units/neurons/{i}"] = n.contiguous()
+            tensors[f"units/heads/{i}"] = h.detach().cpu().contiguous()
+            tensors[f"units/neurons/{i}"] = n.detach().cpu().contiguous()
         header = {
             "format": FORMAT,
             "meta": json.dumps(self.meta),
