@@ -154,6 +154,12 @@ def test_model_state_is_restored(bert, batches):
     assert all(not m._forward_hooks for m in bert.modules())
 
 
+def test_bf16_scoring_restores_the_attention_implementation(batches):
+    model = tiny_model("bert", attn="sdpa")
+    dc.score(model, batches, "smooth-cut", noise_samples=2, dtype=torch.bfloat16, progress=False)
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_bf16_autocast_agrees_with_fp32(bert, batches):
     fp32 = dc.score(bert, batches, "gradient", progress=False)
     bf16 = dc.score(bert, batches, "gradient", dtype=torch.bfloat16, progress=False)

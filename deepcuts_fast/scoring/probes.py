@@ -7,6 +7,7 @@ gradients at all), the masked sum of the output (GradCAM row weights), Gaussian 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,7 @@ class PassContext:
     samples: range = range(0)  # noise-sample indices stacked in this chunk
     noise_std: float = 0.0
     seed: int = 0
+    pool: Executor | None = None  # CPU threads that draw the noise of different samples in parallel
 
 
 @dataclass
@@ -76,21 +78,30 @@ class LinearProbe:
             if x.requires_grad:
                 x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
         if self.ctx.noise_std:
-            output = output + self.ctx.noise_std * self._noise(output)
+            output = self._add_noise(output)
         if self.want_grad and output.requires_grad:
             saved_x = x.detach()
             output.register_hook(lambda dy: self._weight_grad(saved_x, dy))
         return output
 
-    def _noise(self, output: torch.Tensor) -> torch.Tensor:
+    def _add_noise(self, output: torch.Tensor) -> torch.Tensor:
+        """`output + std * N(0, 1)`, each stacked sample drawn from its own keyed generator."""
+        noise = torch.empty_like(output)
         per_sample = output.shape[0] // len(self.ctx.samples)
-        draws = []
-        for n in self.ctx.samples:
+
+        def draw(i: int) -> None:
             g = torch.Generator(device=output.device)
-            g.manual_seed(noise_key(self.ctx.seed, self.ctx.batch_index, self.index, n))
-            shape = (per_sample, *output.shape[1:])
-            draws.append(torch.randn(shape, generator=g, device=output.device, dtype=torch.float32))
-        return torch.cat(draws).to(output.dtype)
+            g.manual_seed(noise_key(self.ctx.seed, self.ctx.batch_index, self.index, self.ctx.samples[i]))
+            noise[i * per_sample:(i + 1) * per_sample].normal_(generator=g)
+
+        if self.ctx.pool is not None and len(self.ctx.samples) > 1:
+            list(self.ctx.pool.map(draw, range(len(self.ctx.samples))))
+        else:
+            for i in range(len(self.ctx.samples)):
+                draw(i)
+        if output.grad_fn is not None:  # a Linear's output is not saved for backward: add in place
+            return output.add_(noise, alpha=self.ctx.noise_std)
+        return torch.add(output, noise, alpha=self.ctx.noise_std)
 
     def _weight_grad(self, x: torch.Tensor, dy: torch.Tensor) -> None:
         flat_dy = dy.reshape(-1, dy.shape[-1])
