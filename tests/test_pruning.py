@@ -152,3 +152,20 @@ def test_prune_refuses_a_plan_for_another_model(bert, batches):
     slim = dc.prune(bert, plan)
     with pytest.raises(DeepCutsError, match="plan and prune the same model"):
         dc.prune(slim, plan)
+
+
+@pytest.mark.parametrize("unit_method", ["sum", "first-order"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_a_slim_model_can_be_scored_planned_and_pruned_again(arch, unit_method):
+    model = tiny_model(arch)
+    batches = tiny_batches()
+    slim = dc.prune(model, random_plan(model, 2, empty_heads_layer=0, empty_ffn_layer=1))
+    scores = dc.score(slim, batches, "cam-cut", "unit", unit_method=unit_method, progress=False)
+    assert scores.heads(0).numel() == 0 and scores.neurons(1).numel() == 0
+    weights = dc.score(slim, batches, "smooth-cut", noise_samples=2, progress=False)
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    plan = dc.plan(slim, scores, keep_heads=0.5, keep_neurons=0.5, scope="layer")
+    slimmer = dc.prune(slim, plan)
+    for batch in batches:
+        torch.testing.assert_close(logits(slimmer, batch), logits(zero_dropped_units(slim, plan), batch),
+                                   rtol=1e-5, atol=1e-5)

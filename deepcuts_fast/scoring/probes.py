@@ -67,13 +67,13 @@ class LinearProbe:
     def _forward(self, module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         x = inputs[0]
         mask = self.ctx.token_mask
-        flat_out = output.reshape(-1, output.shape[-1])
+        flat_out = output.flatten(0, -2)
         if self.want_rows or self.want_activation:
             self.tokens = self.tokens + mask.sum()
         if self.want_rows:
             _add(self, "out_sum", _masked_sum(mask, flat_out.detach()))
         if self.want_activation:
-            flat_x = x.reshape(-1, x.shape[-1])
+            flat_x = x.flatten(0, -2)
             _add(self, "act_sum", _masked_sum(mask, flat_x.detach()))
             if x.requires_grad:
                 x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
@@ -104,13 +104,13 @@ class LinearProbe:
         return torch.add(output, noise, alpha=self.ctx.noise_std)
 
     def _weight_grad(self, x: torch.Tensor, dy: torch.Tensor) -> None:
-        flat_dy = dy.reshape(-1, dy.shape[-1])
-        flat_x = x.reshape(-1, x.shape[-1]).to(flat_dy.dtype)
+        flat_dy = dy.flatten(0, -2)
+        flat_x = x.flatten(0, -2).to(flat_dy.dtype)
         _add(self, "grad", (flat_dy.t() @ flat_x).float())
         _add(self, "grad_bias", flat_dy.sum(0, dtype=torch.float32))
 
     def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor) -> None:
-        flat_dx = dx.reshape(-1, dx.shape[-1])
+        flat_dx = dx.flatten(0, -2)
         _add(self, "act_dot", _masked_sum(mask, x.to(flat_dx.dtype) * flat_dx))
 
 

@@ -180,8 +180,8 @@ def _data_free_scores(model: nn.Module, layout: list[LayerLayout], crit: Criteri
                                      else p.float().abs())
     scores = Scores(weights, layout, {**meta_base, "criterion": crit.name, "batches": 0})
     if opts.granularity == "unit":
-        return Scores({}, layout, scores.meta, heads=scores.unit_scores()["heads"],
-                      neurons=scores.unit_scores()["neurons"])
+        units = scores.unit_scores()
+        return Scores({}, layout, scores.meta, heads=units["heads"], neurons=units["neurons"])
     return scores
 
 
@@ -338,6 +338,10 @@ class _Pass:
                                     "check the model weights and inputs, or score in fp32")
 
     def _weight_scores(self, crit: Criterion, p: LinearProbe, b: int) -> dict[str, torch.Tensor]:
+        if p.grad is None and p.module.weight.numel() == 0:  # a pruned-away block (no heads) never runs
+            p.grad = torch.zeros_like(p.module.weight, dtype=torch.float32)
+            p.grad_bias = None if p.module.bias is None else torch.zeros_like(p.module.bias, dtype=torch.float32)
+            p.out_sum = torch.zeros(p.module.out_features, device=self.device)
         if p.grad is None:
             raise DeepCutsError(f"no gradient reached {p.name} on calibration batch {b}; "
                                 "is the layer used by the model's forward?")
@@ -357,6 +361,8 @@ class _Pass:
     def _first_order_units(self, crit: Criterion, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
         result = []
         for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
+            if p.act_dot is None and p.module.in_features == 0:  # the layer kept no heads / neurons
+                p.act_dot = p.act_sum = torch.zeros(0, device=self.device)
             if p.act_dot is None:
                 raise DeepCutsError(f"no gradient reached the input of {p.name}")
             channel = p.act_dot / self.samples
