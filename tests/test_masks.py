@@ -112,3 +112,12 @@ def test_unit_scores_cannot_make_weight_masks(bert, batches):
     u = dc.score(bert, batches, "gradient", "unit", progress=False)
     with pytest.raises(DeepCutsError, match="granularity='weight'"):
         u.masks(1.2)
+
+
+def test_a_damaged_scores_file_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.zeros(1)}, str(path), metadata={"format": "deepcuts-scores/1"})
+    with pytest.raises(DeepCutsError, match="damaged"):
+        dc.Scores.load(path)

@@ -169,3 +169,26 @@ def test_a_slim_model_can_be_scored_planned_and_pruned_again(arch, unit_method):
     for batch in batches:
         torch.testing.assert_close(logits(slimmer, batch), logits(zero_dropped_units(slim, plan), batch),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_pruned_models_stay_trainable(bert, tmp_path):
+    slim = dc.prune(bert, random_plan(bert, 0))
+    assert [p.requires_grad for p in slim.parameters()] == [True] * len(list(slim.parameters()))
+    back = dc.from_pretrained(dc.save_pretrained(slim, tmp_path / "slim"))
+    assert all(p.requires_grad for p in back.parameters())
+
+
+def test_width_rounding_respects_the_minimum(bert):
+    scores = dc.score(bert, None, "magnitude", "unit")
+    plan = dc.plan(bert, scores, keep_neurons=0.0, min_neurons=10, multiple_of=8)
+    assert [len(n) for n in plan.neurons] == [16, 16]
+
+
+def test_output_bias_of_a_layer_without_heads_is_scored(batches):
+    model = tiny_model("bert")
+    slim = dc.prune(model, random_plan(model, 1, empty_heads_layer=0, empty_ffn_layer=1))
+    bias = slim.bert.encoder.layer[0].attention.output.dense.bias
+    with torch.no_grad():
+        bias.copy_(torch.randn(bias.shape))  # BERT initialises biases to zero
+    scores = dc.score(slim, batches, "gradient", progress=False)
+    assert (scores["bert.encoder.layer.0.attention.output.dense.bias"] > 0).all()

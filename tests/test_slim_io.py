@@ -96,3 +96,17 @@ def test_torch_export_program_runs_dynamic_shapes(slim_and_plan, tmp_path):
     for batch_size, seq in ((1, 5), (3, 23)):
         batch = tiny_batches(n_batches=1, batch_size=batch_size, seq_len=seq, seed=seq)[0]
         torch.testing.assert_close(program(batch["input_ids"], batch["attention_mask"]), logits(slim, batch))
+
+
+def test_from_pretrained_reads_ordinary_model_folders(tmp_path):
+    model = tiny_model("bert")
+    model.save_pretrained(tmp_path / "dense")
+    back = dc.from_pretrained(tmp_path / "dense", attn_implementation="eager")
+    batch = tiny_batches()[0]
+    assert torch.equal(logits(back, batch), logits(model, batch))
+
+
+def test_saving_onto_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DeepCutsError, match="is a file"):
+        dc.save_pretrained(tiny_model("bert"), tmp_path / "afile", overwrite=True)

@@ -7,6 +7,8 @@ the whole encoder.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -51,7 +53,7 @@ def plan(
         fraction = keep_flops if budget == "flops" else keep_params
         heads, neurons = _knapsack(model, head_scores, neuron_scores, fraction, budget, seq_len, scope,
                                    min_heads, min_neurons)
-    neurons = [_round_width(s, k, multiple_of) for s, k in zip(neuron_scores, map(len, neurons))]
+    neurons = [_round_width(s, k, multiple_of, min_neurons) for s, k in zip(neuron_scores, map(len, neurons))]
     target = {k: v for k, v in dict(keep_flops=keep_flops, keep_params=keep_params, keep_heads=keep_heads,
                                      keep_neurons=keep_neurons, seq_len=seq_len, scope=scope, min_heads=min_heads,
                                      min_neurons=min_neurons, multiple_of=multiple_of,
@@ -139,8 +141,12 @@ def _top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(torch.topk(scores, k).indices.tolist()) if k else []
 
 
-def _round_width(scores: torch.Tensor, k: int, multiple: int) -> list[int]:
-    """The top units of a layer with their count rounded to the nearest multiple (0 stays 0)."""
+def _round_width(scores: torch.Tensor, k: int, multiple: int, minimum: int = 0) -> list[int]:
+    """The top units of a layer with their count rounded to the nearest multiple (0 stays 0), and
+    rounded up instead where rounding down would go below `minimum`."""
     if multiple > 1 and k:
-        k = min(scores.numel(), max(multiple, multiple * round(k / multiple)))
+        rounded = max(multiple, multiple * round(k / multiple))
+        if rounded < minimum:
+            rounded = multiple * math.ceil(minimum / multiple)
+        k = min(scores.numel(), rounded)
     return _top(scores, k)

@@ -30,6 +30,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, p
                     overwrite: bool = False) -> Path:
     """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically."""
     target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise DeepCutsError(f"{target} is a file; save_pretrained writes a folder, choose another path")
     if target.exists() and not overwrite:
         raise DeepCutsError(f"{target} already exists; choose a new folder or pass overwrite=True (--overwrite)")
     try:
@@ -65,12 +67,15 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"{folder}/config.json is unreadable: {str(e).splitlines()[0]}") from e
+    heads, ffn = getattr(config, "deepcuts_heads", None), getattr(config, "deepcuts_ffn", None)
+    if heads is None or ffn is None:  # an ordinary (dense) model folder
+        from ..models import load_model
+
+        return load_model(str(folder), num_labels=config.num_labels, attn_implementation=attn_implementation)
     if attn_implementation:
         config._attn_implementation = attn_implementation
     model = AutoModelForSequenceClassification.from_config(config)
-    heads, ffn = getattr(config, "deepcuts_heads", None), getattr(config, "deepcuts_ffn", None)
-    if heads is not None and ffn is not None:
-        shrink(model, [range(h) for h in heads], [range(f) for f in ffn])
+    shrink(model, [range(h) for h in heads], [range(f) for f in ffn])
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
@@ -105,7 +110,7 @@ def export(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, opset: 
     target = Path(path)
     if target.suffix != ".onnx":
         raise DeepCutsError(f"ONNX export needs a .onnx path, got {target}")
-    ids, mask = _example_inputs(seq_len)
+    ids, mask = _example_inputs(seq_len, _device(model))
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "logits": {0: "batch"}}
     with atomic_path(target) as tmp, torch.no_grad(), _LogitsOnly(model) as wrapped, warnings.catch_warnings():
@@ -122,17 +127,21 @@ def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16)
     longest = int(getattr(model.config, "max_position_embeddings", 512))
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=longest)
     with _LogitsOnly(model) as wrapped:
-        program = torch.export.export(wrapped, _example_inputs(seq_len),
+        program = torch.export.export(wrapped, _example_inputs(seq_len, _device(model)),
                                       dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
     with atomic_path(target) as tmp:
         torch.export.save(program, str(tmp))
     return target
 
 
-def _example_inputs(seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _example_inputs(seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and a mask with padding, so tracing keeps the masking path."""
-    ids = torch.ones(2, seq_len, dtype=torch.long)
-    mask = torch.ones(2, seq_len, dtype=torch.long)
+    ids = torch.ones(2, seq_len, dtype=torch.long, device=device)
+    mask = torch.ones(2, seq_len, dtype=torch.long, device=device)
     mask[1, seq_len // 2:] = 0
     return ids, mask
 

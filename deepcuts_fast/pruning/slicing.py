@@ -47,10 +47,11 @@ def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[S
 def _slice(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear holding the given output rows (dim=0, with their biases) or input columns (dim=1)."""
     index = index.to(linear.weight.device)
-    weight = linear.weight.detach().index_select(dim, index).clone()
+    weight = linear.weight.detach().index_select(dim, index).clone().requires_grad_(linear.weight.requires_grad)
     bias = None
     if linear.bias is not None:
         bias = linear.bias.detach().index_select(0, index).clone() if dim == 0 else linear.bias.detach().clone()
+        bias.requires_grad_(linear.bias.requires_grad)
     return linear_from(weight, bias)
 
 

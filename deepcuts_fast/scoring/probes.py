@@ -77,9 +77,11 @@ class LinearProbe:
             _add(self, "act_sum", _masked_sum(mask, flat_x.detach()))
             if x.requires_grad:
                 x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
+        if self.want_grad and not output.requires_grad:  # e.g. the output dense of a layer with no heads:
+            output = output.detach().requires_grad_(True)  # its bias still feeds the residual stream
         if self.ctx.noise_std:
             output = self._add_noise(output)
-        if self.want_grad and output.requires_grad:
+        if self.want_grad:
             saved_x = x.detach()
             output.register_hook(lambda dy: self._weight_grad(saved_x, dy))
         return output

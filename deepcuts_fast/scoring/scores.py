@@ -131,8 +131,13 @@ class Scores(Mapping[str, torch.Tensor]):
             raise DeepCutsError(f"{p} is not a readable safetensors scores file ({e})") from e
         if header.get("format") != FORMAT:
             raise DeepCutsError(f"{p} is not a deepcuts scores file (format {header.get('format')!r})")
-        layout = [LayerLayout.from_dict(d) for d in json.loads(header["layout"])]
+        try:
+            layout = [LayerLayout.from_dict(d) for d in json.loads(header["layout"])]
+            heads = [tensors[f"units/heads/{i}"] for i in range(len(layout))]
+            neurons = [tensors[f"units/neurons/{i}"] for i in range(len(layout))]
+            meta = json.loads(header["meta"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise DeepCutsError(f"{p} is a damaged deepcuts scores file (missing or unreadable {e}); "
+                                "score again with `deepcuts score`") from e
         weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
-        heads = [tensors[f"units/heads/{i}"] for i in range(len(layout))]
-        neurons = [tensors[f"units/neurons/{i}"] for i in range(len(layout))]
-        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons)
+        return cls(weights, layout, meta, heads=heads, neurons=neurons)
