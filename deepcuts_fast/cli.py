@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_command(sub)
 
-    r = sub.add_parser("run", help="the main job on the embedded default (fine-tune, score, mask, evaluate)")
+    r = sub.add_parser("run", help="the main job on the embedded default: fine-tune, score, mask (paper mode) and "
+                                   "prune (structured mode), evaluate")
     common(r, data_required=False)
     r.add_argument("--quick", action="store_true", help="reduced grid: 5 criteria, 8 calibration batches")
     r.add_argument("--out", default="runs/quick", help="output folder for results.json")
@@ -236,7 +237,7 @@ def cmd_prune(args) -> int:
 
 def cmd_run(args) -> int:
     from .data import load_dataset, make_batches
-    from .paper import FULL_CRITERIA, QUICK_CRITERIA, run_paper_mode, write_results
+    from .paper import FULL_CRITERIA, QUICK_CRITERIA, run_main_job, write_results
 
     out = Path(args.out)
     _check_writable(out, is_dir=True)
@@ -247,8 +248,8 @@ def cmd_run(args) -> int:
                                shuffle=True, seed=args.seed, limit=calib_batches * args.batch_size)
     evaluation = make_batches(load_dataset(args.data, "test"), tokenizer, batch_size=64, max_length=args.max_length,
                               sort_by_length=True)
-    result = run_paper_mode(model, calibration, evaluation, QUICK_CRITERIA if args.quick else FULL_CRITERIA,
-                            seed=args.seed, progress=not args.quiet, log=log)
+    result = run_main_job(model, calibration, evaluation, QUICK_CRITERIA if args.quick else FULL_CRITERIA,
+                          seed=args.seed, progress=not args.quiet, log=log)
     path = write_results(result, out)
     if args.json:
         print(json.dumps(result.to_dict()))
