@@ -5,7 +5,7 @@ from .benchmarking import BenchmarkReport, benchmark
 from .errors import DeepCutsError
 from .models import load_model, load_tokenizer
 from .planning import Plan, plan
-from .pruning import export, export_program, from_pretrained, prune, save_pretrained
+from .pruning import export, export_program, from_pretrained, prune, reconstruct, save_pretrained
 from .scoring import CRITERIA, Scores, apply_masks, score, score_many
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "load_tokenizer",
     "plan",
     "prune",
+    "reconstruct",
     "save_pretrained",
     "score",
     "score_many",

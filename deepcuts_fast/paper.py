@@ -60,10 +60,11 @@ class RunResult:
             acc = {r["compression"]: r["accuracy"] for r in self.rows if r["criterion"] == crit}
             lines.append(f"| {crit} | " + " | ".join(f"{acc[c]:.4f}" for c in comps) + " |")
         if self.structured:
-            lines += ["", "| criterion (structured) | keep_flops | accuracy | params | speedup (batch 32, CPU fp32) |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {r['criterion']} | {r['keep_flops']:g} | {r['accuracy']:.4f} | {r['params']:,} | "
-                      f"{r['speedup']:.2f}x |" for r in self.structured]
+            lines += ["", "| criterion (structured) | keep_flops | accuracy | reconstructed | params "
+                      "| speedup (batch 32, CPU fp32) |", "|---|---|---|---|---|---|"]
+            lines += [f"| {r['criterion']} | {r['keep_flops']:g} | {r['accuracy']:.4f} | "
+                      f"{r['accuracy_reconstructed']:.4f} | {r['params']:,} | {r['speedup']:.2f}x |"
+                      for r in self.structured]
         return "\n".join(lines)
 
 
@@ -124,7 +125,7 @@ def run_main_job(model: nn.Module, calibration: list, evaluation: list, criteria
                             noise_std=noise_std, seed=seed, progress=progress)
     result.scoring_seconds["all"] = round(time.perf_counter() - start, 2)
     result.rows = run_paper_mode(model, all_scores, evaluation, compressions, log)
-    result.structured = run_structured_mode(model, all_scores, evaluation, keep_flops, log)
+    result.structured = run_structured_mode(model, all_scores, calibration, evaluation, keep_flops, log)
     return result
 
 

@@ -1,0 +1,56 @@
+"""dc.reconstruct: least-squares refit of the slim model's output projections."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_batches, tiny_model
+from test_pruning import logits, random_plan
+
+import deepcuts_fast as dc
+from deepcuts_fast.errors import DeepCutsError
+
+
+def hidden_error(model, dense, batches):
+    """Sum over batches of the squared error of every layer's hidden states against the dense model."""
+    total = torch.zeros(len(dc.arch.encoder_layers(dense)) + 1)
+    with torch.no_grad():
+        for b in batches:
+            inputs = {k: v for k, v in b.items() if k != "labels"}
+            hs = model(**inputs, output_hidden_states=True).hidden_states
+            hd = dense(**inputs, output_hidden_states=True).hidden_states
+            mask = b["attention_mask"].bool()
+            total += torch.stack([(s - d)[mask].pow(2).sum() for s, d in zip(hs, hd)])
+    return total
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_reconstruction_reduces_the_layer_output_error(arch):
+    dense = tiny_model(arch)
+    calibration = tiny_batches(n_batches=4, seed=1)
+    slim = dc.prune(dense, random_plan(dense, 0, empty_heads_layer=0, empty_ffn_layer=1))
+    before = {k: v.clone() for k, v in slim.state_dict().items()}
+    refit = dc.reconstruct(slim, dense, calibration)
+    err_slim, err_refit = hidden_error(slim, dense, calibration), hidden_error(refit, dense, calibration)
+    assert err_refit[-1] < 0.8 * err_slim[-1]  # the last layer's output, on the calibration data
+    assert err_refit[1:].sum() < err_slim[1:].sum()
+    held_out = tiny_batches(n_batches=2, seed=7)
+    assert sum(float((logits(refit, b) - logits(dense, b)).pow(2).sum()) for b in held_out) < \
+        sum(float((logits(slim, b) - logits(dense, b)).pow(2).sum()) for b in held_out)
+    assert all(torch.equal(before[k], v) for k, v in slim.state_dict().items())  # input untouched
+
+
+def test_reconstruction_of_an_unpruned_model_changes_nothing():
+    dense = tiny_model("bert")
+    calibration = tiny_batches(n_batches=6, batch_size=8, seq_len=12)
+    layers = dc.arch.encoder_layers(dense)
+    plan = dc.Plan([list(range(layer.num_heads)) for layer in layers], [list(range(layer.ffn_width)) for layer in layers],
+                   [layer.num_heads for layer in layers], [layer.ffn_width for layer in layers])
+    refit = dc.reconstruct(dc.prune(dense, plan), dense, calibration, ridge=0.0)
+    for b in calibration:
+        torch.testing.assert_close(logits(refit, b), logits(dense, b), rtol=1e-4, atol=1e-5)
+
+
+def test_reconstruction_needs_data():
+    dense = tiny_model("bert")
+    with pytest.raises(DeepCutsError, match="calibration"):
+        dc.reconstruct(dense, dense, [])
