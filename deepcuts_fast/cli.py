@@ -124,7 +124,7 @@ def _task_model(name: str, dataset, progress: bool):
     from transformers import AutoConfig
 
     from .embedded import TASK_MODEL_ALIAS, embedded_task_model
-    from .models import load_model, load_tokenizer, resolve_model_path
+    from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
 
     if name == TASK_MODEL_ALIAS:
         model, tokenizer, _ = embedded_task_model(progress=progress)
@@ -136,12 +136,11 @@ def _task_model(name: str, dataset, progress: bool):
         config = AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
-    has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     if getattr(config, "deepcuts_heads", None) is not None:
         from .pruning import from_pretrained
 
         return from_pretrained(resolve_model_path(name)), load_tokenizer(name)
-    num_labels = config.num_labels if has_head or dataset is None else dataset.num_labels
+    num_labels = None if has_classifier_head(config) or dataset is None else dataset.num_labels
     return load_model(name, num_labels=num_labels), load_tokenizer(name)
 
 

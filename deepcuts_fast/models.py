@@ -43,13 +43,14 @@ def load_tokenizer(name_or_path: str):
 
 def load_model(
     name_or_path: str,
-    num_labels: int = 2,
+    num_labels: int | None = None,
     attn_implementation: str | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """A sequence-classification model in eval mode; a missing head is initialised with `seed`.
 
-    Only safetensors weights are read. `num_labels=1` makes a regression head (MSE loss).
+    Only safetensors weights are read. `num_labels=None` keeps a saved classifier's own head (two
+    classes for a bare encoder); `num_labels=1` makes a regression head (MSE loss).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -60,6 +61,8 @@ def load_model(
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load a model config from {name_or_path!r}: {_first_line(e)}") from e
+    if num_labels is None:
+        num_labels = config.num_labels if has_classifier_head(config) else 2
     if getattr(config, "num_labels", None) != num_labels:
         config.num_labels = num_labels  # also resets id2label / label2id
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
@@ -74,6 +77,11 @@ def load_model(
             raise DeepCutsError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from e
     arch_spec(model)  # fail early on unsupported architectures
     return model.eval()
+
+
+def has_classifier_head(config) -> bool:
+    """Whether a saved model's config says it was saved with a sequence-classification head."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
 def _first_line(e: BaseException) -> str:

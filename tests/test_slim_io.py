@@ -110,3 +110,11 @@ def test_saving_onto_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DeepCutsError, match="is a file"):
         dc.save_pretrained(tiny_model("bert"), tmp_path / "afile", overwrite=True)
+
+
+def test_load_model_keeps_a_saved_classifier_head(tmp_path):
+    model = tiny_model("bert", num_labels=3)
+    model.save_pretrained(tmp_path / "three")
+    back = dc.load_model(str(tmp_path / "three"), attn_implementation="eager")
+    assert back.config.num_labels == 3
+    assert torch.equal(back.classifier.weight, model.classifier.weight)

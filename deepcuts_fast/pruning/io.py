@@ -71,7 +71,7 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
     if heads is None or ffn is None:  # an ordinary (dense) model folder
         from ..models import load_model
 
-        return load_model(str(folder), num_labels=config.num_labels, attn_implementation=attn_implementation)
+        return load_model(str(folder), attn_implementation=attn_implementation)
     if attn_implementation:
         config._attn_implementation = attn_implementation
     model = AutoModelForSequenceClassification.from_config(config)
