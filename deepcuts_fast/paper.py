@@ -107,13 +107,16 @@ def run_paper_mode(model: nn.Module, all_scores: dict, evaluation: list, compres
 
 def run_main_job(model: nn.Module, calibration: list, evaluation: list, criteria=QUICK_CRITERIA,
                  compressions=COMPRESSIONS, keep_flops=KEEP_FLOPS, noise_samples: int = 10,
-                 noise_std: float = 1e-3, seed: int = 0, progress: bool = True, log=print) -> RunResult:
-    """Evaluate the dense model, score every criterion once (shared passes), then paper and structured mode."""
+                 noise_std: float = 1e-3, seed: int = 0, progress: bool = True, log=print,
+                 reconstruction: list | None = None) -> RunResult:
+    """Evaluate the dense model, score every criterion once (shared passes), then paper and structured
+    mode; `reconstruction` batches (default: the calibration ones) feed the least-squares refit."""
     settings = {
         "criteria": list(criteria), "compressions": list(compressions), "scope": "layer",
         "params_counted": "encoder", "keep_flops": list(keep_flops),
         "calibration_batches": len(calibration),
         "calibration_examples": sum(len(b["labels"]) for b in calibration),
+        "reconstruction_examples": sum(len(b["labels"]) for b in (reconstruction or calibration)),
         "evaluation_examples": sum(len(b["labels"]) for b in evaluation),
         "noise_samples": noise_samples, "noise_std": noise_std, "seed": seed,
     }
@@ -125,7 +128,8 @@ def run_main_job(model: nn.Module, calibration: list, evaluation: list, criteria
                             noise_std=noise_std, seed=seed, progress=progress)
     result.scoring_seconds["all"] = round(time.perf_counter() - start, 2)
     result.rows = run_paper_mode(model, all_scores, evaluation, compressions, log)
-    result.structured = run_structured_mode(model, all_scores, calibration, evaluation, keep_flops, log)
+    result.structured = run_structured_mode(model, all_scores, reconstruction or calibration, evaluation,
+                                            keep_flops, log)
     return result
 
 
