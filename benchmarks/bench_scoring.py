@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import torch  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
+from deepcuts_fast.machine import machine_info  # noqa: E402
 from original_deepcuts import original_smooth_cut  # noqa: E402
 
 TARGETS = {
@@ -127,24 +127,6 @@ def top_fraction_overlap(a, b, fraction=0.1, keys=None):
     return float(keep_a[torch.topk(fb, k, sorted=False).indices].sum()) / k
 
 
-def machine_info():
-    model_name = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model_name,
-        "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -152,7 +134,7 @@ def main(argv=None):
     n = args.noise_samples
     info = machine_info()
     load_start = os.getloadavg()
-    print(f"# {info['cpu']} | {info['logical_cpus']} logical CPUs | torch {info['torch']} | "
+    print(f"# {info['processor']} | {info['logical_cpus']} logical CPUs | torch {info['torch']} | "
           f"torch.get_num_threads()={info['threads']} | loadavg at start {load_start[0]:.2f}", flush=True)
     if load_start[0] > info["threads"] + 0.5:
         print(f"WARNING: load average {load_start[0]:.2f} > {info['threads']} threads: other processes are "

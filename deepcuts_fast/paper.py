@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import __version__
 from .atomic import write_text
+from .machine import machine_info
 from .scoring import apply_masks, score_many
 from .structured import run_structured_mode
 from .train import EvalResult, evaluate
@@ -66,26 +65,6 @@ class RunResult:
                       f"{r['accuracy_reconstructed']:.4f} | {r['params']:,} | {r['speedup']:.2f}x |"
                       for r in self.structured]
         return "\n".join(lines)
-
-
-def machine_info() -> dict:
-    """Where the numbers were measured."""
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def run_paper_mode(model: nn.Module, all_scores: dict, evaluation: list, compressions=COMPRESSIONS,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import DeepCutsError
+from ..machine import machine_info
 from .report import BenchmarkReport
 from .runners import DTYPE_NAMES, OnnxRunner, TorchRunner, max_seq_len
 
@@ -130,8 +131,6 @@ def _runner(model: ModelLike, device: torch.device, dtype: torch.dtype, flops_mo
 
 def _machine(device: torch.device, runners: list[Runner]) -> dict:
     import transformers
-
-    from ..paper import machine_info
 
     info = machine_info()
     info["transformers"] = transformers.__version__
