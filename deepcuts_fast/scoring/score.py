@@ -329,8 +329,9 @@ class _Pass:
 
     def _check_finite(self, b: int) -> None:
         """Name the layer nearest the loss whose gradients are not finite (where they went bad)."""
-        probes = [p for row in self.probes for p in row if (p.act_dot if self.first_order else p.grad) is not None]
-        sums = torch.stack([(p.act_dot if self.first_order else p.grad).sum() for p in probes])
+        stats = [(p, p.act_dot if self.first_order else p.grad) for row in self.probes for p in row]
+        probes = [p for p, stat in stats if stat is not None]
+        sums = torch.stack([stat.sum() for _, stat in stats if stat is not None])
         finite = torch.isfinite(sums).tolist()  # one device sync per batch
         for p, ok in zip(reversed(probes), reversed(finite)):
             if not ok:
