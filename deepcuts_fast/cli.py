@@ -1,4 +1,4 @@
-"""The `deepcuts` command line: score, eval and run (the main job on the embedded default)."""
+"""The `deepcuts` command line: score, eval, prune, bench and run (the main job on the embedded default)."""
 from __future__ import annotations
 
 import argparse
@@ -126,6 +126,7 @@ def _task_model(name: str, dataset, progress: bool):
 
     from .embedded import TASK_MODEL_ALIAS, embedded_task_model
     from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
+    from .pruning import from_pretrained
 
     if name == TASK_MODEL_ALIAS:
         model, tokenizer, _ = embedded_task_model(progress=progress)
@@ -137,12 +138,9 @@ def _task_model(name: str, dataset, progress: bool):
         config = AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
-    if getattr(config, "deepcuts_heads", None) is not None:
-        from .pruning import from_pretrained
-
-        return from_pretrained(resolve_model_path(name)), load_tokenizer(name)
-    num_labels = None if has_classifier_head(config) or dataset is None else dataset.num_labels
-    return load_model(name, num_labels=num_labels), load_tokenizer(name)
+    if dataset is not None and not has_classifier_head(config):
+        return load_model(name, num_labels=dataset.num_labels), load_tokenizer(name)
+    return from_pretrained(name), load_tokenizer(name)
 
 
 def _model_and_data(args, split: str):
@@ -245,7 +243,8 @@ def cmd_run(args) -> int:
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     model, tokenizer, dataset = _model_and_data(args, "train")
     shuffled = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                            shuffle=True, seed=args.seed, limit=RECONSTRUCTION_EXAMPLES)
+                            shuffle=True, seed=args.seed,
+                            limit=max(RECONSTRUCTION_EXAMPLES, calib_batches * args.batch_size))
     calibration = shuffled[:calib_batches]
     evaluation = make_batches(load_dataset(args.data, "test"), tokenizer, batch_size=64, max_length=args.max_length,
                               sort_by_length=True)

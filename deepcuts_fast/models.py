@@ -56,7 +56,8 @@ def load_model(
 
     path = resolve_model_path(name_or_path)
     if not _is_local(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DeepCutsError(f"model {name_or_path!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1)")
+        raise DeepCutsError(f"cannot load model {name_or_path!r}: it is not a local folder and the hub is offline "
+                            "(HF_HUB_OFFLINE=1); pass a model folder")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:

@@ -60,22 +60,10 @@ def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> i
 
 
 def _load(path: str) -> nn.Module:
-    """A model folder (or 'minilm') as a module: slim folders, whose config records per-layer widths,
-    through `dc.from_pretrained` (stock transformers cannot build them); others through `load_model`,
-    keeping the head size their config declares (the same rule as the other commands)."""
-    from transformers import AutoConfig
+    """A model folder (slim or dense), 'minilm' or a hub name, as `dc.from_pretrained` loads it."""
+    from ..pruning import from_pretrained
 
-    from ..models import load_model, resolve_model_path
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(path))
-    except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load a model config from {path!r}: {str(e).splitlines()[0]}") from e
-    if getattr(config, "deepcuts_heads", None) is not None:
-        from ..pruning import from_pretrained
-
-        return from_pretrained(resolve_model_path(path))
-    return load_model(path, num_labels=config.num_labels)
+    return from_pretrained(path)
 
 
 def _names(paths: list[str]) -> list[str]:

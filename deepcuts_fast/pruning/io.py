@@ -54,12 +54,18 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, p
 
 
 def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None) -> nn.Module:
-    """Rebuild a model saved by `save_pretrained` (slim or dense) exactly, in eval mode."""
+    """Any model as a classifier in eval mode: a slim folder written by `save_pretrained` is rebuilt
+    exactly with its per-layer widths; dense folders, the `minilm` alias and hub names go through
+    `load_model` (keeping a saved head)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    folder = Path(path)
+    from ..models import load_model, resolve_model_path
+
+    folder = Path(resolve_model_path(str(path)))
+    if not folder.is_dir():  # a hub name
+        return load_model(str(path), attn_implementation=attn_implementation)
     for name in ("config.json", WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise DeepCutsError(f"{folder} is not a complete model folder: {name} is missing")
@@ -69,8 +75,6 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
         raise DeepCutsError(f"{folder}/config.json is unreadable: {str(e).splitlines()[0]}") from e
     heads, ffn = getattr(config, "deepcuts_heads", None), getattr(config, "deepcuts_ffn", None)
     if heads is None or ffn is None:  # an ordinary (dense) model folder
-        from ..models import load_model
-
         return load_model(str(folder), attn_implementation=attn_implementation)
     if attn_implementation:
         config._attn_implementation = attn_implementation
