@@ -10,7 +10,6 @@ from pathlib import Path
 
 from .errors import DeepCutsError
 
-RECONSTRUCTION_EXAMPLES = 512  # least squares over ~700 FFN inputs over-fits 128 reviews (see README)
 DTYPES = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
@@ -70,12 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_command(sub)
 
-    r = sub.add_parser("run", help="the main job on the embedded default: fine-tune, score, mask (paper mode) and "
-                                   "prune (structured mode), evaluate")
+    r = sub.add_parser("run", help="the main job: fine-tune (cached), score every criterion, paper mode, structured "
+                                   "mode with latency and reconstruction, mask analysis, report.md; resumable")
     common(r, data_required=False)
-    r.add_argument("--quick", action="store_true", help="reduced grid: 5 criteria, 8 calibration batches")
-    r.add_argument("--out", default="runs/quick", help="output folder for results.json")
+    r.add_argument("--quick", action="store_true",
+                   help="reduced grid (5 criteria, 8 calibration batches, keep_flops 0.5, no recovery fine-tuning)")
+    r.add_argument("--out", default=None, help="output folder (default runs/quick or runs/full); a rerun into the "
+                                                "same folder reuses the steps that finished")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--calibration-batches", type=int, default=None, help="default 8 (--quick) or 32")
+    r.add_argument("--recovery-epochs", type=float, default=None,
+                   help="recovery fine-tuning of the best slim model per FLOP budget (default 0 with --quick, else 1)")
+    r.add_argument("--latency-batch", type=int, default=32, help="batch size of the latency measurements")
+    r.add_argument("--latency-seq", type=int, default=128,
+                   help="sequence length of the latency measurements and of the FLOP budgets")
+    r.add_argument("--fresh", action="store_true", help="recompute every step instead of reusing finished ones")
     return parser
 
 
@@ -124,7 +132,7 @@ def _task_model(name: str, dataset, progress: bool):
     `dataset` (two classes when there is no dataset)."""
     from transformers import AutoConfig
 
-    from .embedded import TASK_MODEL_ALIAS, embedded_task_model
+    from .task import TASK_MODEL_ALIAS, embedded_task_model
     from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
     from .pruning import from_pretrained
 
@@ -234,30 +242,48 @@ def cmd_prune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .data import load_dataset, make_batches
-    from .paper import FULL_CRITERIA, QUICK_CRITERIA, run_main_job, write_results
+    import shutil
 
-    out = Path(args.out)
+    from .data import check_labels, load_dataset, make_batches
+    from .job import JobConfig, MainJob
+    from .task import task_model
+
+    out = Path(args.out or ("runs/quick" if args.quick else "runs/full"))
     _check_writable(out, is_dir=True)
-    calib_batches = 8 if args.quick else 32
+    overrides = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
+                 "latency_batch": int(_positive(args.latency_batch, "--latency-batch")),
+                 "latency_seq": int(_positive(args.latency_seq, "--latency-seq"))}
+    if args.calibration_batches is not None:
+        overrides["calibration_batches"] = _positive(args.calibration_batches, "--calibration-batches")
+    if args.recovery_epochs is not None:
+        overrides["structured_recovery_epochs"] = _positive(args.recovery_epochs, "--recovery-epochs", zero=True)
+    config = (JobConfig.quick if args.quick else JobConfig.full)(**overrides)
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    model, tokenizer, dataset = _model_and_data(args, "train")
-    shuffled = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                            shuffle=True, seed=args.seed,
-                            limit=max(RECONSTRUCTION_EXAMPLES, calib_batches * args.batch_size))
-    calibration = shuffled[:calib_batches]
-    evaluation = make_batches(load_dataset(args.data, "test"), tokenizer, batch_size=64, max_length=args.max_length,
-                              sort_by_length=True)
-    result = run_main_job(model, calibration, evaluation, QUICK_CRITERIA if args.quick else FULL_CRITERIA,
-                          seed=args.seed, progress=not args.quiet, log=log, reconstruction=shuffled)
-    path = write_results(result, out)
+    dataset = load_dataset(args.data, "train")
+    task = task_model(args.model, args.data, dataset, progress=not args.quiet)
+    check_labels(dataset, task.model.config.num_labels)
+    shuffled = make_batches(dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length,
+                            shuffle=True, seed=config.seed,
+                            limit=max(config.reconstruction_examples, config.calibration_batches * config.batch_size))
+    evaluation = make_batches(load_dataset(args.data, "test"), task.tokenizer, batch_size=64,
+                              max_length=config.max_length, sort_by_length=True)
+    if args.fresh:
+        shutil.rmtree(out / "steps", ignore_errors=True)
+    job = MainJob(task, shuffled[:config.calibration_batches], shuffled, evaluation, config, out, args.data,
+                  progress=not args.quiet, log=log)
+    results = job.run()
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(results))
     else:
-        print(result.table())
-        print(f"\nwrote {path}")
+        print((out / "report.md").read_text())
+        print(f"wrote {out / 'report.md'}, {out / 'results.json'} and the plots")
     return 0
 
+
+def _positive(value: float, flag: str, zero: bool = False) -> float:
+    if not (value > 0 or (zero and value == 0)):
+        raise DeepCutsError(f"{flag} must be {'>= 0' if zero else '> 0'}, got {value}")
+    return value
 
 if __name__ == "__main__":
     sys.exit(main())

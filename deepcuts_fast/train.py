@@ -117,17 +117,21 @@ def finetune(
     seed: int = 0,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Fine-tune `model` in place with AdamW and a linear schedule; returns it in eval mode.
 
     `epochs` may be fractional (0.5 = half the batches, in a seeded shuffled order); `warmup` is the
     fraction of steps spent ramping the LR up. Dropout and batch order are seeded by `seed`, inside
-    a forked RNG so the caller's random state is unchanged.
+    a forked RNG so the caller's random state is unchanged. `masks` (parameter name -> bool keep
+    mask) are applied before training and after every step, so pruned weights stay zero.
     """
     if not 0.0 <= warmup < 1.0:
         raise DeepCutsError(f"warmup is a fraction of the training steps in [0, 1), got {warmup}")
     steps = _num_steps(len(batches), epochs)
     device = model_device(model)
+    pruned = _pruned_entries(model, masks or {})
+    _zero_pruned(pruned)
     optimizer = _optimizer(model, lr, weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(steps, round(warmup * steps)))
     rng_devices = [device] if device.type == "cuda" else []
@@ -145,6 +149,7 @@ def finetune(
                     )
                 loss.backward()
                 optimizer.step()
+                _zero_pruned(pruned)
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 bar.set_postfix(loss=f"{value:.4f}")
@@ -153,6 +158,23 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             model.eval()
     return model
+
+
+def _pruned_entries(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, bool mask of its pruned entries) for every masked parameter, checked once."""
+    params = dict(model.named_parameters())
+    entries = []
+    for name, mask in masks.items():
+        if name not in params or tuple(mask.shape) != tuple(params[name].shape):
+            raise DeepCutsError(f"mask {name!r} does not match a parameter of the model being fine-tuned")
+        entries.append((params[name], ~mask.to(device=params[name].device, dtype=torch.bool)))
+    return entries
+
+
+@torch.no_grad()
+def _zero_pruned(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for param, pruned in entries:
+        param.masked_fill_(pruned, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random-weight encoders (no files needed) and padded token batches."""
 from __future__ import annotations
 
+import csv
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,3 +76,55 @@ def bert():
 @pytest.fixture
 def batches():
     return tiny_batches()
+
+
+WORDS = "good bad film plot actor boring great awful funny dull moving script".split()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny BERT classifier folder with the MiniLM tokenizer (safetensors weights)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import deepcuts_fast as dc
+
+    tokenizer = dc.load_tokenizer("minilm")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
+                     intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], max_position_embeddings=64,
+                     num_labels=2)
+    path = tmp_path_factory.mktemp("tiny_model")
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory):
+    """A tiny BERT encoder folder without a task head (like the packaged MiniLM), with the MiniLM tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    import deepcuts_fast as dc
+
+    tokenizer = dc.load_tokenizer("minilm")
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
+                     intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("tiny_encoder")
+    BertModel(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_csv(tmp_path_factory):
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(24):
+            n = int(torch.randint(3, 12, (1,), generator=g))
+            words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (n,), generator=g)]
+            w.writerow([" ".join(words), i % 2])
+    return path

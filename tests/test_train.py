@@ -52,6 +52,24 @@ def test_finetune_learns_a_learnable_task():
     assert after.accuracy > 0.9
 
 
+def test_finetune_with_masks_keeps_pruned_weights_zero_and_trains_the_rest():
+    model, data = tiny_model(), token_task(4, 8)
+    g = torch.Generator().manual_seed(3)
+    params = dict(model.named_parameters())
+    names = [n for n in params if n.endswith("dense.weight")][:3]
+    masks = {n: torch.rand(params[n].shape, generator=g) > 0.5 for n in names}
+    before = {n: params[n].detach().clone() for n in names}
+    finetune(model, data, epochs=2, lr=1e-2, progress=False, masks=masks)
+    for n in names:
+        assert torch.all(params[n][~masks[n]] == 0)
+        assert not torch.equal(params[n][masks[n]], before[n][masks[n]])  # the kept weights did train
+
+
+def test_finetune_rejects_masks_of_another_model():
+    with pytest.raises(DeepCutsError, match="does not match"):
+        finetune(tiny_model(), token_task(1, 4), epochs=1, progress=False, masks={"nope.weight": torch.ones(2)})
+
+
 def test_finetune_seeds_reproduce_exactly():
     data = tiny_batches(4, num_labels=2)
     a, b, c = tiny_model(), tiny_model(), tiny_model()

@@ -1,0 +1,57 @@
+"""What one main-job run does: the criteria, the grids and the budgets of each stage.
+
+`JobConfig.quick()` is the reduced grid of `deepcuts run --quick` (under 10 minutes on 2 CPU
+cores); `JobConfig.full()` is the whole comparison (under an hour there).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+QUICK_CRITERIA = ("magnitude", "gradient", "cam-cut", "smooth-cut", "random")
+FULL_CRITERIA = ("magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
+                 "smooth-cam-cut-shift", "random")
+DEEPCUTS_CRITERIA = ("cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut", "smooth-cam-cut-shift")
+BASELINE_CRITERIA = ("magnitude", "gradient")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Every setting that changes a number of the run (recorded in results.json and the report)."""
+
+    criteria: tuple[str, ...] = FULL_CRITERIA
+    compressions: tuple[float, ...] = (2.0, 3.0, 3.5, 4.0)  # paper mode, layer scope, encoder params
+    keep_flops: tuple[float, ...] = (0.75, 0.5, 0.33)  # structured mode, global plan
+    calibration_batches: int = 32
+    batch_size: int = 16
+    max_length: int = 64
+    noise_samples: int = 10
+    noise_std: float = 1e-3
+    seed: int = 0
+    reconstruction_examples: int = 512  # least-squares refit data (fewer over-fits the FFN outputs)
+    recovery_criteria: tuple[str, ...] = ("magnitude", "gradient", "cam-cut", "smooth-cut")
+    recovery_compressions: tuple[float, ...] = (3.0, 4.0)
+    recovery_epochs: float = 0.25  # paper-mode recovery fine-tune, masks held fixed
+    recovery_lr: float = 5e-5
+    rewind_criteria: tuple[str, ...] = ("magnitude", "cam-cut")  # lottery-ticket rewinding
+    rewind_compression: float = 4.0
+    structured_recovery_epochs: float = 1.0  # of the best slim model per FLOP budget; 0 = none
+    latency_batch: int = 32
+    latency_seq: int = 128
+    latency_dtypes: tuple[str, ...] = ("fp32", "bf16")
+    latency_repeats: int = 5
+    iou_compression: float = 3.0  # paper-mode masks compared between criteria
+    iou_keep_flops: float = 0.5  # structured plans compared between criteria
+
+    @classmethod
+    def full(cls, **overrides) -> "JobConfig":
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def quick(cls, **overrides) -> "JobConfig":
+        """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning."""
+        quick = cls(criteria=QUICK_CRITERIA, keep_flops=(0.5,), calibration_batches=8, recovery_criteria=(),
+                    recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0)
+        return replace(quick, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,97 @@
+"""The main job's quality goals and its plain answer to the paper's claim, from the run's own numbers.
+
+The claim (DeepCuts paper): Cam-Cut / Smooth-Cut beat weight- and gradient-based scores, more so at
+high compression. It is checked per compression (paper mode) and per FLOP budget (structured mode)
+as the margin of the best DeepCuts criterion over the best of magnitude and gradient.
+"""
+from __future__ import annotations
+
+from .config import BASELINE_CRITERIA, DEEPCUTS_CRITERIA
+
+GOAL_KEEP = 0.5
+
+
+def _best(rows: list[dict], crits, key: str) -> tuple[str | None, float | None]:
+    found = [(r[key], r["criterion"]) for r in rows if r["criterion"] in crits and r.get(key) is not None]
+    if not found:
+        return None, None
+    value, crit = max(found)
+    return crit, value
+
+
+def _goal(goal: str, target: str, measured: float | None, met: bool | None, detail: str) -> dict:
+    return {"goal": goal, "target": target, "measured": None if measured is None else round(measured, 4),
+            "met": met, "detail": detail}
+
+
+def quality_goals(results: dict) -> list[dict]:
+    """The issue's goals at keep_flops 0.5 on the test split, each met / missed / not measured (None)."""
+    dense = results["dense"]["accuracy"]
+    rows = [r for r in results["structured_mode"] if r["keep_flops"] == GOAL_KEEP]
+    crit, single = _best(rows, DEEPCUTS_CRITERIA, "accuracy")
+    mag = next((r["accuracy"] for r in rows if r["criterion"] == "magnitude"), None)
+    rcrit, refit = _best(rows, DEEPCUTS_CRITERIA, "accuracy_reconstructed")
+    recovered = [r for r in results["structured_recovery"] if r["keep_flops"] == GOAL_KEEP and r["epochs"] >= 1]
+    goals = []
+    if single is None:
+        return [_goal("structured keep_flops 0.5", "", None, None, "not run (no DeepCuts criterion or budget 0.5)")]
+    drop = dense - single
+    goals.append(_goal("single shot: best DeepCuts criterion within 3 points of dense", "<= 0.03 below",
+                       drop, drop <= 0.03, f"{crit}: {single:.4f} vs dense {dense:.4f}"))
+    if mag is not None:
+        gain = single - mag
+        goals.append(_goal("single shot: best DeepCuts criterion at least 3 points above magnitude", ">= 0.03 above",
+                           gain, gain >= 0.03, f"{crit}: {single:.4f} vs magnitude {mag:.4f}"))
+    drop = dense - refit
+    goals.append(_goal("with reconstruction: within 1.5 points of dense", "<= 0.015 below", drop, drop <= 0.015,
+                       f"{rcrit}: {refit:.4f}"))
+    if recovered:
+        r = recovered[0]
+        drop = dense - r["accuracy"]
+        goals.append(_goal("with 1 epoch of recovery: within 1 point of dense", "<= 0.01 below", drop, drop <= 0.01,
+                           f"{r['criterion']} reconstructed then fine-tuned: {r['accuracy']:.4f}"))
+    else:
+        goals.append(_goal("with 1 epoch of recovery: within 1 point of dense", "<= 0.01 below", None, None,
+                           "not run in this mode (the full run fine-tunes)"))
+    return goals
+
+
+def _margins(rows: list[dict], group: str, key: str) -> list[tuple[float, str, float, str, float]]:
+    """Per grid point: (point, best DeepCuts criterion, its value, best baseline, its value)."""
+    out = []
+    for point in sorted({r[group] for r in rows}):
+        at = [r for r in rows if r[group] == point]
+        dc_crit, dc_val = _best(at, DEEPCUTS_CRITERIA, key)
+        base_crit, base_val = _best(at, BASELINE_CRITERIA, key)
+        if dc_crit and base_crit:
+            out.append((point, dc_crit, dc_val, base_crit, base_val))
+    return out
+
+
+def _sentence(margins, label: str, harder_first: bool) -> str:
+    if not margins:
+        return "not measured (the run needs a DeepCuts criterion and magnitude or gradient)."
+    wins = [m for m in margins if m[2] > m[4]]
+    parts = [f"{label}{m[0]:g}: {m[1]} {m[2]:.4f} vs {m[3]} {m[4]:.4f} ({m[2] - m[4]:+.4f})" for m in margins]
+    ordered = sorted(margins, key=lambda m: m[0], reverse=harder_first)  # easiest to hardest setting
+    gaps = [m[2] - m[4] for m in ordered]
+    growing = all(b >= a for a, b in zip(gaps, gaps[1:]))
+    if len(wins) == len(margins):
+        head = "Holds: a DeepCuts criterion beats magnitude and gradient at every point"
+        head += ", and by more at higher compression." if growing else ", though the margin does not grow steadily with compression."
+    elif wins:
+        head = (f"Holds in part: a DeepCuts criterion wins at {', '.join(f'{m[0]:g}' for m in wins)} only"
+                + (", the harder settings." if all(m in ordered[len(ordered) - len(wins):] for m in wins) else "."))
+    else:
+        head = "Does not hold here: magnitude or gradient is best at every point."
+    return head + " " + "; ".join(parts) + "."
+
+
+def verdicts(results: dict) -> dict:
+    """Plain-language answers to the paper's claim for paper mode and structured mode."""
+    paper = _margins(results["paper_mode"], "compression", "accuracy")
+    structured = _margins(results["structured_mode"], "keep_flops", "accuracy")
+    refit = _margins(results["structured_mode"], "keep_flops", "accuracy_reconstructed")
+    return {"paper_mode": _sentence(paper, "c=", harder_first=False),
+            "structured_mode": _sentence(structured, "keep_flops=", harder_first=True),
+            "structured_mode_reconstructed": _sentence(refit, "keep_flops=", harder_first=True)}

@@ -1,0 +1,56 @@
+"""Paper mode: unstructured masks from each criterion (layer scope, as the paper), evaluated single
+shot, after a short recovery fine-tune with the mask held fixed, and with lottery-ticket rewinding
+(the surviving weights reset to their pre-fine-tuning values, then the original fine-tune rerun)."""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from ..scoring import Scores, apply_masks
+from ..train import evaluate, finetune
+
+
+def paper_masks(scores: Scores, compression: float) -> dict[str, torch.Tensor]:
+    """The paper's masks: top fraction of every prunable tensor, compression counted over the encoder."""
+    return scores.masks(compression, scope="layer", params="encoder")
+
+
+def _kept_fraction(masks: dict[str, torch.Tensor]) -> float:
+    return round(sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()), 6)
+
+
+def _metrics(model: nn.Module, evaluation: list) -> dict:
+    return {k: v for k, v in evaluate(model, evaluation).to_dict().items() if v is not None}
+
+
+def single_shot(model: nn.Module, scores: Scores, compression: float, evaluation: list) -> dict:
+    """Accuracy of `model` with the criterion's mask applied, no retraining."""
+    masks = paper_masks(scores, compression)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, masks)
+    return {"kept_fraction": _kept_fraction(masks), **_metrics(masked, evaluation)}
+
+
+def recovered(model: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: list,
+              epochs: float, lr: float, seed: int, progress: bool) -> dict:
+    """Accuracy after fine-tuning the masked model for `epochs` (bf16 autocast) with the mask fixed."""
+    masks = paper_masks(scores, compression)
+    masked = copy.deepcopy(model)
+    start = time.perf_counter()
+    finetune(masked, train_batches, epochs=epochs, lr=lr, seed=seed, autocast_dtype=torch.bfloat16,
+             progress=progress, masks=masks)
+    return {"epochs": epochs, "lr": lr, "seconds": round(time.perf_counter() - start, 1),
+            **_metrics(masked, evaluation)}
+
+
+def rewound(initial: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: list,
+            finetune_settings: dict, progress: bool) -> dict:
+    """Lottery-ticket rewinding: the pre-fine-tuning weights under the mask, fine-tuned as originally."""
+    masks = paper_masks(scores, compression)
+    start = time.perf_counter()
+    finetune(initial, train_batches, autocast_dtype=torch.bfloat16, progress=progress, masks=masks,
+             **finetune_settings)
+    return {**finetune_settings, "seconds": round(time.perf_counter() - start, 1), **_metrics(initial, evaluation)}

@@ -1,0 +1,134 @@
+"""report.md of a main-job run: what was run, on what, how long it took, the tables, the answer to
+the paper's claim, the quality goals (met or missed) and the plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import write_text
+
+
+def _f(value, fmt: str = "{:.4f}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def _paper_table(results: dict) -> list[str]:
+    comps = results["settings"]["compressions"]
+    rec = {(r["criterion"], r["compression"]): r["accuracy"] for r in results["paper_recovery"]}
+    rew = {(r["criterion"], r["compression"]): r["accuracy"] for r in results["paper_rewind"]}
+    lines = ["| criterion | " + " | ".join(f"c={c:g}" for c in comps) + " |", "|---" * (len(comps) + 1) + "|",
+             f"| dense | {results['dense']['accuracy']:.4f} |" + " |" * (len(comps) - 1)]
+    for crit in results["settings"]["criteria"]:
+        cells = []
+        for c in comps:
+            row = next(r for r in results["paper_mode"] if r["criterion"] == crit and r["compression"] == c)
+            cell = f"{row['accuracy']:.4f}"
+            if (crit, c) in rec:
+                cell += f" / {rec[(crit, c)]:.4f}"
+            if (crit, c) in rew:
+                cell += f" / rewound {rew[(crit, c)]:.4f}"
+            cells.append(cell)
+        lines.append(f"| {crit} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _structured_table(results: dict) -> list[str]:
+    tags = list(results["latency"])
+    lines = ["| criterion | keep_flops | single shot | reconstructed | params | FLOP ratio | "
+             + " | ".join(f"speedup {t}" for t in tags) + " |", "|---" * (6 + len(tags)) + "|"]
+    for r in results["structured_mode"]:
+        lines.append(f"| {r['criterion']} | {r['keep_flops']:g} | {r['accuracy']:.4f} | "
+                     f"{r['accuracy_reconstructed']:.4f} | {r['params']:,} | {r['flop_ratio']:.2f}x | "
+                     + " | ".join(_f(r.get(f'speedup_{t}'), "{:.2f}x") for t in tags) + " |")
+    return lines
+
+
+def _latency_table(results: dict) -> list[str]:
+    lines = ["| setting | dense median (ms) | fastest slim (ms) |", "|---|---|---|"]
+    for tag, rows in results["latency"].items():
+        fastest = min(rows[1:], key=lambda r: r["median_ms"]) if len(rows) > 1 else None
+        lines.append(f"| {tag} | {rows[0]['median_ms']:.1f} | "
+                     + (f"{fastest['median_ms']:.1f} ({fastest['model']}, {fastest['speedup']:.2f}x)" if fastest else "")
+                     + " |")
+    return lines
+
+
+def _goals_table(results: dict) -> list[str]:
+    lines = ["| goal | target | measured | result | detail |", "|---|---|---|---|---|"]
+    for g in results["goals"]:
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[g["met"]]
+        lines.append(f"| {g['goal']} | {g['target']} | {_f(g['measured'])} | {verdict} | {g['detail']} |")
+    return lines
+
+
+def _iou_table(matrix: list[list[float]], labels: list[str]) -> list[str]:
+    lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    lines += [f"| {a} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for a, row in zip(labels, matrix)]
+    return lines
+
+
+def render(results: dict, plots: list[str]) -> str:
+    """The report as markdown text."""
+    s, m, d = results["settings"], results["machine"], results["dense"]
+    steps = results["steps"]
+    out = ["# deepcuts run report", "",
+           f"deepcuts-fast {results['version']} · data `{s['data']}` · {s['evaluation_examples']:,} held-out test "
+           f"examples · calibration {s['calibration_examples']} examples ({s['calibration_batches']} batches of "
+           f"{s['batch_size']}, length {s['max_length']}), reconstruction on {s['reconstruction_examples_used']} "
+           f"examples · noise N={s['noise_samples']}, sigma={s['noise_std']:g} · seed {s['seed']}", "",
+           f"Machine: {m['processor']}, {m['logical_cpus']} logical CPUs ({m['threads']} torch threads), "
+           f"torch {m['torch']}, {m['platform']}" + (f", GPU {s['gpu']}" if s.get("gpu") else ", no GPU") + ".", "",
+           f"Wall time {results['wall_seconds']:.0f} s in this invocation ({len(steps['computed'])} steps computed, "
+           f"{len(steps['reused'])} reused from an earlier run); scoring all criteria took "
+           f"{results['scoring_seconds']['all']:.1f} s; the steps took {sum(steps['seconds'].values()):.0f} s in all.",
+           "", f"Dense fine-tuned model: accuracy **{d['accuracy']:.4f}**, loss {d['loss']:.4f}.", "",
+           "## Paper mode", "",
+           f"Unstructured masks, top fraction of every prunable tensor (layer scope), compression counted over "
+           f"the encoder parameters. Cells: single shot"
+           + (f" / after {s['recovery_epochs']:g} epoch of recovery fine-tuning with the mask fixed (lr "
+              f"{s['recovery_lr']:g})" if results["paper_recovery"] else "")
+           + (" / with lottery-ticket rewinding (surviving weights reset to the pre-fine-tuning model, then the "
+              "original 1-epoch fine-tune with the mask fixed)" if results["paper_rewind"] else "") + ".", ""]
+    out += _paper_table(results)
+    out += ["", f"**Does the paper's claim hold (paper mode)?** {results['verdicts']['paper_mode']}", ""]
+    if results["structured_mode"]:
+        out += ["## Structured mode", "",
+                f"Global plan from each criterion's unit scores (sum of the unit's weight scores) at a fraction of "
+                f"the encoder FLOPs (sequence {s['seq_len_flops']}), physically pruned; single shot, then after "
+                f"least-squares reconstruction of the output projections. Speedups: slim vs dense median latency at "
+                f"batch {s['latency_batch']}, sequence {s['seq_len_flops']}, measured in one benchmark run per "
+                f"setting on this machine.", ""]
+        out += _structured_table(results)
+        out += ["", *_latency_table(results), ""]
+        if results["structured_recovery"]:
+            out += ["Best slim model per FLOP budget (saved next to this report):", "",
+                    "| keep_flops | criterion | recovery epochs | accuracy | folder |", "|---|---|---|---|---|"]
+            out += [f"| {r['keep_flops']:g} | {r['criterion']} | {r['epochs']:g} | {r['accuracy']:.4f} | "
+                    f"`{r['saved_to']}` |" for r in results["structured_recovery"]]
+            out.append("")
+        v = results["verdicts"]
+        out += [f"**Does the paper's claim hold (structured mode, single shot)?** {v['structured_mode']}", "",
+                f"After reconstruction: {v['structured_mode_reconstructed']}", ""]
+    out += ["## Quality goals (keep_flops 0.5, test split)", "", *_goals_table(results), ""]
+    a = results["mask_analysis"]
+    out += ["## Mask analysis", "",
+            f"Layer-averaged IoU of the kept weights between criteria (paper mode, c={a['compression']:g}):", "",
+            *_iou_table(a["weight_iou_matrix"], a["criteria"]), ""]
+    if a.get("plan_iou_matrix"):
+        out += [f"Layer-averaged IoU of the kept heads + FFN neurons (structured, keep_flops {a['keep_flops']:g}):",
+                "", *_iou_table(a["plan_iou_matrix"], a["criteria"]), "",
+                "Kept heads / FFN neurons per layer:", "", "| criterion | heads per layer | neurons per layer |",
+                "|---|---|---|"]
+        out += [f"| {c} | {[len(h) for h in k['heads']]} | {k['neurons_per_layer']} |"
+                for c, k in a["kept_units"].items()]
+        out.append("")
+    if plots:
+        out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    else:
+        out += ["(Plots skipped: matplotlib is not installed.)", ""]
+    return "\n".join(out)
+
+
+def write_report(results: dict, plots: list[str], path: Path) -> Path:
+    """Write report.md atomically."""
+    write_text(path, render(results, plots))
+    return path

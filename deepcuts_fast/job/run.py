@@ -1,0 +1,227 @@
+"""`deepcuts run`: the main job, step by step, each step resumable.
+
+Dense evaluation -> scoring (every criterion, passes shared) -> paper mode (single shot, recovery,
+rewinding) -> structured mode (plan, prune, reconstruct, latency, recovery) -> mask analysis ->
+results.json, plots and report.md under `out`, with the best slim model per FLOP budget saved
+next to them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..atomic import write_text
+from ..benchmarking.runners import max_seq_len
+from ..machine import machine_info
+from ..planning import Plan
+from ..pruning import save_pretrained
+from ..scoring import Scores, score_many
+from ..scoring.layout import model_layout
+from ..task import FINETUNE, TaskModel
+from ..train import evaluate
+from . import analysis, paper_mode, structured_mode
+from .config import JobConfig
+from .goals import quality_goals, verdicts
+from .plots import write_plots
+from .report import write_report
+from .steps import StepStore, model_fingerprint, source_fingerprint
+
+
+class MainJob:
+    """One run of the main job on a task model and its data, writing into `out`."""
+
+    def __init__(self, task: TaskModel, calibration: list, reconstruction: list, evaluation: list,
+                 config: JobConfig, out: Path, data_name: str, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.task, self.model, self.config, self.out = task, task.model, config, Path(out)
+        self.calibration, self.reconstruction, self.evaluation = calibration, reconstruction, evaluation
+        self.progress, self.log = progress, log
+        self.data_name = data_name
+        self.seq_len = min(config.latency_seq, max_seq_len(self.model) or config.latency_seq)
+        context = {"model": model_fingerprint(self.model), "data": data_name, "config": config.to_dict(),
+                   "code": source_fingerprint()}
+        self.store = StepStore(self.out, context, log)
+        self._scores: dict[str, Scores] | None = None
+        self._train_batches: list | None = None
+
+    # -- shared, computed on demand (a fully resumed run needs neither) -------------------------------
+
+    def scores(self) -> dict[str, Scores]:
+        if self._scores is None:
+            c = self.config
+            start = time.perf_counter()
+            self._scores = score_many(self.model, self.calibration, list(c.criteria), noise_samples=c.noise_samples,
+                                      noise_std=c.noise_std, seed=c.seed, progress=self.progress)
+            self.scoring_seconds = round(time.perf_counter() - start, 2)
+            self.log(f"scored {len(c.criteria)} criteria in {self.scoring_seconds:.1f} s")
+        return self._scores
+
+    def train_batches(self) -> list:
+        if self._train_batches is None:
+            self._train_batches = self.task.train_batches()
+        return self._train_batches
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def dense(self) -> dict:
+        result = self.store.run("dense", lambda: evaluate(self.model, self.evaluation, progress=self.progress).to_dict())
+        self.log(f"dense accuracy {result['accuracy']:.4f} on {result['n']} examples")
+        return result
+
+    def paper(self) -> list[dict]:
+        rows = []
+        for crit in self.config.criteria:
+            for c in self.config.compressions:
+                r = self.store.run(f"paper-{crit}-c{c:g}", lambda: paper_mode.single_shot(
+                    self.model, self.scores()[crit], c, self.evaluation))
+                rows.append({"criterion": crit, "compression": c, **r})
+                self.log(f"paper     {crit:>22s}  c={c:<4g} accuracy {r['accuracy']:.4f}")
+        return rows
+
+    def paper_recovery(self) -> list[dict]:
+        c = self.config
+        rows = []
+        for crit in (x for x in c.recovery_criteria if x in c.criteria):
+            for comp in c.recovery_compressions:
+                r = self.store.run(f"recovery-{crit}-c{comp:g}", lambda: paper_mode.recovered(
+                    self.model, self.scores()[crit], comp, self.train_batches(), self.evaluation,
+                    c.recovery_epochs, c.recovery_lr, c.seed, self.progress))
+                rows.append({"criterion": crit, "compression": comp, **r})
+                self.log(f"recovered {crit:>22s}  c={comp:<4g} accuracy {r['accuracy']:.4f}")
+        return rows
+
+    def paper_rewind(self) -> list[dict]:
+        c = self.config
+        crits = [x for x in c.rewind_criteria if x in c.criteria]
+        if crits and not self.task.can_rewind:
+            self.log("rewinding skipped: the model was given fine-tuned, so its pre-fine-tuning weights are unknown")
+            return []
+        settings = {k: v for k, v in FINETUNE.items() if k in ("epochs", "lr", "seed")}
+        rows = []
+        for crit in crits:
+            r = self.store.run(f"rewind-{crit}-c{c.rewind_compression:g}", lambda: paper_mode.rewound(
+                self.task.initial_model(), self.scores()[crit], c.rewind_compression, self.train_batches(),
+                self.evaluation, settings, self.progress))
+            rows.append({"criterion": crit, "compression": c.rewind_compression, **r})
+            self.log(f"rewound   {crit:>22s}  c={c.rewind_compression:<4g} accuracy {r['accuracy']:.4f}")
+        return rows
+
+    def structured(self) -> list[dict]:
+        rows = []
+        for crit in self.config.criteria:
+            for keep in self.config.keep_flops:
+                r = self.store.run(f"structured-{crit}-k{keep:g}", lambda: structured_mode.prune_and_evaluate(
+                    self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation))
+                rows.append({"criterion": crit, "keep_flops": keep, **r})
+                self.log(f"structured {crit:>21s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f}, "
+                         f"reconstructed {r['accuracy_reconstructed']:.4f}")
+        return rows
+
+    def latency(self, rows: list[dict]) -> dict:
+        """Dense vs every slim model on this machine (fp32, bf16; and on the GPU when there is one)."""
+        c = self.config
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        plans = [r["plan"] for r in rows]
+        out = {}
+        for device in devices:
+            for dtype in c.latency_dtypes:
+                tag = dtype if device == "cpu" else f"{device}_{dtype}"
+                out[tag] = self.store.run(f"latency-{tag}", lambda: structured_mode.latency(
+                    self.model, rows, device, dtype, c.latency_batch, self.seq_len, c.latency_repeats),
+                    plans=plans, batch=c.latency_batch, seq=self.seq_len)
+                for row, measured in zip(rows, out[tag][1:]):
+                    row[f"latency_ms_{tag}"] = measured["median_ms"]
+                    row[f"speedup_{tag}"] = measured["speedup"]
+                self.log(f"latency {tag}: dense {out[tag][0]['median_ms']:.1f} ms at batch {c.latency_batch}, "
+                         f"seq {self.seq_len}")
+        return out
+
+    def structured_recovery(self, rows: list[dict]) -> list[dict]:
+        """Per FLOP budget: the best reconstructed slim model, fine-tuned (full run) and saved."""
+        c = self.config
+        out = []
+        for keep in c.keep_flops:
+            best = max((r for r in rows if r["keep_flops"] == keep), key=lambda r: r["accuracy_reconstructed"])
+            folder = self.out / f"slim-keep{keep:g}"
+
+            def compute(best=best, folder=folder):
+                slim = structured_mode.rebuild(self.model, best, self.reconstruction)
+                result = {"accuracy": best["accuracy_reconstructed"], "epochs": 0.0}
+                if c.structured_recovery_epochs > 0:
+                    result = structured_mode.recover(slim, self.train_batches(), self.evaluation,
+                                                     c.structured_recovery_epochs, c.recovery_lr, c.seed, self.progress)
+                save_pretrained(slim, folder, tokenizer=self.task.tokenizer, plan=Plan.from_dict(best["plan"]),
+                                overwrite=True)
+                return result
+
+            r = self.store.run(f"slim-keep{keep:g}", compute, plan=best["plan"])
+            out.append({"criterion": best["criterion"], "keep_flops": keep, "saved_to": folder.name,
+                        "speedup_fp32": best.get("speedup_fp32"), **r})
+            self.log(f"best slim at keep_flops={keep:g}: {best['criterion']}, accuracy {r['accuracy']:.4f} "
+                     f"after {r['epochs']:g} epochs of recovery -> {folder}")
+        return out
+
+    def mask_analysis(self, rows: list[dict]) -> dict:
+        c = self.config
+        crits = list(c.criteria)
+
+        def weights():
+            masks = {crit: paper_mode.paper_masks(self.scores()[crit], c.iou_compression) for crit in crits}
+            return analysis.weight_mask_iou(masks, model_layout(self.model))
+
+        pairwise = self.store.run(f"iou-c{c.iou_compression:g}", weights)
+        plans = {r["criterion"]: r["plan"] for r in rows if r["keep_flops"] == c.iou_keep_flops}
+        plan_pairs = analysis.plan_iou(plans) if len(plans) == len(crits) else {}
+        return {"criteria": crits, "compression": c.iou_compression, "weight_iou": pairwise,
+                "weight_iou_matrix": analysis.mean_matrix(pairwise, crits),
+                "keep_flops": c.iou_keep_flops, "plan_iou": plan_pairs,
+                "plan_iou_matrix": analysis.mean_matrix(plan_pairs, crits) if plan_pairs else None,
+                "kept_units": {crit: {"heads": p["heads"], "neurons_per_layer": [len(n) for n in p["neurons"]]}
+                               for crit, p in plans.items()}}
+
+    # -- the whole run -------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        results = {"version": __version__, "machine": machine_info(), "settings": self._settings()}
+        results["dense"] = self.dense()
+        results["paper_mode"] = self.paper()
+        results["paper_recovery"] = self.paper_recovery()
+        results["paper_rewind"] = self.paper_rewind()
+        rows = self.structured()
+        results["latency"] = self.latency(rows)
+        results["structured_mode"] = rows
+        results["structured_recovery"] = self.structured_recovery(rows)
+        results["mask_analysis"] = self.mask_analysis(rows)
+        results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()})
+        results["goals"] = quality_goals(results)
+        results["verdicts"] = verdicts(results)
+        results["steps"] = {"reused": self.store.reused, "computed": self.store.computed,
+                            "seconds": self.store.seconds}
+        results["wall_seconds"] = round(time.perf_counter() - start, 1)
+        self.write(results)
+        return results
+
+    def _scoring_seconds(self) -> float:
+        self.scores()
+        return self.scoring_seconds
+
+    def _settings(self) -> dict:
+        examples = lambda batches: sum(len(b["labels"]) for b in batches)  # noqa: E731
+        return {**self.config.to_dict(), "data": self.data_name, "model_can_rewind": self.task.can_rewind,
+                "calibration_examples": examples(self.calibration),
+                "reconstruction_examples_used": examples(self.reconstruction),
+                "evaluation_examples": examples(self.evaluation), "seq_len_flops": self.seq_len,
+                "scope_paper": "layer", "params_counted": "encoder", "scope_structured": "global",
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+    def write(self, results: dict) -> None:
+        """results.json, the plots and report.md under `out` (each written atomically)."""
+        write_text(self.out / "results.json", json.dumps(results, indent=1))
+        plots = write_plots(results, self.out)
+        write_report(results, [p.name for p in plots], self.out / "report.md")

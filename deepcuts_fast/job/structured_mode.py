@@ -1,0 +1,64 @@
+"""Structured mode: physically prune to a FLOP budget from each criterion's unit scores, then
+measure accuracy single shot, after least-squares reconstruction, after recovery fine-tuning, and
+the real latency of the slim models against the dense one."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..benchmarking import benchmark
+from ..flops import encoder_flops
+from ..planning import Plan, plan
+from ..pruning import prune, reconstruct
+from ..scoring import Scores
+from ..train import evaluate, finetune
+
+
+def _accuracy(model: nn.Module, evaluation: list) -> dict:
+    result = evaluate(model, evaluation)
+    return {"accuracy": result.accuracy, "loss": result.loss}
+
+
+def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: int, reconstruction: list,
+                       evaluation: list) -> dict:
+    """Global plan at `keep` of the encoder FLOPs, pruned; accuracy single shot and reconstructed."""
+    the_plan = plan(model, scores, keep_flops=keep, seq_len=seq_len, scope="global")
+    slim = prune(model, the_plan)
+    single = _accuracy(slim, evaluation)
+    start = time.perf_counter()
+    reconstruct(slim, model, reconstruction)
+    seconds = time.perf_counter() - start
+    refit = _accuracy(slim, evaluation)
+    return {"accuracy": single["accuracy"], "loss": single["loss"],
+            "accuracy_reconstructed": refit["accuracy"], "loss_reconstructed": refit["loss"],
+            "reconstruct_seconds": round(seconds, 1),
+            "heads": [len(h) for h in the_plan.heads], "ffn": [len(n) for n in the_plan.neurons],
+            "params": sum(p.numel() for p in slim.parameters()),
+            "flop_ratio": encoder_flops(model, seq_len) / encoder_flops(slim, seq_len), "seq_len": seq_len,
+            "plan": the_plan.to_dict()}
+
+
+def rebuild(model: nn.Module, row: dict, reconstruction: list) -> nn.Module:
+    """The reconstructed slim model of a structured row, from its stored plan (deterministic)."""
+    return reconstruct(prune(model, Plan.from_dict(row["plan"])), model, reconstruction)
+
+
+def recover(slim: nn.Module, train_batches: list, evaluation: list, epochs: float, lr: float, seed: int,
+            progress: bool) -> dict:
+    """Fine-tune a slim model in place for `epochs` (bf16 autocast), then its accuracy."""
+    start = time.perf_counter()
+    finetune(slim, train_batches, epochs=epochs, lr=lr, seed=seed, autocast_dtype=torch.bfloat16, progress=progress)
+    return {"epochs": epochs, "lr": lr, "seconds": round(time.perf_counter() - start, 1), **_accuracy(slim, evaluation)}
+
+
+def latency(model: nn.Module, rows: list[dict], device: str, dtype: str, batch: int, seq: int,
+            repeats: int) -> list[dict]:
+    """Median latency and speedup over the dense model of every row's slim model, in one benchmark run."""
+    slims = [prune(model, Plan.from_dict(r["plan"])) for r in rows]
+    names = ["dense"] + [f"{r['criterion']}@{r['keep_flops']:g}" for r in rows]
+    report = benchmark([model, *slims], batch_sizes=(batch,), seq_lens=(seq,), device=device, dtype=dtype,
+                       warmup=1, repeats=repeats, names=names)
+    return [{k: report.row(n, batch, seq)[k] for k in ("model", "median_ms", "p90_ms", "speedup", "flop_ratio")}
+            for n in names]

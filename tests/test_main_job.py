@@ -1,0 +1,155 @@
+"""The main job (`deepcuts run`) end to end on a tiny encoder and a tiny CSV: every artefact, the
+results.json schema, resuming, and the analysis and goal logic on known inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import deepcuts_fast as dc
+from deepcuts_fast.cli import main
+from deepcuts_fast.job import analysis
+from deepcuts_fast.job.goals import quality_goals, verdicts
+from deepcuts_fast.job.steps import StepStore, model_fingerprint
+from conftest import tiny_model
+
+TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",
+            "paper_rewind", "structured_mode", "latency", "structured_recovery", "mask_analysis", "goals",
+            "verdicts", "steps", "wall_seconds"}
+CRITERIA = ["magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
+            "smooth-cam-cut-shift", "random"]
+
+
+@pytest.fixture(scope="module")
+def full_run(encoder_dir, data_csv, tmp_path_factory):
+    """`deepcuts run` (the full grid) on a bare tiny encoder, which the job fine-tunes first."""
+    out = tmp_path_factory.mktemp("run") / "full"
+    cache = tmp_path_factory.mktemp("cache")
+    argv = ["run", "--model", str(encoder_dir), "--data", str(data_csv), "--out", str(out), "--batch-size", "4",
+            "--calibration-batches", "2", "--latency-batch", "2", "--latency-seq", "16", "--quiet", "--json"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPCUTS_CACHE", str(cache))
+        assert main(argv) == 0
+    return out, argv, cache
+
+
+def test_full_run_writes_every_artefact(full_run):
+    out, _, _ = full_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= TOP_KEYS
+    assert results["settings"]["criteria"] == CRITERIA and results["settings"]["model_can_rewind"]
+    assert {(r["criterion"], r["compression"]) for r in results["paper_mode"]} == {
+        (c, x) for c in CRITERIA for x in (2.0, 3.0, 3.5, 4.0)}
+    assert {(r["criterion"], r["compression"]) for r in results["paper_recovery"]} == {
+        (c, x) for c in ("magnitude", "gradient", "cam-cut", "smooth-cut") for x in (3.0, 4.0)}
+    assert [(r["criterion"], r["compression"]) for r in results["paper_rewind"]] == [("magnitude", 4.0), ("cam-cut", 4.0)]
+    assert {(r["criterion"], r["keep_flops"]) for r in results["structured_mode"]} == {
+        (c, k) for c in CRITERIA for k in (0.75, 0.5, 0.33)}
+    for r in results["structured_mode"]:
+        assert r["speedup_fp32"] > 0 and r["speedup_bf16"] > 0 and r["flop_ratio"] >= 1 / r["keep_flops"] - 1e-6
+        assert dc.Plan.from_dict(r["plan"]).heads is not None
+    for r in results["paper_mode"] + results["paper_recovery"] + results["paper_rewind"]:
+        assert 0 <= r["accuracy"] <= 1
+    assert set(results["latency"]) == {"fp32", "bf16"}
+    assert [g["met"] in (True, False) for g in results["goals"]] == [True] * 4  # every goal was measured
+    assert all(results["verdicts"][k] for k in ("paper_mode", "structured_mode", "structured_mode_reconstructed"))
+    iou = results["mask_analysis"]
+    assert len(iou["weight_iou_matrix"]) == len(CRITERIA) and iou["plan_iou_matrix"] is not None
+    report = (out / "report.md").read_text()
+    for heading in ("## Paper mode", "## Structured mode", "## Quality goals", "## Mask analysis", "## Plots"):
+        assert heading in report
+    for png in ("paper_accuracy.png", "structured_speedup.png", "kept_units.png", "mask_iou.png", "plan_iou.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in report
+    for r in results["structured_recovery"]:
+        assert r["epochs"] == 1.0
+        slim = dc.from_pretrained(out / r["saved_to"])
+        assert sum(p.numel() for p in slim.parameters()) < sum(
+            p.numel() for p in dc.from_pretrained(out / "slim-keep0.75").parameters()) or r["keep_flops"] == 0.75
+    assert not list(out.glob(".*tmp*")) and not list((out / "steps").glob(".*"))
+
+
+def test_rerun_reuses_every_finished_step(full_run, capsys):
+    out, argv, cache = full_run
+    before = json.loads((out / "results.json").read_text())
+    (out / "steps" / "paper-cam-cut-c3.json").unlink()  # as if the first run stopped before this step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPCUTS_CACHE", str(cache))
+        assert main(argv) == 0
+    capsys.readouterr()
+    after = json.loads((out / "results.json").read_text())
+    assert after["steps"]["computed"] == ["paper-cam-cut-c3"]
+    assert len(after["steps"]["reused"]) == len(before["steps"]["computed"]) - 1
+    for key in ("dense", "paper_mode", "paper_recovery", "paper_rewind", "structured_mode", "mask_analysis"):
+        assert after[key] == before[key]
+
+
+def test_step_store_recomputes_when_what_it_depends_on_changes(tmp_path):
+    calls = []
+    store = StepStore(tmp_path, {"model": "a"}, log=lambda m: None)
+    assert store.run("x", lambda: calls.append(1) or {"v": 1}, k=1) == {"v": 1}
+    assert store.run("x", lambda: calls.append(1) or {"v": 2}, k=1) == {"v": 1} and len(calls) == 1
+    assert store.run("x", lambda: calls.append(1) or {"v": 3}, k=2) == {"v": 3} and len(calls) == 2
+    other = StepStore(tmp_path, {"model": "b"}, log=lambda m: None)
+    assert other.run("x", lambda: {"v": 4}, k=2) == {"v": 4}
+    (tmp_path / "steps" / "x.json").write_text("{half")  # a corrupt step file is recomputed, not trusted
+    assert other.run("x", lambda: {"v": 5}, k=2) == {"v": 5}
+
+
+def test_model_fingerprint_sees_a_single_changed_weight():
+    a, b = tiny_model(seed=0), tiny_model(seed=0)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        b.bert.encoder.layer[1].output.dense.weight[3, 4] += 1e-6
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_weight_mask_iou_matches_set_arithmetic():
+    model = tiny_model()
+    layout = dc.score(model, None, "magnitude").layout
+    g = torch.Generator().manual_seed(0)
+    params = dict(model.named_parameters())
+    names = [f"{layer.names[r]}.{k}" for layer in layout for r in layer.names for k in ("weight", "bias")]
+    masks = {c: {n: torch.rand(params[n].shape, generator=g) > p for n in names}
+             for c, p in (("a", 0.3), ("b", 0.6), ("c", 0.5))}
+    masks["same"] = {n: m.clone() for n, m in masks["a"].items()}
+    got = analysis.weight_mask_iou(masks, layout)
+    for i, layer in enumerate(layout):
+        mine = [n for n in names if n.startswith(layer.names["query"].rsplit(".attention", 1)[0] + ".")]
+        kept = {c: {(n, j) for n in mine for j in torch.nonzero(masks[c][n].reshape(-1)).flatten().tolist()}
+                for c in masks}
+        assert got["a|b"][i] == pytest.approx(len(kept["a"] & kept["b"]) / len(kept["a"] | kept["b"]))
+        assert got["a|same"][i] == 1.0
+    matrix = analysis.mean_matrix(got, list(masks))
+    assert matrix[0][1] == matrix[1][0] == pytest.approx(sum(got["a|b"]) / len(layout)) and matrix[2][2] == 1.0
+
+
+def test_plan_iou_counts_heads_and_neurons_per_layer():
+    p1 = {"heads": [[0, 1], []], "neurons": [[0, 2], [1]], "num_heads": [4, 4], "ffn_widths": [3, 3]}
+    p2 = {"heads": [[1], [2]], "neurons": [[2], [1, 2]], "num_heads": [4, 4], "ffn_widths": [3, 3]}
+    got = analysis.plan_iou({"x": p1, "y": p2})
+    assert got["x|y"] == [pytest.approx(2 / 4), pytest.approx(1 / 3)]
+
+
+def _results(dense, single, refit, recovered=None):
+    rows = [{"criterion": c, "keep_flops": 0.5, "accuracy": a, "accuracy_reconstructed": r}
+            for c, a, r in zip(("magnitude", "gradient", "cam-cut"), single, refit)]
+    rec = [] if recovered is None else [{"criterion": "cam-cut", "keep_flops": 0.5, "epochs": 1.0, "accuracy": recovered}]
+    paper = [{"criterion": c, "compression": x, "accuracy": a}
+             for x, accs in ((2.0, (0.80, 0.75, 0.77)), (4.0, (0.70, 0.60, 0.72)))
+             for c, a in zip(("magnitude", "gradient", "cam-cut"), accs)]
+    return {"dense": {"accuracy": dense}, "structured_mode": rows, "structured_recovery": rec, "paper_mode": paper}
+
+
+def test_quality_goals_are_judged_from_the_numbers():
+    goals = quality_goals(_results(0.81, (0.70, 0.72, 0.79), (0.75, 0.76, 0.80), recovered=0.805))
+    assert [g["met"] for g in goals] == [True, True, True, True]
+    goals = quality_goals(_results(0.81, (0.70, 0.72, 0.74), (0.75, 0.76, 0.78)))
+    assert [g["met"] for g in goals] == [False, True, False, None]
+    assert goals[0]["measured"] == pytest.approx(0.07)
+
+
+def test_verdict_says_where_the_paper_claim_holds():
+    v = verdicts(_results(0.81, (0.70, 0.72, 0.79), (0.75, 0.76, 0.80)))
+    assert v["paper_mode"].startswith("Holds in part") and "c=4: cam-cut 0.7200 vs magnitude 0.7000" in v["paper_mode"]
+    assert v["structured_mode"].startswith("Holds:")
