@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-heads", type=int, default=0, help="heads kept in every layer at least")
     p.add_argument("--min-neurons", type=int, default=0, help="FFN neurons kept in every layer at least")
     p.add_argument("--multiple-of", type=int, default=1, help="round FFN widths to a multiple (e.g. 8 or 64)")
+    p.add_argument("--reconstruct", metavar="DATA", default=None,
+                   help="after pruning, refit each layer's output projections by least squares so the slim layer "
+                        "reproduces the dense one on this data's train split (e.g. rotten_tomatoes or a CSV)")
+    p.add_argument("--reconstruct-examples", type=int, default=512,
+                   help="calibration examples for --reconstruct (fewer over-fit the FFN output projections)")
+    p.add_argument("--max-length", type=int, default=64, help="token length of the --reconstruct examples")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -208,7 +214,7 @@ def cmd_eval(args) -> int:
 def cmd_prune(args) -> int:
     from .flops import encoder_flops, encoder_unit_params
     from .planning import plan
-    from .pruning import prune, save_pretrained
+    from .pruning import prune, reconstruct, save_pretrained
     from .scoring import Scores
 
     out = Path(args.out)
@@ -222,9 +228,12 @@ def cmd_prune(args) -> int:
                     scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
                     multiple_of=args.multiple_of)
     slim = prune(model, the_plan)
+    if args.reconstruct:
+        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer))
     save_pretrained(slim, out, tokenizer=tokenizer, plan=the_plan, overwrite=args.overwrite)
     summary = {
         "out": str(out),
+        "reconstructed_on": args.reconstruct,
         "heads": [len(h) for h in the_plan.heads],
         "ffn": [len(n) for n in the_plan.neurons],
         "params": sum(p.numel() for p in slim.parameters()),
@@ -239,6 +248,16 @@ def cmd_prune(args) -> int:
         print(f"kept {summary['flops_kept']:.1%} of encoder FLOPs at seq {args.seq_len}, "
               f"{summary['params']:,} of {summary['dense_params']:,} params; wrote {out}")
     return 0
+
+
+def _reconstruction_batches(args, tokenizer) -> list:
+    """Shuffled, seeded train-split batches of the --reconstruct data (labels are not needed)."""
+    from .data import load_dataset, make_batches
+
+    if args.reconstruct_examples < 1:
+        raise DeepCutsError(f"--reconstruct-examples must be >= 1, got {args.reconstruct_examples}")
+    return make_batches(load_dataset(args.reconstruct, "train"), tokenizer, batch_size=32, max_length=args.max_length,
+                        shuffle=True, seed=0, limit=args.reconstruct_examples)
 
 
 def cmd_run(args) -> int:

@@ -127,6 +127,25 @@ def test_prune_writes_a_slim_folder_that_loads(model_dir, data_csv, tmp_path, ca
     assert code == 2 and "already exists" in err
 
 
+def test_prune_reconstruct_writes_the_api_result(model_dir, data_csv, tmp_path, capsys):
+    scores = tmp_path / "s.safetensors"
+    assert run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "cam-cut",
+                "--granularity", "unit", "--batches", "2", "--batch-size", "4", "--out", str(scores), "--quiet"],
+               capsys)[0] == 0
+    out = tmp_path / "slim"
+    assert run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5", "--seq-len", "16",
+                "--reconstruct", str(data_csv), "--reconstruct-examples", "16", "--out", str(out), "--quiet"],
+               capsys)[0] == 0
+    model, tok = dc.load_model(str(model_dir)), dc.load_tokenizer(str(model_dir))
+    the_plan = dc.plan(model, dc.Scores.load(scores), keep_flops=0.5, seq_len=16)
+    batches = make_batches(load_dataset(str(data_csv)), tok, batch_size=32, shuffle=True, seed=0, limit=16)
+    want = dc.reconstruct(dc.prune(model, the_plan), model, batches).state_dict()
+    plain = dc.prune(model, the_plan).state_dict()
+    got = dc.from_pretrained(out).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(got[k], plain[k]) for k in plain)  # the refit changed the output projections
+
+
 def test_prune_rejects_scores_of_another_model(model_dir, tmp_path, capsys):
     other = tmp_path / "other.safetensors"
     dc.score(dc.load_model("minilm"), None, "magnitude").save(other)
