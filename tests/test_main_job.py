@@ -3,6 +3,8 @@ results.json schema, resuming, and the analysis and goal logic on known inputs."
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +69,27 @@ def test_full_run_writes_every_artefact(full_run):
         assert sum(p.numel() for p in slim.parameters()) < sum(
             p.numel() for p in dc.from_pretrained(out / "slim-keep0.75").parameters()) or r["keep_flops"] == 0.75
     assert not list(out.glob(".*tmp*")) and not list((out / "steps").glob(".*"))
+
+
+def documented_keys() -> dict[str, set[str]]:
+    """Section title -> the keys its table in docs/results-json.md lists."""
+    doc = (Path(__file__).parents[1] / "docs" / "results-json.md").read_text()
+    sections = {}
+    for block in doc.split("\n## ")[1:]:
+        title, body = block.split("\n", 1)
+        sections[title.strip()] = set(re.findall(r"^\| `([^`]+)` \|", body, flags=re.M))
+    return sections
+
+
+def test_results_json_has_the_documented_schema(full_run):
+    results = json.loads((full_run[0] / "results.json").read_text())
+    keys = documented_keys()
+    assert set(results) == keys["Top level"]
+    for section, rows in (("`paper_mode` rows", results["paper_mode"]),
+                          ("`paper_recovery` and `paper_rewind` rows", results["paper_recovery"] + results["paper_rewind"]),
+                          ("`structured_mode` rows", results["structured_mode"])):
+        assert rows and all(keys[section] <= set(r) for r in rows), section
+    assert keys["`mask_analysis`"] == set(results["mask_analysis"])
 
 
 def test_rerun_reuses_every_finished_step(full_run, capsys):
