@@ -83,7 +83,7 @@ def _sentence(margins, label: str, harder_first: bool) -> str:
         head = (f"Holds in part: a DeepCuts criterion wins at {', '.join(f'{m[0]:g}' for m in wins)} only"
                 + (", the harder settings." if all(m in ordered[len(ordered) - len(wins):] for m in wins) else "."))
     else:
-        head = "Does not hold here: magnitude or gradient is best at every point."
+        head = "Does not hold here: no DeepCuts criterion beats the better of magnitude and gradient at any point."
     return head + " " + "; ".join(parts) + "."
 
 

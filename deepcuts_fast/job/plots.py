@@ -64,15 +64,19 @@ def kept_units(results: dict, path: Path) -> Path:
     plt = _pyplot()
     keep = results["settings"]["iou_keep_flops"]
     rows = [r for r in results["structured_mode"] if r["keep_flops"] == keep]
-    fig, (ax_h, ax_n) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_h, ax_n) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(len(rows), 1)
+    layers = range(len(rows[0]["heads"])) if rows else range(0)
     for i, r in enumerate(rows):
-        x = [layer + i * width for layer in range(len(r["heads"]))]
+        x = [layer - 0.4 + (i + 0.5) * width for layer in layers]
         ax_h.bar(x, r["heads"], width, label=r["criterion"])
-        ax_n.bar(x, r["ffn"], width, label=r["criterion"])
+        ax_n.bar(x, r["ffn"], width)
+    for ax in (ax_h, ax_n):
+        ax.set_xticks(list(layers))
+    ax_h.yaxis.get_major_locator().set_params(integer=True)
     ax_h.set(xlabel="encoder layer", ylabel="heads kept", title=f"Heads kept at keep_flops {keep:g}")
     ax_n.set(xlabel="encoder layer", ylabel="FFN neurons kept", title=f"FFN neurons kept at keep_flops {keep:g}")
-    ax_n.legend(fontsize=7)
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     return _save(fig, path)
 
 
