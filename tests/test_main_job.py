@@ -176,3 +176,19 @@ def test_verdict_says_where_the_paper_claim_holds():
     v = verdicts(_results(0.81, (0.70, 0.72, 0.79), (0.75, 0.76, 0.80)))
     assert v["paper_mode"].startswith("Holds in part") and "c=4: cam-cut 0.7200 vs magnitude 0.7000" in v["paper_mode"]
     assert v["structured_mode"].startswith("Holds:")
+
+
+def test_rewinding_starts_from_exactly_the_weights_fine_tuning_started_from(encoder_dir, data_csv, tmp_path,
+                                                                            monkeypatch):
+    from deepcuts_fast.task import FINETUNE, finetuned_task_model
+    from deepcuts_fast.train import finetune
+
+    monkeypatch.setenv("DEEPCUTS_CACHE", str(tmp_path))
+    task = finetuned_task_model(str(encoder_dir), str(data_csv), num_labels=2, progress=False)
+    assert task.can_rewind and not task.cached
+    replay = finetune(task.initial_model(), task.train_batches(), epochs=FINETUNE["epochs"], lr=FINETUNE["lr"],
+                      seed=FINETUNE["seed"], autocast_dtype=torch.bfloat16, progress=False)
+    want, got = task.model.state_dict(), replay.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    again = finetuned_task_model(str(encoder_dir), str(data_csv), num_labels=2, progress=False)
+    assert again.cached and all(torch.equal(again.model.state_dict()[k], want[k]) for k in want)
