@@ -49,6 +49,7 @@ def test_full_run_writes_every_artefact(full_run):
     assert {(r["criterion"], r["keep_flops"]) for r in results["structured_mode"]} == {
         (c, k) for c in CRITERIA for k in (0.75, 0.5, 0.33)}
     for r in results["structured_mode"]:
+        assert 0 <= r["output_error_reconstructed"] < r["output_error"]  # the refit really reached the model
         assert r["speedup_fp32"] > 0 and r["speedup_bf16"] > 0 and r["flop_ratio"] >= 1 / r["keep_flops"] - 1e-6
         assert dc.Plan.from_dict(r["plan"]).heads is not None
     for r in results["paper_mode"] + results["paper_recovery"] + results["paper_rewind"]:

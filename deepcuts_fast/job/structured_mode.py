@@ -15,6 +15,8 @@ from ..pruning import prune, reconstruct
 from ..scoring import Scores
 from ..train import evaluate, finetune
 
+ERROR_BATCHES = 8  # calibration batches on which the layer-output error is reported
+
 
 def _accuracy(model: nn.Module, evaluation: list) -> dict:
     result = evaluate(model, evaluation)
@@ -28,16 +30,33 @@ def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: i
     slim = prune(model, the_plan)
     single = _accuracy(slim, evaluation)
     start = time.perf_counter()
-    reconstruct(slim, model, reconstruction)
+    refit_model = reconstruct(slim, model, reconstruction)
     seconds = time.perf_counter() - start
-    refit = _accuracy(slim, evaluation)
+    refit = _accuracy(refit_model, evaluation)
+    probe = reconstruction[:ERROR_BATCHES]
     return {"accuracy": single["accuracy"], "loss": single["loss"],
             "accuracy_reconstructed": refit["accuracy"], "loss_reconstructed": refit["loss"],
             "reconstruct_seconds": round(seconds, 1),
+            "output_error": output_error(slim, model, probe),
+            "output_error_reconstructed": output_error(refit_model, model, probe),
             "heads": [len(h) for h in the_plan.heads], "ffn": [len(n) for n in the_plan.neurons],
             "params": sum(p.numel() for p in slim.parameters()),
             "flop_ratio": encoder_flops(model, seq_len) / encoder_flops(slim, seq_len), "seq_len": seq_len,
             "plan": the_plan.to_dict()}
+
+
+@torch.no_grad()
+def output_error(slim: nn.Module, dense: nn.Module, batches: list) -> float:
+    """Relative squared error of the encoder's last hidden state against the dense model, real tokens only."""
+    err = ref = 0.0
+    for b in batches:
+        inputs = {k: v for k, v in b.items() if k != "labels"}
+        mask = inputs["attention_mask"].bool()
+        s = slim(**inputs, output_hidden_states=True).hidden_states[-1][mask]
+        d = dense(**inputs, output_hidden_states=True).hidden_states[-1][mask]
+        err += float((s - d).double().pow(2).sum())
+        ref += float(d.double().pow(2).sum())
+    return err / max(ref, 1e-30)
 
 
 def rebuild(model: nn.Module, row: dict, reconstruction: list) -> nn.Module:
