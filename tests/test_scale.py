@@ -135,14 +135,18 @@ def test_a_checkpoint_of_another_run_is_refused(bert, tmp_path):
 
 
 def kept_change(before: dc.Scores, after: dc.Scores, keep: float) -> float:
-    """Independent count: the fraction of each tensor's top-`keep` entries that were replaced."""
-    replaced = kept = 0
+    """Independent count: the fraction of the kept set (per tensor, scores at or above the
+    round(keep * size)-th largest) that was replaced."""
+    def kept(t):
+        flat = t.reshape(-1)
+        n = round(keep * flat.numel())
+        return set() if n == 0 else set((flat >= flat.sort(descending=True).values[n - 1]).nonzero().view(-1).tolist())
+
+    replaced = total = 0
     for k in before:
-        n = round(keep * before[k].numel())
-        a = set(torch.topk(before[k].reshape(-1), n).indices.tolist())
-        b = set(torch.topk(after[k].reshape(-1), n).indices.tolist())
-        replaced, kept = replaced + len(a - b), kept + n
-    return replaced / kept
+        a, b = kept(before[k]), kept(after[k])
+        replaced, total = replaced + (len(a - b) + len(b - a)) / 2, total + len(b)
+    return replaced / total
 
 
 def test_until_stable_stops_at_the_first_small_change(bert):

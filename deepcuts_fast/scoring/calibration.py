@@ -114,7 +114,7 @@ def _check_options(keep: float, tol: float | None, kw: dict, world: World, every
 
 
 def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, tol, keep, world, max_memory, kw):
-    fingerprint = _fingerprint(model, batch_list, names, every, kw)
+    fingerprint = None if checkpoint is None else _fingerprint(model, batch_list, names, every, kw)
     device = next(model.parameters()).device
     totals, done, changes = None, 0, []
     if checkpoint is not None and Path(checkpoint).exists():
@@ -171,7 +171,8 @@ def _zeros(model, names, kw) -> dict[str, Scores]:
 
 
 def _kept(totals: Mapping[str, Scores], keep: float) -> torch.Tensor:
-    """One boolean per scored entry of every criterion: is it in the kept set (the top `keep` fraction)."""
+    """One boolean per scored entry of every criterion: is it in the kept set, the entries at or above
+    the k-th largest score of their group (k = `keep` x group size; ties at the threshold count)."""
     parts = []
     for scores in totals.values():
         if len(scores):
@@ -180,9 +181,11 @@ def _kept(totals: Mapping[str, Scores], keep: float) -> torch.Tensor:
             units = scores.unit_scores()
             groups = [torch.cat(units["heads"]), torch.cat(units["neurons"])]
         for g in groups:
-            mask = torch.zeros(g.numel(), dtype=torch.bool, device=g.device)
-            mask[torch.topk(g.float(), round(keep * g.numel())).indices] = True
-            parts.append(mask)
+            k = round(keep * g.numel())
+            if k == 0:
+                parts.append(torch.zeros(g.numel(), dtype=torch.bool, device=g.device))
+            else:  # kthvalue: half the time of topk on large tensors
+                parts.append(g >= torch.kthvalue(g.float().cpu(), g.numel() - k + 1).values.to(g.device))
     return torch.cat(parts)
 
 
