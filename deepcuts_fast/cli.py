@@ -195,7 +195,7 @@ def cmd_score(args) -> int:
 
     from .data import make_batches
     from .scoring import get_criterion, score_run
-    from .scoring.distributed import process_group
+    from .scoring.distributed import main_first, process_group
 
     out = Path(args.out)
     _check_writable(out)
@@ -205,7 +205,8 @@ def cmd_score(args) -> int:
     checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
     with process_group(args.device) as world:
         device = _score_device(args.device, world.size)
-        model, tokenizer, dataset = _model_and_data(args, args.split)
+        with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
+            model, tokenizer, dataset = _model_and_data(args, args.split)
         model.to(device)
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                                shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)

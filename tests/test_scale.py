@@ -206,3 +206,19 @@ def test_bad_max_memory_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["score", "--data", "x.csv", "--out", "s", "--max-memory", "lots"])
     assert e.value.code == 2 and "not a size" in capsys.readouterr().err
+
+
+def test_cli_until_stable_and_option_errors(model_dir, data_csv, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "s.safetensors"
+    argv = ["score", *cli_score(model_dir, data_csv, out, "--checkpoint-every", "1")]
+    assert main(argv + ["--until-stable", "1.0"]) == 0  # any change < 1: stops at the first check
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["batches"] == 2 and summary["batches_max"] == 5 and summary["stopped_early"]
+    assert dc.Scores.load(out).meta["batches"] == 2 and not (tmp_path / "s.safetensors.ckpt").exists()
+    for extra, message in ((["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
+                           (["--until-stable", "2"], "tolerance in [0, 1]"),
+                           (["--stable-keep", "1"], "kept fraction"),
+                           (["--device", "tpu"], "unknown --device")):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

@@ -102,8 +102,8 @@ def _check_options(keep: float, tol: float | None, kw: dict, world: World, every
                    grad_names: list[str]) -> None:
     if not 0 < keep < 1:
         raise DeepCutsError(f"stable_keep is the kept fraction, in (0, 1); got {keep}")
-    if tol is not None and not 0 <= tol < 1:
-        raise DeepCutsError(f"until_stable is a tolerance in [0, 1); got {tol}")
+    if tol is not None and not 0 <= tol <= 1:
+        raise DeepCutsError(f"until_stable is a tolerance in [0, 1]; got {tol}")
     if grad_names and n == 0:
         raise DeepCutsError("no calibration batches: the data is empty")
     split = world.size > 1 or every < n

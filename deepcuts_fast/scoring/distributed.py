@@ -98,6 +98,16 @@ def all_reduce_count(count: int, world: World) -> int:
     return int(t.item())
 
 
+@contextlib.contextmanager
+def main_first(world: World) -> Iterator[None]:
+    """Run the block on rank 0 before the other ranks (e.g. so only rank 0 fills a model cache)."""
+    if world.size > 1 and not world.is_main:
+        dist.barrier()
+    yield
+    if world.size > 1 and world.is_main:
+        dist.barrier()
+
+
 def broadcast_flag(flag: bool, world: World) -> bool:
     """Rank 0's value of `flag` on every rank (so all ranks take the same decision)."""
     if world.size == 1:
