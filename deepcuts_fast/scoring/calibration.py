@@ -64,6 +64,8 @@ def score_run(
     `until_stable`: stop when the top `stable_keep` fraction of every criterion's scores (per
     tensor at weight granularity, over all heads / all neurons at unit granularity) changes by less
     than this fraction of its size between two segments.
+    `max_memory` caps the stacked noisy batch; a segment that runs out of GPU memory is retried
+    with half the cap (smaller chunks) instead of failing.
     """
     names = [get_criterion(c).name for c in ([criteria] if isinstance(criteria, str) else criteria)]
     grad_names = list(dict.fromkeys(n for n in names if get_criterion(n).uses_gradient))
