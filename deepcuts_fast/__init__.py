@@ -6,13 +6,14 @@ from .errors import DeepCutsError
 from .models import load_model, load_tokenizer
 from .planning import Plan, plan
 from .pruning import export, export_program, from_pretrained, prune, reconstruct, save_pretrained
-from .scoring import CRITERIA, Scores, apply_masks, score, score_many
+from .scoring import CRITERIA, ScoreRun, Scores, apply_masks, score, score_many, score_run
 
 __all__ = [
     "BenchmarkReport",
     "CRITERIA",
     "DeepCutsError",
     "Plan",
+    "ScoreRun",
     "Scores",
     "__version__",
     "apply_masks",
@@ -28,4 +29,5 @@ __all__ = [
     "save_pretrained",
     "score",
     "score_many",
+    "score_run",
 ]

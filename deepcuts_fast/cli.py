@@ -45,7 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--reference", action="store_true",
                    help="reproduce the original code: train mode, sequential noise passes, padding included")
-    s.add_argument("--out", required=True, help="output .safetensors file")
+    s.add_argument("--device", default="cpu",
+                   help="cpu or cuda (under torchrun, cuda means each rank's cuda:LOCAL_RANK)")
+    s.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                   help="cap on the stacked noisy batch, e.g. 2GiB or 500MB; runs that would not fit use smaller "
+                        "chunks (default: half the free GPU memory, 4 GiB on CPU); on GPU the peak is reported")
+    s.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+                   help="sum the scores in segments of K batches and save the running sums after each segment to "
+                        "--checkpoint (default OUT.ckpt); a rerun of the same command resumes from it; it is "
+                        "removed once OUT is written")
+    s.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (implies checkpointing)")
+    s.add_argument("--until-stable", type=float, nargs="?", const=0.01, default=None, metavar="TOL",
+                   help="stop early once the kept set (top --stable-keep of the scores) changes by less than TOL "
+                        "(default 0.01) between segments; --batches is then the maximum, checked every "
+                        "--checkpoint-every batches (default 4)")
+    s.add_argument("--stable-keep", type=float, default=0.5, metavar="F",
+                   help="kept fraction whose stability --until-stable watches (default 0.5)")
+    s.add_argument("--out", required=True, help="output .safetensors file (under torchrun only rank 0 writes it)")
 
     e = sub.add_parser("eval", help="accuracy / loss of a model on a data split")
     common(e)
@@ -93,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> int:
+    """Bytes from '2GiB', '500MB', '1.5G' or a plain number of bytes."""
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+             "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+    number = text.strip().rstrip("bBiIkKmMgGtT")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 2GiB, 500MB or 1000000") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a memory cap must be at least 1 byte")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -112,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deepcuts: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # an unexpected failure still ends in one line; --debug shows where
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"deepcuts: error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _quiet_transformers() -> None:
@@ -171,28 +208,69 @@ def cmd_score(args) -> int:
     import torch
 
     from .data import make_batches
-    from .scoring import get_criterion, score
+    from .scoring import get_criterion, score_run
+    from .scoring.distributed import main_first, process_group
 
     out = Path(args.out)
     _check_writable(out)
     get_criterion(args.criterion)  # fail on a misspelt name before loading anything
     if args.batches < 1:
         raise DeepCutsError("--batches must be >= 1")
-    model, tokenizer, dataset = _model_and_data(args, args.split)
-    batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                           shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)
-    dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
-    start = time.perf_counter()
-    scores = score(model, batches, args.criterion, args.granularity, unit_method=args.unit_method,
-                   noise_samples=args.noise_samples, noise_std=args.noise_std, dtype=dtype, seed=args.seed,
-                   reference=args.reference, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    scores.save(out)
+    checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
+    with process_group(args.device) as world:
+        device = _score_device(args.device, world.size)
+        with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
+            model, tokenizer, dataset = _model_and_data(args, args.split)
+        model.to(device)
+        batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                               shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)
+        dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
+        start = time.perf_counter()
+        run = score_run(model, batches, [args.criterion], checkpoint=checkpoint,
+                        checkpoint_every=args.checkpoint_every, until_stable=args.until_stable,
+                        stable_keep=args.stable_keep, world=world, max_memory=args.max_memory,
+                        granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
+                        noise_std=args.noise_std, dtype=dtype, seed=args.seed, reference=args.reference,
+                        progress=not args.quiet and world.is_main)
+        seconds = time.perf_counter() - start
+        if not world.is_main:
+            return 0
+        scores = run.scores[get_criterion(args.criterion).name]
+        scores.save(out)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     summary = {"out": str(out), "criterion": scores.criterion, "granularity": scores.granularity,
-               "batches": len(batches), "seconds": round(seconds, 3)}
-    print(json.dumps(summary) if args.json else
-          f"wrote {out}: {scores.criterion} scores ({scores.granularity}) from {len(batches)} batches in {seconds:.1f}s")
+               "batches": run.batches_used, "batches_max": run.batches_total, "stopped_early": run.stopped_early,
+               "resumed_from": run.resumed_from, "processes": run.world_size, "seconds": round(seconds, 3)}
+    if run.peak_memory is not None:
+        summary["peak_memory_mib"] = round(run.peak_memory / 2**20, 1)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    notes = [f"{run.world_size} processes"] if run.world_size > 1 else []
+    if run.resumed_from:
+        notes.append(f"resumed after {run.resumed_from}")
+    if run.stopped_early:
+        notes.append(f"stable after {run.batches_used} of {run.batches_total}")
+    if run.peak_memory is not None:
+        notes.append(f"peak GPU memory {summary['peak_memory_mib']:.0f} MiB")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    print(f"wrote {out}: {scores.criterion} scores ({scores.granularity}) from {run.batches_used} batches{extra} "
+          f"in {seconds:.1f}s")
     return 0
+
+
+def _score_device(name: str, world_size: int):
+    """The torch device to score on; under torchrun, cuda is this rank's GPU."""
+    import torch
+
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise DeepCutsError(f"unknown --device {name!r}; use cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeepCutsError("--device cuda was given but no CUDA GPU is available; use --device cpu")
+    if name == "cuda" and world_size > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
 
 
 def cmd_eval(args) -> int:

@@ -76,11 +76,14 @@ def score_many(
     sequential_noise: bool = False,
     include_padding: bool = False,
     reference: bool = False,
+    batch_indices: Sequence[int] | None = None,
 ) -> dict[str, Scores]:
     """Score `model` with several criteria, sharing forward/backward passes between them.
 
     `reference=True` reproduces the original DeepCuts code: train mode (dropout on), the N noise
     samples as N sequential passes, and activation means over padding tokens too.
+    `batch_indices` gives each batch's position in the whole calibration set (default 0, 1, ...),
+    which keys its noise: a shard of the batches then draws the same noise as the full run.
     """
     crits = _unique_criteria(criteria)
     _check_options(granularity, unit_method, noise_samples, noise_std, backend)
@@ -97,11 +100,14 @@ def score_many(
     grad_crits = [c for c in crits if c.uses_gradient]
     if grad_crits:
         batch_list = _materialise(batches)
+        indices = list(range(len(batch_list)) if batch_indices is None else map(int, batch_indices))
+        if len(indices) != len(batch_list):
+            raise DeepCutsError(f"batch_indices has {len(indices)} entries for {len(batch_list)} batches")
         for smooth in (False, True):
             group = [c for c in grad_crits if c.smooth == smooth]
             if group:
                 runner = _Pass(model, layout, group, smooth, opts, dtype, max_memory, progress)
-                results.update(runner.run(batch_list, meta_base))
+                results.update(runner.run(batch_list, meta_base, indices))
     return {c.name: results[c.name] for c in crits}
 
 
@@ -216,13 +222,13 @@ class _Pass:
             probes.append(row)
         return probes
 
-    def run(self, batches: list, meta_base: dict) -> dict[str, Scores]:
+    def run(self, batches: list, meta_base: dict, indices: list[int]) -> dict[str, Scores]:
         chunk = 1 if self.opts.sequential_noise else self._samples_per_chunk(batches[0])
         chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
         names = "+".join(c.name for c in self.criteria)
         with self._scoring_mode(), tqdm(total=len(batches) * len(chunks), desc=f"scoring {names}",
                                         disable=not self.progress, leave=False) as bar:
-            for b, batch in enumerate(batches):
+            for b, batch in zip(indices, batches):
                 for samples in chunks:
                     self._forward_backward(b, batch, samples)
                     bar.update(1)

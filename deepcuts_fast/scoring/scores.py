@@ -71,6 +71,18 @@ class Scores(Mapping[str, torch.Tensor]):
         return Scores({k: v.to(device) for k, v in self._weights.items()}, self.layout, self.meta,
                       heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons])
 
+    def __add__(self, other: "Scores") -> "Scores":
+        """The sum of two score sets of the same criterion and model (e.g. two shards of the batches)."""
+        if not isinstance(other, Scores):
+            return NotImplemented
+        if (self.criterion, self.granularity, set(self)) != (other.criterion, other.granularity, set(other)) or [
+                layer.to_dict() for layer in self.layout] != [layer.to_dict() for layer in other.layout]:
+            raise DeepCutsError(f"cannot add {other!r} to {self!r}: they differ in criterion, granularity or model")
+        meta = {**self.meta, "batches": self.meta.get("batches", 0) + other.meta.get("batches", 0)}
+        return Scores({k: v + other[k] for k, v in self._weights.items()}, self.layout, meta,
+                      heads=[a + b for a, b in zip(self._heads, other._heads)],
+                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)])
+
     # -- unit views ---------------------------------------------------------------------------
     def heads(self, layer: int) -> torch.Tensor:
         """Score of every attention head of encoder layer `layer`."""
@@ -103,17 +115,32 @@ class Scores(Mapping[str, torch.Tensor]):
         """Write the scores atomically as one safetensors file (metadata in its header)."""
         from safetensors.torch import save_file
 
-        tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in self._weights.items()}
-        for i, (h, n) in enumerate(zip(self._heads, self._neurons)):
-            tensors[f"units/heads/{i}"] = h.detach().cpu().contiguous()
-            tensors[f"units/neurons/{i}"] = n.detach().cpu().contiguous()
-        header = {
-            "format": FORMAT,
-            "meta": json.dumps(self.meta),
-            "layout": json.dumps([layer.to_dict() for layer in self.layout]),
-        }
+        tensors = self.to_tensors()
+        header = {"format": FORMAT, **self.header()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
+
+    def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Every score tensor on the CPU, keyed as in the saved file (after `prefix`)."""
+        tensors = {f"{prefix}weights/{k}": v.detach().cpu().contiguous() for k, v in self._weights.items()}
+        for i, (h, n) in enumerate(zip(self._heads, self._neurons)):
+            tensors[f"{prefix}units/heads/{i}"] = h.detach().cpu().contiguous()
+            tensors[f"{prefix}units/neurons/{i}"] = n.detach().cpu().contiguous()
+        return tensors
+
+    def header(self) -> dict[str, str]:
+        """The JSON strings (meta, layout) that `from_tensors` needs besides the tensors."""
+        return {"meta": json.dumps(self.meta), "layout": json.dumps([layer.to_dict() for layer in self.layout])}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], prefix: str = "") -> "Scores":
+        """Rebuild scores from `to_tensors(prefix)` and `header()`; KeyError/ValueError when incomplete."""
+        layout = [LayerLayout.from_dict(d) for d in json.loads(header["layout"])]
+        heads = [tensors[f"{prefix}units/heads/{i}"] for i in range(len(layout))]
+        neurons = [tensors[f"{prefix}units/neurons/{i}"] for i in range(len(layout))]
+        start = f"{prefix}weights/"
+        weights = {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
+        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":
@@ -132,12 +159,7 @@ class Scores(Mapping[str, torch.Tensor]):
         if header.get("format") != FORMAT:
             raise DeepCutsError(f"{p} is not a deepcuts scores file (format {header.get('format')!r})")
         try:
-            layout = [LayerLayout.from_dict(d) for d in json.loads(header["layout"])]
-            heads = [tensors[f"units/heads/{i}"] for i in range(len(layout))]
-            neurons = [tensors[f"units/neurons/{i}"] for i in range(len(layout))]
-            meta = json.loads(header["meta"])
+            return cls.from_tensors(tensors, header)
         except (KeyError, ValueError, TypeError) as e:
             raise DeepCutsError(f"{p} is a damaged deepcuts scores file (missing or unreadable {e}); "
                                 "score again with `deepcuts score`") from e
-        weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
-        return cls(weights, layout, meta, heads=heads, neurons=neurons)

@@ -1,0 +1,247 @@
+"""`dc.score_run`: scoring in segments of K batches, sharded over processes, checkpointed, resumable,
+optionally stopping once the kept set is stable.
+
+Scores are sums over batches and the noise is keyed by the global batch index, so a segment's sum
+does not depend on how it is split over ranks, and a resumed run adds the same segments in the same
+order as an uninterrupted one (same `checkpoint_every`: bit-identical results).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from ..errors import DeepCutsError
+from .criteria import get_criterion
+from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
+from .score import _default_memory, score_many
+from .scores import Scores
+
+FORMAT = "deepcuts-checkpoint/1"
+DEFAULT_EVERY = 4  # batches between stability checks when only --until-stable is given
+OOM_HALVINGS = 6  # how often an out-of-memory segment is retried with half the memory cap
+
+
+@dataclass
+class ScoreRun:
+    """The scores of a run and how it went."""
+
+    scores: dict[str, Scores]
+    batches_used: int
+    batches_total: int
+    stopped_early: bool = False
+    resumed_from: int = 0  # batches already summed in the checkpoint the run started from
+    changes: list[float] = field(default_factory=list)  # kept-set change at each stability check
+    world_size: int = 1
+    peak_memory: int | None = None  # bytes, CUDA only
+
+
+def score_run(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None,
+    criteria: Sequence[str] | str,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    until_stable: float | None = None,
+    stable_keep: float = 0.5,
+    world: World | None = None,
+    max_memory: int | None = None,
+    progress: bool = True,
+    **score_kwargs,
+) -> ScoreRun:
+    """Score like `score_many`, in segments of `checkpoint_every` batches, on every rank of the
+    initialised process group (each scores its round-robin shard; sums are all-reduced).
+
+    `checkpoint`: file holding the running sums, written atomically (rank 0) after every segment
+    and resumed from when it exists and matches this run (remove it once the result is saved).
+    `until_stable`: stop when the top `stable_keep` fraction of every criterion's scores (per
+    tensor at weight granularity, over all heads / all neurons at unit granularity) changes by less
+    than this fraction of its size between two segments.
+    `max_memory` caps the stacked noisy batch; a segment that runs out of GPU memory is retried
+    with half the cap (smaller chunks) instead of failing.
+    """
+    names = [get_criterion(c).name for c in ([criteria] if isinstance(criteria, str) else criteria)]
+    grad_names = list(dict.fromkeys(n for n in names if get_criterion(n).uses_gradient))
+    free_names = [n for n in dict.fromkeys(names) if n not in grad_names]
+    world = world or current_world()
+    batch_list = [] if batches is None else list(batches)
+    n = len(batch_list)
+    every = _segment_size(checkpoint_every, until_stable, checkpoint, n)
+    _check_options(stable_keep, until_stable, score_kwargs, world, every, n, grad_names)
+    cuda = next(model.parameters()).device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    kw = dict(score_kwargs, progress=progress)
+    free = score_many(model, None, free_names, **kw) if free_names else {}
+    run = ScoreRun({}, 0, n, world_size=world.size)
+    if grad_names:
+        _run_segments(model, batch_list, grad_names, run, every, checkpoint, until_stable, stable_keep, world,
+                      max_memory, kw)
+    run.scores = {name: free[name] if name in free else run.scores[name] for name in dict.fromkeys(names)}
+    for name in grad_names:
+        run.scores[name].meta.update(world_size=world.size, batches_planned=n, stopped_early=run.stopped_early)
+    if cuda:
+        run.peak_memory = torch.cuda.max_memory_allocated()
+    return run
+
+
+def _segment_size(every: int | None, until_stable: float | None, checkpoint, n: int) -> int:
+    if every is not None:
+        if every < 1:
+            raise DeepCutsError(f"checkpoint_every must be >= 1 batch, got {every}")
+        return every
+    return DEFAULT_EVERY if until_stable is not None or checkpoint is not None else max(n, 1)
+
+
+def _check_options(keep: float, tol: float | None, kw: dict, world: World, every: int, n: int,
+                   grad_names: list[str]) -> None:
+    if not 0 < keep < 1:
+        raise DeepCutsError(f"stable_keep is the kept fraction, in (0, 1); got {keep}")
+    if tol is not None and not 0 <= tol <= 1:
+        raise DeepCutsError(f"until_stable is a tolerance in [0, 1]; got {tol}")
+    if grad_names and n == 0:
+        raise DeepCutsError("no calibration batches: the data is empty")
+    split = world.size > 1 or every < n
+    if split and (kw.get("reference") or kw.get("train_mode")):
+        raise DeepCutsError("reference / train mode draws dropout from one seed per pass, so its scores depend "
+                            "on how the batches are split: run it in one process without checkpoints or "
+                            "early stopping")
+
+
+def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, tol, keep, world, max_memory, kw):
+    fingerprint = None if checkpoint is None else _fingerprint(model, batch_list, names, every, kw)
+    device = next(model.parameters()).device
+    totals, done, changes = None, 0, []
+    if checkpoint is not None and Path(checkpoint).exists():
+        totals, done, changes = load_checkpoint(checkpoint, fingerprint, names, device)
+        run.resumed_from = done
+    previous = None if totals is None or tol is None else _kept(totals, keep)
+    stable = bool(changes) and tol is not None and changes[-1] < tol
+    while done < len(batch_list) and not stable:
+        segment = list(range(done, min(done + every, len(batch_list))))
+        mine = shard(segment, world)
+        local = (_score_fitting(model, [batch_list[i] for i in mine], names, mine, max_memory, kw) if mine
+                 else _zeros(model, names, kw))
+        part = {name: all_reduce_scores(local[name], world) for name in names}
+        totals = part if totals is None else {name: totals[name] + part[name] for name in names}
+        done = segment[-1] + 1
+        if tol is not None:
+            kept = _kept(totals, keep)
+            if previous is not None:
+                changes.append(_change(previous, kept))
+                stable = broadcast_flag(changes[-1] < tol, world)
+            previous = kept
+        if checkpoint is not None and world.is_main:
+            save_checkpoint(checkpoint, totals, done, changes, fingerprint)
+    run.scores, run.batches_used, run.changes = totals, done, changes
+    run.stopped_early = done < len(batch_list)
+
+
+def _score_fitting(model, batches, names, indices, max_memory, kw) -> dict[str, Scores]:
+    """`score_many` on one shard; on running out of memory, retried with half the memory cap."""
+    cap = max_memory
+    for _ in range(OOM_HALVINGS + 1):
+        try:
+            return score_many(model, batches, names, batch_indices=indices, max_memory=cap, **kw)
+        except torch.OutOfMemoryError:
+            if kw.get("sequential_noise") or kw.get("reference"):
+                break
+            cap = (cap or _default_memory(next(model.parameters()).device)) // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    raise DeepCutsError("scoring ran out of memory even with one noise sample per pass; "
+                        "use a smaller --batch-size or --max-length")
+
+
+def _zeros(model, names, kw) -> dict[str, Scores]:
+    """Zero scores with the right shapes, for a rank that has no batch in a segment."""
+    granularity = kw.get("granularity", "weight")
+    template = score_many(model, None, ["magnitude"], granularity=granularity, progress=False)["magnitude"]
+    units = template.unit_scores()
+    return {name: Scores({k: torch.zeros_like(v) for k, v in template.items()}, template.layout,
+                         {**template.meta, "criterion": name, "batches": 0},
+                         heads=[torch.zeros_like(h) for h in units["heads"]],
+                         neurons=[torch.zeros_like(x) for x in units["neurons"]])
+            for name in names}
+
+
+def _kept(totals: Mapping[str, Scores], keep: float) -> torch.Tensor:
+    """One boolean per scored entry of every criterion: is it in the kept set, the entries at or above
+    the k-th largest score of their group (k = `keep` x group size; ties at the threshold count)."""
+    parts = []
+    for scores in totals.values():
+        if len(scores):
+            groups = [v.reshape(-1) for v in scores.values()]
+        else:
+            units = scores.unit_scores()
+            groups = [torch.cat(units["heads"]), torch.cat(units["neurons"])]
+        for g in groups:
+            k = round(keep * g.numel())
+            if k == 0:
+                parts.append(torch.zeros(g.numel(), dtype=torch.bool, device=g.device))
+            else:  # kthvalue: half the time of topk on large tensors
+                parts.append(g >= torch.kthvalue(g.float().cpu(), g.numel() - k + 1).values.to(g.device))
+    return torch.cat(parts)
+
+
+def _change(previous: torch.Tensor, kept: torch.Tensor) -> float:
+    """The fraction of the kept set that was replaced."""
+    return float((previous ^ kept).sum()) / 2 / max(1, int(kept.sum()))
+
+
+def _fingerprint(model: nn.Module, batches, names, every: int, kw: dict) -> str:
+    """A hash of everything that determines the running sums: weights, batches, options, segments."""
+    h = hashlib.blake2b(digest_size=16)
+    settings = {k: v for k, v in kw.items() if k not in ("progress", "backend")}
+    h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), **settings},
+                        sort_keys=True, default=str).encode())
+    for source in (model.state_dict().items(), ((f"{i}/{k}", v) for i, b in enumerate(batches)
+                                                for k, v in sorted(b.items()) if torch.is_tensor(v))):
+        for name, t in source:
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path, totals: Mapping[str, Scores], done: int, changes: list[float], fingerprint: str) -> None:
+    """Write the running sums atomically (safetensors; the run's state in the header)."""
+    from safetensors.torch import save_file
+
+    tensors, headers = {}, {}
+    for name, scores in totals.items():
+        tensors.update(scores.to_tensors(prefix=f"{name}/"))
+        headers[name] = scores.header()
+    header = {"format": FORMAT, "fingerprint": fingerprint, "done": str(done), "changes": json.dumps(changes),
+              "scores": json.dumps(headers)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def load_checkpoint(path, fingerprint: str, names: list[str], device) -> tuple[dict[str, Scores], int, list[float]]:
+    """(running sums, batches done, kept-set changes) from a checkpoint of this same run."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DeepCutsError(f"checkpoint {path} is not readable ({e}); delete it to start over") from e
+    if header.get("format") != FORMAT:
+        raise DeepCutsError(f"{path} is not a deepcuts scoring checkpoint; delete it or choose another path")
+    if header.get("fingerprint") != fingerprint:
+        raise DeepCutsError(f"checkpoint {path} belongs to another run (different model, data, criteria or "
+                            "options); delete it to start over, or rerun with the settings that made it")
+    try:
+        headers = json.loads(header["scores"])
+        totals = {name: Scores.from_tensors(tensors, headers[name], prefix=f"{name}/").to(device) for name in names}
+        return totals, int(header["done"]), [float(c) for c in json.loads(header["changes"])]
+    except (KeyError, ValueError, TypeError) as e:
+        raise DeepCutsError(f"checkpoint {path} is damaged (missing {e}); delete it to start over") from e

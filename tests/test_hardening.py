@@ -1,0 +1,115 @@
+"""Hardening: only safetensors are ever read (no pickle), CLI failures end in one line with no
+traceback (unless --debug), and no partial output survives a failure or Ctrl-C."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import data_csv, model_dir  # noqa: F401  (module fixtures: a tiny model folder and CSV)
+
+import deepcuts_fast as dc
+from deepcuts_fast import cli
+from deepcuts_fast.errors import DeepCutsError
+
+ROOT = Path(__file__).resolve().parents[1]
+UNSAFE = re.compile(r"\btorch\.load\(|\bimport pickle|\bpickle\.|\bcloudpickle|\bdill\b|\bjoblib\b|allow_pickle"
+                    r"|use_safetensors\s*=\s*False|safe_serialization\s*=\s*False|_object_list\(|_object\(")
+
+
+def test_no_pickle_loading_anywhere_in_the_package():
+    offenders = [f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+                 for path in sorted((ROOT / "deepcuts_fast").rglob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+                 for i, line in enumerate(path.read_text().splitlines(), 1)
+                 if UNSAFE.search(line) and not line.lstrip().startswith("#")]
+    assert not offenders, "pickle-based loading found:\n" + "\n".join(offenders)
+
+
+class _Bomb:
+    """Unpickling this creates a marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_files_are_refused_and_never_unpickled(model_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    marker = tmp_path / "unpickled"
+    folder = tmp_path / "pickled_model"
+    shutil.copytree(model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"bomb": _Bomb(marker)}, folder / "pytorch_model.bin")
+    fake = tmp_path / "scores.safetensors"
+    torch.save(_Bomb(marker), fake)
+    for load in (lambda: dc.load_model(str(folder)), lambda: dc.from_pretrained(folder), lambda: dc.Scores.load(fake),
+                 lambda: dc.score_run(dc.load_model(str(model_dir)), [{"input_ids": torch.ones(1, 3, dtype=torch.long),
+                                                                       "labels": torch.zeros(1, dtype=torch.long)}],
+                                      "gradient", checkpoint=fake, progress=False)):
+        with pytest.raises(DeepCutsError):
+            load()
+    assert not marker.exists()
+
+
+def score_argv(model_dir, data_csv, out):
+    return ["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "gradient", "--batches", "2",
+            "--batch-size", "4", "--quiet", "--out", str(out)]
+
+
+def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(model_dir, data_csv, tmp_path,  # noqa: F811
+                                                                         monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure\nwith a second line")
+
+    monkeypatch.setattr("deepcuts_fast.scoring.calibration.score_many", broken)
+    out = tmp_path / "s.safetensors"
+    assert cli.main(score_argv(model_dir, data_csv, out)) == 1
+    err = capsys.readouterr().err
+    assert err == "deepcuts: error: RuntimeError: simulated failure (rerun with --debug for the traceback)\n"
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        cli.main(["--debug", *score_argv(model_dir, data_csv, out)])
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_ctrl_c_or_a_failure_while_writing_leaves_no_partial_file(model_dir, data_csv, tmp_path,  # noqa: F811
+                                                                  monkeypatch, capsys, interrupt):
+    import safetensors.torch
+
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise interrupt(28, "No space left on device") if interrupt is OSError else interrupt()
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    out = tmp_path / "s.safetensors"
+    code = cli.main(score_argv(model_dir, data_csv, out))
+    assert code == (130 if interrupt is KeyboardInterrupt else 1)
+    assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_no_output(model_dir, data_csv, tmp_path, monkeypatch,  # noqa: F811
+                                                        capsys):
+    from deepcuts_fast.scoring import calibration
+
+    save, saves = calibration.save_checkpoint, []
+
+    def interrupted(*args, **kwargs):
+        save(*args, **kwargs)
+        saves.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibration, "save_checkpoint", interrupted)
+    out = tmp_path / "s.safetensors"
+    argv = score_argv(model_dir, data_csv, out) + ["--checkpoint-every", "1", "--json"]
+    assert cli.main(argv) == 130 and "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors.ckpt"]
+    monkeypatch.setattr(calibration, "save_checkpoint", save)
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
