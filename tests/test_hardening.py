@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import data_csv, model_dir  # noqa: F401  (module fixtures: a tiny model folder and CSV)
 
 import deepcuts_fast as dc
 from deepcuts_fast import cli

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_batches, tiny_model
-from test_cli import data_csv, model_dir  # noqa: F401  (module fixtures: a tiny model folder and CSV)
 
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
