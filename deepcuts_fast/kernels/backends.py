@@ -96,10 +96,10 @@ def _unavailable(backend: str, kind: str) -> str:
             return "backend 'triton' needs triton: pip install 'deepcuts-fast[triton]', or use backend='auto'"
         return (f"backend 'triton' runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), not {kind}; "
                 "use backend='auto'")
+    if _load(backend) is None:
+        return f"backend {backend!r} is not built in this installation; {BUILD_HINT}, or use backend='torch' or 'auto'"
     want = "cpu" if backend == "cpp" else "cuda"
-    if kind != want:
-        return f"backend {backend!r} runs on {want} tensors, not {kind}; use backend='auto'"
-    return f"backend {backend!r} is not built in this installation; {BUILD_HINT}, or use backend='torch' or 'auto'"
+    return f"backend {backend!r} runs on {want} tensors, not {kind}; use backend='auto'"
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -46,6 +46,8 @@ def weight_score(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, roww: torch
     if x.shape[0] != dy.shape[0] or x.shape[1] != w.shape[1] or dy.shape[1] != w.shape[0]:
         raise ValueError(f"X {tuple(x.shape)} and dY {tuple(dy.shape)} do not match W {tuple(w.shape)}")
     name = backends.resolve(backend, w.device)
+    if w.numel() == 0:
+        return
     if name == "torch":
         weight_score_reference(x, dy, w, roww, scale, s, row_sums, col_sums)
     elif name == "triton":
@@ -65,6 +67,8 @@ def weight_score_epilogue(w: torch.Tensor, g: torch.Tensor, roww: torch.Tensor |
     if g.shape != w.shape:
         raise ValueError(f"G {tuple(g.shape)} must have W's shape {tuple(w.shape)}")
     name = backends.resolve(backend, w.device)
+    if w.numel() == 0:
+        return
     if name == "torch":
         weight_score_epilogue_reference(w, g, roww, scale, s, row_sums, col_sums)
     elif name == "triton":
