@@ -26,7 +26,7 @@ def activation_stats_reference(a: torch.Tensor, da: torch.Tensor, mask: torch.Te
 def activation_stats(a: torch.Tensor, da: torch.Tensor, mask: torch.Tensor | None, out: torch.Tensor,
                      backend: str = "auto") -> None:
     """Accumulate the four masked per-channel sums of A and dA into `out` (fp32, shape (4, channels))."""
-    a, da = a.reshape(-1, a.shape[-1]), da.reshape(-1, da.shape[-1])
+    a, da = a.flatten(0, -2), da.flatten(0, -2)
     if a.shape != da.shape:
         raise ValueError(f"A {tuple(a.shape)} and dA {tuple(da.shape)} must have one shape")
     if out.shape != (4, a.shape[1]) or out.dtype != torch.float32 or not out.is_contiguous():

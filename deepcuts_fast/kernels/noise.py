@@ -61,7 +61,7 @@ def add_noise_reference(y: torch.Tensor, std: float, seed: int, batch: int, laye
     """`y += std * noise` in place, the k = len(samples) noise samples stacked along y's first dimension."""
     k = len(samples)
     z = philox_normal_reference(y.numel() // k, seed, batch, layer, samples, y.device)
-    y.view(k, -1).add_(z, alpha=std)
+    y.add_(z.reshape(y.shape), alpha=std)
 
 
 def add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, samples: range,
@@ -72,7 +72,10 @@ def add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, sa
     if not samples or std == 0 or y.numel() == 0:
         return
     name = backends.resolve(backend, y.device)
-    target = y if y.is_contiguous() else y.contiguous()
+    # Through `.data`: autograd never sees the edit (d(y + noise)/dy is the identity) and y's version counter
+    # stays put; bumping it on a view such as a Linear's 3-D output makes register_hook crash in torch 2.13.
+    data = y.data
+    target = data if data.is_contiguous() else data.contiguous()
     with torch.no_grad():
         if name == "torch":
             add_noise_reference(target, std, seed, batch, layer, samples)
@@ -81,8 +84,8 @@ def add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, sa
         else:
             backends.extension(name).add_noise(target, float(std), _signed64(seed), batch & MASK32,
                                                layer & MASK32, samples.start, len(samples))
-        if target is not y:
-            y.copy_(target)
+        if target is not data:
+            data.copy_(target)
 
 
 def _signed64(seed: int) -> int:

@@ -33,7 +33,7 @@ def weight_score_reference(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, r
                            scale: float, s: torch.Tensor | None = None, row_sums: torch.Tensor | None = None,
                            col_sums: torch.Tensor | None = None) -> None:
     """Eager PyTorch: the full fp32 gradient `G = dY^T X`, then the epilogue."""
-    g = dy.reshape(-1, dy.shape[-1]).float().t() @ x.reshape(-1, x.shape[-1]).float()
+    g = dy.flatten(0, -2).float().t() @ x.flatten(0, -2).float()
     weight_score_epilogue_reference(w, g, roww, scale, s, row_sums, col_sums)
 
 
@@ -41,7 +41,7 @@ def weight_score(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, roww: torch
                  s: torch.Tensor | None = None, row_sums: torch.Tensor | None = None,
                  col_sums: torch.Tensor | None = None, backend: str = "auto") -> None:
     """Add `|W * (dY^T X) * scale * roww|` (or its row / column sums) without materialising the gradient."""
-    x, dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    x, dy = x.flatten(0, -2), dy.flatten(0, -2)
     _check(w, roww, s, row_sums, col_sums)
     if x.shape[0] != dy.shape[0] or x.shape[1] != w.shape[1] or dy.shape[1] != w.shape[0]:
         raise ValueError(f"X {tuple(x.shape)} and dY {tuple(dy.shape)} do not match W {tuple(w.shape)}")
