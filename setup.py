@@ -24,7 +24,7 @@ def extensions():
     include = [str(ROOT / "csrc")]
     if cpu_sources:
         exts.append(CppExtension("deepcuts_fast._C", cpu_sources, include_dirs=include,
-                                 extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"]))
+                                 extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"], extra_link_args=["-fopenmp"]))
     if cuda_sources and torch.version.cuda is not None:
         exts.append(CUDAExtension("deepcuts_fast._cuda", cuda_sources, include_dirs=include,
                                   extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]}))

@@ -34,6 +34,8 @@ DC_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 DC_HD U4 philox4x32_10(U4 c, uint32_t k0, uint32_t k1) {
 #if defined(__CUDACC__)
 #pragma unroll
+#else
+#pragma GCC unroll 10
 #endif
   for (int r = 0; r < 10; ++r) {
     uint32_t hi0, lo0, hi1, lo1;
@@ -47,8 +49,12 @@ DC_HD U4 philox4x32_10(U4 c, uint32_t k0, uint32_t k1) {
 }
 
 // A 32-bit draw mapped into the open interval (0, 1] in fp32.
+// float(x) is built from two exact 16-bit halves (one rounding, so the same value) because unsigned-to-float
+// conversion has no SIMD instruction before AVX-512 and would keep the CPU noise loop scalar.
 DC_HD float uniform_open(uint32_t x) {
-  return static_cast<float>(x) * 2.3283064365386963e-10f + 1.1641532182693481e-10f;
+  const float f = static_cast<float>(static_cast<int32_t>(x >> 16)) * 65536.0f +
+                  static_cast<float>(static_cast<int32_t>(x & 0xFFFFu));
+  return f * 2.3283064365386963e-10f + 1.1641532182693481e-10f;
 }
 
 // The four standard normals of one Philox output: Box-Muller on (x, y) and on (z, w).

@@ -7,10 +7,11 @@
 
 #include "common/philox.h"
 #include "common/score_epilogue.h"
+#include "cpu/fast_normal.h"
 
 namespace {
 
-constexpr int64_t kRowBlock = 256;     // output rows of G computed at a time by the fused weight score
+constexpr int64_t kRowBlock = 1024;  // output rows of G per GEMM in the fused weight score (thinner GEMMs run slower on CPU)
 constexpr int64_t kChannelBlock = 64;  // channels per OpenMP task in the activation statistics
 
 void check_f32_out(const at::Tensor& t, int64_t numel, const char* name) {
@@ -116,18 +117,43 @@ void activation_stats_impl(const T* pa, const T* pd, const float* m, int64_t tok
   }
 }
 
+constexpr int64_t kNoiseBlocks = 256;  // Philox counters (4 normals each) drawn per inner SIMD pass
+
+// The 4 * n standard normals of counters [first, first + n) of one key, lane-major: z[j * n + i] is lane j of counter i.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void philox_normals(uint64_t key, uint32_t batch, uint32_t layer, uint32_t sample, uint32_t first, int64_t n,
+                    float* z) {
+  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const deepcuts::U4 u = deepcuts::philox4x32_10({first + static_cast<uint32_t>(i), sample, batch, layer}, k0, k1);
+    const float r0 = sqrtf(-2.0f * deepcuts::fast_logf(deepcuts::uniform_open(u.x)));
+    const float r1 = sqrtf(-2.0f * deepcuts::fast_logf(deepcuts::uniform_open(u.z)));
+    float c0, s0, c1, s1;
+    deepcuts::sincos_turns(deepcuts::uniform_open(u.y), c0, s0);
+    deepcuts::sincos_turns(deepcuts::uniform_open(u.w), c1, s1);
+    z[i] = r0 * c0;
+    z[n + i] = r0 * s0;
+    z[2 * n + i] = r1 * c1;
+    z[3 * n + i] = r1 * s1;
+  }
+}
+
 template <typename T>
 void add_noise_impl(T* py, int64_t per_sample, int64_t samples, uint64_t key, uint32_t batch, uint32_t layer,
                     int64_t first_sample, float sd) {
-  const int64_t blocks = (per_sample + 3) / 4;
+  const int64_t counters = (per_sample + 3) / 4;
+  const int64_t chunks = (counters + kNoiseBlocks - 1) / kNoiseBlocks;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t s = 0; s < samples; ++s) {
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      float z[4];
-      deepcuts::noise4(key, batch, layer, static_cast<uint32_t>(first_sample + s), static_cast<uint32_t>(blk), z);
-      T* row = py + s * per_sample;
-      const int64_t e0 = blk * 4, n = std::min<int64_t>(4, per_sample - e0);
-      for (int64_t j = 0; j < n; ++j) row[e0 + j] = static_cast<T>(static_cast<float>(row[e0 + j]) + sd * z[j]);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      float z[4 * kNoiseBlocks];
+      const int64_t c0 = chunk * kNoiseBlocks, n = std::min(kNoiseBlocks, counters - c0);
+      philox_normals(key, batch, layer, static_cast<uint32_t>(first_sample + s), static_cast<uint32_t>(c0), n, z);
+      T* row = py + s * per_sample + 4 * c0;
+      const int64_t elements = std::min<int64_t>(4 * n, per_sample - 4 * c0);
+      for (int64_t e = 0; e < elements; ++e)
+        row[e] = static_cast<T>(static_cast<float>(row[e]) + sd * z[(e & 3) * n + (e >> 2)]);
     }
   }
 }
