@@ -6,6 +6,7 @@ inside NaN-filled buffers so a write past the end shows.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -229,3 +230,11 @@ def test_resolve_picks_and_refuses_clearly(monkeypatch):
         assert backends.resolve("auto", "cpu") == "torch"
         assert backends.resolve("auto", "cpu") == "torch"
     assert len([w for w in caught if "not built" in str(w.message)]) == 1
+
+
+@pytest.mark.skipif(os.environ.get("DEEPCUTS_REQUIRE_CPP") != "1", reason="set DEEPCUTS_REQUIRE_CPP=1 (make test does)")
+def test_cpp_extension_is_built():
+    """`make test` installs with setup.py, which must build the C++ extension: fail loudly if it did not."""
+    from deepcuts_fast import _C
+
+    assert backends.resolve("auto", "cpu") == "cpp" and _C.num_threads() >= 1

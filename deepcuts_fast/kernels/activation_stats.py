@@ -45,4 +45,4 @@ def activation_stats(a: torch.Tensor, da: torch.Tensor, mask: torch.Tensor | Non
 
         launch_activation_stats(a, da, mask, out)
     else:
-        backends.extension(name).activation_stats(a, da, mask, out)
+        backends.extension(name).activation_stats(a, da, mask, out, *backends.stream_args(name, a.device))

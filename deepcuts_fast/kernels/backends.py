@@ -39,6 +39,11 @@ def extension(name: str) -> ModuleType:
     return module
 
 
+def stream_args(name: str, device: torch.device | str) -> tuple[int, ...]:
+    """The trailing stream handle the CUDA extension's functions take (nothing for the C++ ones)."""
+    return (torch.cuda.current_stream(torch.device(device)).cuda_stream,) if name == "cuda" else ()
+
+
 def triton_interpreted() -> bool:
     """Whether Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1, set before triton is imported)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

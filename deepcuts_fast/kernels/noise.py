@@ -83,7 +83,8 @@ def add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, sa
             _add_noise_triton(target, std, seed, batch, layer, samples)
         else:
             backends.extension(name).add_noise(target, float(std), _signed64(seed), batch & MASK32,
-                                               layer & MASK32, samples.start, len(samples))
+                                               layer & MASK32, samples.start, len(samples),
+                                               *backends.stream_args(name, y.device))
         if target is not data:
             data.copy_(target)
 

@@ -55,8 +55,10 @@ def weight_score(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, roww: torch
 
         launch_weight_score(x.contiguous(), dy.contiguous(), w.contiguous(), _f32(roww), scale, s, row_sums, col_sums)
     else:
+        if name == "cuda":
+            x, dy, w = x.contiguous(), dy.to(x.dtype).contiguous(), w.to(x.dtype)
         backends.extension(name).weight_score_fused(x, dy, w.contiguous(), _f32(roww), float(scale), s, row_sums,
-                                                    col_sums)
+                                                    col_sums, *backends.stream_args(name, w.device))
 
 
 def weight_score_epilogue(w: torch.Tensor, g: torch.Tensor, roww: torch.Tensor | None, scale: float,
@@ -77,7 +79,7 @@ def weight_score_epilogue(w: torch.Tensor, g: torch.Tensor, roww: torch.Tensor |
         launch_weight_score_epilogue(w.contiguous(), _f32(g), _f32(roww), scale, s, row_sums, col_sums)
     else:
         backends.extension(name).weight_score_epilogue(w.contiguous(), _f32(g), _f32(roww), float(scale), s,
-                                                       row_sums, col_sums)
+                                                       row_sums, col_sums, *backends.stream_args(name, w.device))
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
