@@ -8,6 +8,8 @@ Reports the median time per calibration batch over several repetitions (after a 
       (all parameters require grad, nothing else), for N = noise samples and N = 1;
   (c) dc.score: smooth-cut / cam-cut, weight and unit granularity (unit_method first-order / sum);
   (d) dc.score smooth-cut under bf16 autocast, and the overlap of its global top-10% mask with fp32.
+Every dc.score row runs twice: on the PyTorch path (backend="torch") and on the fused kernels (the
+`fused` columns: backend="auto", i.e. the C++ extension on CPU, CUDA/Triton on a GPU).
 
 Smooth criteria (N noisy copies) are compared with the N-sample floor, cam-cut (one clean pass) with
 the 1-sample floor. Methods are interleaved inside each repetition so that machine noise hits all
@@ -35,6 +37,7 @@ import torch  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
+from deepcuts_fast.kernels import resolve as resolve_backend  # noqa: E402
 from deepcuts_fast.machine import machine_info  # noqa: E402
 from original_deepcuts import original_smooth_cut  # noqa: E402
 
@@ -44,6 +47,7 @@ TARGETS = {
     "unit_first_order_vs_floor": 0.8,  # unit first-order <= 0.8 x floor
     "bf16_vs_floor": 0.6,  # smooth-cut bf16 <= 0.6 x fp32 floor(N)
     "bf16_overlap": 0.95,  # top-10% mask overlap bf16 vs fp32 >= 0.95
+    "fused_smooth_weight_vs_floor": 1.05,  # fused smooth-cut (weight) <= 1.05 x floor(N) (issue 3)
 }
 
 
@@ -103,11 +107,11 @@ def original_fn(model, batches, n):
     return run
 
 
-def dc_fn(model, batches, criterion, n, seed_from_rep=False, **kw):
+def dc_fn(model, batches, criterion, n, seed_from_rep=False, backend="torch", **kw):
     def run(rep=0):
         t0 = time.perf_counter()
         out = dc.score(model, batches, criterion, noise_samples=n, noise_std=1e-3, progress=False,
-                       seed=rep if seed_from_rep else 0, **kw)
+                       seed=rep if seed_from_rep else 0, backend=backend, **kw)
         return time.perf_counter() - t0, out
 
     return run
@@ -171,6 +175,17 @@ def main(argv=None):
         "smooth_w_bf16": ("(d) dc smooth-cut, weight, bf16 autocast",
                           dc_fn(model, batches, "smooth-cut", n, dtype=torch.bfloat16), len(batches), n),
     }
+    fused_backend = resolve_backend("auto", next(model.parameters()).device)
+    for key in [k for k, m in methods.items() if m[0].startswith(("(c)", "(d)"))]:
+        label, _, nb, nn_ = methods[key]
+        kw = {"cam_w": ("cam-cut", {}), "smooth_w": ("smooth-cut", {}),
+              "smooth_u_fo": ("smooth-cut", dict(granularity="unit", unit_method="first-order")),
+              "smooth_u_sum": ("smooth-cut", dict(granularity="unit", unit_method="sum")),
+              "cam_u_fo": ("cam-cut", dict(granularity="unit", unit_method="first-order")),
+              "cam_u_sum": ("cam-cut", dict(granularity="unit", unit_method="sum")),
+              "smooth_w_bf16": ("smooth-cut", dict(dtype=torch.bfloat16))}[key]
+        methods[key + "_fused"] = (label + f", fused ({fused_backend})",
+                                   dc_fn(model, batches, kw[0], n, backend=fused_backend, **kw[1]), nb, nn_)
     if not args.skip_original:
         methods["original"] = (f"(a) original DeepCuts, N={n} sequential", original_fn(model, batches[:n_orig], n),
                                n_orig, n)
@@ -183,6 +198,7 @@ def main(argv=None):
     floor_fn(model, one, n, torch.bfloat16)()
     dc_fn(model, one, "cam-cut", n)()
     dc_fn(model, one, "cam-cut", n, granularity="unit", unit_method="first-order")()
+    dc_fn(model, one, "smooth-cut", n, backend=fused_backend)()
     if not args.skip_original:
         original_smooth_cut(model, one, noise_samples=1)
     print(f"# warm-up {time.perf_counter() - t_warm:.1f}s", flush=True)
@@ -222,11 +238,14 @@ def main(argv=None):
             continue
         label, _, nb, nn_ = methods[key]
         fl = floor_of[key]
+        fused = key + "_fused" if key + "_fused" in med else None
         rows.append({
             "key": key, "method": label, "N": nn_, "batches": nb, "median_s_per_batch": med[key],
             "min_s": min(times[key]), "max_s": max(times[key]), "floor": fl,
             "x_floor": ratio(key, fl), "x_floor_n": ratio(key, "floor_n"),
             "original_speedup": ratio("original", key) if "original" in med else None,
+            "fused_median_s_per_batch": med[fused] if fused else None,
+            "fused_x_floor": ratio(fused, fl) if fused else None,
         })
 
     checks = []
@@ -242,6 +261,8 @@ def main(argv=None):
                        "threshold": target, "met": bool(ok)})
 
     check(f"smooth-cut weight / floor(N={n})", ("smooth_w", "floor_n"), "<=", TARGETS["smooth_weight_vs_floor"])
+    check(f"fused smooth-cut weight / floor(N={n})", ("smooth_w_fused", "floor_n"), "<=",
+          TARGETS["fused_smooth_weight_vs_floor"])
     if "original" in med:
         check("original / smooth-cut weight (speed-up)", ("original", "smooth_w"), ">=",
               TARGETS["original_vs_smooth_weight"])
@@ -259,13 +280,16 @@ def main(argv=None):
           f"{args.repeats} repeats, torch.get_num_threads()={torch.get_num_threads()}; "
           "'x own floor' = vs floor(N) for smooth rows, floor(N=1) for cam-cut rows.")
     print()
-    print("| method | N | s / batch (median) | min – max | x own floor | x floor(N=%d) | original / this |" % n)
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | N | s / batch (median) | min – max | x own floor | x floor(N=%d) | original / this "
+          "| fused s / batch | fused x own floor |" % n)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = r["original_speedup"]
+        fs, fx = r["fused_median_s_per_batch"], r["fused_x_floor"]
         print(f"| {r['method']} | {r['N']} | {r['median_s_per_batch']:.3f} | {r['min_s']:.3f} – {r['max_s']:.3f} | "
               f"{r['x_floor']:.2f} ({r['floor'].replace('floor_n', f'N={n}').replace('floor_1', 'N=1')}) | "
-              f"{r['x_floor_n']:.2f} | {'' if sp is None else f'{sp:.2f}x'} |")
+              f"{r['x_floor_n']:.2f} | {'' if sp is None else f'{sp:.2f}x'} | "
+              f"{'' if fs is None else f'{fs:.3f}'} | {'' if fx is None else f'{fx:.2f}'} |")
     print()
     print(f"top-10% global mask overlap (weights), smooth-cut bf16 vs fp32: {overlap_bf16:.4f}")
     if overlap_seed is not None:

@@ -12,7 +12,6 @@
 namespace {
 
 constexpr int64_t kRowBlock = 1024;  // output rows of G per GEMM in the fused weight score (thinner GEMMs run slower on CPU)
-constexpr int64_t kChannelBlock = 64;  // channels per OpenMP task in the activation statistics
 
 void check_f32_out(const at::Tensor& t, int64_t numel, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel,
@@ -86,34 +85,34 @@ void check_outputs(const at::Tensor& w, const c10::optional<at::Tensor>& s, cons
 
 float* maybe_ptr(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
+// Each thread streams whole rows of its token range (contiguous reads) into private fp32 sums, then adds them up.
 template <typename T>
 void activation_stats_impl(const T* pa, const T* pd, const float* m, int64_t tokens, int64_t channels, float* o) {
-  const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
-#pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t c0 = blk * kChannelBlock, n = std::min(kChannelBlock, channels - c0);
-    float sa[kChannelBlock] = {0}, sd[kChannelBlock] = {0}, sp[kChannelBlock] = {0}, sq[kChannelBlock] = {0};
+#pragma omp parallel
+  {
+    std::vector<float> acc(4 * channels, 0.0f);
+    float* sa = acc.data();
+    float* sd = sa + channels;
+    float* sp = sd + channels;
+    float* sq = sp + channels;
+#pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < tokens; ++t) {
       const float mt = m ? m[t] : 1.0f;
       if (mt == 0.0f) continue;
-      const T* ra = pa + t * channels + c0;
-      const T* rd = pd + t * channels + c0;
+      const T* ra = pa + t * channels;
+      const T* rd = pd + t * channels;
 #pragma omp simd
-      for (int64_t c = 0; c < n; ++c) {
+      for (int64_t c = 0; c < channels; ++c) {
         const float va = static_cast<float>(ra[c]) * mt, vd = static_cast<float>(rd[c]);
-        const float p = va * vd;
+        const float p = va * vd;  // mask * A * dA
         sa[c] += va;
         sd[c] += vd * mt;
         sp[c] += p;
         sq[c] += fabsf(p);
       }
     }
-    for (int64_t c = 0; c < n; ++c) {
-      o[c0 + c] += sa[c];
-      o[channels + c0 + c] += sd[c];
-      o[2 * channels + c0 + c] += sp[c];
-      o[3 * channels + c0 + c] += sq[c];
-    }
+#pragma omp critical
+    for (int64_t k = 0; k < 4 * channels; ++k) o[k] += acc[k];
   }
 }
 

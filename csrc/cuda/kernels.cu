@@ -105,10 +105,10 @@ __global__ void activation_stats_kernel(const T* __restrict__ a, const T* __rest
   float sa = 0.0f, sd = 0.0f, sp = 0.0f, sq = 0.0f;
   for (int64_t t = t0; t < t1; ++t) {
     const float m = mask ? mask[t] : 1.0f;
-    const float va = to_f32(a[t * channels + c]) * m, vd = to_f32(da[t * channels + c]) * m;
-    const float p = va * vd;
+    const float va = to_f32(a[t * channels + c]) * m, vd = to_f32(da[t * channels + c]);
+    const float p = va * vd;  // mask * A * dA
     sa += va;
-    sd += vd;
+    sd += vd * m;
     sp += p;
     sq += fabsf(p);
   }

@@ -136,8 +136,10 @@ def _stats_tile(sa, sd, sp, sq, a_ptr, da_ptr, mask_ptr, t0, c, T, C, HAS_MASK: 
     if HAS_MASK:
         m = tl.load(mask_ptr + t, mask=t < T, other=0.0)
         a = a * m[:, None]
+        p = a * d  # mask * A * dA
         d = d * m[:, None]
-    p = a * d
+    else:
+        p = a * d
     return sa + tl.sum(a, 0), sd + tl.sum(d, 0), sp + tl.sum(p, 0), sq + tl.sum(tl.abs(p), 0)
 
 
