@@ -22,7 +22,7 @@ run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/deepcuts run --quick --out runs/quick
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 DEEPCUTS_REQUIRE_CPP=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scoring.py

@@ -19,15 +19,16 @@ def extensions():
     except ImportError:
         return [], {}
     cpu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
-    cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+    cuda_dir = ROOT / "csrc" / "cuda"
+    cuda_sources = sorted(str(p.relative_to(ROOT)) for p in [*cuda_dir.glob("*.cu"), *cuda_dir.glob("*.cpp")])
     exts = []
     include = [str(ROOT / "csrc")]
     if cpu_sources:
         exts.append(CppExtension("deepcuts_fast._C", cpu_sources, include_dirs=include,
-                                 extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"]))
+                                 extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"], extra_link_args=["-fopenmp"]))
     if cuda_sources and torch.version.cuda is not None:
         exts.append(CUDAExtension("deepcuts_fast._cuda", cuda_sources, include_dirs=include,
-                                  extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]}))
+                                  extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}))
     if not exts:
         return [], {}
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -8,6 +8,8 @@ Reports the median time per calibration batch over several repetitions (after a 
       (all parameters require grad, nothing else), for N = noise samples and N = 1;
   (c) dc.score: smooth-cut / cam-cut, weight and unit granularity (unit_method first-order / sum);
   (d) dc.score smooth-cut under bf16 autocast, and the overlap of its global top-10% mask with fp32.
+Every dc.score row runs twice: on the PyTorch path (backend="torch") and on the fused kernels (the
+`fused` columns: backend="auto", i.e. the C++ extension on CPU, CUDA/Triton on a GPU).
 
 Smooth criteria (N noisy copies) are compared with the N-sample floor, cam-cut (one clean pass) with
 the 1-sample floor. Methods are interleaved inside each repetition so that machine noise hits all
@@ -35,6 +37,7 @@ import torch  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
+from deepcuts_fast.kernels import resolve as resolve_backend  # noqa: E402
 from deepcuts_fast.machine import machine_info  # noqa: E402
 from original_deepcuts import original_smooth_cut  # noqa: E402
 
@@ -44,6 +47,7 @@ TARGETS = {
     "unit_first_order_vs_floor": 0.8,  # unit first-order <= 0.8 x floor
     "bf16_vs_floor": 0.6,  # smooth-cut bf16 <= 0.6 x fp32 floor(N)
     "bf16_overlap": 0.95,  # top-10% mask overlap bf16 vs fp32 >= 0.95
+    "fused_smooth_weight_vs_floor": 1.05,  # fused smooth-cut (weight) <= 1.05 x floor(N) (issue 3)
 }
 
 
@@ -59,6 +63,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--skip-original", action="store_true", help="do not time the original loop")
     ap.add_argument("--json", type=str, default=None, help="write raw timings and results here")
+    ap.add_argument("--methods", type=str, default=None,
+                    help="comma-separated method keys to time (e.g. floor_n,smooth_w_fused); default: all. "
+                         "The PyTorch-path smooth rows draw Philox noise with integer tensor ops and are slow")
     return ap.parse_args(argv)
 
 
@@ -103,11 +110,11 @@ def original_fn(model, batches, n):
     return run
 
 
-def dc_fn(model, batches, criterion, n, seed_from_rep=False, **kw):
+def dc_fn(model, batches, criterion, n, seed_from_rep=False, backend="torch", **kw):
     def run(rep=0):
         t0 = time.perf_counter()
         out = dc.score(model, batches, criterion, noise_samples=n, noise_std=1e-3, progress=False,
-                       seed=rep if seed_from_rep else 0, **kw)
+                       seed=rep if seed_from_rep else 0, backend=backend, **kw)
         return time.perf_counter() - t0, out
 
     return run
@@ -171,24 +178,36 @@ def main(argv=None):
         "smooth_w_bf16": ("(d) dc smooth-cut, weight, bf16 autocast",
                           dc_fn(model, batches, "smooth-cut", n, dtype=torch.bfloat16), len(batches), n),
     }
+    fused_backend = resolve_backend("auto", next(model.parameters()).device)
+    for key in [k for k, m in methods.items() if m[0].startswith(("(c)", "(d)"))]:
+        label, _, nb, nn_ = methods[key]
+        kw = {"cam_w": ("cam-cut", {}), "smooth_w": ("smooth-cut", {}),
+              "smooth_u_fo": ("smooth-cut", dict(granularity="unit", unit_method="first-order")),
+              "smooth_u_sum": ("smooth-cut", dict(granularity="unit", unit_method="sum")),
+              "cam_u_fo": ("cam-cut", dict(granularity="unit", unit_method="first-order")),
+              "cam_u_sum": ("cam-cut", dict(granularity="unit", unit_method="sum")),
+              "smooth_w_bf16": ("smooth-cut", dict(dtype=torch.bfloat16))}[key]
+        methods[key + "_fused"] = (label + f", fused ({fused_backend})",
+                                   dc_fn(model, batches, kw[0], n, backend=fused_backend, **kw[1]), nb, nn_)
     if not args.skip_original:
         methods["original"] = (f"(a) original DeepCuts, N={n} sequential", original_fn(model, batches[:n_orig], n),
                                n_orig, n)
+    if args.methods:
+        wanted = args.methods.split(",")
+        unknown = sorted(set(wanted) - set(methods))
+        if unknown:
+            raise SystemExit(f"unknown method keys {unknown}; choose from {sorted(methods)}")
+        methods = {k: v for k, v in methods.items() if k in wanted}
 
-    # warm-up: every shape / dtype / code path once, on one batch, untimed
+    # warm-up: every timed method once, untimed
     t_warm = time.perf_counter()
-    one = batches[:1]
-    floor_fn(model, one, 1)()
-    floor_fn(model, one, n)()
-    floor_fn(model, one, n, torch.bfloat16)()
-    dc_fn(model, one, "cam-cut", n)()
-    dc_fn(model, one, "cam-cut", n, granularity="unit", unit_method="first-order")()
-    if not args.skip_original:
-        original_smooth_cut(model, one, noise_samples=1)
+    for key, (_, fn, _, _) in methods.items():
+        if key != "original":
+            fn()
     print(f"# warm-up {time.perf_counter() - t_warm:.1f}s", flush=True)
 
     times: dict[str, list[float]] = {k: [] for k in methods}
-    results: dict[str, list] = {"smooth_w": [], "smooth_w_bf16": []}
+    results: dict[str, list] = {k: [] for k in ("smooth_w", "smooth_w_bf16") if k in methods}
     keys = list(methods)
     t_bench = time.perf_counter()
     for rep in range(args.repeats):
@@ -211,28 +230,35 @@ def main(argv=None):
     floor_of.update(floor_1="floor_1", floor_n="floor_n")
 
     # overlaps: bf16 vs fp32 (seed 0), and fp32 seed 0 vs seed 1 (noise-to-noise context)
-    fp32_0 = results["smooth_w"][0]
-    overlap_bf16 = top_fraction_overlap(fp32_0, results["smooth_w_bf16"][0])
-    overlap_seed = top_fraction_overlap(fp32_0, results["smooth_w"][1]) if len(results["smooth_w"]) > 1 else None
+    fp32_runs, bf16_runs = results.get("smooth_w", []), results.get("smooth_w_bf16", [])
+    overlap_bf16 = top_fraction_overlap(fp32_runs[0], bf16_runs[0]) if fp32_runs and bf16_runs else None
+    overlap_seed = top_fraction_overlap(fp32_runs[0], fp32_runs[1]) if len(fp32_runs) > 1 else None
 
     rows = []
     for key in ["original", "floor_1", "floor_n", "smooth_w", "cam_w", "smooth_u_fo", "smooth_u_sum",
                 "cam_u_fo", "cam_u_sum", "floor_n_bf16", "smooth_w_bf16"]:
-        if key not in methods:
+        fused = key + "_fused" if key + "_fused" in med else None
+        if key not in methods and fused is None:
             continue
-        label, _, nb, nn_ = methods[key]
-        fl = floor_of[key]
+        label, _, nb, nn_ = methods[key if key in methods else fused]
+        label = label if key in methods else label.rsplit(", fused", 1)[0]
+        fl = floor_of[key if key in methods else fused]
         rows.append({
-            "key": key, "method": label, "N": nn_, "batches": nb, "median_s_per_batch": med[key],
-            "min_s": min(times[key]), "max_s": max(times[key]), "floor": fl,
+            "key": key, "method": label, "N": nn_, "batches": nb, "median_s_per_batch": med.get(key, float("nan")),
+            "min_s": min(times.get(key) or [float("nan")]), "max_s": max(times.get(key) or [float("nan")]),
+            "floor": fl,
             "x_floor": ratio(key, fl), "x_floor_n": ratio(key, "floor_n"),
             "original_speedup": ratio("original", key) if "original" in med else None,
+            "fused_median_s_per_batch": med[fused] if fused else None,
+            "fused_x_floor": ratio(fused, fl) if fused else None,
         })
 
     checks = []
 
     def check(name, pair, op, target):
         """`pair` = (a, b): ratio of method a to method b; or a plain value (the mask overlap)."""
+        if isinstance(pair, tuple) and not all(k in med for k in pair) or pair is None:
+            return
         if isinstance(pair, tuple):
             value, value_min = ratio(*pair), ratio(*pair, stat=mins)
         else:
@@ -242,6 +268,8 @@ def main(argv=None):
                        "threshold": target, "met": bool(ok)})
 
     check(f"smooth-cut weight / floor(N={n})", ("smooth_w", "floor_n"), "<=", TARGETS["smooth_weight_vs_floor"])
+    check(f"fused smooth-cut weight / floor(N={n})", ("smooth_w_fused", "floor_n"), "<=",
+          TARGETS["fused_smooth_weight_vs_floor"])
     if "original" in med:
         check("original / smooth-cut weight (speed-up)", ("original", "smooth_w"), ">=",
               TARGETS["original_vs_smooth_weight"])
@@ -259,15 +287,19 @@ def main(argv=None):
           f"{args.repeats} repeats, torch.get_num_threads()={torch.get_num_threads()}; "
           "'x own floor' = vs floor(N) for smooth rows, floor(N=1) for cam-cut rows.")
     print()
-    print("| method | N | s / batch (median) | min – max | x own floor | x floor(N=%d) | original / this |" % n)
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | N | s / batch (median) | min – max | x own floor | x floor(N=%d) | original / this "
+          "| fused s / batch | fused x own floor |" % n)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = r["original_speedup"]
+        fs, fx = r["fused_median_s_per_batch"], r["fused_x_floor"]
         print(f"| {r['method']} | {r['N']} | {r['median_s_per_batch']:.3f} | {r['min_s']:.3f} – {r['max_s']:.3f} | "
               f"{r['x_floor']:.2f} ({r['floor'].replace('floor_n', f'N={n}').replace('floor_1', 'N=1')}) | "
-              f"{r['x_floor_n']:.2f} | {'' if sp is None else f'{sp:.2f}x'} |")
+              f"{r['x_floor_n']:.2f} | {'' if sp is None else f'{sp:.2f}x'} | "
+              f"{'' if fs is None else f'{fs:.3f}'} | {'' if fx is None else f'{fx:.2f}'} |")
     print()
-    print(f"top-10% global mask overlap (weights), smooth-cut bf16 vs fp32: {overlap_bf16:.4f}")
+    if overlap_bf16 is not None:
+        print(f"top-10% global mask overlap (weights), smooth-cut bf16 vs fp32: {overlap_bf16:.4f}")
     if overlap_seed is not None:
         print(f"top-10% global mask overlap (weights), smooth-cut fp32 seed 0 vs seed 1: {overlap_seed:.4f}")
     print()

@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter; set before any kernel is decorated
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 TINY = dict(hidden=32, heads=4, ffn=48, layers=2, vocab=100)
 
 

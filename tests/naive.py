@@ -1,7 +1,7 @@
 """Deliberately plain re-implementations of the DeepCuts scores, used as test oracles.
 
 Explicit autograd (torch.autograd.grad on the weights), one noise sample at a time, masked means
-written out by hand. Slow and obvious; shares nothing with the package but the documented noise keys.
+written out by hand. Slow and obvious; shares nothing with the package but the documented Philox noise (its plain PyTorch reference).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from deepcuts_fast.arch import ROLES, encoder_layers
-from deepcuts_fast.scoring.probes import noise_key
+from deepcuts_fast.kernels import philox_normal_reference
 
 
 def prunable(model):
@@ -49,8 +49,8 @@ def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shif
                 def hook(mod, inp, out, name=name, idx=idx):
                     outputs[name] = out.detach()
                     if smooth and noise_std:
-                        g = torch.Generator().manual_seed(noise_key(seed, b, idx, n))
-                        return out + noise_std * torch.randn(out.shape, generator=g)
+                        return out + noise_std * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
+                                                                         ).view(out.shape)
                     return out
                 handles.append(lin.register_forward_hook(hook))
             loss = batch_loss(model, batch)
@@ -97,8 +97,8 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
             if smooth and noise_std:
                 for idx, (_, lin) in enumerate(mods):
                     def hook(mod, inp, out, idx=idx):
-                        g = torch.Generator().manual_seed(noise_key(seed, b, idx, n))
-                        return out + noise_std * torch.randn(out.shape, generator=g)
+                        return out + noise_std * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
+                                                                         ).view(out.shape)
                     handles.append(lin.register_forward_hook(hook))
             grads = torch.autograd.grad(batch_loss(model, batch), ms)
             for h in handles:

@@ -35,15 +35,26 @@ def model_layout(model: nn.Module) -> list[LayerLayout]:
     return [LayerLayout(names=dict(layer.names), head_dim=layer.head_dim) for layer in encoder_layers(model)]
 
 
+# Which sums of a Linear's score a unit needs: output rows (plus the bias) or input columns.
+UNIT_AXIS = {"query": "rows", "key": "rows", "value": "rows", "attn_out": "cols", "ffn_in": "rows", "ffn_out": "cols"}
+
+
 def reduce_to_units(
     layer: LayerLayout, score: Mapping[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum per-weight scores of one layer into (head scores, neuron scores)."""
     n = layer.names
+    sums = {r: _row_sums(score, n[r]) if axis == "rows" else score[n[r] + ".weight"].sum(0)
+            for r, axis in UNIT_AXIS.items()}
+    return reduce_sums_to_units(layer, sums)
+
+
+def reduce_sums_to_units(layer: LayerLayout, sums: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(head scores, neuron scores) from each role's row sums (bias included) or column sums, as UNIT_AXIS says."""
     d = layer.head_dim
-    rows = sum(_row_sums(score, n[r]) for r in ("query", "key", "value"))
-    heads = rows.view(-1, d).sum(1) + score[n["attn_out"] + ".weight"].sum(0).view(-1, d).sum(1)
-    neurons = _row_sums(score, n["ffn_in"]) + score[n["ffn_out"] + ".weight"].sum(0)
+    rows = sums["query"] + sums["key"] + sums["value"]
+    heads = rows.view(-1, d).sum(1) + sums["attn_out"].view(-1, d).sum(1)
+    neurons = sums["ffn_in"] + sums["ffn_out"]
     return heads, neurons
 
 

@@ -1,23 +1,30 @@
 """Hooks on the prunable Linears that gather what the criteria need during one forward+backward.
 
 Per Linear: the weight gradient `G = dY^T X` (computed here, so autograd computes no weight
-gradients at all), the masked sum of the output (GradCAM row weights), Gaussian output noise
-(SmoothGrad), and for the unit-activation Linears the first-order statistic `sum_t A * dA`.
+gradients at all) or, on the fused path, its score `|W * G * scale * roww|` straight from X and dY
+(kernel 1), the masked sum of the output (GradCAM row weights), Gaussian output noise (SmoothGrad,
+kernel 3, Philox-keyed by (seed, batch, Linear index, sample)), and for the unit-activation Linears
+the first-order statistics of `A` and `dA` (kernel 2).
 """
 from __future__ import annotations
 
-import hashlib
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ..kernels import activation_stats, add_noise, weight_score
 
-def noise_key(seed: int, batch: int, layer: int, sample: int) -> int:
-    """Seed of one noise draw, keyed so stacked and sequential passes draw identical noise."""
-    digest = hashlib.blake2b(f"{seed}/{batch}/{layer}/{sample}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+
+@dataclass
+class FusedScore:
+    """Where the fused weight score of one Linear goes (one chunk per batch, one criterion) and its row weighting."""
+
+    scale: float  # 1 / noise samples
+    shift: float | None  # None: rows not weighted; else roww = mean output + shift
+    s: torch.Tensor | None = None  # per-weight score accumulator (weight granularity)
+    rows: torch.Tensor | None = None  # this batch's row sums of the score (unit granularity)
+    cols: torch.Tensor | None = None  # this batch's column sums of the score (unit granularity)
 
 
 @dataclass
@@ -29,7 +36,7 @@ class PassContext:
     samples: range = range(0)  # noise-sample indices stacked in this chunk
     noise_std: float = 0.0
     seed: int = 0
-    pool: Executor | None = None  # CPU threads that draw the noise of different samples in parallel
+    backend: str = "torch"  # the resolved kernel backend
 
 
 @dataclass
@@ -40,14 +47,15 @@ class LinearProbe:
     index: int
     module: nn.Linear
     ctx: PassContext
+    role: str = ""  # query, key, value, attn_out, ffn_in or ffn_out
     want_grad: bool = False
     want_rows: bool = False  # masked output sums for GradCAM row weights
     want_activation: bool = False  # first-order stats on this Linear's input (a unit activation)
+    fused: FusedScore | None = None  # set: the weight score is computed in the backward hook, no G kept
     grad: torch.Tensor | None = None
     grad_bias: torch.Tensor | None = None
     out_sum: torch.Tensor | None = None
-    act_sum: torch.Tensor | None = None
-    act_dot: torch.Tensor | None = None
+    act_stats: torch.Tensor | None = None  # (4, in): masked sums of A, dA, A * dA, |A * dA|
     tokens: torch.Tensor | float = 0.0  # stays on the device: no host sync per forward
     handles: list = field(default_factory=list)
 
@@ -61,7 +69,7 @@ class LinearProbe:
 
     def reset(self) -> None:
         """Clear the per-batch accumulators."""
-        self.grad = self.grad_bias = self.out_sum = self.act_sum = self.act_dot = None
+        self.grad = self.grad_bias = self.out_sum = self.act_stats = None
         self.tokens = 0.0
 
     def _forward(self, module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -74,7 +82,6 @@ class LinearProbe:
             _add(self, "out_sum", _masked_sum(mask, flat_out.detach()))
         if self.want_activation:
             flat_x = x.flatten(0, -2)
-            _add(self, "act_sum", _masked_sum(mask, flat_x.detach()))
             if x.requires_grad:
                 x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
         if self.want_grad and not output.requires_grad:  # e.g. the output dense of a layer with no heads:
@@ -86,34 +93,43 @@ class LinearProbe:
             output.register_hook(lambda dy: self._weight_grad(saved_x, dy))
         return output
 
+    @property
+    def act_sum(self) -> torch.Tensor | None:
+        """Masked sum of the unit activation A over this batch's tokens."""
+        return None if self.act_stats is None else self.act_stats[0]
+
+    @property
+    def act_dot(self) -> torch.Tensor | None:
+        """Masked `sum_t A * dA`, the first-order unit statistic."""
+        return None if self.act_stats is None else self.act_stats[2]
+
     def _add_noise(self, output: torch.Tensor) -> torch.Tensor:
-        """`output + std * N(0, 1)`, each stacked sample drawn from its own keyed generator."""
-        noise = torch.empty_like(output)
-        per_sample = output.shape[0] // len(self.ctx.samples)
-
-        def draw(i: int) -> None:
-            g = torch.Generator(device=output.device)
-            g.manual_seed(noise_key(self.ctx.seed, self.ctx.batch_index, self.index, self.ctx.samples[i]))
-            noise[i * per_sample:(i + 1) * per_sample].normal_(generator=g)
-
-        if self.ctx.pool is not None and len(self.ctx.samples) > 1:
-            list(self.ctx.pool.map(draw, range(len(self.ctx.samples))))
-        else:
-            for i in range(len(self.ctx.samples)):
-                draw(i)
-        if output.grad_fn is not None:  # a Linear's output is not saved for backward: add in place
-            return output.add_(noise, alpha=self.ctx.noise_std)
-        return torch.add(output, noise, alpha=self.ctx.noise_std)
+        """`output + std * N(0, 1)` in place, each stacked sample with its own Philox key."""
+        ctx = self.ctx
+        add_noise(output, ctx.noise_std, ctx.seed, ctx.batch_index, self.index, ctx.samples, backend=ctx.backend)
+        return output
 
     def _weight_grad(self, x: torch.Tensor, dy: torch.Tensor) -> None:
         flat_dy = dy.flatten(0, -2)
+        _add(self, "grad_bias", flat_dy.sum(0, dtype=torch.float32))
+        if self.fused is not None:
+            f = self.fused
+            roww = None if f.shift is None else self.out_sum / at_least_one(self.tokens) + f.shift
+            weight_score(x, flat_dy, self.module.weight.detach(), roww, f.scale, f.s, f.rows, f.cols,
+                         backend=self.ctx.backend)
+            return
         flat_x = x.flatten(0, -2).to(flat_dy.dtype)
         _add(self, "grad", (flat_dy.t() @ flat_x).float())
-        _add(self, "grad_bias", flat_dy.sum(0, dtype=torch.float32))
 
     def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor) -> None:
-        flat_dx = dx.flatten(0, -2)
-        _add(self, "act_dot", _masked_sum(mask, x.to(flat_dx.dtype) * flat_dx))
+        if self.act_stats is None:
+            self.act_stats = torch.zeros(4, x.shape[-1], device=x.device)
+        activation_stats(x, dx.flatten(0, -2), mask, self.act_stats, backend=self.ctx.backend)
+
+
+def at_least_one(count: torch.Tensor | float) -> torch.Tensor | float:
+    """A token count clamped to >= 1, so means over no token are 0 rather than NaN."""
+    return count.clamp_min(1.0) if torch.is_tensor(count) else max(count, 1.0)
 
 
 def _masked_sum(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

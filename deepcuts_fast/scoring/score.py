@@ -3,12 +3,18 @@
 Criteria that share ingredients share passes: gradient, cam-cut and cam-cut-shift use one clean
 pass; the smooth criteria use one pass with the N noisy copies stacked in the batch dimension
 (chunked under a memory cap); magnitude and random need no data.
+
+Kernels (deepcuts_fast.kernels) by backend: with backend "torch" every probe accumulates its weight
+gradient G and the PyTorch epilogue turns it into scores. With a fused backend (cpp, triton, cuda), a
+pass with one criterion whose N noise samples run in one chunk per batch computes each weight score
+straight from X and dY in the backward hook (kernel 1, no G kept); otherwise G is accumulated over
+the chunks and the fused epilogue runs once per batch. Noise (kernel 3) and first-order statistics
+(kernel 2) always go through the chosen backend.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -19,14 +25,14 @@ from tqdm.auto import tqdm
 
 from ..arch import ROLES, embeddings_module, encoder_layers
 from ..errors import DeepCutsError
+from ..kernels import BACKENDS, resolve, weight_score_epilogue
 from .criteria import Criterion, get_criterion
-from .layout import LayerLayout, model_layout, reduce_to_units
-from .probes import LinearProbe, PassContext
+from .layout import UNIT_AXIS, LayerLayout, model_layout, reduce_sums_to_units, reduce_to_units
+from .probes import FusedScore, LinearProbe, PassContext, at_least_one
 from .scores import Scores
 
 GRANULARITIES = ("weight", "unit")
 UNIT_METHODS = ("sum", "first-order")
-BACKENDS = ("auto", "torch", "triton", "cpp", "cuda")
 DEFAULT_CPU_MEMORY = 4 << 30
 CPU_CHUNK_TOKENS = 5000  # stacking beyond ~5k tokens per pass is slower on CPU (activations leave the cache)
 
@@ -81,7 +87,8 @@ def score_many(
     """Score `model` with several criteria, sharing forward/backward passes between them.
 
     `reference=True` reproduces the original DeepCuts code: train mode (dropout on), the N noise
-    samples as N sequential passes, and activation means over padding tokens too.
+    samples as N sequential passes, and activation means over padding tokens too. `backend` picks
+    the kernels (see deepcuts_fast.kernels.backends); every backend gives the same scores.
     `batch_indices` gives each batch's position in the whole calibration set (default 0, 1, ...),
     which keys its noise: a shard of the batches then draws the same noise as the full run.
     """
@@ -93,7 +100,8 @@ def score_many(
                         None if dtype is None else str(dtype).replace("torch.", ""),
                         train_mode, sequential_noise, include_padding)
     layout = model_layout(model)
-    meta_base = _model_meta(model, opts)
+    kernels = resolve(backend, next(model.parameters()).device)
+    meta_base = {**_model_meta(model, opts), "backend": kernels}
     results: dict[str, Scores] = {}
     for crit in (c for c in crits if not c.uses_gradient):
         results[crit.name] = _data_free_scores(model, layout, crit, opts, meta_base)
@@ -106,7 +114,7 @@ def score_many(
         for smooth in (False, True):
             group = [c for c in grad_crits if c.smooth == smooth]
             if group:
-                runner = _Pass(model, layout, group, smooth, opts, dtype, max_memory, progress)
+                runner = _Pass(model, layout, group, smooth, opts, dtype, max_memory, progress, kernels)
                 results.update(runner.run(batch_list, meta_base, indices))
     return {c.name: results[c.name] for c in crits}
 
@@ -135,8 +143,6 @@ def _check_options(granularity: str, unit_method: str, n: int, std: float, backe
         raise DeepCutsError(f"noise_std must be a finite number >= 0, got {std}")
     if backend not in BACKENDS:
         raise DeepCutsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in ("auto", "torch"):
-        raise DeepCutsError(f"backend {backend!r} is not built in this installation; use backend='torch' or 'auto'")
 
 
 def _model_meta(model: nn.Module, opts: ScoreOptions) -> dict:
@@ -194,13 +200,13 @@ def _data_free_scores(model: nn.Module, layout: list[LayerLayout], crit: Criteri
 class _Pass:
     """One scoring pass (clean or noisy) over all calibration batches for a group of criteria."""
 
-    def __init__(self, model, layout, criteria, smooth, opts: ScoreOptions, dtype, max_memory, progress):
+    def __init__(self, model, layout, criteria, smooth, opts: ScoreOptions, dtype, max_memory, progress, backend):
         self.model, self.layout, self.criteria, self.opts = model, layout, criteria, opts
         self.samples = opts.noise_samples if smooth else 1
         self.noise_std = opts.noise_std if smooth else 0.0
         self.dtype, self.max_memory, self.progress = dtype, max_memory, progress
         self.first_order = opts.granularity == "unit" and opts.unit_method == "first-order"
-        self.ctx = PassContext(seed=opts.seed)
+        self.ctx = PassContext(seed=opts.seed, backend=backend)
         self.device = next(model.parameters()).device
         self.probes = self._make_probes()
         self.acc: dict[str, dict] = {c.name: {} for c in criteria}
@@ -214,7 +220,7 @@ class _Pass:
             row = []
             for r in ROLES:
                 row.append(LinearProbe(
-                    name=layer.names[r], index=index, module=layer.linears[r], ctx=self.ctx,
+                    name=layer.names[r], index=index, module=layer.linears[r], ctx=self.ctx, role=r,
                     want_grad=not self.first_order, want_rows=want_rows and not self.first_order,
                     want_activation=self.first_order and r in ("attn_out", "ffn_out"),
                 ))
@@ -225,6 +231,10 @@ class _Pass:
     def run(self, batches: list, meta_base: dict, indices: list[int]) -> dict[str, Scores]:
         chunk = 1 if self.opts.sequential_noise else self._samples_per_chunk(batches[0])
         chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
+        fused = (self.ctx.backend != "torch" and len(chunks) == 1 and len(self.criteria) == 1
+                 and not self.first_order)
+        if fused:
+            self._fuse(self.criteria[0])
         names = "+".join(c.name for c in self.criteria)
         with self._scoring_mode(), tqdm(total=len(batches) * len(chunks), desc=f"scoring {names}",
                                         disable=not self.progress, leave=False) as bar:
@@ -233,7 +243,8 @@ class _Pass:
                     self._forward_backward(b, batch, samples)
                     bar.update(1)
                 self._epilogue(b)
-        meta = {**meta_base, "batches": len(batches), "samples_per_chunk": chunk}
+        meta = {**meta_base, "batches": len(batches), "samples_per_chunk": chunk,
+                "weight_score": "fused" if fused else ("epilogue" if self.ctx.backend != "torch" else "torch")}
         return {c.name: self._finish(c, meta) for c in self.criteria}
 
     @contextlib.contextmanager
@@ -253,21 +264,17 @@ class _Pass:
             for p in row:
                 p.attach()
         fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
-        pool = ThreadPoolExecutor(torch.get_num_threads()) if self.device.type == "cpu" and self.noise_std else None
-        self.ctx.pool = pool
         try:
             with fork:
                 torch.manual_seed(self.opts.seed)
                 yield
         finally:
-            if pool is not None:
-                pool.shutdown()
-            self.ctx.pool = None
             handle.remove()
             for row in self.probes:
                 for p in row:
                     p.detach()
                     p.reset()
+                    p.fused = None
             for p, flag in flags:
                 p.requires_grad_(flag)
             if model.config._attn_implementation != attention:
@@ -312,6 +319,21 @@ class _Pass:
                                 "check the model weights and labels")
         loss.backward()
 
+    def _fuse(self, crit: Criterion) -> None:
+        """Point every probe's fused weight score at its accumulator (weight) or per-batch row/column sums (unit)."""
+        acc = self.acc[crit.name]
+        for row in self.probes:
+            for p in row:
+                w = p.module.weight
+                f = FusedScore(scale=1.0 / self.samples, shift=crit.row_weight_shift(self.opts.shift))
+                if self.opts.granularity == "weight":
+                    f.s = acc.setdefault(p.name + ".weight", torch.zeros(w.shape, device=self.device))
+                elif UNIT_AXIS[p.role] == "rows":
+                    f.rows = torch.zeros(w.shape[0], device=self.device)
+                else:
+                    f.cols = torch.zeros(w.shape[1], device=self.device)
+                p.fused = f
+
     @torch.no_grad()
     def _epilogue(self, b: int) -> None:
         """Turn one batch's accumulated statistics into scores and add them up."""
@@ -320,6 +342,11 @@ class _Pass:
             for crit in self.criteria:
                 if self.first_order:
                     heads, neurons = self._first_order_units(crit, row)
+                elif self.ctx.backend != "torch":
+                    sums = [self._kernel_scores(crit, p, b) for p in row]
+                    if self.opts.granularity == "weight":
+                        continue
+                    heads, neurons = reduce_sums_to_units(self.layout[li], {p.role: s for p, s in zip(row, sums)})
                 else:
                     batch_scores = {}
                     for p in row:
@@ -335,7 +362,8 @@ class _Pass:
 
     def _check_finite(self, b: int) -> None:
         """Name the layer nearest the loss whose gradients are not finite (where they went bad)."""
-        stats = [(p, p.act_dot if self.first_order else p.grad) for row in self.probes for p in row]
+        stats = [(p, p.act_dot if self.first_order else p.grad if p.grad is not None else p.grad_bias)
+                 for row in self.probes for p in row]
         probes = [p for p, stat in stats if stat is not None]
         sums = torch.stack([stat.sum() for _, stat in stats if stat is not None])
         finite = torch.isfinite(sums).tolist()  # one device sync per batch
@@ -344,38 +372,73 @@ class _Pass:
                 raise DeepCutsError(f"non-finite gradients in {p.name} on calibration batch {b}; "
                                     "check the model weights and inputs, or score in fp32")
 
-    def _weight_scores(self, crit: Criterion, p: LinearProbe, b: int) -> dict[str, torch.Tensor]:
-        if p.grad is None and p.module.weight.numel() == 0:  # a pruned-away block (no heads) never runs
+    def _ensure_gradients(self, p: LinearProbe, b: int) -> None:
+        """Zero statistics for a pruned-away block (no heads) that never runs; an error if a used one got none."""
+        if p.grad_bias is None and p.module.weight.numel() == 0:
             p.grad = torch.zeros_like(p.module.weight, dtype=torch.float32)
-            p.grad_bias = None if p.module.bias is None else torch.zeros_like(p.module.bias, dtype=torch.float32)
+            p.grad_bias = torch.zeros(p.module.out_features, device=self.device)
             p.out_sum = torch.zeros(p.module.out_features, device=self.device)
-        if p.grad is None:
+        if p.grad_bias is None or (p.fused is None and p.grad is None):
             raise DeepCutsError(f"no gradient reached {p.name} on calibration batch {b}; "
                                 "is the layer used by the model's forward?")
+
+    def _row_weight(self, crit: Criterion, p: LinearProbe) -> torch.Tensor | None:
+        shift = crit.row_weight_shift(self.opts.shift)
+        return None if shift is None else p.out_sum / at_least_one(p.tokens) + shift
+
+    def _weight_scores(self, crit: Criterion, p: LinearProbe, b: int) -> dict[str, torch.Tensor]:
+        self._ensure_gradients(p, b)
         scale = 1.0 / self.samples
         w = p.module.weight.detach().float()
         out = {p.name + ".weight": w * p.grad * scale}
         if p.module.bias is not None:
             out[p.name + ".bias"] = p.module.bias.detach().float() * p.grad_bias * scale
-        shift = crit.row_weight_shift(self.opts.shift)
-        if shift is not None:
-            roww = p.out_sum / _at_least_one(p.tokens) + shift
+        roww = self._row_weight(crit, p)
+        if roww is not None:
             out = {k: v * (roww[:, None] if v.dim() == 2 else roww) for k, v in out.items()}
         for v in out.values():
             v.abs_()
         return out
 
+    def _kernel_scores(self, crit: Criterion, p: LinearProbe, b: int) -> torch.Tensor | None:
+        """Add one Linear's batch scores with the fused kernels; for units, return its row or column sums."""
+        self._ensure_gradients(p, b)
+        scale, roww = 1.0 / self.samples, self._row_weight(crit, p)
+        unit = self.opts.granularity == "unit"
+        axis = UNIT_AXIS[p.role]
+        if p.fused is not None:  # the weight score was added by the backward hook; take this batch's sums
+            buffer = p.fused.rows if axis == "rows" else p.fused.cols
+            sums = None if buffer is None else buffer.clone()
+            if buffer is not None:
+                buffer.zero_()
+        else:
+            w = p.module.weight.detach()
+            s = None if unit else self.acc[crit.name].setdefault(p.name + ".weight",
+                                                                  torch.zeros(w.shape, device=self.device))
+            sums = torch.zeros(w.shape[0 if axis == "rows" else 1], device=self.device) if unit else None
+            if w.numel():
+                weight_score_epilogue(w, p.grad, roww, scale, s, sums if axis == "rows" else None,
+                                      sums if axis == "cols" else None, backend=self.ctx.backend)
+        if p.module.bias is not None:
+            bias = (p.module.bias.detach().float() * p.grad_bias * scale)
+            bias = (bias if roww is None else bias * roww).abs_()
+            if not unit:
+                _accumulate(self.acc[crit.name], {p.name + ".bias": bias})
+            elif axis == "rows":
+                sums = sums + bias
+        return sums
+
     def _first_order_units(self, crit: Criterion, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
         result = []
         for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
             if p.act_dot is None and p.module.in_features == 0:  # the layer kept no heads / neurons
-                p.act_dot = p.act_sum = torch.zeros(0, device=self.device)
+                p.act_stats = torch.zeros(4, 0, device=self.device)
             if p.act_dot is None:
                 raise DeepCutsError(f"no gradient reached the input of {p.name}")
             channel = p.act_dot / self.samples
             shift = crit.row_weight_shift(self.opts.shift)
             if shift is not None:
-                channel = channel * (p.act_sum / _at_least_one(p.tokens) + shift)
+                channel = channel * (p.act_sum / at_least_one(p.tokens) + shift)
             result.append(channel.view(-1, d).sum(1).abs())
         return result[0], result[1]
 
@@ -385,10 +448,6 @@ class _Pass:
             return Scores(self.acc[crit.name], self.layout, meta)
         units = self.units[crit.name]
         return Scores({}, self.layout, meta, heads=[u[0] for u in units], neurons=[u[1] for u in units])
-
-
-def _at_least_one(count) -> torch.Tensor | float:
-    return count.clamp_min(1.0) if torch.is_tensor(count) else max(count, 1.0)
 
 
 def _start_graph(module: nn.Module, inputs, output):
