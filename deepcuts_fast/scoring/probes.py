@@ -30,6 +30,7 @@ class PassContext:
     noise_std: float = 0.0
     seed: int = 0
     pool: Executor | None = None  # CPU threads that draw the noise of different samples in parallel
+    loss_scale: float = 1.0  # turns a gradient of the batch-mean loss into per-example gradients (batch size)
 
 
 @dataclass
@@ -43,11 +44,13 @@ class LinearProbe:
     want_grad: bool = False
     want_rows: bool = False  # masked output sums for GradCAM row weights
     want_activation: bool = False  # first-order stats on this Linear's input (a unit activation)
+    fisher_group: int = 0  # > 0: per-example mask gradients of units of this many input channels (Fisher)
     grad: torch.Tensor | None = None
     grad_bias: torch.Tensor | None = None
     out_sum: torch.Tensor | None = None
     act_sum: torch.Tensor | None = None
     act_dot: torch.Tensor | None = None
+    fisher: torch.Tensor | None = None  # (units, units): sum over examples of g g^T, g = per-example mask gradient
     tokens: torch.Tensor | float = 0.0  # stays on the device: no host sync per forward
     handles: list = field(default_factory=list)
 
@@ -61,7 +64,7 @@ class LinearProbe:
 
     def reset(self) -> None:
         """Clear the per-batch accumulators."""
-        self.grad = self.grad_bias = self.out_sum = self.act_sum = self.act_dot = None
+        self.grad = self.grad_bias = self.out_sum = self.act_sum = self.act_dot = self.fisher = None
         self.tokens = 0.0
 
     def _forward(self, module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,8 @@ class LinearProbe:
             flat_x = x.flatten(0, -2)
             _add(self, "act_sum", _masked_sum(mask, flat_x.detach()))
             if x.requires_grad:
-                x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
+                examples = x.shape[0] if x.dim() > 2 else 1
+                x.register_hook(lambda dx, x=flat_x.detach(), m=mask, e=examples: self._activation_grad(x, dx, m, e))
         if self.want_grad and not output.requires_grad:  # e.g. the output dense of a layer with no heads:
             output = output.detach().requires_grad_(True)  # its bias still feeds the residual stream
         if self.ctx.noise_std:
@@ -111,9 +115,16 @@ class LinearProbe:
         _add(self, "grad", (flat_dy.t() @ flat_x).float())
         _add(self, "grad_bias", flat_dy.sum(0, dtype=torch.float32))
 
-    def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor) -> None:
+    def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor, examples: int) -> None:
         flat_dx = dx.flatten(0, -2)
-        _add(self, "act_dot", _masked_sum(mask, x.to(flat_dx.dtype) * flat_dx))
+        product = x.to(flat_dx.dtype) * flat_dx
+        _add(self, "act_dot", _masked_sum(mask, product))
+        if self.fisher_group:
+            channels = product.shape[1]
+            per_token = (product.float() * mask[:, None]).view(examples, product.shape[0] // examples, channels)
+            g = per_token.sum(1).view(examples, channels // self.fisher_group, self.fisher_group).sum(2)
+            g = g * self.ctx.loss_scale
+            _add(self, "fisher", g.T @ g)
 
 
 def _masked_sum(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class Scores(Mapping[str, torch.Tensor]):
         meta: Mapping,
         heads: list[torch.Tensor] | None = None,
         neurons: list[torch.Tensor] | None = None,
+        interactions: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self._weights = dict(weights)
         self.layout = list(layout)
@@ -41,6 +42,7 @@ class Scores(Mapping[str, torch.Tensor]):
             heads, neurons = [u[0] for u in units], [u[1] for u in units]
         self._heads = list(heads)
         self._neurons = list(neurons)
+        self.interactions = None if interactions is None else [tuple(g) for g in interactions]
 
     # -- mapping over per-parameter scores ---------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -68,8 +70,10 @@ class Scores(Mapping[str, torch.Tensor]):
 
     def to(self, device: str | torch.device) -> "Scores":
         """A copy with every tensor on `device`."""
+        grams = None if self.interactions is None else [(h.to(device), n.to(device)) for h, n in self.interactions]
         return Scores({k: v.to(device) for k, v in self._weights.items()}, self.layout, self.meta,
-                      heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons])
+                      heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons],
+                      interactions=grams)
 
     # -- unit views ---------------------------------------------------------------------------
     def heads(self, layer: int) -> torch.Tensor:
@@ -83,6 +87,10 @@ class Scores(Mapping[str, torch.Tensor]):
     def unit_scores(self) -> dict[str, list[torch.Tensor]]:
         """{'heads': [per layer], 'neurons': [per layer]}."""
         return {"heads": list(self._heads), "neurons": list(self._neurons)}
+
+    # `interactions` (Fisher scores only): per layer (head matrix, neuron matrix), the sums over
+    # calibration examples of g g^T where g holds one example's mask gradients; the unit scores
+    # are their diagonals. Mask rearrangement minimises z^T F z over the pruned units z.
 
     # -- masks ----------------------------------------------------------------------------------
     def masks(self, compression: float, scope: str = "layer", params: str = "model") -> dict[str, torch.Tensor]:
@@ -107,6 +115,9 @@ class Scores(Mapping[str, torch.Tensor]):
         for i, (h, n) in enumerate(zip(self._heads, self._neurons)):
             tensors[f"units/heads/{i}"] = h.detach().cpu().contiguous()
             tensors[f"units/neurons/{i}"] = n.detach().cpu().contiguous()
+        for i, (h, n) in enumerate(self.interactions or []):
+            tensors[f"interactions/heads/{i}"] = h.detach().cpu().contiguous()
+            tensors[f"interactions/neurons/{i}"] = n.detach().cpu().contiguous()
         header = {
             "format": FORMAT,
             "meta": json.dumps(self.meta),
@@ -140,4 +151,8 @@ class Scores(Mapping[str, torch.Tensor]):
             raise DeepCutsError(f"{p} is a damaged deepcuts scores file (missing or unreadable {e}); "
                                 "score again with `deepcuts score`") from e
         weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
-        return cls(weights, layout, meta, heads=heads, neurons=neurons)
+        grams = None
+        if "interactions/heads/0" in tensors:
+            grams = [(tensors[f"interactions/heads/{i}"], tensors[f"interactions/neurons/{i}"])
+                     for i in range(len(layout))]
+        return cls(weights, layout, meta, heads=heads, neurons=neurons, interactions=grams)
