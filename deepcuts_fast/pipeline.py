@@ -41,7 +41,7 @@ def prune_without_retraining(
     """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
 
     `batches` (labelled) calibrate the scores and, unless `reconstruct_batches` is given, the
-    reconstruction; `dtype=torch.bfloat16` runs the reconstruction's forwards under autocast.
+    reconstruction; `dtype=torch.bfloat16` runs the scoring and reconstruction forwards under autocast.
     """
     batch_list = list(batches)
     name = get_criterion(criterion).name
@@ -49,7 +49,7 @@ def prune_without_retraining(
     start = time.perf_counter()
     wanted = [name] if name == FISHER else [name, FISHER]
     scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
-                        progress=progress)
+                        dtype=dtype, progress=progress)
     timings["score"] = _lap(start)
     t = time.perf_counter()
     fisher = scores[FISHER]

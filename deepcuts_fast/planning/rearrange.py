@@ -11,8 +11,10 @@ from ..errors import DeepCutsError
 from ..scoring.scores import Scores
 from .plan import Plan
 
+MAX_SWAPS = 128  # per layer and unit type: later swaps gain little (and each costs a kept x pruned scan)
 
-def rearrange(plan: Plan, fisher: Scores, max_swaps: int | None = None) -> Plan:
+
+def rearrange(plan: Plan, fisher: Scores, max_swaps: int | None = MAX_SWAPS) -> Plan:
     """A plan with the same per-layer counts and a lower (never higher) `z^T F z` in every layer."""
     if fisher.interactions is None:
         raise DeepCutsError("rearrangement needs Fisher scores with their per-layer matrices: "
@@ -34,7 +36,8 @@ def pruned_loss(gram: torch.Tensor, kept: list[int]) -> float:
 
 
 def rearrange_layer(gram: torch.Tensor, kept: list[int], max_swaps: int | None = None) -> list[int]:
-    """Best-improvement swaps (one kept unit out, one pruned unit in) until none lowers `z^T F z`."""
+    """Best-improvement swaps (one kept unit out, one pruned unit in) until none lowers `z^T F z`
+    or `max_swaps` were made (None: no limit)."""
     n = gram.shape[0]
     if not 0 < len(kept) < n:
         return list(kept)
