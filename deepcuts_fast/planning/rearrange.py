@@ -11,7 +11,8 @@ from ..errors import DeepCutsError
 from ..scoring.scores import Scores
 from .plan import Plan
 
-MAX_SWAPS = 128  # per layer and unit type: later swaps gain little (and each costs a kept x pruned scan)
+MAX_SWAPS = 128  # per layer and unit type: later swaps gain little
+CANDIDATES = 64  # each swap looks at the kept units of lowest and pruned units of highest Fisher diagonal
 
 
 def rearrange(plan: Plan, fisher: Scores, max_swaps: int | None = MAX_SWAPS) -> Plan:
@@ -36,8 +37,8 @@ def pruned_loss(gram: torch.Tensor, kept: list[int]) -> float:
 
 
 def rearrange_layer(gram: torch.Tensor, kept: list[int], max_swaps: int | None = None) -> list[int]:
-    """Best-improvement swaps (one kept unit out, one pruned unit in) until none lowers `z^T F z`
-    or `max_swaps` were made (None: no limit)."""
+    """Best-improvement swaps (one kept unit out, one pruned unit in, among the CANDIDATES units of
+    each side nearest the boundary) until none lowers `z^T F z` or `max_swaps` were made."""
     n = gram.shape[0]
     if not 0 < len(kept) < n:
         return list(kept)
@@ -47,12 +48,12 @@ def rearrange_layer(gram: torch.Tensor, kept: list[int], max_swaps: int | None =
     fz = f @ z
     diag = f.diagonal()
     for _ in range(n if max_swaps is None else max_swaps):
-        out_idx = torch.nonzero(z == 0).view(-1)  # kept now, candidates to prune
-        in_idx = torch.nonzero(z == 1).view(-1)  # pruned now, candidates to keep
+        out_idx = _extreme(diag, z == 0, largest=False)  # kept now, candidates to prune
+        in_idx = _extreme(diag, z == 1, largest=True)  # pruned now, candidates to keep
         # change of z^T F z when z gains e_j (j kept -> pruned) and loses e_i (i pruned -> kept)
         gain = 2 * fz[out_idx] + diag[out_idx]
         lose = -2 * fz[in_idx] + diag[in_idx]
-        delta = gain[:, None] + lose[None, :] - 2 * f[out_idx][:, in_idx]
+        delta = gain[:, None] + lose[None, :] - 2 * f[out_idx[:, None], in_idx[None, :]]
         best = int(torch.argmin(delta))
         if float(delta.view(-1)[best]) >= -1e-12 * max(1.0, float(diag.abs().max())):
             break
@@ -60,3 +61,11 @@ def rearrange_layer(gram: torch.Tensor, kept: list[int], max_swaps: int | None =
         z[j], z[i] = 1.0, 0.0
         fz += f[:, j] - f[:, i]
     return torch.nonzero(z == 0).view(-1).tolist()
+
+
+def _extreme(diag: torch.Tensor, where: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Indices of the (at most CANDIDATES) units in `where` with the largest / smallest diagonal."""
+    idx = torch.nonzero(where).view(-1)
+    if idx.numel() <= CANDIDATES:
+        return idx
+    return idx[torch.topk(diag[idx], CANDIDATES, largest=largest).indices]
