@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 from .benchmarking import BenchmarkReport, benchmark
 from .errors import DeepCutsError
 from .models import load_model, load_tokenizer
+from .pipeline import prune_without_retraining
 from .planning import Plan, plan
 from .pruning import export, export_program, from_pretrained, prune, reconstruct, save_pretrained
 from .scoring import CRITERIA, ScoreRun, Scores, apply_masks, score, score_many, score_run
@@ -25,6 +26,7 @@ __all__ = [
     "load_tokenizer",
     "plan",
     "prune",
+    "prune_without_retraining",
     "reconstruct",
     "save_pretrained",
     "score",

@@ -110,3 +110,31 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
             heads[i] += gh[i].abs()
             neurons[i] += gn[i].abs()
     return heads, neurons
+
+
+def naive_fisher(model, batches):
+    """Per layer (head, neuron) sums over examples of g g^T, g = d loss(example) / d mask, one example at a time."""
+    layers = encoder_layers(model)
+    grams = [(torch.zeros(layer.num_heads, layer.num_heads), torch.zeros(layer.ffn_width, layer.ffn_width))
+             for layer in layers]
+    for batch in batches:
+        for e in range(batch["input_ids"].shape[0]):
+            example = {k: v[e:e + 1] for k, v in batch.items()}
+            ms, handles = [], []
+            for layer in layers:
+                mh = torch.ones(layer.num_heads, requires_grad=True)
+                mn = torch.ones(layer.ffn_width, requires_grad=True)
+                ms += [mh, mn]
+                d = layer.head_dim
+                handles.append(layer.linears["attn_out"].register_forward_pre_hook(
+                    lambda mod, inp, mh=mh, d=d: (inp[0] * mh.repeat_interleave(d),)))
+                handles.append(layer.linears["ffn_out"].register_forward_pre_hook(
+                    lambda mod, inp, mn=mn: (inp[0] * mn,)))
+            grads = torch.autograd.grad(batch_loss(model, example), ms)
+            for h in handles:
+                h.remove()
+            for i in range(len(layers)):
+                gh, gn = grads[2 * i], grads[2 * i + 1]
+                grams[i][0].add_(torch.outer(gh, gh))
+                grams[i][1].add_(torch.outer(gn, gn))
+    return grams

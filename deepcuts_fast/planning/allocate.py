@@ -16,6 +16,7 @@ from ..arch import encoder_layers
 from ..errors import DeepCutsError
 from ..flops import layer_costs
 from ..scoring.scores import Scores
+from .calibrate import rank_match
 from .plan import Plan
 
 SCOPES = ("global", "layer")
@@ -33,11 +34,17 @@ def plan(
     min_heads: int = 0,
     min_neurons: int = 0,
     multiple_of: int = 1,
+    reference: Scores | None = None,
 ) -> Plan:
     """A `Plan` keeping a fraction of encoder FLOPs (at `seq_len`), of unit parameters, or of heads /
     neurons. `min_heads` / `min_neurons` are kept in every layer; `multiple_of` rounds each layer's
-    FFN width to a hardware-friendly multiple (e.g. 8 or 64)."""
+    FFN width to a hardware-friendly multiple (e.g. 8 or 64). With `reference` (e.g. Fisher scores)
+    the scores are first rank-matched to it inside every layer and unit type (`rank_match`), so the
+    reference's loss estimate decides how many units each layer keeps and `scores` which ones."""
     check_scores(model, scores)
+    if reference is not None:
+        check_scores(model, reference)
+        scores = rank_match(scores, reference)
     budget = _budget_kind(keep_flops, keep_params, keep_heads, keep_neurons)
     if scope not in SCOPES:
         raise DeepCutsError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
@@ -57,7 +64,9 @@ def plan(
     target = {k: v for k, v in dict(keep_flops=keep_flops, keep_params=keep_params, keep_heads=keep_heads,
                                      keep_neurons=keep_neurons, seq_len=seq_len, scope=scope, min_heads=min_heads,
                                      min_neurons=min_neurons, multiple_of=multiple_of,
-                                     criterion=scores.criterion).items() if v is not None}
+                                     criterion=scores.criterion,
+                                     reference=None if reference is None else reference.criterion).items()
+              if v is not None}
     return Plan(heads=heads, neurons=neurons, num_heads=[layer.num_heads for layer in layers],
                 ffn_widths=[layer.ffn_width for layer in layers], target=target)
 

@@ -2,15 +2,19 @@
 
 Layer by layer, from the first, the attention-output and FFN-output Linears of the slim model are
 refit (weights and bias) so that, on the calibration tokens, they reproduce what the dense model's
-same Linears produce on the same batch (the idea of Kwon et al. 2022's mask tuning). Inputs come
-from the slim model's own forward pass with the earlier layers already refit, so errors do not pile
-up. Each fit solves the ridge-regularised normal equations on accumulated Gram matrices in float64:
-one pass over the calibration data per refit Linear, no iterative solver.
+same Linears produce (the idea of Kwon et al. 2022's mask tuning, with whole weight matrices
+instead of one scale per unit). Inputs come from the slim model's own forward pass with the
+earlier layers already refit, so errors do not pile up. Each layer's inputs are kept between
+layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
+model running twice per layer. Each fit solves the ridge-regularised normal equations of Gram
+matrices accumulated per batch in float32 and summed in float64: no iterative solver.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,9 +25,24 @@ from ..errors import DeepCutsError
 REFIT_ROLES = ("attn_out", "ffn_out")
 
 
+@dataclass
+class _LayerCall:
+    """One batch's call of an encoder layer: hidden states plus the other arguments it was given."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+    real: torch.Tensor | None  # (batch, seq) bool mask of real tokens, None when there is no padding mask
+
+
+class _Stop(Exception):
+    """Raised from a hook once the wanted activation is captured, to skip the rest of a layer."""
+
+
 def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
-                ridge: float = 1e-4) -> nn.Module:
-    """A copy of `slim` whose output projections are refit to reproduce `dense`'s on `batches`."""
+                ridge: float = 1e-4, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of `slim` whose output projections are refit to reproduce `dense`'s on `batches`;
+    `dtype=torch.bfloat16` runs the layer forwards under autocast (the fits stay in float32/64)."""
     batch_list = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     if not batch_list:
         raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
@@ -31,54 +50,104 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     if len(slim_layers) != len(dense_layers):
         raise DeepCutsError(f"slim model has {len(slim_layers)} layers, the dense one {len(dense_layers)}")
     refit = copy.deepcopy(slim).eval()
-    targets = _dense_outputs(dense, batch_list)
-    for i, layer in enumerate(encoder_layers(refit)):
-        for role in REFIT_ROLES:
-            gram, cross = _normal_equations(refit, layer.linears[role], batch_list, targets[(i, role)])
-            _solve_into(layer.linears[role], gram, cross, ridge)
+    was_training = dense.training
+    dense.eval()
+    try:
+        with torch.no_grad(), _autocast(dtype):
+            slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
+            for layer, dense_layer in zip(encoder_layers(refit), dense_layers):
+                module, dense_module = refit.get_submodule(layer.prefix), dense.get_submodule(dense_layer.prefix)
+                targets, dense_calls = _dense_targets(dense_module, dense_layer, dense_calls)
+                for role in REFIT_ROLES:
+                    linear = layer.linears[role]
+                    gram, cross = _normal_equations(module, linear, slim_calls, targets[role])
+                    _solve_into(linear, gram, cross, ridge)
+                slim_calls = [_advance(module, call) for call in slim_calls]
+    finally:
+        dense.train(was_training)
     return refit
 
 
-@torch.no_grad()
-def _dense_outputs(dense: nn.Module, batches: list) -> dict:
-    """(layer, role) -> per-batch outputs of the dense model's output projections on real tokens."""
-    was_training = dense.training
-    dense.eval()
-    outputs: dict = {}
-    handles = []
-    for i, layer in enumerate(encoder_layers(dense)):
-        for role in REFIT_ROLES:
-            def hook(module, inputs, output, key=(i, role)):
-                outputs.setdefault(key, []).append(output[_real(current["mask"])].double())
-            handles.append(layer.linears[role].register_forward_hook(hook))
+def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _first_layer_calls(model: nn.Module, batches: list) -> list[_LayerCall]:
+    """How the first encoder layer is called on every batch (the model stops right there)."""
+    first = model.get_submodule(encoder_layers(model)[0].prefix)
+    calls: list[_LayerCall] = []
     current: dict = {}
+
+    def grab(module, args, kwargs):
+        calls.append(_LayerCall(args[0], args[1:], kwargs, current["real"]))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for batch in batches:
-            current["mask"] = batch.get("attention_mask")
-            dense(**batch)
+            mask = batch.get("attention_mask")
+            current["real"] = None if mask is None else mask.bool()
+            with contextlib.suppress(_Stop):
+                model(**batch)
+    finally:
+        handle.remove()
+    return calls
+
+
+def _run(module: nn.Module, call: _LayerCall) -> torch.Tensor:
+    out = module(call.hidden, *call.args, **call.kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _advance(module: nn.Module, call: _LayerCall) -> _LayerCall:
+    """The next layer's call on the same batch."""
+    return _LayerCall(_run(module, call).float(), call.args, call.kwargs, call.real)
+
+
+def _tokens(t: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Rows of the real tokens, in float32."""
+    return (t.flatten(0, -2) if real is None else t[real]).float()
+
+
+def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall]) -> tuple[dict, list[_LayerCall]]:
+    """Per role, the dense layer's output-projection outputs on every batch; and the next calls."""
+    targets: dict = {role: [] for role in REFIT_ROLES}
+    captured: dict = {}
+    handles = [layer.linears[role].register_forward_hook(
+        lambda m, i, out, role=role: captured.__setitem__(role, out)) for role in REFIT_ROLES]
+    nxt = []
+    try:
+        for call in calls:
+            nxt.append(_advance(module, call))
+            for role in REFIT_ROLES:
+                targets[role].append(_tokens(captured[role], call.real))
     finally:
         for h in handles:
             h.remove()
-        dense.train(was_training)
-    return outputs
+    return targets, nxt
 
 
-@torch.no_grad()
-def _normal_equations(model: nn.Module, linear: nn.Linear, batches: list, targets: list):
+def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCall], targets: list):
     """X^T X and X^T Y over the calibration tokens, X = [slim input of `linear`, 1]."""
     k = linear.in_features
     gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
     cross = torch.zeros(k + 1, linear.out_features, dtype=torch.float64)
     captured: list = []
-    handle = linear.register_forward_hook(lambda m, inputs, output: captured.append(inputs[0]))
+
+    def grab(m, inputs):
+        captured.append(inputs[0])
+        raise _Stop
+
+    handle = linear.register_forward_pre_hook(grab)
     try:
-        for batch, target in zip(batches, targets):
+        for call, target in zip(calls, targets):
             captured.clear()
-            model(**batch)
-            x = captured[0][_real(batch.get("attention_mask"))].double().cpu()
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
-            gram += x.T @ x
-            cross += x.T @ target.cpu()
+            with contextlib.suppress(_Stop):
+                _run(module, call)
+            x = _tokens(captured[0], call.real)
+            x = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+            gram += (x.T @ x).double().cpu()
+            cross += (x.T @ target).double().cpu()
     finally:
         handle.remove()
     return gram, cross
@@ -91,12 +160,6 @@ def _solve_into(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, ridg
     reg = torch.zeros(k + 1, dtype=torch.float64)
     reg[:k] = ridge * max(scale, 1e-12)
     solution = torch.linalg.solve(gram + torch.diag(reg), cross)  # (k + 1, out)
-    with torch.no_grad():
-        linear.weight.copy_(solution[:k].T.to(linear.weight.dtype))
-        if linear.bias is not None:
-            linear.bias.copy_(solution[k].to(linear.bias.dtype))
-
-
-def _real(mask: torch.Tensor | None):
-    """Index of the real (non-padding) tokens, or everything when there is no mask."""
-    return Ellipsis if mask is None else mask.bool()
+    linear.weight.copy_(solution[:k].T.to(linear.weight.dtype))
+    if linear.bias is not None:
+        linear.bias.copy_(solution[k].to(linear.bias.dtype))

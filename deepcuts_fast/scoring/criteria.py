@@ -20,6 +20,7 @@ class Criterion:
     cam: bool = False  # rows weighted by the mean output activation a[row] (GradCAM)
     shifted: bool = False  # rows weighted by (shift + a[row])
     random: bool = False
+    fisher: bool = False  # unit-only: sum over examples of the squared mask gradient (Kwon et al. 2022)
 
     def row_weight_shift(self, shift: float) -> float | None:
         """The constant added to a[row], or None when rows are not weighted."""
@@ -38,6 +39,7 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("smooth-cut", smooth=True),
         Criterion("smooth-cam-cut", smooth=True, cam=True),
         Criterion("smooth-cam-cut-shift", smooth=True, cam=True, shifted=True),
+        Criterion("fisher", fisher=True),
         Criterion("random", uses_gradient=False, random=True),
     )
 }

@@ -37,6 +37,7 @@ class PassContext:
     noise_std: float = 0.0
     seed: int = 0
     backend: str = "torch"  # the resolved kernel backend
+    loss_scale: float = 1.0  # turns a gradient of the batch-mean loss into per-example gradients (batch size)
 
 
 @dataclass
@@ -51,11 +52,13 @@ class LinearProbe:
     want_grad: bool = False
     want_rows: bool = False  # masked output sums for GradCAM row weights
     want_activation: bool = False  # first-order stats on this Linear's input (a unit activation)
+    fisher_group: int = 0  # > 0: per-example mask gradients of units of this many input channels (Fisher)
     fused: FusedScore | None = None  # set: the weight score is computed in the backward hook, no G kept
     grad: torch.Tensor | None = None
     grad_bias: torch.Tensor | None = None
     out_sum: torch.Tensor | None = None
     act_stats: torch.Tensor | None = None  # (4, in): masked sums of A, dA, A * dA, |A * dA|
+    fisher: torch.Tensor | None = None  # (units, units): sum over examples of g g^T, g = per-example mask gradient
     tokens: torch.Tensor | float = 0.0  # stays on the device: no host sync per forward
     handles: list = field(default_factory=list)
 
@@ -69,7 +72,7 @@ class LinearProbe:
 
     def reset(self) -> None:
         """Clear the per-batch accumulators."""
-        self.grad = self.grad_bias = self.out_sum = self.act_stats = None
+        self.grad = self.grad_bias = self.out_sum = self.act_stats = self.fisher = None
         self.tokens = 0.0
 
     def _forward(self, module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,8 @@ class LinearProbe:
         if self.want_activation:
             flat_x = x.flatten(0, -2)
             if x.requires_grad:
-                x.register_hook(lambda dx, x=flat_x.detach(), m=mask: self._activation_grad(x, dx, m))
+                examples = x.shape[0] if x.dim() > 2 else 1
+                x.register_hook(lambda dx, x=flat_x.detach(), m=mask, e=examples: self._activation_grad(x, dx, m, e))
         if self.want_grad and not output.requires_grad:  # e.g. the output dense of a layer with no heads:
             output = output.detach().requires_grad_(True)  # its bias still feeds the residual stream
         if self.ctx.noise_std:
@@ -121,10 +125,22 @@ class LinearProbe:
         flat_x = x.flatten(0, -2).to(flat_dy.dtype)
         _add(self, "grad", (flat_dy.t() @ flat_x).float())
 
-    def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor) -> None:
+    def _activation_grad(self, x: torch.Tensor, dx: torch.Tensor, mask: torch.Tensor, examples: int) -> None:
+        flat_dx = dx.flatten(0, -2)
         if self.act_stats is None:
             self.act_stats = torch.zeros(4, x.shape[-1], device=x.device)
-        activation_stats(x, dx.flatten(0, -2), mask, self.act_stats, backend=self.ctx.backend)
+        activation_stats(x, flat_dx, mask, self.act_stats, backend=self.ctx.backend)
+        if self.fisher_group:
+            self._fisher(x, flat_dx, mask, examples)
+
+    def _fisher(self, x: torch.Tensor, flat_dx: torch.Tensor, mask: torch.Tensor, examples: int) -> None:
+        """Add sum over examples of g g^T, g = each example's per-unit sum over its real tokens of A * dA."""
+        product = x.to(flat_dx.dtype) * flat_dx
+        channels = product.shape[1]
+        per_token = (product.float() * mask[:, None]).view(examples, product.shape[0] // examples, channels)
+        g = per_token.sum(1).view(examples, channels // self.fisher_group, self.fisher_group).sum(2)
+        g = g * self.ctx.loss_scale
+        _add(self, "fisher", g.T @ g)
 
 
 def at_least_one(count: torch.Tensor | float) -> torch.Tensor | float:

@@ -93,6 +93,8 @@ def score_many(
     which keys its noise: a shard of the batches then draws the same noise as the full run.
     """
     crits = _unique_criteria(criteria)
+    if granularity != "unit" and any(c.fisher for c in crits):
+        raise DeepCutsError("fisher scores heads and FFN neurons only; pass granularity='unit'")
     _check_options(granularity, unit_method, noise_samples, noise_std, backend)
     if reference:
         train_mode = sequential_noise = include_padding = True
@@ -206,6 +208,9 @@ class _Pass:
         self.noise_std = opts.noise_std if smooth else 0.0
         self.dtype, self.max_memory, self.progress = dtype, max_memory, progress
         self.first_order = opts.granularity == "unit" and opts.unit_method == "first-order"
+        self.fisher = any(c.fisher for c in criteria)
+        self.weight_grads = not self.first_order and not all(c.fisher for c in criteria)
+        self.grams: list = [None] * len(layout)  # per layer (head Fisher matrix, neuron Fisher matrix)
         self.ctx = PassContext(seed=opts.seed, backend=backend)
         self.device = next(model.parameters()).device
         self.probes = self._make_probes()
@@ -221,8 +226,9 @@ class _Pass:
             for r in ROLES:
                 row.append(LinearProbe(
                     name=layer.names[r], index=index, module=layer.linears[r], ctx=self.ctx, role=r,
-                    want_grad=not self.first_order, want_rows=want_rows and not self.first_order,
-                    want_activation=self.first_order and r in ("attn_out", "ffn_out"),
+                    want_grad=self.weight_grads, want_rows=want_rows and self.weight_grads,
+                    want_activation=(self.first_order or self.fisher) and r in ("attn_out", "ffn_out"),
+                    fisher_group={"attn_out": layer.head_dim, "ffn_out": 1}.get(r, 0) if self.fisher else 0,
                 ))
                 index += 1
             probes.append(row)
@@ -232,7 +238,7 @@ class _Pass:
         chunk = 1 if self.opts.sequential_noise else self._samples_per_chunk(batches[0])
         chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
         fused = (self.ctx.backend != "torch" and len(chunks) == 1 and len(self.criteria) == 1
-                 and not self.first_order)
+                 and self.weight_grads)
         if fused:
             self._fuse(self.criteria[0])
         names = "+".join(c.name for c in self.criteria)
@@ -309,6 +315,7 @@ class _Pass:
             mask = torch.ones(inputs["input_ids"].shape, device=self.device)
         self.ctx.token_mask = mask.reshape(-1).float()
         self.ctx.batch_index, self.ctx.samples, self.ctx.noise_std = b, samples, self.noise_std
+        self.ctx.loss_scale = float(batch_size)
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with autocast:
@@ -339,8 +346,14 @@ class _Pass:
         """Turn one batch's accumulated statistics into scores and add them up."""
         self._check_finite(b)
         for li, row in enumerate(self.probes):
+            if self.fisher:
+                grams = self._fisher_grams(row)
+                prev = self.grams[li]
+                self.grams[li] = grams if prev is None else (prev[0] + grams[0], prev[1] + grams[1])
             for crit in self.criteria:
-                if self.first_order:
+                if crit.fisher:
+                    heads, neurons = grams[0].diagonal().clone(), grams[1].diagonal().clone()
+                elif self.first_order:
                     heads, neurons = self._first_order_units(crit, row)
                 elif self.ctx.backend != "torch":
                     sums = [self._kernel_scores(crit, p, b) for p in row]
@@ -362,7 +375,7 @@ class _Pass:
 
     def _check_finite(self, b: int) -> None:
         """Name the layer nearest the loss whose gradients are not finite (where they went bad)."""
-        stats = [(p, p.act_dot if self.first_order else p.grad if p.grad is not None else p.grad_bias)
+        stats = [(p, (p.grad if p.grad is not None else p.grad_bias) if self.weight_grads else p.act_dot)
                  for row in self.probes for p in row]
         probes = [p for p, stat in stats if stat is not None]
         sums = torch.stack([stat.sum() for _, stat in stats if stat is not None])
@@ -428,6 +441,17 @@ class _Pass:
                 sums = sums + bias
         return sums
 
+    def _fisher_grams(self, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This batch's (head, neuron) Fisher matrices of one layer: sums over examples of g g^T."""
+        grams = []
+        for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
+            if p.fisher is None and p.module.in_features == 0:  # the layer kept no heads / neurons
+                p.fisher = torch.zeros(0, 0, device=self.device)
+            if p.fisher is None:
+                raise DeepCutsError(f"no gradient reached the input of {p.name}")
+            grams.append(p.fisher)
+        return grams[0], grams[1]
+
     def _first_order_units(self, crit: Criterion, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
         result = []
         for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
@@ -447,7 +471,8 @@ class _Pass:
         if self.opts.granularity == "weight":
             return Scores(self.acc[crit.name], self.layout, meta)
         units = self.units[crit.name]
-        return Scores({}, self.layout, meta, heads=[u[0] for u in units], neurons=[u[1] for u in units])
+        return Scores({}, self.layout, meta, heads=[u[0] for u in units], neurons=[u[1] for u in units],
+                      interactions=list(self.grams) if crit.fisher else None)
 
 
 def _start_graph(module: nn.Module, inputs, output):

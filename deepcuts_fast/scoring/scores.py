@@ -30,6 +30,7 @@ class Scores(Mapping[str, torch.Tensor]):
         meta: Mapping,
         heads: list[torch.Tensor] | None = None,
         neurons: list[torch.Tensor] | None = None,
+        interactions: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self._weights = dict(weights)
         self.layout = list(layout)
@@ -41,6 +42,7 @@ class Scores(Mapping[str, torch.Tensor]):
             heads, neurons = [u[0] for u in units], [u[1] for u in units]
         self._heads = list(heads)
         self._neurons = list(neurons)
+        self.interactions = None if interactions is None else [tuple(g) for g in interactions]
 
     # -- mapping over per-parameter scores ---------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -68,8 +70,10 @@ class Scores(Mapping[str, torch.Tensor]):
 
     def to(self, device: str | torch.device) -> "Scores":
         """A copy with every tensor on `device`."""
+        grams = None if self.interactions is None else [(h.to(device), n.to(device)) for h, n in self.interactions]
         return Scores({k: v.to(device) for k, v in self._weights.items()}, self.layout, self.meta,
-                      heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons])
+                      heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons],
+                      interactions=grams)
 
     def __add__(self, other: "Scores") -> "Scores":
         """The sum of two score sets of the same criterion and model (e.g. two shards of the batches)."""
@@ -79,9 +83,12 @@ class Scores(Mapping[str, torch.Tensor]):
                 layer.to_dict() for layer in self.layout] != [layer.to_dict() for layer in other.layout]:
             raise DeepCutsError(f"cannot add {other!r} to {self!r}: they differ in criterion, granularity or model")
         meta = {**self.meta, "batches": self.meta.get("batches", 0) + other.meta.get("batches", 0)}
+        grams = None
+        if self.interactions is not None and other.interactions is not None:
+            grams = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(self.interactions, other.interactions)]
         return Scores({k: v + other[k] for k, v in self._weights.items()}, self.layout, meta,
                       heads=[a + b for a, b in zip(self._heads, other._heads)],
-                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)])
+                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)], interactions=grams)
 
     # -- unit views ---------------------------------------------------------------------------
     def heads(self, layer: int) -> torch.Tensor:
@@ -95,6 +102,10 @@ class Scores(Mapping[str, torch.Tensor]):
     def unit_scores(self) -> dict[str, list[torch.Tensor]]:
         """{'heads': [per layer], 'neurons': [per layer]}."""
         return {"heads": list(self._heads), "neurons": list(self._neurons)}
+
+    # `interactions` (Fisher scores only): per layer (head matrix, neuron matrix), the sums over
+    # calibration examples of g g^T where g holds one example's mask gradients; the unit scores
+    # are their diagonals. Mask rearrangement minimises z^T F z over the pruned units z.
 
     # -- masks ----------------------------------------------------------------------------------
     def masks(self, compression: float, scope: str = "layer", params: str = "model") -> dict[str, torch.Tensor]:
@@ -126,6 +137,9 @@ class Scores(Mapping[str, torch.Tensor]):
         for i, (h, n) in enumerate(zip(self._heads, self._neurons)):
             tensors[f"{prefix}units/heads/{i}"] = h.detach().cpu().contiguous()
             tensors[f"{prefix}units/neurons/{i}"] = n.detach().cpu().contiguous()
+        for i, (h, n) in enumerate(self.interactions or []):
+            tensors[f"{prefix}interactions/heads/{i}"] = h.detach().cpu().contiguous()
+            tensors[f"{prefix}interactions/neurons/{i}"] = n.detach().cpu().contiguous()
         return tensors
 
     def header(self) -> dict[str, str]:
@@ -140,7 +154,11 @@ class Scores(Mapping[str, torch.Tensor]):
         neurons = [tensors[f"{prefix}units/neurons/{i}"] for i in range(len(layout))]
         start = f"{prefix}weights/"
         weights = {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
-        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons)
+        grams = None
+        if f"{prefix}interactions/heads/0" in tensors:
+            grams = [(tensors[f"{prefix}interactions/heads/{i}"], tensors[f"{prefix}interactions/neurons/{i}"])
+                     for i in range(len(layout))]
+        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons, interactions=grams)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":

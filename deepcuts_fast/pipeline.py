@@ -1,0 +1,85 @@
+"""Retraining-free structured pruning in one call (after Kwon et al. 2022, on our own scores).
+
+Score units with a criterion and with Fisher (one shared pass where they can share it), spend a
+global FLOP budget on the criterion's scores rank-matched to Fisher's loss scale, rearrange each
+layer's mask to lower its Fisher loss estimate, prune physically, then refit the kept units'
+output projections by least squares against the dense model.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .flops import encoder_flops
+from .planning import Plan, plan, rearrange as rearrange_plan
+from .pruning import prune, reconstruct as reconstruct_slim
+from .scoring import score_many
+from .scoring.criteria import get_criterion
+
+FISHER = "fisher"
+
+
+def prune_without_retraining(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    keep_flops: float,
+    criterion: str = FISHER,
+    seq_len: int = 128,
+    rearrange: bool = True,
+    reconstruct: bool = True,
+    unit_method: str = "sum",
+    reconstruct_batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    dtype: torch.dtype | None = None,
+    min_heads: int = 0,
+    min_neurons: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[nn.Module, Plan, dict]:
+    """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
+
+    `batches` (labelled) calibrate the scores and, unless `reconstruct_batches` is given, the
+    reconstruction; `dtype=torch.bfloat16` runs the scoring and reconstruction forwards under autocast.
+    """
+    batch_list = list(batches)
+    name = get_criterion(criterion).name
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    wanted = [name] if name == FISHER else [name, FISHER]
+    scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
+                        dtype=dtype, progress=progress)
+    timings["score"] = _lap(start)
+    t = time.perf_counter()
+    fisher = scores[FISHER]
+    reference = None if name == FISHER else fisher
+    search_plan = plan(model, scores[name], keep_flops=keep_flops, seq_len=seq_len, reference=reference,
+                       min_heads=min_heads, min_neurons=min_neurons)
+    timings["search"] = _lap(t)
+    t = time.perf_counter()
+    final_plan = rearrange_plan(search_plan, fisher) if rearrange else search_plan
+    timings["rearrange"] = _lap(t)
+    t = time.perf_counter()
+    slim = prune(model, final_plan)
+    timings["prune"] = _lap(t)
+    if reconstruct:
+        t = time.perf_counter()
+        refit_on = batch_list if reconstruct_batches is None else list(reconstruct_batches)
+        slim = reconstruct_slim(slim, model, refit_on, dtype=dtype)
+        timings["reconstruct"] = _lap(t)
+    timings["total"] = _lap(start)
+    info = {
+        "criterion": name,
+        "keep_flops": keep_flops,
+        "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
+        "heads": [len(h) for h in final_plan.heads],
+        "neurons": [len(n) for n in final_plan.neurons],
+        "search_plan": search_plan,
+        "timings": timings,
+    }
+    return slim, final_plan, info
+
+
+def _lap(since: float) -> float:
+    return round(time.perf_counter() - since, 3)
