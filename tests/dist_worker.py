@@ -12,7 +12,11 @@ import deepcuts_fast as dc
 from deepcuts_fast import cli
 from deepcuts_fast.scoring.distributed import process_group
 
-CRITERIA = [c for c in dc.CRITERIA]
+def criteria(granularity: str) -> list[str]:
+    """Every criterion that scores at `granularity` (Fisher scores units only)."""
+    return [c for c in dc.CRITERIA if granularity == "unit" or not dc.CRITERIA[c].fisher]
+
+
 RUNS = {  # name -> score_run options
     "weight": dict(granularity="weight"),
     "unit-segments": dict(granularity="unit", checkpoint_every=2),  # 5 batches: rank 1 has none in the last
@@ -35,7 +39,7 @@ def scores_with_every_criterion(out: Path) -> None:
     model, batches = tiny_model("bert"), tiny_batches(n_batches=5, seed=3)
     facts = {}
     for name, options in RUNS.items():
-        run = dc.score_run(model, batches, CRITERIA, noise_samples=3, noise_std=0.05, progress=False, **options)
+        run = dc.score_run(model, batches, criteria(options["granularity"]), noise_samples=3, noise_std=0.05, progress=False, **options)
         facts[name] = {"world_size": run.world_size, "batches_used": run.batches_used}
         if dist.get_rank() == 0:
             for crit, scores in run.scores.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_batches, tiny_model
+from dist_worker import criteria
 
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
@@ -18,7 +19,6 @@ from deepcuts_fast.scoring import calibration
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-ALL = list(dc.CRITERIA)
 
 
 def child_env() -> dict[str, str]:
@@ -56,8 +56,9 @@ def test_two_gloo_processes_equal_one_process(model_dir, data_csv, tmp_path, cap
     for name, options in RUNS.items():
         assert facts[name] == {"world_size": 2, "batches_used": 5}
         options = {k: v for k, v in options.items() if k != "checkpoint_every"}
-        want = dc.score_many(model, batches, ALL, noise_samples=3, noise_std=0.05, progress=False, **options)
-        for crit in ALL:
+        names = criteria(options["granularity"])
+        want = dc.score_many(model, batches, names, noise_samples=3, noise_std=0.05, progress=False, **options)
+        for crit in names:
             got = dc.Scores.load(dist_out / f"{name}-{crit}.safetensors")
             assert_scores_close(got, want[crit])
             assert got.meta["batches"] == (5 if dc.CRITERIA[crit].uses_gradient else 0)
@@ -89,10 +90,11 @@ def test_noise_is_keyed_by_global_batch_index_and_shards_add_up(bert):
 def test_segments_give_the_one_pass_result(bert, granularity):
     batches = tiny_batches(n_batches=3, seed=int(torch.randint(0, 10_000, (1,))))
     kw = dict(granularity=granularity, noise_samples=2, noise_std=0.05, progress=False)
-    want = dc.score_many(bert, batches, ALL, **kw)
-    run = dc.score_run(bert, batches, ALL, checkpoint_every=2, **kw)
+    names = criteria(granularity)
+    want = dc.score_many(bert, batches, names, **kw)
+    run = dc.score_run(bert, batches, names, checkpoint_every=2, **kw)
     assert run.batches_used == 3 and not run.stopped_early
-    for crit in ALL:
+    for crit in names:
         assert_scores_close(run.scores[crit], want[crit])
 
 

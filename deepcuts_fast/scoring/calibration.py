@@ -165,10 +165,16 @@ def _zeros(model, names, kw) -> dict[str, Scores]:
     granularity = kw.get("granularity", "weight")
     template = score_many(model, None, ["magnitude"], granularity=granularity, progress=False)["magnitude"]
     units = template.unit_scores()
+
+    def zero_grams() -> list[tuple[torch.Tensor, torch.Tensor]]:  # Fisher's per-layer unit-by-unit matrices
+        return [(h.new_zeros(h.numel(), h.numel()), n.new_zeros(n.numel(), n.numel()))
+                for h, n in zip(units["heads"], units["neurons"])]
+
     return {name: Scores({k: torch.zeros_like(v) for k, v in template.items()}, template.layout,
                          {**template.meta, "criterion": name, "batches": 0},
                          heads=[torch.zeros_like(h) for h in units["heads"]],
-                         neurons=[torch.zeros_like(x) for x in units["neurons"]])
+                         neurons=[torch.zeros_like(x) for x in units["neurons"]],
+                         interactions=zero_grams() if get_criterion(name).fisher else None)
             for name in names}
 
 
