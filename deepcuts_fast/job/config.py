@@ -29,12 +29,14 @@ class JobConfig:
     seed: int = 0
     reconstruction_examples: int = 512  # least-squares refit data (fewer over-fits the FFN outputs)
     recovery_criteria: tuple[str, ...] = ("magnitude", "gradient", "cam-cut", "smooth-cut")
-    recovery_compressions: tuple[float, ...] = (3.0, 4.0)
+    recovery_compressions: tuple[float, ...] = (4.0,)
     recovery_epochs: float = 0.25  # paper-mode recovery fine-tune, masks held fixed
     recovery_lr: float = 5e-5
-    rewind_criteria: tuple[str, ...] = ("magnitude", "cam-cut")  # lottery-ticket rewinding
+    rewind_criteria: tuple[str, ...] = ("cam-cut",)  # lottery-ticket rewinding
     rewind_compression: float = 4.0
-    structured_recovery_epochs: float = 1.0  # of the best slim model per FLOP budget; 0 = none
+    structured_recovery_epochs: float = 1.0  # of the best slim model at these budgets; 0 = none
+    structured_recovery_keeps: tuple[float, ...] = (0.5,)
+    pipeline_criteria: tuple[str, ...] = ("fisher", "cam-cut")  # dc.prune_without_retraining, per budget
     latency_batch: int = 32
     latency_seq: int = 128
     latency_dtypes: tuple[str, ...] = ("fp32", "bf16")
@@ -50,7 +52,8 @@ class JobConfig:
     def quick(cls, **overrides) -> "JobConfig":
         """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning."""
         quick = cls(criteria=QUICK_CRITERIA, keep_flops=(0.5,), calibration_batches=8, recovery_criteria=(),
-                    recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0)
+                    recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0,
+                    pipeline_criteria=("fisher",))
         return replace(quick, **overrides)
 
     def to_dict(self) -> dict:

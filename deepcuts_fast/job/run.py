@@ -148,23 +148,38 @@ class MainJob:
         for keep in c.keep_flops:
             best = max((r for r in rows if r["keep_flops"] == keep), key=lambda r: r["accuracy_reconstructed"])
             folder = self.out / f"slim-keep{keep:g}"
+            recover = c.structured_recovery_epochs > 0 and keep in c.structured_recovery_keeps
 
-            def compute(best=best, folder=folder):
+            def compute(best=best, folder=folder, recover=recover):
                 slim = structured_mode.rebuild(self.model, best, self.reconstruction)
                 result = {"accuracy": best["accuracy_reconstructed"], "epochs": 0.0}
-                if c.structured_recovery_epochs > 0:
+                if recover:
                     result = structured_mode.recover(slim, self.train_batches(), self.evaluation,
                                                      c.structured_recovery_epochs, c.recovery_lr, c.seed, self.progress)
                 save_pretrained(slim, folder, tokenizer=self.task.tokenizer, plan=Plan.from_dict(best["plan"]),
                                 overwrite=True)
                 return result
 
-            r = self.store.run(f"slim-keep{keep:g}", compute, plan=best["plan"])
+            r = self.store.run(f"slim-keep{keep:g}", compute, plan=best["plan"], recover=recover)
             out.append({"criterion": best["criterion"], "keep_flops": keep, "saved_to": folder.name,
                         "speedup_fp32": best.get("speedup_fp32"), **r})
             self.log(f"best slim at keep_flops={keep:g}: {best['criterion']}, accuracy {r['accuracy']:.4f} "
                      f"after {r['epochs']:g} epochs of recovery -> {folder}")
         return out
+
+    def pipeline(self) -> list[dict]:
+        """`dc.prune_without_retraining` (criterion + Fisher, global search, rearrangement, reconstruction)
+        per FLOP budget, on the same calibration and reconstruction data as structured mode."""
+        rows = []
+        for crit in self.config.pipeline_criteria:
+            for keep in self.config.keep_flops:
+                r = self.store.run(f"pipeline-{crit}-k{keep:g}", lambda: structured_mode.retraining_free(
+                    self.model, crit, keep, self.seq_len, self.calibration, self.reconstruction, self.evaluation,
+                    self.config.seed))
+                rows.append({"criterion": crit, "keep_flops": keep, **r})
+                self.log(f"pipeline  {crit:>22s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f} "
+                         f"in {r['timings']['total']:.0f} s")
+        return rows
 
     def mask_analysis(self, rows: list[dict]) -> dict:
         c = self.config
@@ -197,6 +212,7 @@ class MainJob:
         results["latency"] = self.latency(rows)
         results["structured_mode"] = rows
         results["structured_recovery"] = self.structured_recovery(rows)
+        results["retraining_free"] = self.pipeline()
         results["mask_analysis"] = self.mask_analysis(rows)
         results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()})
         results["goals"] = quality_goals(results)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..benchmarking import benchmark
 from ..flops import encoder_flops
+from ..pipeline import prune_without_retraining
 from ..planning import Plan, plan
 from ..pruning import prune, reconstruct
 from ..scoring import Scores
@@ -57,6 +58,17 @@ def output_error(slim: nn.Module, dense: nn.Module, batches: list) -> float:
         err += float((s - d).double().pow(2).sum())
         ref += float(d.double().pow(2).sum())
     return err / max(ref, 1e-30)
+
+
+def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, calibration: list,
+                    reconstruction: list, evaluation: list, seed: int) -> dict:
+    """`dc.prune_without_retraining` at `keep`: accuracy, kept units, plan and per-step timings."""
+    slim, the_plan, info = prune_without_retraining(model, calibration, keep, criterion=criterion, seq_len=seq_len,
+                                                    reconstruct_batches=reconstruction, seed=seed)
+    return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
+            "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
+            "output_error": output_error(slim, model, reconstruction[:ERROR_BATCHES]),
+            "timings": info["timings"], "plan": the_plan.to_dict()}
 
 
 def rebuild(model: nn.Module, row: dict, reconstruction: list) -> nn.Module:
