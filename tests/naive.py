@@ -84,16 +84,7 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
         gh = [torch.zeros(layer.num_heads) for layer in layers]
         gn = [torch.zeros(layer.ffn_width) for layer in layers]
         for n in range(n_samples):
-            ms, handles = [], []
-            for layer in layers:
-                mh = torch.ones(layer.num_heads, requires_grad=True)
-                mn = torch.ones(layer.ffn_width, requires_grad=True)
-                ms += [mh, mn]
-                d = layer.head_dim
-                handles.append(layer.linears["attn_out"].register_forward_pre_hook(
-                    lambda mod, inp, mh=mh, d=d: (inp[0] * mh.repeat_interleave(d),)))
-                handles.append(layer.linears["ffn_out"].register_forward_pre_hook(
-                    lambda mod, inp, mn=mn: (inp[0] * mn,)))
+            ms, handles = unit_masks(layers)
             if smooth and noise_std:
                 for idx, (_, lin) in enumerate(mods):
                     def hook(mod, inp, out, idx=idx):
@@ -112,6 +103,22 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
     return heads, neurons
 
 
+def unit_masks(layers) -> tuple[list[torch.Tensor], list]:
+    """All-ones head and neuron masks (requiring grad) multiplied into every layer's attn_out / ffn_out
+    inputs by pre-hooks: ([head mask, neuron mask] per layer, hook handles)."""
+    ms, handles = [], []
+    for layer in layers:
+        mh = torch.ones(layer.num_heads, requires_grad=True)
+        mn = torch.ones(layer.ffn_width, requires_grad=True)
+        ms += [mh, mn]
+        d = layer.head_dim
+        handles.append(layer.linears["attn_out"].register_forward_pre_hook(
+            lambda mod, inp, mh=mh, d=d: (inp[0] * mh.repeat_interleave(d),)))
+        handles.append(layer.linears["ffn_out"].register_forward_pre_hook(
+            lambda mod, inp, mn=mn: (inp[0] * mn,)))
+    return ms, handles
+
+
 def naive_fisher(model, batches):
     """Per layer (head, neuron) sums over examples of g g^T, g = d loss(example) / d mask, one example at a time."""
     layers = encoder_layers(model)
@@ -120,16 +127,7 @@ def naive_fisher(model, batches):
     for batch in batches:
         for e in range(batch["input_ids"].shape[0]):
             example = {k: v[e:e + 1] for k, v in batch.items()}
-            ms, handles = [], []
-            for layer in layers:
-                mh = torch.ones(layer.num_heads, requires_grad=True)
-                mn = torch.ones(layer.ffn_width, requires_grad=True)
-                ms += [mh, mn]
-                d = layer.head_dim
-                handles.append(layer.linears["attn_out"].register_forward_pre_hook(
-                    lambda mod, inp, mh=mh, d=d: (inp[0] * mh.repeat_interleave(d),)))
-                handles.append(layer.linears["ffn_out"].register_forward_pre_hook(
-                    lambda mod, inp, mn=mn: (inp[0] * mn,)))
+            ms, handles = unit_masks(layers)
             grads = torch.autograd.grad(batch_loss(model, example), ms)
             for h in handles:
                 h.remove()

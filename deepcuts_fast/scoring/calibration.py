@@ -22,7 +22,7 @@ from ..errors import DeepCutsError
 from .criteria import get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
 from .score import _default_memory, score_many
-from .scores import Scores
+from .scores import Scores, read_safetensors
 
 FORMAT = "deepcuts-checkpoint/1"
 DEFAULT_EVERY = 4  # batches between stability checks when only --until-stable is given
@@ -232,14 +232,7 @@ def save_checkpoint(path, totals: Mapping[str, Scores], done: int, changes: list
 
 def load_checkpoint(path, fingerprint: str, names: list[str], device) -> tuple[dict[str, Scores], int, list[float]]:
     """(running sums, batches done, kept-set changes) from a checkpoint of this same run."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DeepCutsError(f"checkpoint {path} is not readable ({e}); delete it to start over") from e
+    header, tensors = read_safetensors(path, "is not a readable checkpoint; delete it to start over")
     if header.get("format") != FORMAT:
         raise DeepCutsError(f"{path} is not a deepcuts scoring checkpoint; delete it or choose another path")
     if header.get("fingerprint") != fingerprint:

@@ -163,17 +163,10 @@ class Scores(Mapping[str, torch.Tensor]):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":
         """Read scores written by `save` (safetensors only)."""
-        from safetensors import SafetensorError, safe_open
-
         p = Path(path)
         if not p.is_file():
             raise DeepCutsError(f"scores file {p} does not exist; create it with `deepcuts score`")
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise DeepCutsError(f"{p} is not a readable safetensors scores file ({e})") from e
+        header, tensors = read_safetensors(p, "is not a readable safetensors scores file")
         if header.get("format") != FORMAT:
             raise DeepCutsError(f"{p} is not a deepcuts scores file (format {header.get('format')!r})")
         try:
@@ -181,3 +174,14 @@ class Scores(Mapping[str, torch.Tensor]):
         except (KeyError, ValueError, TypeError) as e:
             raise DeepCutsError(f"{p} is a damaged deepcuts scores file (missing or unreadable {e}); "
                                 "score again with `deepcuts score`") from e
+
+
+def read_safetensors(path: str | os.PathLike, problem: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(header metadata, every tensor) of a safetensors file; a DeepCutsError "`path` `problem` (why)" otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DeepCutsError(f"{path} {problem} ({e})") from e
