@@ -112,3 +112,18 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_no_output(model_dir, data_csv, tmp
     assert cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["resumed_from"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    from deepcuts_fast.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        write_text(tmp_path / "atomic.txt", "x")
+    finally:
+        os.umask(old)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("atomic.txt") == mode("plain.txt") == 0o644
