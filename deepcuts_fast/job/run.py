@@ -48,6 +48,7 @@ class MainJob:
         self.store = StepStore(self.out, context, log)
         self._scores: dict[str, Scores] | None = None
         self._train_batches: list | None = None
+        self._reference: list[torch.Tensor] | None = None
 
     # -- shared, computed on demand (a fully resumed run needs neither) -------------------------------
 
@@ -60,6 +61,13 @@ class MainJob:
             self.scoring_seconds = round(time.perf_counter() - start, 2)
             self.log(f"scored {len(c.criteria)} criteria in {self.scoring_seconds:.1f} s")
         return self._scores
+
+    def reference(self) -> list[torch.Tensor]:
+        """The dense model's last hidden states on the output-error batches, computed once."""
+        if self._reference is None:
+            self._reference = structured_mode.last_hidden(
+                self.model, self.reconstruction[:structured_mode.ERROR_BATCHES])
+        return self._reference
 
     def train_batches(self) -> list:
         if self._train_batches is None:
@@ -116,7 +124,8 @@ class MainJob:
         for crit in self.config.criteria:
             for keep in self.config.keep_flops:
                 r = self.store.run(f"structured-{crit}-k{keep:g}", lambda: structured_mode.prune_and_evaluate(
-                    self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation))
+                    self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation,
+                    self.reference()))
                 rows.append({"criterion": crit, "keep_flops": keep, **r})
                 self.log(f"structured {crit:>21s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f}, "
                          f"reconstructed {r['accuracy_reconstructed']:.4f}")
@@ -175,7 +184,7 @@ class MainJob:
             for keep in self.config.keep_flops:
                 r = self.store.run(f"pipeline-{crit}-k{keep:g}", lambda: structured_mode.retraining_free(
                     self.model, crit, keep, self.seq_len, self.calibration, self.reconstruction, self.evaluation,
-                    self.config.seed))
+                    self.config.seed, self.reference()))
                 rows.append({"criterion": crit, "keep_flops": keep, **r})
                 self.log(f"pipeline  {crit:>22s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f} "
                          f"in {r['timings']['total']:.0f} s")

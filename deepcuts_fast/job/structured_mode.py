@@ -25,7 +25,7 @@ def _accuracy(model: nn.Module, evaluation: list) -> dict:
 
 
 def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: int, reconstruction: list,
-                       evaluation: list) -> dict:
+                       evaluation: list, reference: list[torch.Tensor]) -> dict:
     """Global plan at `keep` of the encoder FLOPs, pruned; accuracy single shot and reconstructed."""
     the_plan = plan(model, scores, keep_flops=keep, seq_len=seq_len, scope="global")
     slim = prune(model, the_plan)
@@ -38,8 +38,8 @@ def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: i
     return {"accuracy": single["accuracy"], "loss": single["loss"],
             "accuracy_reconstructed": refit["accuracy"], "loss_reconstructed": refit["loss"],
             "reconstruct_seconds": round(seconds, 1),
-            "output_error": output_error(slim, model, probe),
-            "output_error_reconstructed": output_error(refit_model, model, probe),
+            "output_error": output_error(slim, reference, probe),
+            "output_error_reconstructed": output_error(refit_model, reference, probe),
             "heads": [len(h) for h in the_plan.heads], "ffn": [len(n) for n in the_plan.neurons],
             "params": sum(p.numel() for p in slim.parameters()),
             "flop_ratio": encoder_flops(model, seq_len) / encoder_flops(slim, seq_len), "seq_len": seq_len,
@@ -47,27 +47,30 @@ def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: i
 
 
 @torch.no_grad()
-def output_error(slim: nn.Module, dense: nn.Module, batches: list) -> float:
-    """Relative squared error of the encoder's last hidden state against the dense model, real tokens only."""
-    err = ref = 0.0
+def last_hidden(model: nn.Module, batches: list) -> list[torch.Tensor]:
+    """The encoder's last hidden state on each batch's real tokens (the reference of `output_error`)."""
+    out = []
     for b in batches:
         inputs = {k: v for k, v in b.items() if k != "labels"}
-        mask = inputs["attention_mask"].bool()
-        s = slim(**inputs, output_hidden_states=True).hidden_states[-1][mask]
-        d = dense(**inputs, output_hidden_states=True).hidden_states[-1][mask]
-        err += float((s - d).double().pow(2).sum())
-        ref += float(d.double().pow(2).sum())
+        out.append(model(**inputs, output_hidden_states=True).hidden_states[-1][inputs["attention_mask"].bool()])
+    return out
+
+
+def output_error(slim: nn.Module, reference: list[torch.Tensor], batches: list) -> float:
+    """Relative squared error of the slim encoder's last hidden state against the dense `reference`."""
+    err = sum(float((s - d).double().pow(2).sum()) for s, d in zip(last_hidden(slim, batches), reference))
+    ref = sum(float(d.double().pow(2).sum()) for d in reference)
     return err / max(ref, 1e-30)
 
 
 def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, calibration: list,
-                    reconstruction: list, evaluation: list, seed: int) -> dict:
+                    reconstruction: list, evaluation: list, seed: int, reference: list[torch.Tensor]) -> dict:
     """`dc.prune_without_retraining` at `keep`: accuracy, kept units, plan and per-step timings."""
     slim, the_plan, info = prune_without_retraining(model, calibration, keep, criterion=criterion, seq_len=seq_len,
                                                     reconstruct_batches=reconstruction, seed=seed)
     return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
             "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
-            "output_error": output_error(slim, model, reconstruction[:ERROR_BATCHES]),
+            "output_error": output_error(slim, reference, reconstruction[:ERROR_BATCHES]),
             "timings": info["timings"], "plan": the_plan.to_dict()}
 
 
