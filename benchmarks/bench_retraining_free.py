@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
-from deepcuts_fast.embedded import embedded_task_model  # noqa: E402
+from deepcuts_fast.task import embedded_task_model  # noqa: E402
 from deepcuts_fast.machine import machine_info  # noqa: E402
 from deepcuts_fast.planning import rearrange  # noqa: E402
 from deepcuts_fast.train import evaluate  # noqa: E402

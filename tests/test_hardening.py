@@ -127,3 +127,15 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
         os.umask(old)
     mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
     assert mode("atomic.txt") == mode("plain.txt") == 0o644
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
+                                          if "__main__" in p.read_text()))
+def test_benchmark_scripts_import_and_answer_help(script):
+    """A renamed package module must not silently break a benchmark script nobody runs in CI."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
