@@ -359,15 +359,14 @@ def cmd_run(args) -> int:
     dataset = load_dataset(args.data, "train")
     task = task_model(args.model, args.data, dataset, progress=not args.quiet)
     check_labels(dataset, task.model.config.num_labels)
-    shuffled = make_batches(dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length,
-                            shuffle=True, seed=config.seed,
-                            limit=max(config.reconstruction_examples, config.calibration_batches * config.batch_size))
+    draw = lambda seed: make_batches(  # noqa: E731
+        dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,
+        limit=max(config.reconstruction_examples, config.calibration_batches * config.batch_size))
     evaluation = make_batches(load_dataset(args.data, "test"), task.tokenizer, batch_size=64,
                               max_length=config.max_length, sort_by_length=True)
     if args.fresh:
         shutil.rmtree(out / "steps", ignore_errors=True)
-    job = MainJob(task, shuffled[:config.calibration_batches], shuffled, evaluation, config, out, args.data,
-                  progress=not args.quiet, log=log)
+    job = MainJob(task, draw, evaluation, config, out, args.data, progress=not args.quiet, log=log)
     results = job.run()
     if args.json:
         print(json.dumps(results))

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from .flops import encoder_flops
+from .errors import DeepCutsError
 from .planning import Plan, plan, rearrange as rearrange_plan
 from .pruning import prune, reconstruct as reconstruct_slim
-from .scoring import score_many
+from .scoring import Scores, score_many
 from .scoring.criteria import get_criterion
 
 FISHER = "fisher"
@@ -37,19 +38,25 @@ def prune_without_retraining(
     min_neurons: int = 0,
     seed: int = 0,
     progress: bool = False,
+    scores: Mapping[str, Scores] | None = None,
 ) -> tuple[nn.Module, Plan, dict]:
     """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
 
     `batches` (labelled) calibrate the scores and, unless `reconstruct_batches` is given, the
     reconstruction; `dtype=torch.bfloat16` runs the scoring and reconstruction forwards under autocast.
+    `scores` ({criterion name: unit Scores}, Fisher's included) skips the scoring pass, so several
+    budgets or criteria can share one (`score_many(..., granularity="unit")`); its time is then 0.
     """
     batch_list = list(batches)
     name = get_criterion(criterion).name
     timings: dict[str, float] = {}
     start = time.perf_counter()
     wanted = [name] if name == FISHER else [name, FISHER]
-    scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
-                        dtype=dtype, progress=progress)
+    if scores is None:
+        scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
+                            dtype=dtype, progress=progress)
+    else:
+        _check_given(scores, wanted)
     timings["score"] = _lap(start)
     t = time.perf_counter()
     fisher = scores[FISHER]
@@ -79,6 +86,14 @@ def prune_without_retraining(
         "timings": timings,
     }
     return slim, final_plan, info
+
+
+def _check_given(scores: Mapping[str, Scores], wanted: list[str]) -> None:
+    """Given scores must hold the criterion's and Fisher's, under their canonical names."""
+    missing = [c for c in wanted if c not in scores]
+    if missing:
+        raise DeepCutsError(f"scores= lacks {', '.join(missing)} (it has {', '.join(scores) or 'nothing'}); "
+                            f"score them with dc.score_many(model, batches, {wanted!r}, granularity='unit')")
 
 
 def _lap(since: float) -> float:

@@ -13,12 +13,13 @@ import deepcuts_fast as dc
 from deepcuts_fast.cli import main
 from deepcuts_fast.job import analysis
 from deepcuts_fast.job.goals import quality_goals, verdicts
+from deepcuts_fast.job.spread import pipeline_summary
 from deepcuts_fast.job.steps import StepStore, model_fingerprint
 from conftest import tiny_model
 
 TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",
             "paper_rewind", "structured_mode", "latency", "structured_recovery", "mask_analysis", "goals",
-            "verdicts", "steps", "wall_seconds"}
+            "verdicts", "steps", "wall_seconds", "retraining_free", "retraining_free_summary"}
 CRITERIA = ["magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
             "smooth-cam-cut-shift", "random"]
 
@@ -55,11 +56,24 @@ def test_full_run_writes_every_artefact(full_run):
     for r in results["paper_mode"] + results["paper_recovery"] + results["paper_rewind"]:
         assert 0 <= r["accuracy"] <= 1
     assert set(results["latency"]) == {"fp32", "bf16"}
-    assert [g["met"] in (True, False) for g in results["goals"]] == [True] * 5  # every goal was measured
-    assert {(r["criterion"], r["keep_flops"]) for r in results["retraining_free"]} == {
-        (c, k) for c in ("fisher", "cam-cut") for k in (0.75, 0.5, 0.33)}
+    assert [g["met"] in (True, False) for g in results["goals"]] == [True] * 6  # every goal was measured
+    pipeline = ("fisher", "cam-cut", "smooth-cut", "gradient", "magnitude")
+    assert sorted((r["criterion"], r["keep_flops"], r["seed"]) for r in results["retraining_free"]) == sorted(
+        (c, k, s) for c in pipeline for k in (0.75, 0.5, 0.33) for s in (0, 1, 2))
     for r in results["retraining_free"]:
         assert 0 <= r["accuracy"] <= 1 and r["flop_ratio"] >= 1 / r["keep_flops"] - 1e-6 and r["timings"]["total"] > 0
+        assert r["score_seconds"] > 0
+    plans = {s: dc.Plan.from_dict(next(r["plan"] for r in results["retraining_free"]
+                                       if (r["criterion"], r["keep_flops"], r["seed"]) == ("fisher", 0.5, s)))
+             for s in (0, 1, 2)}
+    assert len({str((p.heads, p.neurons)) for p in plans.values()}) > 1  # the draws really differ
+    summary = results["retraining_free_summary"]
+    assert [(e["keep_flops"], e["criterion"]) for e in summary] == [(k, c) for k in (0.75, 0.5, 0.33) for c in pipeline]
+    for e in summary:
+        accs = [r["accuracy"] for r in results["retraining_free"]
+                if (r["keep_flops"], r["criterion"]) == (e["keep_flops"], e["criterion"])]
+        assert e["draws"] == 3 and e["accuracy_mean"] == pytest.approx(sum(accs) / 3)
+    assert sum(e["winner"] for e in summary) == 3
     assert all(results["verdicts"][k] for k in ("paper_mode", "structured_mode", "structured_mode_reconstructed"))
     iou = results["mask_analysis"]
     assert len(iou["weight_iou_matrix"]) == len(CRITERIA) and iou["plan_iou_matrix"] is not None
@@ -95,6 +109,8 @@ def test_results_json_has_the_documented_schema(full_run):
                           ("`structured_mode` rows", results["structured_mode"])):
         assert rows and all(keys[section] <= set(r) for r in rows), section
     assert keys["`mask_analysis`"] == set(results["mask_analysis"])
+    assert all(keys["`retraining_free` rows"] == set(r) for r in results["retraining_free"])
+    assert all(keys["`retraining_free_summary` entries"] == set(e) for e in results["retraining_free_summary"])
 
 
 def test_rerun_reuses_every_finished_step(full_run, capsys):
@@ -109,7 +125,7 @@ def test_rerun_reuses_every_finished_step(full_run, capsys):
     assert after["steps"]["computed"] == ["paper-cam-cut-c3"]
     assert len(after["steps"]["reused"]) == len(before["steps"]["computed"]) - 1
     for key in ("dense", "paper_mode", "paper_recovery", "paper_rewind", "structured_mode", "retraining_free",
-                "mask_analysis"):
+                "retraining_free_summary", "mask_analysis"):
         assert after[key] == before[key]
 
 
@@ -171,11 +187,31 @@ def _results(dense, single, refit, recovered=None):
 
 
 def test_quality_goals_are_judged_from_the_numbers():
-    goals = quality_goals(_results(0.81, (0.70, 0.72, 0.79), (0.75, 0.76, 0.80), recovered=0.805))
-    assert [g["met"] for g in goals] == [True, True, True, True]
+    results = _results(0.81, (0.70, 0.72, 0.79), (0.75, 0.76, 0.80), recovered=0.805)
+    rows = [{"criterion": c, "keep_flops": k, "seed": s, "accuracy": a}
+            for c, k, accs in (("fisher", 0.5, (0.805, 0.80, 0.806)), ("cam-cut", 0.5, (0.81, 0.78, 0.78)),
+                               ("fisher", 0.75, (0.809, 0.807, 0.806)))
+            for s, a in enumerate(accs)]
+    results["retraining_free_summary"] = pipeline_summary(rows, 0.81)
+    goals = quality_goals(results)
+    assert [g["met"] for g in goals] == [True, True, True, True, True, False]
+    assert goals[4]["measured"] == pytest.approx(0.81 - (0.805 + 0.80 + 0.806) / 3, abs=1e-4)  # fisher: best mean, not best draw
+    assert "fisher" in goals[4]["detail"] and goals[5]["measured"] == pytest.approx(0.81 - (0.809 + 0.807 + 0.806) / 3, abs=1e-4)
     goals = quality_goals(_results(0.81, (0.70, 0.72, 0.74), (0.75, 0.76, 0.78)))
-    assert [g["met"] for g in goals] == [False, True, False, None]
+    assert [g["met"] for g in goals] == [False, True, False, None, None, None]
     assert goals[0]["measured"] == pytest.approx(0.07)
+
+
+def test_pipeline_summary_averages_over_draws_and_names_one_winner_per_budget():
+    rows = [{"criterion": c, "keep_flops": 0.5, "seed": s, "accuracy": a}
+            for c, accs in (("a", (0.7, 0.8)), ("b", (0.75, 0.75)), ("c", (0.6, 0.9))) for s, a in enumerate(accs)]
+    summary = pipeline_summary(rows, dense=0.8)
+    assert [(e["criterion"], e["draws"], e["seeds"]) for e in summary] == [("a", 2, [0, 1]), ("b", 2, [0, 1]),
+                                                                          ("c", 2, [0, 1])]
+    assert [e["accuracy_mean"] for e in summary] == pytest.approx([0.75, 0.75, 0.75])
+    assert [e["winner"] for e in summary] == [True, False, False]  # a tie goes to the first criterion
+    assert (summary[2]["accuracy_min"], summary[2]["accuracy_max"]) == (0.6, 0.9)
+    assert summary[0]["drop_points_mean"] == pytest.approx(5.0)
 
 
 def test_verdict_says_where_the_paper_claim_holds():

@@ -38,3 +38,20 @@ def test_pipeline_stages_can_be_switched_off():
     assert "reconstruct" not in info["timings"]
     for b in calibration:
         torch.testing.assert_close(logits(slim, b), logits(dc.prune(dense, plan), b))
+
+
+def test_pipeline_on_given_scores_matches_scoring_itself(monkeypatch):
+    dense, calibration = tiny_model("bert", seed=2), tiny_batches(n_batches=3, batch_size=8, seed=5)
+    own_slim, own_plan, _ = dc.prune_without_retraining(dense, calibration, keep_flops=0.5, criterion="cam-cut",
+                                                          seq_len=10, seed=3)
+    shared = dc.score_many(dense, calibration, ["cam-cut", "gradient", "fisher"], granularity="unit", seed=3,
+                           progress=False)
+    monkeypatch.setattr("deepcuts_fast.pipeline.score_many", lambda *a, **k: pytest.fail("scored again"))
+    slim, plan, _ = dc.prune_without_retraining(dense, calibration, keep_flops=0.5, criterion="cam-cut",
+                                                seq_len=10, scores=shared)
+    assert (plan.heads, plan.neurons) == (own_plan.heads, own_plan.neurons)
+    for (name, a), b in zip(slim.state_dict().items(), own_slim.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    with pytest.raises(dc.DeepCutsError, match="lacks fisher.*score_many"):
+        dc.prune_without_retraining(dense, calibration, keep_flops=0.5, criterion="gradient", seq_len=10,
+                                    scores={"gradient": shared["gradient"]})

@@ -36,7 +36,8 @@ class JobConfig:
     rewind_compression: float = 4.0
     structured_recovery_epochs: float = 1.0  # of the best slim model at these budgets; 0 = none
     structured_recovery_keeps: tuple[float, ...] = (0.5,)
-    pipeline_criteria: tuple[str, ...] = ("fisher", "cam-cut")  # dc.prune_without_retraining, per budget
+    pipeline_criteria: tuple[str, ...] = ("fisher", "cam-cut", "smooth-cut", "gradient", "magnitude")
+    pipeline_draws: int = 3  # dc.prune_without_retraining per criterion and budget on seeds seed, seed+1, ...
     latency_batch: int = 32
     latency_seq: int = 128
     latency_dtypes: tuple[str, ...] = ("fp32", "bf16")
@@ -53,7 +54,7 @@ class JobConfig:
         """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning."""
         quick = cls(criteria=QUICK_CRITERIA, keep_flops=(0.5,), calibration_batches=8, recovery_criteria=(),
                     recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0,
-                    pipeline_criteria=("fisher",))
+                    pipeline_criteria=("fisher",), pipeline_draws=1)
         return replace(quick, **overrides)
 
     def to_dict(self) -> dict:

@@ -29,17 +29,21 @@ from .config import JobConfig
 from .goals import quality_goals, verdicts
 from .plots import write_plots
 from .report import write_report
+from .spread import pipeline_summary
 from .steps import StepStore, model_fingerprint, source_fingerprint
 
 
 class MainJob:
     """One run of the main job on a task model and its data, writing into `out`."""
 
-    def __init__(self, task: TaskModel, calibration: list, reconstruction: list, evaluation: list,
-                 config: JobConfig, out: Path, data_name: str, progress: bool = True,
-                 log: Callable[[str], None] = print):
+    def __init__(self, task: TaskModel, draw: Callable[[int], list], evaluation: list, config: JobConfig, out: Path,
+                 data_name: str, progress: bool = True, log: Callable[[str], None] = print):
+        """`draw(seed)`: shuffled labelled training batches; the first `calibration_batches` of a draw score,
+        all of it reconstructs. `config.seed`'s draw serves every stage, further seeds the pipeline's spread."""
         self.task, self.model, self.config, self.out = task, task.model, config, Path(out)
-        self.calibration, self.reconstruction, self.evaluation = calibration, reconstruction, evaluation
+        self.draw = draw
+        self.reconstruction = draw(config.seed)
+        self.calibration, self.evaluation = self.reconstruction[:config.calibration_batches], evaluation
         self.progress, self.log = progress, log
         self.data_name = data_name
         self.seq_len = min(config.latency_seq, max_seq_len(self.model) or config.latency_seq)
@@ -177,17 +181,23 @@ class MainJob:
         return out
 
     def pipeline(self) -> list[dict]:
-        """`dc.prune_without_retraining` (criterion + Fisher, global search, rearrangement, reconstruction)
-        per FLOP budget, on the same calibration and reconstruction data as structured mode."""
+        """`dc.prune_without_retraining` (criterion + Fisher, global search, rearrangement, reconstruction) per
+        calibration draw, FLOP budget and criterion; one shared unit-scoring pass per draw serves them all."""
+        c = self.config
         rows = []
-        for crit in self.config.pipeline_criteria:
-            for keep in self.config.keep_flops:
-                r = self.store.run(f"pipeline-{crit}-k{keep:g}", lambda: structured_mode.retraining_free(
-                    self.model, crit, keep, self.seq_len, self.calibration, self.reconstruction, self.evaluation,
-                    self.config.seed, self.reference()))
-                rows.append({"criterion": crit, "keep_flops": keep, **r})
-                self.log(f"pipeline  {crit:>22s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f} "
-                         f"in {r['timings']['total']:.0f} s")
+        for seed in range(c.seed, c.seed + c.pipeline_draws):
+            batches = self.reconstruction if seed == c.seed else self.draw(seed)
+            shared = _SharedScores(self.model, batches[:c.calibration_batches], [*c.pipeline_criteria, "fisher"],
+                                   c, seed, self.progress)
+            for keep in c.keep_flops:
+                for crit in c.pipeline_criteria:
+                    r = self.store.run(f"pipeline-{crit}-k{keep:g}-seed{seed}", lambda: {
+                        **structured_mode.retraining_free(
+                            self.model, crit, keep, self.seq_len, shared.scores(), batches, self.evaluation,
+                            self.reconstruction[:structured_mode.ERROR_BATCHES], self.reference()),
+                        "score_seconds": shared.seconds})
+                    rows.append({"criterion": crit, "keep_flops": keep, "seed": seed, **r})
+                    self.log(f"pipeline  {crit:>22s}  keep_flops={keep:<4g} seed {seed}  accuracy {r['accuracy']:.4f}")
         return rows
 
     def mask_analysis(self, rows: list[dict]) -> dict:
@@ -222,6 +232,7 @@ class MainJob:
         results["structured_mode"] = rows
         results["structured_recovery"] = self.structured_recovery(rows)
         results["retraining_free"] = self.pipeline()
+        results["retraining_free_summary"] = pipeline_summary(results["retraining_free"], results["dense"]["accuracy"])
         results["mask_analysis"] = self.mask_analysis(rows)
         results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()})
         results["goals"] = quality_goals(results)
@@ -250,3 +261,22 @@ class MainJob:
         write_text(self.out / "results.json", json.dumps(results, indent=1))
         plots = write_plots(results, self.out)
         write_report(results, [p.name for p in plots], self.out / "report.md")
+
+
+class _SharedScores:
+    """Unit scores of several criteria from one scoring pass, made on first use (a resumed run may need none)."""
+
+    def __init__(self, model, batches: list, criteria: list[str], config: JobConfig, seed: int, progress: bool):
+        self.model, self.batches, self.criteria, self.config, self.seed = model, batches, criteria, config, seed
+        self.progress = progress
+        self.seconds: float | None = None
+        self._scores: dict[str, Scores] | None = None
+
+    def scores(self) -> dict[str, Scores]:
+        if self._scores is None:
+            start = time.perf_counter()
+            self._scores = score_many(self.model, self.batches, list(dict.fromkeys(self.criteria)), granularity="unit",
+                                      noise_samples=self.config.noise_samples, noise_std=self.config.noise_std,
+                                      seed=self.seed, progress=self.progress)
+            self.seconds = round(time.perf_counter() - start, 2)
+        return self._scores

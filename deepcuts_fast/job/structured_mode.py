@@ -63,15 +63,16 @@ def output_error(slim: nn.Module, reference: list[torch.Tensor], batches: list) 
     return err / max(ref, 1e-30)
 
 
-def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, calibration: list,
-                    reconstruction: list, evaluation: list, seed: int, reference: list[torch.Tensor]) -> dict:
-    """`dc.prune_without_retraining` at `keep`: accuracy, kept units, plan and per-step timings."""
-    slim, the_plan, info = prune_without_retraining(model, calibration, keep, criterion=criterion, seq_len=seq_len,
-                                                    reconstruct_batches=reconstruction, seed=seed)
+def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, scores: dict[str, Scores],
+                    reconstruction: list, evaluation: list, probe: list, reference: list[torch.Tensor]) -> dict:
+    """`dc.prune_without_retraining` at `keep` on shared unit scores: accuracy, kept units, plan, timings.
+    The output error is taken on `probe` (the same batches for every draw) against `reference`."""
+    slim, the_plan, info = prune_without_retraining(model, reconstruction, keep, criterion=criterion, seq_len=seq_len,
+                                                    scores=scores)
     return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
             "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
-            "output_error": output_error(slim, reference, reconstruction[:ERROR_BATCHES]),
-            "timings": info["timings"], "plan": the_plan.to_dict()}
+            "output_error": output_error(slim, reference, probe), "timings": info["timings"],
+            "plan": the_plan.to_dict()}
 
 
 def rebuild(model: nn.Module, row: dict, reconstruction: list) -> nn.Module:
