@@ -62,9 +62,9 @@ def _pipeline_section(results: dict) -> list[str]:
            "`dc.prune_without_retraining`: the criterion's unit scores rank-matched to Fisher inside each layer, "
            "one global FLOP search, Fisher mask rearrangement, physical pruning, layer-wise least-squares "
            f"reconstruction. Each calibration draw (seeds {', '.join(map(str, seeds))}) takes its own "
-           f"{s['calibration_examples']} scoring and {s['reconstruction_examples_used']} reconstruction examples; "
-           "one unit-scoring pass per draw serves every criterion. Accuracy over the draws: mean [min, max]; "
-           "the best mean per budget in bold.", "",
+           f"{s['reconstruction_examples_used']} training examples (the first {s['calibration_examples']} score, "
+           "all of them reconstruct); one unit-scoring pass per draw serves every criterion. Accuracy over the "
+           "draws: mean [min, max]; the best mean per budget in bold.", "",
            "| keep_flops | criterion | draws | accuracy | below dense (points, mean) |", "|---|---|---|---|---|"]
     for e in summary:
         cell = f"{e['accuracy_mean']:.4f} [{e['accuracy_min']:.4f}, {e['accuracy_max']:.4f}]"
