@@ -61,7 +61,8 @@ def _pipeline_section(results: dict) -> list[str]:
     out = ["### Retraining-free pipeline", "",
            "`dc.prune_without_retraining`: the criterion's unit scores rank-matched to Fisher inside each layer, "
            "one global FLOP search, Fisher mask rearrangement, physical pruning, layer-wise least-squares "
-           f"reconstruction. Each calibration draw (seeds {', '.join(map(str, seeds))}) takes its own "
+           "reconstruction. " + (f"Each calibration draw (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1
+                                 else f"The calibration draw (seed {seeds[0]})") + " takes its own "
            f"{s['reconstruction_examples_used']} training examples (the first {s['calibration_examples']} score, "
            "all of them reconstruct); one unit-scoring pass per draw serves every criterion. Accuracy over the "
            "draws: mean [min, max]; the best mean per budget in bold.", "",
