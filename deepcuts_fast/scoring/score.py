@@ -441,24 +441,26 @@ class _Pass:
                 sums = sums + bias
         return sums
 
+    def _unit_probes(self, row: list[LinearProbe], field: str, empty: tuple[int, ...]) -> list[tuple[LinearProbe, int]]:
+        """(probe, unit width) at the inputs of a layer's attention-output and FFN-output Linears, each with
+        its gathered `field`; one that kept no heads / neurons gets an empty `field` of shape `empty`."""
+        pairs = []
+        for p, width in ((row[3], self.layout[0].head_dim), (row[5], 1)):
+            if getattr(p, field) is None and p.module.in_features == 0:
+                setattr(p, field, torch.zeros(empty, device=self.device))
+            if getattr(p, field) is None:
+                raise DeepCutsError(f"no gradient reached the input of {p.name}")
+            pairs.append((p, width))
+        return pairs
+
     def _fisher_grams(self, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
         """This batch's (head, neuron) Fisher matrices of one layer: sums over examples of g g^T."""
-        grams = []
-        for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
-            if p.fisher is None and p.module.in_features == 0:  # the layer kept no heads / neurons
-                p.fisher = torch.zeros(0, 0, device=self.device)
-            if p.fisher is None:
-                raise DeepCutsError(f"no gradient reached the input of {p.name}")
-            grams.append(p.fisher)
-        return grams[0], grams[1]
+        (heads, _), (neurons, _) = self._unit_probes(row, "fisher", (0, 0))
+        return heads.fisher, neurons.fisher
 
     def _first_order_units(self, crit: Criterion, row: list[LinearProbe]) -> tuple[torch.Tensor, torch.Tensor]:
         result = []
-        for p, d in ((row[3], self.layout[0].head_dim), (row[5], 1)):
-            if p.act_dot is None and p.module.in_features == 0:  # the layer kept no heads / neurons
-                p.act_stats = torch.zeros(4, 0, device=self.device)
-            if p.act_dot is None:
-                raise DeepCutsError(f"no gradient reached the input of {p.name}")
+        for p, d in self._unit_probes(row, "act_stats", (4, 0)):
             channel = p.act_dot / self.samples
             shift = crit.row_weight_shift(self.opts.shift)
             if shift is not None:
