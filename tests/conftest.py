@@ -84,39 +84,33 @@ def batches():
 WORDS = "good bad film plot actor boring great awful funny dull moving script".split()
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    """A tiny BERT classifier folder with the MiniLM tokenizer (safetensors weights)."""
-    from transformers import BertConfig, BertForSequenceClassification
+def _save_tiny_bert(tmp_path_factory, name: str, head: bool, seed: int):
+    """A tiny BERT folder (safetensors weights) with the MiniLM tokenizer; `head` adds a 2-class classifier."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     import deepcuts_fast as dc
 
     tokenizer = dc.load_tokenizer("minilm")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
                      intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], max_position_embeddings=64,
-                     num_labels=2)
-    path = tmp_path_factory.mktemp("tiny_model")
-    BertForSequenceClassification(cfg).save_pretrained(path)
+                     **({"num_labels": 2} if head else {}))
+    path = tmp_path_factory.mktemp(name)
+    (BertForSequenceClassification if head else BertModel)(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny BERT classifier folder with the MiniLM tokenizer (safetensors weights)."""
+    return _save_tiny_bert(tmp_path_factory, "tiny_model", head=True, seed=0)
 
 
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory):
     """A tiny BERT encoder folder without a task head (like the packaged MiniLM), with the MiniLM tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    import deepcuts_fast as dc
-
-    tokenizer = dc.load_tokenizer("minilm")
-    torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
-                     intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("tiny_encoder")
-    BertModel(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _save_tiny_bert(tmp_path_factory, "tiny_encoder", head=False, seed=1)
 
 
 @pytest.fixture(scope="session")

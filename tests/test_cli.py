@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,11 +107,17 @@ def test_console_script_help_and_clean_failure(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope.csv" in proc.stderr
 
 
-def test_prune_writes_a_slim_folder_that_loads(model_dir, data_csv, tmp_path, capsys):
+def unit_scores(model_dir, data_csv, tmp_path, criterion: str, capsys) -> Path:
+    """`deepcuts score --granularity unit` on 2 batches of the tiny CSV; the scores file it wrote."""
     scores = tmp_path / "s.safetensors"
-    assert run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "gradient",
+    assert run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", criterion,
                 "--granularity", "unit", "--batches", "2", "--batch-size", "4", "--out", str(scores), "--quiet"],
                capsys)[0] == 0
+    return scores
+
+
+def test_prune_writes_a_slim_folder_that_loads(model_dir, data_csv, tmp_path, capsys):
+    scores = unit_scores(model_dir, data_csv, tmp_path, "gradient", capsys)
     out = tmp_path / "slim"
     code, stdout, _ = run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5",
                            "--seq-len", "16", "--out", str(out), "--json", "--quiet"], capsys)
@@ -128,10 +135,7 @@ def test_prune_writes_a_slim_folder_that_loads(model_dir, data_csv, tmp_path, ca
 
 
 def test_prune_reconstruct_writes_the_api_result(model_dir, data_csv, tmp_path, capsys):
-    scores = tmp_path / "s.safetensors"
-    assert run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "cam-cut",
-                "--granularity", "unit", "--batches", "2", "--batch-size", "4", "--out", str(scores), "--quiet"],
-               capsys)[0] == 0
+    scores = unit_scores(model_dir, data_csv, tmp_path, "cam-cut", capsys)
     out = tmp_path / "slim"
     assert run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5", "--seq-len", "16",
                 "--reconstruct", str(data_csv), "--reconstruct-examples", "16", "--out", str(out), "--quiet"],
