@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
