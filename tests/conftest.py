@@ -5,6 +5,9 @@ import csv
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests compare against fp32 references, so "auto" precision means fp32 here on every CPU kind (with or
+# without native bf16); tests/test_precision.py checks what "auto" picks on each kind of machine.
+os.environ.setdefault("DEEPCUTS_PRECISION", "fp32")
 
 import pytest
 import torch
