@@ -6,7 +6,6 @@ cached entry and a fresh run with the same key are the same model.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -17,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import cache_dir
 from .errors import DeepCutsError
+from .precision import autocast, choose
 from .models import MODEL_ALIASES, load_model
 
 Batch = Mapping[str, Any]
@@ -46,13 +47,6 @@ def model_device(model: nn.Module) -> torch.device:
 def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
     """Copy of `batch` with every tensor moved to `device`."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for `dtype` (e.g. bf16, ~4x faster on AMX CPUs), or a no-op for None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +97,7 @@ def _training_loss(model: nn.Module, batch: Batch, device: torch.device, dtype: 
     """The model's own loss (CE or MSE from its `labels` handling) on one batch."""
     if "labels" not in batch:
         raise DeepCutsError("training batches need 'labels'")
-    with _autocast(device, dtype):
+    with autocast(device, dtype):
         return model(**to_device(batch, device)).loss
 
 
@@ -115,7 +109,7 @@ def finetune(
     weight_decay: float = 0.01,
     warmup: float = 0.0,
     seed: int = 0,
-    autocast_dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     progress: bool = True,
     masks: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
@@ -124,12 +118,14 @@ def finetune(
     `epochs` may be fractional (0.5 = half the batches, in a seeded shuffled order); `warmup` is the
     fraction of steps spent ramping the LR up. Dropout and batch order are seeded by `seed`, inside
     a forked RNG so the caller's random state is unchanged. `masks` (parameter name -> bool keep
-    mask) are applied before training and after every step, so pruned weights stay zero.
+    mask) are applied before training and after every step, so pruned weights stay zero. `dtype`
+    "auto" autocasts to bf16 only where the device runs it natively (see `deepcuts_fast.precision`).
     """
     if not 0.0 <= warmup < 1.0:
         raise DeepCutsError(f"warmup is a fraction of the training steps in [0, 1), got {warmup}")
     steps = _num_steps(len(batches), epochs)
     device = model_device(model)
+    autocast_dtype = choose("train", device, dtype).autocast_dtype
     pruned = _pruned_entries(model, masks or {})
     _zero_pruned(pruned)
     optimizer = _optimizer(model, lr, weight_decay)
@@ -205,7 +201,7 @@ def _logits_and_labels(
         if "labels" not in batch:
             raise DeepCutsError("evaluation batches need 'labels'")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = model(**to_device(inputs, device)).logits
         yield logits.float().cpu(), batch["labels"].cpu()
 
@@ -245,13 +241,16 @@ def _require_examples(n: int) -> None:
 def evaluate(
     model: nn.Module,
     batches: Iterable[Batch],
-    autocast_dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = torch.float32,
     progress: bool = False,
 ) -> EvalResult:
     """Metrics of `model` on labelled `batches` (eval mode, no gradients; the model's mode is restored).
 
     A model with one output (`num_labels == 1`) is scored as a regressor, otherwise as a classifier.
+    `dtype` is fp32 by default, so accuracies compare across machines; "auto" or bf16 autocast the
+    forwards (see `deepcuts_fast.precision`).
     """
+    autocast_dtype = choose("infer", model_device(model), dtype).autocast_dtype
     was_training = model.training
     model.eval()
     try:
@@ -268,10 +267,13 @@ def evaluate(
 # Cache of fine-tuned models
 
 
-def cache_dir() -> Path:
-    """Root of the on-disk cache: `$DEEPCUTS_CACHE` if set, else `~/.cache/deepcuts_fast`."""
-    env = os.environ.get("DEEPCUTS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "deepcuts_fast"
+class FineTuned(NamedTuple):
+    """A fine-tuned model, whether it came from the cache, and its cache entry's metadata
+    (`precision`: the dtype training ran in and why; `seconds`: how long it took)."""
+
+    model: nn.Module
+    cached: bool
+    metadata: dict
 
 
 def _json_default(value: Any) -> str:
@@ -353,27 +355,29 @@ def finetuned_model(
     weight_decay: float = 0.01,
     warmup: float = 0.0,
     seed: int = 0,
-    autocast_dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> tuple[nn.Module, bool]:
+) -> FineTuned:
     """`model_name` fine-tuned on `make_batches(tokenizer)`, from the cache when possible.
 
-    The cache key covers the base model, `num_labels`, every training setting and `key_fields`,
-    which must describe the training data (dataset, split, max length, batch size, ...), since
-    `make_batches` is only called on a miss. An entry lives in `cache_dir()/finetuned/<key>/` as
-    an ordinary model folder (safetensors weights, tokenizer, `deepcuts_finetune.json`); it is
-    written to a temp folder and renamed, so a crash never leaves a half-written entry, and an
-    incomplete one is rebuilt. Returns (model in eval mode, whether it came from the cache).
+    The cache key covers the base model, `num_labels`, every training setting (the precision as
+    resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
+    `key_fields`, which must describe the training data (dataset, split, max length, batch size,
+    ...), since `make_batches` is only called on a miss. An entry lives in
+    `cache_dir()/finetuned/<key>/` as an ordinary model folder (safetensors weights, tokenizer,
+    `deepcuts_finetune.json`); it is written to a temp folder and renamed, so a crash never leaves
+    a half-written entry, and an incomplete one is rebuilt.
     """
-    train_settings = dict(
-        epochs=epochs, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed, autocast_dtype=autocast_dtype
-    )
+    precision = choose("train", device or "cpu", dtype)
+    train_settings = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed,
+                          dtype=precision.name)
     fields = dict(model=_model_id(model_name), num_labels=num_labels, train=train_settings, data=dict(key_fields or {}))
     key = cache_key(**fields)
     entry = cache_dir() / "finetuned" / key
     if _is_complete(entry, key):
-        return load_model(str(entry), num_labels=num_labels).to(device), True
+        meta = json.loads((entry / METADATA_FILE).read_text(encoding="utf-8"))
+        return FineTuned(load_model(str(entry), num_labels=num_labels).to(device), True, meta)
 
     model = load_model(model_name, num_labels=num_labels, seed=seed).to(device)
     batches = make_batches(tokenizer)
@@ -382,10 +386,11 @@ def finetuned_model(
     metadata = {
         "key": key,
         "fields": json.loads(json.dumps(fields, default=_json_default)),
+        "precision": precision.to_dict(),
         "train_batches": len(batches),
         "steps": _num_steps(len(batches), epochs),
         "seconds": round(time.perf_counter() - start, 3),
         "versions": _versions(),
     }
     _write_entry(entry, model, tokenizer, metadata)
-    return model, False
+    return FineTuned(model, False, metadata)

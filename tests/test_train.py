@@ -113,11 +113,11 @@ def test_linear_schedule_warms_up_and_decays_to_zero():
 def test_finetune_bf16_autocast_runs():
     model, data = tiny_model(), token_task(4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    finetune(model, data, epochs=2, lr=1e-3, autocast_dtype=torch.bfloat16, progress=False)
+    finetune(model, data, epochs=2, lr=1e-3, dtype=torch.bfloat16, progress=False)
     after = model.state_dict()
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    fp32, bf16 = evaluate(model, data), evaluate(model, data, autocast_dtype=torch.bfloat16)
+    fp32, bf16 = evaluate(model, data), evaluate(model, data, dtype=torch.bfloat16)
     assert bf16.loss == pytest.approx(fp32.loss, rel=0.05, abs=0.02)
 
 
@@ -273,7 +273,7 @@ def run_cached(base, **kw):
 
 
 def test_cache_roundtrip(base, cache, monkeypatch):
-    model, cached = run_cached(base)
+    model, cached, _ = run_cached(base)
     assert not cached and not model.training
     (entry,) = cache.iterdir()  # no leftover temp folders
     assert {"model.safetensors", "config.json", "deepcuts_finetune.json", "tokenizer.json"} <= {
@@ -287,7 +287,7 @@ def test_cache_roundtrip(base, cache, monkeypatch):
         raise AssertionError("must not train on a cache hit")
 
     monkeypatch.setattr(train, "finetune", boom)
-    again, cached = run_cached(base)
+    again, cached, _ = run_cached(base)
     assert cached and not again.training
     assert same_weights(model, again)
     data = token_task(2)
@@ -296,20 +296,20 @@ def test_cache_roundtrip(base, cache, monkeypatch):
 
 def test_cache_key_covers_settings(base, cache):
     run_cached(base)
-    _, cached = run_cached(base, seed=1)
+    _, cached, _ = run_cached(base, seed=1)
     assert not cached
-    _, cached = run_cached(base, key_fields={"data": "other"})
+    _, cached, _ = run_cached(base, key_fields={"data": "other"})
     assert not cached
-    _, cached = run_cached(base, autocast_dtype=torch.bfloat16)
+    _, cached, _ = run_cached(base, dtype=torch.bfloat16)
     assert not cached
     assert len(list(cache.iterdir())) == 4
-    _, cached = run_cached(base, seed=1)
+    _, cached, _ = run_cached(base, seed=1)
     assert cached
 
 
 @pytest.mark.parametrize("damage", ["weights", "metadata", "garbled"])
 def test_corrupt_entry_is_rebuilt(base, cache, damage):
-    model, _ = run_cached(base)
+    model, _, _ = run_cached(base)
     (entry,) = cache.iterdir()
     if damage == "weights":
         (entry / "model.safetensors").unlink()
@@ -317,11 +317,11 @@ def test_corrupt_entry_is_rebuilt(base, cache, damage):
         (entry / "deepcuts_finetune.json").unlink()
     else:
         (entry / "deepcuts_finetune.json").write_text("{not json")
-    rebuilt, cached = run_cached(base)
+    rebuilt, cached, _ = run_cached(base)
     assert not cached
     assert same_weights(model, rebuilt)  # seeded: the same model again
     assert [p.name for p in cache.iterdir()] == [entry.name]
-    _, cached = run_cached(base)
+    _, cached, _ = run_cached(base)
     assert cached
 
 
@@ -336,7 +336,7 @@ def test_crash_while_saving_leaves_nothing(base, cache, monkeypatch):
 
 
 def test_lost_race_keeps_the_complete_entry(base, cache):
-    model, _ = run_cached(base)
+    model, _, _ = run_cached(base)
     (entry,) = cache.iterdir()
     meta = json.loads((entry / "deepcuts_finetune.json").read_text())
     # another process published the same key first: our rename fails, and its entry is kept
