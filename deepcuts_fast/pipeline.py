@@ -33,7 +33,7 @@ def prune_without_retraining(
     reconstruct: bool = True,
     unit_method: str = "sum",
     reconstruct_batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     min_heads: int = 0,
     min_neurons: int = 0,
     seed: int = 0,
@@ -43,7 +43,8 @@ def prune_without_retraining(
     """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
 
     `batches` (labelled) calibrate the scores and, unless `reconstruct_batches` is given, the
-    reconstruction; `dtype=torch.bfloat16` runs the scoring and reconstruction forwards under autocast.
+    reconstruction; `dtype` is the precision of the scoring and reconstruction forwards ("auto": bf16
+    autocast only where the model's device runs it natively; see `deepcuts_fast.precision`).
     `scores` ({criterion name: unit Scores}, Fisher's included) skips the scoring pass, so several
     budgets or criteria can share one (`score_many(..., granularity="unit")`); its time is then 0.
     """

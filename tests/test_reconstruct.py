@@ -54,3 +54,42 @@ def test_reconstruction_needs_data():
     dense = tiny_model("bert")
     with pytest.raises(DeepCutsError, match="calibration"):
         dc.reconstruct(dense, dense, [])
+
+
+def test_reconstruction_in_bf16_keeps_the_fits_in_float32():
+    """bf16 layer forwards under autocast still reduce the error; the Gram matrices are not bf16."""
+    dense = tiny_model("bert")
+    calibration = tiny_batches(n_batches=4, seed=1)
+    slim = dc.prune(dense, random_plan(dense, 0))
+    refit = dc.reconstruct(slim, dense, calibration, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in refit.parameters())
+    assert hidden_error(refit, dense, calibration)[-1] < hidden_error(slim, dense, calibration)[-1]
+
+
+def test_reconstruction_refuses_models_on_two_devices():
+    dense = tiny_model("bert")
+    slim = dc.prune(dense, random_plan(dense, 0)).to("meta")
+    with pytest.raises(DeepCutsError, match="one device"):
+        dc.reconstruct(slim, dense, tiny_batches(n_batches=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_reconstruction_and_the_pipeline_run_on_cuda_like_on_cpu(monkeypatch):
+    """CPU batches, CUDA models: batches move to the GPU, autocast follows the device, results match."""
+    dense = tiny_model("bert")
+    calibration = tiny_batches(n_batches=4, seed=1)
+    plan = random_plan(dense, 0)
+    want = dc.reconstruct(dc.prune(dense, plan), dense, calibration, dtype=torch.float32)
+    gpu_dense = tiny_model("bert").cuda()
+    got = dc.reconstruct(dc.prune(gpu_dense, plan), gpu_dense, calibration, dtype=torch.float32)
+    for b in calibration:
+        inputs = {k: v.cuda() for k, v in b.items() if k != "labels"}
+        torch.testing.assert_close(logits(got, inputs).cpu(), logits(want, b), rtol=1e-3, atol=1e-4)
+    monkeypatch.delenv("DEEPCUTS_PRECISION", raising=False)  # "auto" as a user gets it: bf16 where native
+    bf16 = dc.reconstruct(dc.prune(gpu_dense, plan), gpu_dense, calibration, dtype="auto")
+    assert next(bf16.parameters()).is_cuda
+    slim, cpu_plan, _ = dc.prune_without_retraining(dense, calibration, 0.5, seq_len=10, dtype=torch.float32)
+    gpu_slim, gpu_plan, _ = dc.prune_without_retraining(gpu_dense, calibration, 0.5, seq_len=10, dtype=torch.float32)
+    assert next(gpu_slim.parameters()).is_cuda
+    assert [len(h) for h in gpu_plan.heads] == [len(h) for h in cpu_plan.heads]
+    dc.prune_without_retraining(gpu_dense, calibration, 0.5, seq_len=10)  # "auto": bf16 autocast on the GPU

@@ -163,7 +163,8 @@ def test_bf16_scoring_restores_the_attention_implementation(batches):
 def test_bf16_autocast_agrees_with_fp32(bert, batches):
     fp32 = dc.score(bert, batches, "gradient", progress=False)
     bf16 = dc.score(bert, batches, "gradient", dtype=torch.bfloat16, progress=False)
-    assert bf16.meta["dtype"] == "bfloat16"
+    assert bf16.meta["dtype"] == "bf16" and bf16.meta["dtype_reason"] == "requested"
+    assert fp32.meta["dtype"] == "fp32" and "DEEPCUTS_PRECISION" in fp32.meta["dtype_reason"]
     m32, m16 = fp32.masks(1.5, "global"), bf16.masks(1.5, "global")
     agree = sum(int((m32[k] == m16[k]).sum()) for k in m32) / sum(m.numel() for m in m32.values())
     assert agree > 0.9

@@ -7,7 +7,10 @@ instead of one scale per unit). Inputs come from the slim model's own forward pa
 earlier layers already refit, so errors do not pile up. Each layer's inputs are kept between
 layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
 model running twice per layer. Each fit solves the ridge-regularised normal equations of Gram
-matrices accumulated per batch in float32 and summed in float64: no iterative solver.
+matrices accumulated per batch in float32 and summed in float64: no iterative solver. Batches
+go to the model's device; with a bf16 precision (dtype "auto" picks it only where the device runs
+bf16 natively) the layer forwards run under autocast there, while the Gram matrices and the solve
+stay in float32 / float64.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from torch import nn
 
 from ..arch import encoder_layers
 from ..errors import DeepCutsError
+from ..precision import autocast, choose
+from ..train import model_device
 
 REFIT_ROLES = ("attn_out", "ffn_out")
 
@@ -40,10 +45,19 @@ class _Stop(Exception):
 
 
 def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
-                ridge: float = 1e-4, dtype: torch.dtype | None = None) -> nn.Module:
-    """A copy of `slim` whose output projections are refit to reproduce `dense`'s on `batches`;
-    `dtype=torch.bfloat16` runs the layer forwards under autocast (the fits stay in float32/64)."""
-    batch_list = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+                ridge: float = 1e-4, dtype: str | torch.dtype | None = "auto") -> nn.Module:
+    """A copy of `slim` whose output projections are refit to reproduce `dense`'s on `batches`.
+
+    Both models must be on the same device; batches are moved there. `dtype` is the precision of the
+    layer forwards ("auto": bf16 autocast only where the device runs it natively; the fits always
+    stay in float32 / float64)."""
+    device = model_device(dense)
+    if model_device(slim) != device:
+        raise DeepCutsError(f"the slim model is on {model_device(slim)} and the dense one on {device}; "
+                            "move both to one device first")
+    autocast_dtype = choose("infer", device, dtype).autocast_dtype
+    batch_list = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items() if k != "labels"}
+                  for b in batches]
     if not batch_list:
         raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
     slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
@@ -53,7 +67,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     was_training = dense.training
     dense.eval()
     try:
-        with torch.no_grad(), _autocast(dtype):
+        with torch.no_grad(), autocast(device, autocast_dtype):
             slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
             for layer, dense_layer in zip(encoder_layers(refit), dense_layers):
                 module, dense_module = refit.get_submodule(layer.prefix), dense.get_submodule(dense_layer.prefix)
@@ -68,8 +82,6 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     return refit
 
 
-def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def _first_layer_calls(model: nn.Module, batches: list) -> list[_LayerCall]:
@@ -145,9 +157,10 @@ def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCa
             with contextlib.suppress(_Stop):
                 _run(module, call)
             x = _tokens(captured[0], call.real)
-            x = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
-            gram += (x.T @ x).double().cpu()
-            cross += (x.T @ target).double().cpu()
+            x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+            with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
+                gram += (x.T @ x).double().cpu()
+                cross += (x.T @ target).double().cpu()
     finally:
         handle.remove()
     return gram, cross

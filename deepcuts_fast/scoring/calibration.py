@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from ..precision import choose_for_scoring
 from ..errors import DeepCutsError
 from .criteria import get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
@@ -206,6 +207,9 @@ def _fingerprint(model: nn.Module, batches, names, every: int, kw: dict) -> str:
     """A hash of everything that determines the running sums: weights, batches, options, segments."""
     h = hashlib.blake2b(digest_size=16)
     settings = {k: v for k, v in kw.items() if k not in ("progress", "backend")}
+    device = next(model.parameters()).device
+    settings["precisions"] = [choose_for_scoring(device, kw.get("dtype", "auto"), noise).name
+                              for noise in (None, kw.get("noise_std", 1e-3))]  # what "auto" means on this machine
     h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), **settings},
                         sort_keys=True, default=str).encode())
     for source in (model.state_dict().items(), ((f"{i}/{k}", v) for i, b in enumerate(batches)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..arch import ROLES, embeddings_module, encoder_layers
 from ..errors import DeepCutsError
 from ..kernels import BACKENDS, resolve, weight_score_epilogue
+from ..precision import NAMES, autocast, choose_for_scoring, parse_dtype
 from .criteria import Criterion, get_criterion
 from .layout import UNIT_AXIS, LayerLayout, model_layout, reduce_sums_to_units, reduce_to_units
 from .probes import FusedScore, LinearProbe, PassContext, at_least_one
@@ -47,7 +48,7 @@ class ScoreOptions:
     noise_std: float = 1e-3
     shift: float = 10.0
     seed: int = 0
-    dtype: str | None = None
+    dtype: str = "auto"  # as requested; each pass records what it resolved to (see deepcuts_fast.precision)
     train_mode: bool = False
     sequential_noise: bool = False
     include_padding: bool = False
@@ -74,7 +75,7 @@ def score_many(
     noise_std: float = 1e-3,
     shift: float = 10.0,
     backend: str = "auto",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     seed: int = 0,
     progress: bool = True,
     max_memory: int | None = None,
@@ -91,6 +92,9 @@ def score_many(
     the kernels (see deepcuts_fast.kernels.backends); every backend gives the same scores.
     `batch_indices` gives each batch's position in the whole calibration set (default 0, 1, ...),
     which keys its noise: a shard of the batches then draws the same noise as the full run.
+    `dtype` "auto" autocasts to bf16 only where the device runs it natively, and keeps the noisy
+    pass in fp32 when bf16 would round its noise away (`deepcuts_fast.precision.choose_for_scoring`);
+    each result's `meta["dtype"]` and `meta["dtype_reason"]` say what ran.
     """
     crits = _unique_criteria(criteria)
     if granularity != "unit" and any(c.fisher for c in crits):
@@ -98,11 +102,13 @@ def score_many(
     _check_options(granularity, unit_method, noise_samples, noise_std, backend)
     if reference:
         train_mode = sequential_noise = include_padding = True
+    requested = parse_dtype(dtype)
     opts = ScoreOptions(granularity, unit_method, int(noise_samples), float(noise_std), float(shift), int(seed),
-                        None if dtype is None else str(dtype).replace("torch.", ""),
-                        train_mode, sequential_noise, include_padding)
+                        "auto" if requested is None else NAMES[requested], train_mode, sequential_noise,
+                        include_padding)
     layout = model_layout(model)
-    kernels = resolve(backend, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    kernels = resolve(backend, device)
     meta_base = {**_model_meta(model, opts), "backend": kernels}
     results: dict[str, Scores] = {}
     for crit in (c for c in crits if not c.uses_gradient):
@@ -116,8 +122,11 @@ def score_many(
         for smooth in (False, True):
             group = [c for c in grad_crits if c.smooth == smooth]
             if group:
-                runner = _Pass(model, layout, group, smooth, opts, dtype, max_memory, progress, kernels)
-                results.update(runner.run(batch_list, meta_base, indices))
+                precision = choose_for_scoring(device, dtype, opts.noise_std if smooth else None)
+                meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
+                runner = _Pass(model, layout, group, smooth, opts, precision.autocast_dtype, max_memory, progress,
+                               kernels)
+                results.update(runner.run(batch_list, meta, indices))
     return {c.name: results[c.name] for c in crits}
 
 
@@ -316,9 +325,7 @@ class _Pass:
         self.ctx.token_mask = mask.reshape(-1).float()
         self.ctx.batch_index, self.ctx.samples, self.ctx.noise_std = b, samples, self.noise_std
         self.ctx.loss_scale = float(batch_size)
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
+        with autocast(self.device, self.dtype):
             logits = self.model(**inputs).logits
         loss = _summed_sample_loss(logits.float(), labels, batch_size)
         if not torch.isfinite(loss):
