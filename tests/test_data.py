@@ -281,6 +281,28 @@ def test_shuffle_is_deterministic_and_limit(tokenizer):
     assert order(shuffle=True, seed=3, limit=7) == shuffled[:7]
 
 
+def test_length_pools_batch_similar_lengths_and_keep_every_example(tokenizer):
+    rng = np.random.default_rng(0)
+    words = rng.integers(1, 40, size=203)
+    ds = TextDataset([" ".join(["word"] * int(n)) for n in words], list(range(203)), name="mixed lengths")
+
+    def batches(**kwargs):
+        return make_batches(ds, tokenizer, batch_size=8, shuffle=True, seed=5, **kwargs)
+
+    plain, pooled = batches(), batches(length_pool=10)
+    labels = torch.cat([b["labels"] for b in pooled]).tolist()
+    assert sorted(labels) == list(range(203))  # every example exactly once
+    assert [len(b["labels"]) for b in pooled][-1] == 3 and all(len(b["labels"]) == 8 for b in pooled[:-1])
+    padded = lambda bs: sum(b["input_ids"].numel() for b in bs)  # noqa: E731
+    assert padded(pooled) < 0.7 * padded(plain)
+    real = sum(int(b["attention_mask"].sum()) for b in pooled)
+    assert real >= 0.85 * padded(pooled)  # batches hold similar lengths: little padding
+    assert labels == torch.cat([b["labels"] for b in batches(length_pool=10)]).tolist()  # seeded
+    firsts = [int(b["labels"][0]) for b in pooled[:-1]]
+    assert firsts != sorted(firsts, key=lambda i: words[i])  # batches are shuffled, not in length order
+    assert "length_pool must be at least 1" in _error(batches, length_pool=0)
+
+
 def test_embedded_batches(tokenizer):
     batches = make_batches(load_dataset("rt", "test"), tokenizer, batch_size=16, limit=40)
     assert [len(b["labels"]) for b in batches] == [16, 16, 8]
