@@ -4,6 +4,11 @@ Models: MiniLM-L6 (packaged, random task head) and a BERT-base-sized random mode
 defaults: 12 layers, hidden 768, 12 heads, FFN 3072). Each is pruned with magnitude unit scores to
 keep 75 / 50 / 33 % of its encoder FLOPs at the benchmark's sequence length (`dc.plan` + `dc.prune`),
 then dense and slim models are timed together (`dc.benchmark`, round-robin) in every dtype.
+The thread count is fixed for the run and printed with the CPU model and ISA; every row has its
+median and IQR (at least --repeats runs and --min-time seconds per grid point), and noisy rows or a
+load average above the CPU count are printed as warnings under the table. --dtypes defaults to
+fp32 and "auto" (the fastest dtype this device runs natively), de-duplicated once resolved, so a
+CPU without native bf16 times fp32 only.
 
 Reported per slim model: measured speedup over the dense model, theoretical FLOP ratio, their ratio
 (target >= 0.9 in fp32 on CPU, fp16 on GPU) and its speedup over the fp32 dense model (the gain of
@@ -11,8 +16,8 @@ pruning and bf16 together). FLOPs count heads and FFN only (embeddings, LayerNor
 not prunable), so a ratio of 1.0 needs the rest of the forward pass to be negligible.
 
     python benchmarks/bench_latency.py [--models minilm,bert-base] [--batch-sizes 1,32] [--seq-len 128]
-        [--dtypes fp32,bf16] [--keep 0.75,0.5,0.33] [--repeats 20] [--warmup 3] [--threads N]
-        [--device cpu] [--out DIR]
+        [--dtypes fp32,auto] [--keep 0.75,0.5,0.33] [--repeats 20] [--min-time 1] [--warmup 3]
+        [--threads N] [--device cpu] [--out DIR]
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from torch import nn  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.benchmarking import BenchmarkReport, benchmark  # noqa: E402
+from deepcuts_fast.precision import choose  # noqa: E402
 
 TARGET = 0.9  # measured speedup >= 0.9 x theoretical FLOP reduction
 FAMILIES = ("minilm", "bert-base")
@@ -43,11 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--models", type=items(str), default=list(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
     ap.add_argument("--batch-sizes", type=items(int), default=[1, 32])
     ap.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOP targets and the timing")
-    ap.add_argument("--dtypes", type=items(str), default=["fp32", "bf16"], help="fp32, bf16, fp16")
+    ap.add_argument("--dtypes", type=items(str), default=["fp32", "auto"],
+                    help="fp32, bf16, fp16 or auto (the fastest native dtype); duplicates once resolved run once")
     ap.add_argument("--keep", type=items(float), default=[0.75, 0.5, 0.33], help="keep_flops fractions")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=20, help="at least this many timed runs per model and grid point")
+    ap.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds per grid point")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's current count)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--multiple-of", type=int, default=1, help="round FFN widths to a multiple (64 for GPUs)")
     ap.add_argument("--out", type=Path, default=None, help="folder for bench.json / bench.csv / bench.png")
@@ -55,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.models) - set(FAMILIES))
     if unknown:
         ap.error(f"unknown models {unknown}; choose from {', '.join(FAMILIES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # before "auto" asks the GPU its name
+        ap.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu")
     return args
 
 
@@ -82,14 +92,23 @@ def slim_models(model: nn.Module, keeps: list[float], seq_len: int, multiple_of:
             for keep in keeps}
 
 
+def distinct_dtypes(dtypes: list[str], device: str) -> list[str]:
+    """`dtypes` without those that resolve to a dtype already listed ("auto" is fp32 where bf16 is
+    emulated), keeping the first spelling of each, so "auto" keeps its reason in the report."""
+    first: dict[str, str] = {}
+    for dtype in dtypes:
+        first.setdefault(choose("infer", device, dtype).name, dtype)
+    return list(first.values())
+
+
 def measure(family: str, dense: nn.Module, slims: dict[float, nn.Module], args: argparse.Namespace
             ) -> list[BenchmarkReport]:
-    """One report per dtype; dense first, so speedups and FLOP ratios are relative to it."""
+    """One report per distinct dtype; dense first, so speedups and FLOP ratios are relative to it."""
     names = [f"{family}-dense"] + [f"{family}-keep{keep:g}" for keep in slims]
     return [benchmark([dense, *slims.values()], batch_sizes=args.batch_sizes, seq_lens=[args.seq_len],
-                      device=args.device, dtype=dtype, warmup=args.warmup, repeats=args.repeats, names=names,
-                      threads=args.threads, progress=True)
-            for dtype in args.dtypes]
+                      device=args.device, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
+                      min_time=args.min_time, names=names, threads=args.threads, progress=True)
+            for dtype in distinct_dtypes(args.dtypes, args.device)]
 
 
 def summary(reports: list[BenchmarkReport]) -> str:
@@ -114,9 +133,17 @@ def summary(reports: list[BenchmarkReport]) -> str:
 
 
 def combined(reports: list[BenchmarkReport], command: str) -> BenchmarkReport:
-    """All rows in one report, with the machine and the command line that produced them."""
+    """All rows and warnings in one report, with the machine and the command line that produced them."""
     return BenchmarkReport(rows=[row for r in reports for row in r.rows], machine=reports[0].machine,
-                           settings={"command": command, "runs": [r.settings for r in reports]})
+                           settings={"command": command, "runs": [r.settings for r in reports]},
+                           warnings=list(dict.fromkeys(w for r in reports for w in r.warnings)))
+
+
+def settings_lines(reports: list[BenchmarkReport]) -> str:
+    """Per run: its dtype and why, threads and sampling floors, so the numbers are read with them."""
+    return "\n".join(f"{s['models'][0]}: dtype {s['dtype']} ({s['dtype_reason']}), {s['threads']} threads, "
+                     f"at least {s['repeats']} runs and {s['min_time'] or 0:g} s per grid point"
+                     for s in (r.settings for r in reports))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         reports += measure(family, dense, slim_models(dense, args.keep, args.seq_len, args.multiple_of), args)
     report = combined(reports, " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]))
     print("\n" + json.dumps(report.machine) + "\n")
+    print(settings_lines(reports) + "\n")
     print(report.table())
     print()
     print(summary(reports))

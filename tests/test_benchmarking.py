@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import itertools
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,10 +19,14 @@ from conftest import TINY, tiny_model
 from torch import nn
 
 from deepcuts_fast.benchmarking import BenchmarkReport, add_bench_command, benchmark, run_bench_command
+from deepcuts_fast.benchmarking import latency as latency_module
+from deepcuts_fast.benchmarking.runners import OnnxRunner, TorchRunner, onnx_quantized
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.flops import encoder_flops
+from deepcuts_fast.machine import machine_info
+from deepcuts_fast.precision import choose
 
-FAST = dict(warmup=1, repeats=3, threads=1)
+FAST = dict(warmup=1, repeats=3, threads=1, min_time=None)
 GRID = dict(batch_sizes=(1, 3), seq_lens=(8, 16))
 
 
@@ -44,7 +51,10 @@ def test_rows_cover_the_grid_with_sane_statistics(report):
     keys = [(r["model"], r["batch"], r["seq"]) for r in report.rows]
     assert sorted(keys) == sorted((m, b, s) for m in ("dense", "small") for b in (1, 3) for s in (8, 16))
     for r in report.rows:
-        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert 0 < r["min_ms"] <= r["q1_ms"] <= r["median_ms"] <= r["q3_ms"] <= r["p90_ms"]
+        assert r["iqr_ms"] == pytest.approx(r["q3_ms"] - r["q1_ms"])
+        assert r["p99_ms"] is None  # 3 samples are too few for a 99th percentile
+        assert r["noisy"] == (r["iqr_ms"] > 0.1 * r["median_ms"])
         assert r["seq_per_s"] == pytest.approx(r["batch"] * 1e3 / r["median_ms"])
         assert (r["device"], r["dtype"], r["backend"], r["threads"], r["repeats"]) == ("cpu", "fp32", "torch", 1, 3)
         assert r["weights_mb"] > 0
@@ -74,13 +84,25 @@ def test_outputs_are_written_atomically(report, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == OUT_FILES  # no temp files left
     data = json.loads((out / "bench.json").read_text())
     assert data["rows"] == report.rows and data["machine"]["torch"] == torch.__version__
-    assert data["settings"]["batch_sizes"] == [1, 3]
+    assert data["settings"]["batch_sizes"] == [1, 3] and data["warnings"] == report.warnings
     with (out / "bench.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and float(rows[0]["median_ms"]) == pytest.approx(report.rows[0]["median_ms"])
-    table = report.table().splitlines()
-    assert table[0].startswith("| model | batch | seq | dtype | median ms | p90 | p99 | seq/s | speedup | FLOP ratio")
-    assert len(table) == 2 + len(report.rows)
+    assert rows[0]["p99_ms"] == "" and float(rows[0]["iqr_ms"]) == pytest.approx(report.rows[0]["iqr_ms"])
+    caption, blank, header, rule, *body = report.table().splitlines()
+    assert caption == report.caption() and blank == ""
+    assert header.startswith("| model | batch | seq | dtype | median ms | IQR ms | p90 ms | p99 ms | runs | seq/s "
+                             "| speedup | FLOP ratio")
+    assert [line.split(" | ")[7:9] for line in body[:len(report.rows)]] == [["-", "3"]] * len(report.rows)
+    assert body[len(report.rows):] == ([""] + [f"warning: {w}" for w in report.warnings] if report.warnings else [])
+
+
+def test_caption_names_the_cpu_isa_threads_and_dtype(report):
+    info = machine_info()
+    caption = report.caption()
+    assert info["processor"] in caption and info["isa"] in caption and "1 threads" in caption
+    assert f"dtype fp32 ({report.settings['dtype_reason']})" in caption
+    assert report.settings["threads"] == 1 and report.machine["threads"] == 1
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
@@ -98,7 +120,8 @@ def test_save_without_matplotlib_keeps_the_numbers(report, tmp_path, monkeypatch
 def test_bf16_runs_a_cast_copy_and_leaves_the_model_alone():
     model = tiny_model("bert").train()
     threads = torch.get_num_threads()
-    rep = benchmark([model], batch_sizes=(2,), seq_lens=(8,), dtype="bf16", warmup=1, repeats=2, threads=1)
+    rep = benchmark([model], batch_sizes=(2,), seq_lens=(8,), dtype="bf16", warmup=1, repeats=2, threads=1,
+                    min_time=None)
     assert [r["dtype"] for r in rep.rows] == ["bf16"]
     assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
     assert torch.get_num_threads() == threads
@@ -118,6 +141,103 @@ def test_min_time_adds_repeats_and_plain_modules_have_no_flops():
     assert row["repeats"] >= 5 and row["median_ms"] >= 10
     assert row["flops"] is None and row["flop_ratio"] is None
     assert "| - |" in rep.table()
+
+
+def fake_times(monkeypatch, samples_ms, clock: SimpleNamespace | None = None) -> None:
+    """Every timed torch pass returns the next of `samples_ms` (cycling); with `clock`, it also advances
+    the benchmark's clock by that much, so time floors are met without waiting."""
+    samples = itertools.cycle(samples_ms)
+
+    def time_ms(self, inputs):
+        ms = next(samples)
+        if clock is not None:
+            clock.now += ms / 1e3
+        return ms
+
+    monkeypatch.setattr(TorchRunner, "time_ms", time_ms)
+
+
+def quiet_machine(monkeypatch, load: float = 0.0) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+
+
+TINY_POINT = dict(batch_sizes=(1,), seq_lens=(4,), warmup=0, threads=1, min_time=None)
+
+
+def test_noisy_rows_are_warned_about(pair, monkeypatch):
+    quiet_machine(monkeypatch)
+    fake_times(monkeypatch, [1.0, 3.0])
+    rep = benchmark([pair[0]], names=["dense"], repeats=20, **TINY_POINT)
+    (row,) = rep.rows
+    assert (row["q1_ms"], row["median_ms"], row["q3_ms"], row["iqr_ms"]) == (1.0, 2.0, 3.0, 2.0)
+    assert row["noisy"] and rep.warnings == ["noisy: dense batch 1 seq 4 IQR/median 100%"]
+    assert rep.table().endswith("\n\nwarning: noisy: dense batch 1 seq 4 IQR/median 100%")
+
+
+def test_steady_rows_have_no_warnings(pair, monkeypatch):
+    quiet_machine(monkeypatch)
+    fake_times(monkeypatch, [2.0])
+    rep = benchmark([pair[0]], repeats=20, **TINY_POINT)
+    assert rep.rows[0]["iqr_ms"] == 0 and not rep.rows[0]["noisy"]
+    assert rep.warnings == [] and "warning" not in rep.table()
+    assert rep.machine["load_1min_before"] == rep.machine["load_1min_after"] == 0.0
+
+
+def test_a_loaded_machine_is_warned_about(pair, monkeypatch):
+    fake_times(monkeypatch, [2.0])
+    quiet_machine(monkeypatch, load=os.cpu_count() + 1.5)
+    rep = benchmark([pair[0]], repeats=2, **TINY_POINT)
+    assert rep.warnings == [f"load average {os.cpu_count() + 1.5:.1f} > {os.cpu_count()} CPUs: other processes "
+                            "were running; timings are unreliable"]
+    assert rep.to_dict()["warnings"] == rep.warnings and f"warning: {rep.warnings[0]}" in rep.table()
+
+
+def test_no_load_average_means_no_load_warning(pair, monkeypatch):
+    def unavailable():
+        raise OSError("no load average here")
+
+    fake_times(monkeypatch, [2.0])
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    rep = benchmark([pair[0]], repeats=2, **TINY_POINT)
+    assert rep.machine["load_1min_before"] is None and rep.warnings == []
+
+
+def test_min_time_takes_rounds_until_the_time_has_passed(pair, monkeypatch):
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(latency_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    fake_times(monkeypatch, [10.0], clock)
+    rep = benchmark(list(pair), repeats=3, **TINY_POINT | dict(min_time=1.0))
+    # 10 ms per pass, two models per round: 1 s of timed passes is 50 rounds (51 with rounding)
+    assert {r["repeats"] for r in rep.rows} in ({50}, {51})
+    assert rep.settings["min_time"] == 1.0 and rep.settings["repeats"] == 3
+
+
+def test_p99_needs_100_samples(pair):
+    rep = benchmark([pair[0]], repeats=100, **TINY_POINT)
+    (row,) = rep.rows
+    assert row["repeats"] == 100 and row["p90_ms"] <= row["p99_ms"]
+    assert "| - |" not in rep.table()
+
+
+def test_auto_dtype_is_the_native_one_with_its_reason(pair, monkeypatch):
+    monkeypatch.delenv("DEEPCUTS_PRECISION", raising=False)  # "auto" as a user gets it: bf16 where native
+    expected = choose("infer", "cpu", "auto")
+    rep = benchmark([pair[0]], repeats=1, **TINY_POINT)  # dtype defaults to "auto"
+    assert (rep.settings["dtype"], rep.settings["dtype_reason"]) == (expected.name, expected.reason)
+    assert rep.rows[0]["dtype"] == expected.name
+    explicit = benchmark([pair[0]], repeats=1, dtype=torch.float32, **TINY_POINT)
+    assert (explicit.settings["dtype"], explicit.settings["dtype_reason"]) == ("fp32", "requested")
+
+
+def test_threads_are_set_for_the_run_and_restored(pair):
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    rep = benchmark([pair[0]], repeats=1, **TINY_POINT | dict(threads=other))
+    assert torch.get_num_threads() == before
+    assert rep.settings["threads"] == rep.rows[0]["threads"] == other and f"{other} threads" in rep.caption()
+    default = benchmark([pair[0]], repeats=1, **TINY_POINT | dict(threads=None))
+    assert default.settings["threads"] == default.rows[0]["threads"] == before
+    assert torch.get_num_threads() == before
 
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
@@ -155,6 +275,19 @@ def test_onnx_model_runs_through_onnxruntime(pair, tmp_path):
     assert without_flops.rows[0]["flops"] is None
 
 
+def test_int8_onnx_is_labelled_int8(pair, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = export_onnx(pair[1], tmp_path / "small.onnx")
+    int8 = tmp_path / "small-int8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    assert not onnx_quantized(fp32) and onnx_quantized(int8)
+    rep = benchmark([fp32, int8], **TINY_POINT | dict(repeats=1))
+    assert [r["dtype"] for r in rep.rows] == ["fp32", "int8"]
+    assert OnnxRunner(int8, torch.device("cpu"), 1).session.get_outputs()[0].type == "tensor(float)"
+
+
 def test_onnx_without_onnxruntime_is_a_clear_error(tmp_path, monkeypatch):
     path = tmp_path / "m.onnx"
     path.write_bytes(b"not really onnx")
@@ -174,7 +307,9 @@ def test_onnx_without_onnxruntime_is_a_clear_error(tmp_path, monkeypatch):
     (dict(repeats=0), "repeats"),
     (dict(warmup=-1), "warmup"),
     (dict(threads=0), "threads"),
-    (dict(min_time=0), "min_time"),
+    (dict(min_time=-1), "min_time"),
+    (dict(min_time="1"), "min_time"),
+    (dict(dtype=5), "unsupported dtype"),
     (dict(names=["a", "b"]), "one name per model"),
     (dict(seq_lens=(65,)), "longer than"),
     (dict(models=["model.safetensors"]), "not an .onnx file"),
@@ -203,11 +338,11 @@ def test_cuda_without_a_gpu_is_a_clear_error(pair):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_rows_use_cuda_events_and_cuda_memory(pair):
     rep = benchmark(list(pair), names=["dense", "small"], batch_sizes=(1, 8), seq_lens=(16,), device="cuda",
-                    dtype="fp16", warmup=1, repeats=3)
+                    dtype="fp16", warmup=1, repeats=3, min_time=None)
     for r in rep.rows:
         assert r["device"].startswith("cuda") and r["dtype"] == "fp16" and r["median_ms"] > 0
         assert r["activation_mb"] > 0 and r["peak_mem_mb"] > r["weights_mb"]
-    assert rep.row("small", 8, 16)["flop_ratio"] > 1 and "device_name" in rep.machine
+    assert rep.row("small", 8, 16)["flop_ratio"] > 1 and rep.machine["device_name"] in rep.caption()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,27 +367,40 @@ def test_cli_writes_json_csv_png_and_prints_json(model_dirs, tmp_path, capsys):
     dense, small = model_dirs
     out = tmp_path / "bench"
     args = bench_parser().parse_args(["bench", "--model", str(small), "--baseline", str(dense), "--batch-sizes", "1,2",
-                                      "--seq-lens", "8", "--repeats", "2", "--warmup", "1", "--threads", "1",
-                                      "--out", str(out), "--json"])
+                                      "--seq-lens", "8", "--repeats", "2", "--min-time", "0", "--warmup", "1",
+                                      "--threads", "1", "--out", str(out), "--json"])
     assert run_bench_command(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(r["model"], r["batch"]) for r in data["rows"]] == [("dense", 1), ("small", 1), ("dense", 2), ("small", 2)]
-    assert data["rows"][1]["flop_ratio"] > 1
+    assert data["rows"][1]["flop_ratio"] > 1 and isinstance(data["warnings"], list)
+    auto = choose("infer", "cpu", "auto")
+    assert (data["settings"]["dtype"], data["settings"]["dtype_reason"]) == (auto.name, auto.reason)
+    assert data["settings"]["threads"] == 1 and data["settings"]["min_time"] == 0
     assert sorted(p.name for p in out.iterdir()) == OUT_FILES
 
 
-def test_cli_prints_the_table_and_reads_slim_folders(pair, tmp_path, capsys):
+def test_cli_prints_the_table_and_reads_slim_folders(pair, tmp_path, capsys, monkeypatch):
     import deepcuts_fast as dc
 
     slim = dc.prune(pair[0], dc.plan(pair[0], dc.score(pair[0], None, "magnitude", progress=False),
                                      keep_flops=0.5, seq_len=8))
     dc.save_pretrained(slim, tmp_path / "slim")
     args = bench_parser().parse_args(["bench", "--model", str(tmp_path / "slim"), "--batch-sizes", "2",
-                                      "--seq-lens", "8", "--repeats", "2", "--warmup", "0", "--dtype", "bf16",
-                                      "--quiet"])
+                                      "--seq-lens", "8", "--repeats", "2", "--min-time", "0", "--warmup", "0",
+                                      "--dtype", "bf16", "--threads", "1", "--quiet"])
+    quiet_machine(monkeypatch, load=os.cpu_count() + 1)
     assert run_bench_command(args) == 0
-    out = capsys.readouterr().out
-    assert "| slim | 2 | 8 | bf16 |" in out and "speedup and FLOP ratio vs slim" in out
+    header, blank, caption, *rest = capsys.readouterr().out.splitlines()
+    assert "at least 2 timed runs per model on cpu" in header and "speedup and FLOP ratio vs slim" in header
+    info = machine_info()
+    assert info["processor"] in caption and info["isa"] in caption and "1 threads" in caption and "bf16" in caption
+    assert any(line.startswith("| slim | 2 | 8 | bf16 |") for line in rest)
+    assert rest[-1].startswith("warning: load average")
+
+
+def test_cli_dtype_defaults_to_auto():
+    args = bench_parser().parse_args(["bench", "--model", "x"])
+    assert (args.dtype, args.repeats, args.min_time) == ("auto", 20, 1.0)
 
 
 def test_cli_refuses_bad_arguments(model_dirs, tmp_path, capsys):
@@ -281,7 +429,7 @@ def test_bench_latency_summary(pair):
     bench_latency = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_latency)
     args = bench_latency.parse_args(["--batch-sizes", "1", "--seq-len", "8", "--dtypes", "fp32,bf16",
-                                     "--repeats", "2", "--warmup", "0", "--threads", "1"])
+                                     "--repeats", "2", "--min-time", "0", "--warmup", "0", "--threads", "1"])
     reports = bench_latency.measure("tiny", pair[0], {0.5: pair[1]}, args)
     text = bench_latency.summary(reports)
     assert "| tiny-keep0.5 | 1 | 8 | fp32 |" in text and "| tiny-keep0.5 | 1 | 8 | bf16 |" in text
@@ -291,3 +439,9 @@ def test_bench_latency_summary(pair):
     both = bench_latency.combined(reports, "bench_latency.py --models tiny")
     assert isinstance(both, BenchmarkReport) and len(both.rows) == 4
     assert both.settings["command"] == "bench_latency.py --models tiny"
+    assert both.warnings == list(dict.fromkeys(w for r in reports for w in r.warnings))
+    assert "1 threads" in bench_latency.settings_lines(reports)
+    assert bench_latency.parse_args([]).dtypes == ["fp32", "auto"]
+    expected = ["fp32"] if choose("infer", "cpu", "auto").name == "fp32" else ["fp32", "auto"]
+    assert bench_latency.distinct_dtypes(["fp32", "auto"], "cpu") == expected
+    assert bench_latency.distinct_dtypes(["fp32", "float32", "bf16"], "cpu") == ["fp32", "bf16"]

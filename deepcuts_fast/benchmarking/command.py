@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import DeepCutsError
+from ..precision import CHOICES
 from .latency import benchmark
 
 Loader = Callable[[str], nn.Module]
@@ -24,11 +25,15 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 32], help="comma-separated, e.g. 1,32")
     p.add_argument("--seq-lens", type=_positive_ints, default=[128], help="comma-separated, e.g. 128,512")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="precision torch models run in (ONNX files run as exported)")
-    p.add_argument("--repeats", type=int, default=20, help="timed passes per model and grid point")
+    p.add_argument("--dtype", choices=CHOICES, default="auto",
+                   help="precision torch models run in; auto: the fastest one this device runs natively "
+                        "(ONNX files run as exported)")
+    p.add_argument("--repeats", type=int, default=20, help="at least this many timed passes per model and grid point")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="and at least this many seconds of timed passes per grid point (0: exactly --repeats)")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes before timing")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads, set for the run and printed (default: torch's current count)")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.csv and bench.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no per-measurement progress lines")
@@ -44,19 +49,25 @@ def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> i
     load = load or _load
     models = [p if p.endswith(".onnx") else load(p) for p in paths]
     report = benchmark(models, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, device=args.device,
-                       dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, names=_names(paths),
-                       threads=args.threads, progress=not (args.quiet or args.json))
+                       dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, min_time=args.min_time,
+                       names=_names(paths), threads=args.threads, progress=not (args.quiet or args.json))
     written = report.save(out) if out is not None else []
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    s = report.settings
-    print(f"device {s['device']}, {s['threads']} threads, {s['repeats']} timed runs after {s['warmup']} warm-up "
-          f"(speedup and FLOP ratio vs {s['models'][0]})\n")
+    print(_header(report.settings) + "\n")
     print(report.table())
     if written:
         print(f"\nwrote {', '.join(map(str, written))}")
     return 0
+
+
+def _header(s: dict) -> str:
+    """How the numbers were sampled; the table's caption printed under it names the CPU (model, ISA,
+    threads) or GPU and the dtype."""
+    floor = f" and at least {s['min_time']:g} s per grid point" if s["min_time"] else ""
+    return (f"median and IQR of at least {s['repeats']} timed runs per model{floor} on {s['device']}, "
+            f"after {s['warmup']} warm-up (speedup and FLOP ratio vs {s['models'][0]})")
 
 
 def _load(path: str) -> nn.Module:

@@ -4,6 +4,15 @@ Every model sees the same seeded token ids with a full attention mask. At each g
 model gets its warm-up passes and one untimed pass that measures peak memory; then the timed passes
 go round-robin over the models (one pass of each per round), so that load from other processes on a
 shared machine hits all models alike instead of whichever happened to run during a busy spell.
+
+How many timed passes: like torch.utils.benchmark's `blocked_autorange`, rounds go on until every
+model has at least `repeats` samples AND `min_time` seconds have passed at the grid point. A grid
+point therefore takes max(`repeats` rounds, `min_time`) plus at most one round; there is no separate
+upper cap, because the sample floor wins over any time limit and the time floor ends by itself.
+
+What is honest about the numbers: the thread count is set explicitly for the run and printed; every
+row has its median with the interquartile range (IQR), p99 only from 100 samples or more; rows whose
+IQR exceeds 10% of the median, and a load average above the CPU count, are reported as warnings.
 """
 from __future__ import annotations
 
@@ -18,16 +27,17 @@ import torch
 from torch import nn
 
 from ..errors import DeepCutsError
-from ..machine import machine_info
+from ..machine import describe_cpu, machine_info
+from ..precision import choose
 from .report import BenchmarkReport
-from .runners import DTYPE_NAMES, OnnxRunner, TorchRunner, max_seq_len
+from .runners import OnnxRunner, TorchRunner, max_seq_len
 
-_DTYPE_ALIASES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 # Token ids for every model: 5..99 avoids the usual special ids (BERT pad 0, RoBERTa pad 1, ...)
 # and stays inside any real vocabulary, ONNX files included, whose vocabulary size is not at hand.
 # Which ids they are does not change the time of a forward pass.
 _ID_LOW, _ID_HIGH = 5, 100
+NOISY_SPREAD = 0.10  # a row whose IQR / median is above this is flagged noisy
+P99_MIN_SAMPLES = 100  # below this, the 99th percentile is one of the few slowest samples, not a percentile
 
 ModelLike = nn.Module | str | os.PathLike
 Runner = TorchRunner | OnnxRunner
@@ -38,13 +48,13 @@ def benchmark(
     batch_sizes: Sequence[int] = (1, 32),
     seq_lens: Sequence[int] = (128,),
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str = "auto",
     warmup: int = 3,
     repeats: int = 20,
     names: Sequence[str] | None = None,
     threads: int | None = None,
     progress: bool = False,
-    min_time: float | None = None,
+    min_time: float | None = 1.0,
     flops_like: Sequence[nn.Module | None] | None = None,
     seed: int = 0,
 ) -> BenchmarkReport:
@@ -52,37 +62,45 @@ def benchmark(
 
     The first model is the baseline: `speedup` is its median latency over each model's median at the
     same (batch, seq) and `flop_ratio` is its theoretical encoder FLOPs over each model's. Torch
-    models run as a copy cast to `dtype` (fp32 / bf16 / fp16) on `device` under
-    `torch.inference_mode()`; ONNX files run under onnxruntime in the precision they were exported in.
-    `threads` sets torch's (and onnxruntime's) intra-op threads for the run; `repeats` timed passes
-    per model, more while `min_time` seconds have not passed at a grid point. `flops_like[i]`, when
-    given, is a torch model whose FLOPs stand for model i (e.g. the model an ONNX file came from).
+    models run as a copy cast to `dtype` on `device` under `torch.inference_mode()`: fp32 / bf16 /
+    fp16, or "auto", the fastest dtype this device runs natively (`precision.choose`; the choice and
+    its reason are in `settings`). ONNX files run under onnxruntime in the precision they were
+    exported in. `threads` (default: torch's current count) is set as torch's and onnxruntime's
+    intra-op thread count for the run and restored after. Each model gets at least `repeats` timed
+    passes per grid point, more until `min_time` seconds have passed there (None or 0: exactly
+    `repeats` rounds). `flops_like[i]`, when given, is a torch model whose FLOPs stand for model i
+    (e.g. the model an ONNX file came from).
     """
     models = list(models)
     batch_sizes, seq_lens = _sizes("batch_sizes", batch_sizes), _sizes("seq_lens", seq_lens)
-    torch_device, torch_dtype = _device(device), _dtype(dtype)
+    torch_device = _device(device)
     names = _names(models, names)
     flops_like = _flops_like(flops_like, len(models))
     _check_counts(warmup, repeats, threads, min_time)
     _check_models(models, names, max(seq_lens))
+    precision = choose("infer", torch_device, dtype)  # 'auto' -> the fastest native dtype, with why
 
     old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    threads = threads or old_threads
+    torch.set_num_threads(threads)
     try:
-        runners = [_runner(m, torch_device, torch_dtype, flops_like[i]) for i, m in enumerate(models)]
+        runners = [_runner(m, torch_device, precision.dtype, flops_like[i]) for i, m in enumerate(models)]
+        load_before = _load_average()
         rows = []
         with torch.inference_mode():
             for seq in seq_lens:
                 for batch in batch_sizes:
                     rows += _measure(runners, names, batch, seq, warmup, repeats, min_time, seed, progress)
+        load_after = _load_average()
         machine = _machine(torch_device, runners)
     finally:
         torch.set_num_threads(old_threads)
+    machine |= {"load_1min_before": load_before, "load_1min_after": load_after}
     settings = {"models": names, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "device": str(torch_device),
-                "dtype": DTYPE_NAMES[torch_dtype], "warmup": warmup, "repeats": repeats, "min_time": min_time,
-                "threads": rows[0]["threads"], "seed": seed}
-    return BenchmarkReport(rows=rows, machine=machine, settings=settings)
+                "dtype": precision.name, "dtype_reason": precision.reason, "warmup": warmup, "repeats": repeats,
+                "min_time": min_time, "threads": threads, "seed": seed}
+    warnings = _noise_warnings(rows) + _load_warnings(load_before, load_after, os.cpu_count())
+    return BenchmarkReport(rows=rows, machine=machine, settings=settings, warnings=warnings)
 
 
 def _measure(runners: list[Runner], names: list[str], batch: int, seq: int, warmup: int, repeats: int,
@@ -94,33 +112,70 @@ def _measure(runners: list[Runner], names: list[str], batch: int, seq: int, warm
         for _ in range(warmup):
             runner.run(feed)
     activations = [runner.peak_mb(feed) for runner, feed in zip(runners, feeds)]
-    times: list[list[float]] = [[] for _ in runners]
-    start = time.perf_counter()
-    while len(times[0]) < repeats or (min_time is not None and time.perf_counter() - start < min_time):
-        for runner, feed, samples in zip(runners, feeds, times):
-            samples.append(runner.time_ms(feed))
+    times = _sample(runners, feeds, repeats, min_time)
 
     rows = []
     for runner, name, samples, act in zip(runners, names, times, activations):
-        ms = np.asarray(samples)
-        median = float(np.median(ms))
+        stats = _stats(samples)
         flops = runner.flops(seq)
         rows.append({
             "model": name, "backend": runner.backend, "device": str(runner.device), "dtype": runner.dtype,
-            "batch": batch, "seq": seq, "threads": torch.get_num_threads(), "repeats": len(samples),
-            "median_ms": median, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-            "min_ms": float(ms.min()), "seq_per_s": batch * 1e3 / median,
-            "flops": None if flops is None else flops * batch,
+            "batch": batch, "seq": seq, "threads": torch.get_num_threads(), "repeats": len(samples), **stats,
+            "noisy": stats["iqr_ms"] > NOISY_SPREAD * stats["median_ms"],
+            "seq_per_s": batch * 1e3 / stats["median_ms"], "flops": None if flops is None else flops * batch,
             "weights_mb": runner.weights_mb, "activation_mb": act,
             "peak_mem_mb": None if act is None else runner.weights_mb + act,
         })
         if progress:
-            print(f"bench {name} batch {batch} seq {seq}: median {median:.3f} ms", file=sys.stderr)
+            print(f"bench {name} batch {batch} seq {seq}: median {stats['median_ms']:.3f} ms, "
+                  f"IQR {stats['iqr_ms']:.3f} ms, {len(samples)} runs", file=sys.stderr)
     base = rows[0]
     for row in rows:
         row["speedup"] = base["median_ms"] / row["median_ms"]
         row["flop_ratio"] = base["flops"] / row["flops"] if base["flops"] and row["flops"] else None
     return rows
+
+
+def _sample(runners: list[Runner], feeds: list, repeats: int, min_time: float | None) -> list[list[float]]:
+    """Timed passes in rounds (one per model each) until every model has `repeats` of them and
+    `min_time` seconds have passed; the milliseconds of each model's passes."""
+    times: list[list[float]] = [[] for _ in runners]
+    start = time.perf_counter()
+    while len(times[0]) < repeats or time.perf_counter() - start < (min_time or 0):
+        for runner, feed, samples in zip(runners, feeds, times):
+            samples.append(runner.time_ms(feed))
+    return times
+
+
+def _stats(samples: list[float]) -> dict[str, float | None]:
+    """Median, quartiles, IQR, p90, min, and p99 where there are enough samples for it, in ms."""
+    ms = np.asarray(samples)
+    q1, median, q3, p90 = (float(v) for v in np.percentile(ms, [25, 50, 75, 90]))
+    p99 = float(np.percentile(ms, 99)) if ms.size >= P99_MIN_SAMPLES else None
+    return {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1, "min_ms": float(ms.min()),
+            "p90_ms": p90, "p99_ms": p99}
+
+
+def _noise_warnings(rows: list[dict]) -> list[str]:
+    return [f"noisy: {r['model']} batch {r['batch']} seq {r['seq']} IQR/median {r['iqr_ms'] / r['median_ms']:.0%}"
+            for r in rows if r["noisy"]]
+
+
+def _load_warnings(before: float | None, after: float | None, cpus: int | None) -> list[str]:
+    """A warning when the 1-minute load average before or after the run exceeded the logical CPU count:
+    more runnable threads than CPUs (this run's own included) means they were taking turns."""
+    loads = [x for x in (before, after) if x is not None]
+    if not loads or not cpus or max(loads) <= cpus:
+        return []
+    return [f"load average {max(loads):.1f} > {cpus} CPUs: other processes were running; timings are unreliable"]
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _runner(model: ModelLike, device: torch.device, dtype: torch.dtype, flops_model: nn.Module | None) -> Runner:
@@ -130,6 +185,8 @@ def _runner(model: ModelLike, device: torch.device, dtype: torch.dtype, flops_mo
 
 
 def _machine(device: torch.device, runners: list[Runner]) -> dict:
+    """`machine_info()` plus the device, a one-line `description` for captions (CPU model, ISA and
+    threads, or the GPU's name) and the onnxruntime version; called while the run's threads are set."""
     import transformers
 
     info = machine_info()
@@ -137,6 +194,9 @@ def _machine(device: torch.device, runners: list[Runner]) -> dict:
     info["device"] = str(device)
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
+        info["description"] = f"{info['device_name']} ({device}), {info['threads']} CPU threads"
+    else:
+        info["description"] = describe_cpu()
     ort_versions = {r.onnxruntime_version for r in runners if isinstance(r, OnnxRunner)}
     if ort_versions:
         info["onnxruntime"] = ort_versions.pop()
@@ -171,13 +231,6 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    resolved = _DTYPE_ALIASES.get(dtype.lower()) if isinstance(dtype, str) else dtype
-    if resolved not in DTYPE_NAMES:
-        raise DeepCutsError(f"unsupported dtype {dtype!r}; use fp32, bf16 or fp16")
-    return resolved
-
-
 def _names(models: list[ModelLike], names: Sequence[str] | None) -> list[str]:
     if not models:
         raise DeepCutsError("benchmark needs at least one model (the first one is the baseline)")
@@ -206,8 +259,9 @@ def _check_counts(warmup: int, repeats: int, threads: int | None, min_time: floa
         raise DeepCutsError(f"repeats must be an integer >= 1, got {repeats!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise DeepCutsError(f"threads must be None or an integer >= 1, got {threads!r}")
-    if min_time is not None and not min_time > 0:
-        raise DeepCutsError(f"min_time must be None or a number of seconds > 0, got {min_time!r}")
+    if min_time is not None and (isinstance(min_time, bool) or not isinstance(min_time, (int, float))
+                                 or not min_time >= 0):
+        raise DeepCutsError(f"min_time must be None or a number of seconds >= 0, got {min_time!r}")
 
 
 def _check_models(models: list[ModelLike], names: list[str], longest: int) -> None:

@@ -9,30 +9,34 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_path, write_text
 from ..errors import DeepCutsError
 
-_COLUMNS = ("model", "batch", "seq", "dtype", "median ms", "p90", "p99", "seq/s", "speedup", "FLOP ratio",
-            "peak mem MB")
+_COLUMNS = ("model", "batch", "seq", "dtype", "median ms", "IQR ms", "p90 ms", "p99 ms", "runs", "seq/s", "speedup",
+            "FLOP ratio", "peak mem MB")
 
 
 @dataclass
 class BenchmarkReport:
     """Benchmark rows, one per (model, batch, seq), plus where and how they were measured.
 
-    Row keys: model, backend, device, dtype, batch, seq, threads, repeats, median_ms, p90_ms, p99_ms,
-    min_ms, seq_per_s, flops (theoretical encoder FLOPs of the whole batch, None when unknown),
-    weights_mb, activation_mb (peak memory a forward pass added over what was resident before it),
-    peak_mem_mb (weights + activations; None where memory cannot be measured), speedup and
-    flop_ratio (the baseline's median latency / FLOPs over this row's, at the same batch and seq).
+    Row keys: model, backend, device, dtype, batch, seq, threads, repeats (timed samples), median_ms,
+    q1_ms, q3_ms, iqr_ms (q3 - q1), min_ms, p90_ms, p99_ms (None under 100 samples), noisy (IQR
+    above 10% of the median), seq_per_s, flops (theoretical encoder FLOPs of the whole batch, None
+    when unknown), weights_mb, activation_mb (peak memory a forward pass added over what was resident
+    before it), peak_mem_mb (weights + activations; None where memory cannot be measured), speedup
+    and flop_ratio (the baseline's median latency / FLOPs over this row's, at the same batch and seq).
+    `warnings` says why numbers may not be trustworthy (noisy rows, a loaded machine).
     """
 
     rows: list[dict]
     machine: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def row(self, model: str, batch: int, seq: int, dtype: str | None = None) -> dict:
         """The row of `model` at (`batch`, `seq`) (and `dtype` when rows of several dtypes are mixed)."""
@@ -43,16 +47,33 @@ class BenchmarkReport:
                             + (f", dtype {dtype}" if dtype else ""))
 
     def to_dict(self) -> dict:
-        return {"machine": self.machine, "settings": self.settings, "rows": self.rows}
+        return {"machine": self.machine, "settings": self.settings, "rows": self.rows, "warnings": self.warnings}
+
+    def caption(self) -> str:
+        """Where and how the numbers were measured, e.g. 'AMD EPYC (AVX2), 2 threads; torch 2.5.1; dtype fp32
+        (requested)': the CPU model, ISA and threads (or the GPU), so no number is read without them."""
+        parts = [self.machine.get("description")]
+        if "torch" in self.machine:
+            parts.append(f"torch {self.machine['torch']}")
+        if "dtype" in self.settings:
+            reason = self.settings.get("dtype_reason")
+            parts.append(f"dtype {self.settings['dtype']}" + (f" ({reason})" if reason else ""))
+        return "; ".join(p for p in parts if p)
 
     def table(self) -> str:
-        """Markdown table: latency percentiles, throughput, speedup and FLOP ratio side by side, memory."""
-        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        """The caption, a markdown table (median and IQR, p90, p99, sample count, throughput, speedup and
+        FLOP ratio side by side, memory) and the warnings under it."""
+        caption = self.caption()
+        lines = [caption, ""] if caption else []
+        lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
         for r in self.rows:
-            cells = [r["model"], str(r["batch"]), str(r["seq"]), r["dtype"], _ms(r["median_ms"]),
-                     _ms(r["p90_ms"]), _ms(r["p99_ms"]), f"{r['seq_per_s']:.1f}", f"{r['speedup']:.2f}x",
-                     _opt(r["flop_ratio"], "{:.2f}x"), _opt(r["peak_mem_mb"], "{:.1f}")]
+            cells = [r["model"], str(r["batch"]), str(r["seq"]), r["dtype"], _ms(r["median_ms"]), _ms(r["iqr_ms"]),
+                     _ms(r["p90_ms"]), _opt(r["p99_ms"], _ms), str(r["repeats"]), f"{r['seq_per_s']:.1f}",
+                     f"{r['speedup']:.2f}x", _opt(r["flop_ratio"], "{:.2f}x".format),
+                     _opt(r["peak_mem_mb"], "{:.1f}".format)]
             lines.append("| " + " | ".join(cells) + " |")
+        if self.warnings:
+            lines += [""] + [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def save(self, folder: str | os.PathLike) -> list[Path]:
@@ -118,5 +139,5 @@ def _ms(value: float) -> str:
     return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
 
 
-def _opt(value: float | None, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
+def _opt(value: float | None, fmt: Callable[[float], str]) -> str:
+    return "-" if value is None else fmt(value)

@@ -16,12 +16,17 @@ from torch import nn
 
 from ..errors import DeepCutsError
 from ..flops import encoder_flops
+from ..precision import NAMES
 from . import memory
 
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _ONNX_DTYPES = {"tensor(float)": "fp32", "tensor(bfloat16)": "bf16", "tensor(float16)": "fp16",
                 "tensor(double)": "fp64"}
 _ONNX_INTS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+# Integer-arithmetic nodes of quantized graphs (onnxruntime.quantization's dynamic and QOperator
+# formats; QDQ graphs show as int8 / uint8 initializers). Their outputs stay fp32, so the output
+# type alone would label an int8 model fp32.
+_QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "DynamicQuantizeMatMul",
+                            "MatMulIntegerToFloat", "QAttention", "QGemm", "ConvInteger", "QLinearConv"})
 _MB = 2**20
 
 
@@ -44,6 +49,21 @@ def max_seq_len(model: nn.Module) -> int | None:
     return limit
 
 
+def onnx_quantized(path: str | os.PathLike) -> bool:
+    """Whether an ONNX file is an int8-quantized graph: quantization nodes or int8 / uint8 weights.
+
+    Only the graph is read (`load_external_data=False`), so this is cheap even for large models.
+    """
+    try:
+        import onnx
+    except ImportError as e:
+        raise DeepCutsError(f"benchmarking {path} needs onnx to tell its precision: pip install onnx") from e
+    graph = onnx.load(str(path), load_external_data=False).graph
+    int8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    return (any(node.op_type in _QUANTIZED_OPS for node in graph.node)
+            or any(init.data_type in int8 for init in graph.initializer))
+
+
 class TorchRunner:
     """A copy of `model` in eval mode, moved to `device` and cast to `dtype`.
 
@@ -59,7 +79,7 @@ class TorchRunner:
                  flops_model: nn.Module | None = None):
         self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         self.device = device
-        self.dtype = DTYPE_NAMES[dtype]
+        self.dtype = NAMES[dtype]
         self.vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         self.flops_model = flops_model if flops_model is not None else model
         tensors = [*self.model.parameters(), *self.model.buffers()]
@@ -97,7 +117,8 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    """An onnxruntime session on an exported model; runs in the precision it was exported in.
+    """An onnxruntime session on an exported model; runs in the precision it was exported in, which
+    labels its rows: the output type (fp32 / fp16 / ...), or int8 for a quantized graph.
 
     Time includes onnxruntime's host/device copies of inputs and outputs (numpy feeds). Peak memory
     is measured on CPU only (the GPU allocations of onnxruntime are invisible to torch), in a second
@@ -123,7 +144,7 @@ class OnnxRunner:
         self._memory_session = None
         self.device = device
         output_type = self.session.get_outputs()[0].type
-        self.dtype = _ONNX_DTYPES.get(output_type, output_type)
+        self.dtype = "int8" if onnx_quantized(path) else _ONNX_DTYPES.get(output_type, output_type)
         self.flops_model = flops_model
         self.weights_mb = Path(path).stat().st_size / _MB  # the initializers dominate the file
         self.onnxruntime_version = ort.__version__
