@@ -58,7 +58,7 @@ def timed(model, batches, args, granularity: str, tol: float | None):
     """(run, wall seconds, process CPU seconds) of one score_run; tol None scores every batch."""
     wall, cpu = time.perf_counter(), time.process_time()
     run = dc.score_run(model, batches, args.criterion, checkpoint_every=args.every, until_stable=tol,
-                       stable_keep=args.stable_keep, granularity=granularity, progress=False)
+                       stable_keep=args.stable_keep, granularity=granularity, dtype=torch.float32, progress=False)
     return run, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
                            shuffle=True, seed=0, limit=args.batches * 16)
     test = make_batches(load_dataset("rotten_tomatoes", "test"), tokenizer, batch_size=64, max_length=64,
                         limit=args.test_examples, sort_by_length=True)
-    dc.score(model, batches[:1], args.criterion, progress=False)  # warm-up
+    dc.score(model, batches[:1], args.criterion, dtype=torch.float32, progress=False)  # warm-up
     rows = []
     for granularity in ("weight", "unit"):
         full, full_wall, full_cpu = timed(model, batches, args, granularity, None)

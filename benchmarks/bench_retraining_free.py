@@ -48,10 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--noise-samples", type=int, default=10, help="N for smooth-cut")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=64, help="max tokens; also the FLOP budget's sequence length")
-    ap.add_argument("--eval-dtype", choices=("fp32", "bf16"), default="fp32", help="autocast of the test evaluation")
+    ap.add_argument("--eval-dtype", choices=("fp32", "bf16", "auto"), default="fp32",
+                    help="precision of the test evaluation (auto: bf16 only where this machine runs it natively)")
     ap.add_argument("--time-criterion", default="fisher", help="criterion of the timed whole-pipeline run ('' skips)")
-    ap.add_argument("--pipeline-dtype", choices=("fp32", "bf16"), default="fp32",
-                    help="autocast of the timed pipeline's scoring and reconstruction forwards")
+    ap.add_argument("--pipeline-dtype", choices=("fp32", "bf16", "auto"), default="fp32",
+                    help="precision of the scoring and reconstruction forwards (grid and timed pipeline; auto: bf16 "
+                         "only where this machine runs it natively)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/deepcuts_fast/bench7", help="scores cache")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per result here")
     ap.add_argument("--summarise", type=Path, nargs="+", default=None,
@@ -67,14 +69,13 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     keeps = [float(k) for k in args.keep.split(",")]
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    eval_dtype = torch.bfloat16 if args.eval_dtype == "bf16" else None
     model, tok, _ = embedded_task_model(progress=False)
     model.eval()
     train, test = load_dataset("rotten_tomatoes", "train"), load_dataset("rotten_tomatoes", "test")
     test_batches = make_batches(test, tok, batch_size=128, max_length=args.seq_len, sort_by_length=True)
 
     def accuracy(m) -> float:
-        return evaluate(m, test_batches, autocast_dtype=eval_dtype).accuracy
+        return evaluate(m, test_batches, dtype=args.eval_dtype).accuracy
 
     def emit(row: dict) -> None:
         print(json.dumps(row), flush=True)
@@ -105,7 +106,7 @@ def sweep(model, tok, train, seeds, keeps, criteria, args, accuracy, emit) -> No
                 search = dc.plan(model, scores[crit], keep_flops=keep, seq_len=args.seq_len, reference=reference)
                 rearranged = rearrange(search, scores["fisher"])
                 slim = dc.prune(model, rearranged)
-                refit = dc.reconstruct(slim, model, refit_on)
+                refit = dc.reconstruct(slim, model, refit_on, dtype=args.pipeline_dtype)
                 accs = {"search": accuracy(dc.prune(model, search)), "+rearrange": accuracy(slim),
                         "+reconstruct": accuracy(refit)}
                 for stage, acc in accs.items():
@@ -122,14 +123,15 @@ def cached_scores(model, calibration: list, criteria: list[str], seed: int, args
     out: dict = {}
     missing = []
     for crit in dict.fromkeys([*criteria, "fisher"]):
-        path = args.cache / f"{crit}-{tag}{'-N%d' % args.noise_samples if 'smooth' in crit else ''}.safetensors"
+        path = args.cache / (f"{crit}-{tag}{'-N%d' % args.noise_samples if 'smooth' in crit else ''}"
+                             f"{'' if args.pipeline_dtype == 'fp32' else '-' + args.pipeline_dtype}.safetensors")
         if path.is_file():
             out[crit] = dc.Scores.load(path)
         else:
             missing.append((crit, path))
     if missing:
         fresh = dc.score_many(model, calibration, [c for c, _ in missing], granularity="unit",
-                              noise_samples=args.noise_samples, seed=seed, progress=False)
+                              noise_samples=args.noise_samples, seed=seed, dtype=args.pipeline_dtype, progress=False)
         for crit, path in missing:
             fresh[crit].save(path)
             out[crit] = fresh[crit]
@@ -176,7 +178,7 @@ def time_pipeline(model, train, tok, args, accuracy, emit) -> None:
     start, cpu = time.perf_counter(), time.process_time()
     slim, _, info = dc.prune_without_retraining(model, calibration, keep_flops=0.5, criterion=args.time_criterion,
                                              seq_len=args.seq_len, reconstruct_batches=refit_on,
-                                             dtype=torch.bfloat16 if args.pipeline_dtype == "bf16" else None)
+                                             dtype=args.pipeline_dtype)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     emit({"pipeline_criterion": args.time_criterion, "pipeline_dtype": args.pipeline_dtype,
           "pipeline_wall_s": round(wall, 1), "pipeline_cpu_s": round(cpu, 1), **info["timings"],

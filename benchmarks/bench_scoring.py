@@ -39,6 +39,7 @@ import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
 from deepcuts_fast.kernels import resolve as resolve_backend  # noqa: E402
 from deepcuts_fast.machine import machine_info  # noqa: E402
+from deepcuts_fast.precision import cpu_bf16  # noqa: E402
 from original_deepcuts import original_smooth_cut  # noqa: E402
 
 TARGETS = {
@@ -111,6 +112,8 @@ def original_fn(model, batches, n):
 
 
 def dc_fn(model, batches, criterion, n, seed_from_rep=False, backend="torch", **kw):
+    kw.setdefault("dtype", torch.float32)  # the fp32 rows stay fp32 on machines where "auto" means bf16
+
     def run(rep=0):
         t0 = time.perf_counter()
         out = dc.score(model, batches, criterion, noise_samples=n, noise_std=1e-3, progress=False,
@@ -141,7 +144,7 @@ def main(argv=None):
     n = args.noise_samples
     info = machine_info()
     load_start = os.getloadavg()
-    print(f"# {info['processor']} | {info['logical_cpus']} logical CPUs | torch {info['torch']} | "
+    print(f"# {info['processor']} ({info['isa']}) | {info['logical_cpus']} logical CPUs | torch {info['torch']} | "
           f"torch.get_num_threads()={info['threads']} | loadavg at start {load_start[0]:.2f}", flush=True)
     if load_start[0] > info["threads"] + 0.5:
         print(f"WARNING: load average {load_start[0]:.2f} > {info['threads']} threads: other processes are "
@@ -198,6 +201,13 @@ def main(argv=None):
         if unknown:
             raise SystemExit(f"unknown method keys {unknown}; choose from {sorted(methods)}")
         methods = {k: v for k, v in methods.items() if k in wanted}
+    native, why = cpu_bf16()
+    if not native and any("bf16" in k for k in methods):
+        if args.methods:
+            print(f"WARNING: bf16 rows requested, but {why}", flush=True)
+        else:
+            methods = {k: v for k, v in methods.items() if "bf16" not in k}
+            print(f"# bf16 rows skipped: {why}", flush=True)
 
     # warm-up: every timed method once, untimed
     t_warm = time.perf_counter()

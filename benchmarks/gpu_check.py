@@ -26,13 +26,13 @@ def agreement() -> list[str]:
     lines = ["| check | max relative error |", "|---|---|"]
     model, batches = tiny_model("bert"), tiny_batches()
     for crit in ("gradient", "cam-cut", "cam-cut-shift", "magnitude"):
-        cpu = dc.score(model, batches, crit, progress=False)
-        gpu = dc.score(model.cuda(), batches, crit, progress=False)
+        cpu = dc.score(model, batches, crit, dtype=torch.float32, progress=False)
+        gpu = dc.score(model.cuda(), batches, crit, dtype=torch.float32, progress=False)
         model.cpu()
         err = max(float((gpu[k].cpu() - cpu[k]).abs().max() / cpu[k].abs().max().clamp_min(1e-30)) for k in cpu)
         lines.append(f"| {crit} cuda vs cpu | {err:.2e} |")
     model.cuda()
-    kw = dict(noise_samples=4, noise_std=0.05, progress=False)
+    kw = dict(noise_samples=4, noise_std=0.05, dtype=torch.float32, progress=False)
     a = dc.score(model, batches, "smooth-cam-cut", **kw)
     b = dc.score(model, batches, "smooth-cam-cut", sequential_noise=True, **kw)
     err = max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a)
@@ -81,10 +81,12 @@ def timings(batch: int, seq: int, n: int, repeats: int) -> list[str]:
     rows = [("autograd floor, N copies stacked, fp32", floor(n)),
             ("autograd floor, 1 copy, fp32", floor(1)),
             ("original-style loop (N sequential passes, grads to numpy)", reference_loop),
-            ("dc.score smooth-cut weight, fp32", lambda: dc.score(model, data, "smooth-cut", noise_samples=n, progress=False)),
-            ("dc.score cam-cut weight, fp32", lambda: dc.score(model, data, "cam-cut", progress=False)),
+            ("dc.score smooth-cut weight, fp32", lambda: dc.score(model, data, "smooth-cut", noise_samples=n, dtype=torch.float32,
+                                                                   progress=False)),
+            ("dc.score cam-cut weight, fp32", lambda: dc.score(model, data, "cam-cut", dtype=torch.float32, progress=False)),
             ("dc.score smooth-cut unit first-order, fp32",
-             lambda: dc.score(model, data, "smooth-cut", "unit", unit_method="first-order", noise_samples=n, progress=False)),
+             lambda: dc.score(model, data, "smooth-cut", "unit", unit_method="first-order", noise_samples=n,
+                              dtype=torch.float32, progress=False)),
             ("autograd floor, N copies stacked, bf16 autocast", floor(n, torch.bfloat16)),
             ("dc.score smooth-cut weight, bf16 autocast",
              lambda: dc.score(model, data, "smooth-cut", noise_samples=n, dtype=torch.bfloat16, progress=False))]
