@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .errors import DeepCutsError
 
-DTYPES = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16"}
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DTYPE_HELP = ("precision: auto (default) = bf16 where this machine runs it natively (GPUs with bf16, CPUs with "
+              "AMX / AVX512_BF16), else fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-length", type=int, default=64)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
 
     s = sub.add_parser("score", help="score every prunable weight with a criterion; writes a safetensors file")
     common(s)
@@ -41,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batches", type=int, default=8, help="number of calibration batches")
     s.add_argument("--noise-samples", type=int, default=10)
     s.add_argument("--noise-std", type=float, default=1e-3)
-    s.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--reference", action="store_true",
                    help="reproduce the original code: train mode, sequential noise passes, padding included")
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct-examples", type=int, default=512,
                    help="calibration examples for --reconstruct (fewer over-fit the FFN output projections)")
     p.add_argument("--max-length", type=int, default=64, help="token length of the --reconstruct examples")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP + " (--reconstruct forwards)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -205,8 +208,6 @@ def _model_and_data(args, split: str):
 
 
 def cmd_score(args) -> int:
-    import torch
-
     from .data import make_batches
     from .scoring import get_criterion, score_run
     from .scoring.distributed import main_first, process_group
@@ -224,13 +225,12 @@ def cmd_score(args) -> int:
         model.to(device)
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                                shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)
-        dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
         start = time.perf_counter()
         run = score_run(model, batches, [args.criterion], checkpoint=checkpoint,
                         checkpoint_every=args.checkpoint_every, until_stable=args.until_stable,
                         stable_keep=args.stable_keep, world=world, max_memory=args.max_memory,
                         granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
-                        noise_std=args.noise_std, dtype=dtype, seed=args.seed, reference=args.reference,
+                        noise_std=args.noise_std, dtype=args.dtype, seed=args.seed, reference=args.reference,
                         progress=not args.quiet and world.is_main)
         seconds = time.perf_counter() - start
         if not world.is_main:
@@ -240,6 +240,7 @@ def cmd_score(args) -> int:
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     summary = {"out": str(out), "criterion": scores.criterion, "granularity": scores.granularity,
+               "dtype": scores.meta.get("dtype"), "dtype_reason": scores.meta.get("dtype_reason"),
                "batches": run.batches_used, "batches_max": run.batches_total, "stopped_early": run.stopped_early,
                "resumed_from": run.resumed_from, "processes": run.world_size, "seconds": round(seconds, 3)}
     if run.peak_memory is not None:
@@ -255,8 +256,8 @@ def cmd_score(args) -> int:
     if run.peak_memory is not None:
         notes.append(f"peak GPU memory {summary['peak_memory_mib']:.0f} MiB")
     extra = f" ({'; '.join(notes)})" if notes else ""
-    print(f"wrote {out}: {scores.criterion} scores ({scores.granularity}) from {run.batches_used} batches{extra} "
-          f"in {seconds:.1f}s")
+    print(f"wrote {out}: {scores.criterion} scores ({scores.granularity}, {summary['dtype']}) from "
+          f"{run.batches_used} batches{extra} in {seconds:.1f}s")
     return 0
 
 
@@ -275,16 +276,18 @@ def _score_device(name: str, world_size: int):
 
 def cmd_eval(args) -> int:
     from .data import make_batches
-    from .train import evaluate
+    from .precision import choose
+    from .train import evaluate, model_device
 
     model, tokenizer, dataset = _model_and_data(args, args.split)
     batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, sort_by_length=True)
-    result = evaluate(model, batches, progress=not args.quiet)
+    result = evaluate(model, batches, dtype=args.dtype, progress=not args.quiet)
+    dtype = choose("infer", model_device(model), args.dtype).name
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps({**result.to_dict(), "dtype": dtype}))
     else:
-        metrics = {k: v for k, v in result.to_dict().items() if v is not None}
+        metrics = {**{k: v for k, v in result.to_dict().items() if v is not None}, "dtype": dtype}
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return 0
 
@@ -307,7 +310,7 @@ def cmd_prune(args) -> int:
                     multiple_of=args.multiple_of)
     slim = prune(model, the_plan)
     if args.reconstruct:
-        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer))
+        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype=args.dtype)
     save_pretrained(slim, out, tokenizer=tokenizer, plan=the_plan, overwrite=args.overwrite)
     summary = {
         "out": str(out),
@@ -348,7 +351,7 @@ def cmd_run(args) -> int:
     out = Path(args.out or ("runs/quick" if args.quick else "runs/full"))
     _check_writable(out, is_dir=True)
     overrides = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
-                 "latency_batch": int(_positive(args.latency_batch, "--latency-batch")),
+                 "dtype": args.dtype, "latency_batch": int(_positive(args.latency_batch, "--latency-batch")),
                  "latency_seq": int(_positive(args.latency_seq, "--latency-seq"))}
     if args.calibration_batches is not None:
         overrides["calibration_batches"] = _positive(args.calibration_batches, "--calibration-batches")
@@ -357,7 +360,7 @@ def cmd_run(args) -> int:
     config = (JobConfig.quick if args.quick else JobConfig.full)(**overrides)
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     dataset = load_dataset(args.data, "train")
-    task = task_model(args.model, args.data, dataset, progress=not args.quiet)
+    task = task_model(args.model, args.data, dataset, progress=not args.quiet, dtype=args.dtype)
     check_labels(dataset, task.model.config.num_labels)
     draw = lambda seed: make_batches(  # noqa: E731
         dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,

@@ -51,7 +51,7 @@ def test_run_quick_writes_results(model_dir, data_csv, tmp_path, capsys):
     structured = results["structured_mode"]
     assert [r["criterion"] for r in structured] == ["magnitude", "gradient", "cam-cut", "smooth-cut", "random"]
     for r in structured:
-        assert r["keep_flops"] == 0.5 and r["flop_ratio"] >= 2.0 and r["speedup_fp32"] > 0 and r["speedup_bf16"] > 0
+        assert r["keep_flops"] == 0.5 and r["flop_ratio"] >= 2.0 and r["speedup_fp32"] > 0
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_reconstructed"] <= 1
         assert len(r["heads"]) == len(r["ffn"]) == 2
     rows = results["paper_mode"]

@@ -19,7 +19,7 @@ from conftest import tiny_model
 
 TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",
             "paper_rewind", "structured_mode", "latency", "structured_recovery", "mask_analysis", "goals",
-            "verdicts", "steps", "wall_seconds", "retraining_free", "retraining_free_summary"}
+            "verdicts", "steps", "wall_seconds", "retraining_free", "retraining_free_summary", "precision"}
 CRITERIA = ["magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
             "smooth-cam-cut-shift", "random"]
 
@@ -51,11 +51,14 @@ def test_full_run_writes_every_artefact(full_run):
         (c, k) for c in CRITERIA for k in (0.75, 0.5, 0.33)}
     for r in results["structured_mode"]:
         assert 0 <= r["output_error_reconstructed"] < r["output_error"]  # the refit really reached the model
-        assert r["speedup_fp32"] > 0 and r["speedup_bf16"] > 0 and r["flop_ratio"] >= 1 / r["keep_flops"] - 1e-6
+        assert r["speedup_fp32"] > 0 and r["flop_ratio"] >= 1 / r["keep_flops"] - 1e-6
         assert dc.Plan.from_dict(r["plan"]).heads is not None
     for r in results["paper_mode"] + results["paper_recovery"] + results["paper_rewind"]:
         assert 0 <= r["accuracy"] <= 1
-    assert set(results["latency"]) == {"fp32", "bf16"}
+    # conftest pins "auto" to fp32, so the native-dtype latency row is fp32 too and is not repeated
+    assert set(results["latency"]) == {"fp32"}
+    assert {p["dtype"] for step, p in results["precision"].items() if step != "latency"} == {"fp32"}
+    assert all(p["reason"] for p in results["precision"].values())
     assert [g["met"] in (True, False) for g in results["goals"]] == [True] * 6  # every goal was measured
     pipeline = ("fisher", "cam-cut", "smooth-cut", "gradient", "magnitude")
     assert sorted((r["criterion"], r["keep_flops"], r["seed"]) for r in results["retraining_free"]) == sorted(
@@ -222,14 +225,14 @@ def test_verdict_says_where_the_paper_claim_holds():
 
 def test_rewinding_starts_from_exactly_the_weights_fine_tuning_started_from(encoder_dir, data_csv, tmp_path,
                                                                             monkeypatch):
-    from deepcuts_fast.task import FINETUNE, finetuned_task_model
+    from deepcuts_fast.task import finetuned_task_model
     from deepcuts_fast.train import finetune
 
     monkeypatch.setenv("DEEPCUTS_CACHE", str(tmp_path))
     task = finetuned_task_model(str(encoder_dir), str(data_csv), num_labels=2, progress=False)
     assert task.can_rewind and not task.cached
-    replay = finetune(task.initial_model(), task.train_batches(), epochs=FINETUNE["epochs"], lr=FINETUNE["lr"],
-                      seed=FINETUNE["seed"], autocast_dtype=torch.bfloat16, progress=False)
+    assert task.finetune_settings()["dtype"] == task.finetune_info["precision"]["dtype"]
+    replay = finetune(task.initial_model(), task.train_batches(), progress=False, **task.finetune_settings())
     want, got = task.model.state_dict(), replay.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     again = finetuned_task_model(str(encoder_dir), str(data_csv), num_labels=2, progress=False)

@@ -40,7 +40,8 @@ class JobConfig:
     pipeline_draws: int = 3  # dc.prune_without_retraining per criterion and budget on seeds seed, seed+1, ...
     latency_batch: int = 32
     latency_seq: int = 128
-    latency_dtypes: tuple[str, ...] = ("fp32", "bf16")
+    dtype: str = "auto"  # fine-tunes, scoring, reconstruction: auto = bf16 only where the machine runs it natively
+    latency_dtypes: tuple[str, ...] = ("fp32", "auto")  # auto: the fastest native dtype, dropped when it is fp32
     latency_repeats: int = 5
     iou_compression: float = 3.0  # paper-mode masks compared between criteria
     iou_keep_flops: float = 0.5  # structured plans compared between criteria

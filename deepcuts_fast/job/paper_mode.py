@@ -35,22 +35,21 @@ def single_shot(model: nn.Module, scores: Scores, compression: float, evaluation
 
 
 def recovered(model: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: list,
-              epochs: float, lr: float, seed: int, progress: bool) -> dict:
-    """Accuracy after fine-tuning the masked model for `epochs` (bf16 autocast) with the mask fixed."""
+              epochs: float, lr: float, seed: int, dtype: str, progress: bool) -> dict:
+    """Accuracy after fine-tuning the masked model for `epochs` (in `dtype`) with the mask fixed."""
     masks = paper_masks(scores, compression)
     masked = copy.deepcopy(model)
     start = time.perf_counter()
-    finetune(masked, train_batches, epochs=epochs, lr=lr, seed=seed, autocast_dtype=torch.bfloat16,
-             progress=progress, masks=masks)
+    finetune(masked, train_batches, epochs=epochs, lr=lr, seed=seed, dtype=dtype, progress=progress, masks=masks)
     return {"epochs": epochs, "lr": lr, "seconds": round(time.perf_counter() - start, 1),
             **_metrics(masked, evaluation)}
 
 
 def rewound(initial: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: list,
             finetune_settings: dict, progress: bool) -> dict:
-    """Lottery-ticket rewinding: the pre-fine-tuning weights under the mask, fine-tuned as originally."""
+    """Lottery-ticket rewinding: the pre-fine-tuning weights under the mask, fine-tuned as originally
+    (`finetune_settings`: epochs, lr, seed and dtype of the original fine-tune)."""
     masks = paper_masks(scores, compression)
     start = time.perf_counter()
-    finetune(initial, train_batches, autocast_dtype=torch.bfloat16, progress=progress, masks=masks,
-             **finetune_settings)
+    finetune(initial, train_batches, progress=progress, masks=masks, **finetune_settings)
     return {**finetune_settings, "seconds": round(time.perf_counter() - start, 1), **_metrics(initial, evaluation)}

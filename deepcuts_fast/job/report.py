@@ -43,13 +43,17 @@ def _structured_table(results: dict) -> list[str]:
 
 
 def _latency_table(results: dict) -> list[str]:
-    lines = ["| setting | dense median (ms) | fastest slim (ms) |", "|---|---|---|"]
+    lines = ["| setting | dense median (ms) | IQR (ms) | runs | fastest slim (ms) |", "|---|---|---|---|---|"]
+    warnings = []
     for tag, rows in results["latency"].items():
         fastest = min(rows[1:], key=lambda r: r["median_ms"]) if len(rows) > 1 else None
-        lines.append(f"| {tag} | {rows[0]['median_ms']:.1f} | "
+        dense = rows[0]
+        lines.append(f"| {tag} | {dense['median_ms']:.1f} | {_f(dense.get('iqr_ms'), '{:.1f}')} | "
+                     f"{dense.get('repeats', '')} | "
                      + (f"{fastest['median_ms']:.1f} ({fastest['model']}, {fastest['speedup']:.2f}x)" if fastest else "")
                      + " |")
-    return lines
+        warnings += [f"{tag}: {w}" for w in dense.get("warnings", [])]
+    return lines + ([""] + [f"Warning: {w}." for w in warnings] if warnings else [])
 
 
 def _pipeline_section(results: dict) -> list[str]:
@@ -90,6 +94,24 @@ def _pipeline_section(results: dict) -> list[str]:
     return out
 
 
+def _finetune_note(settings: dict) -> str:
+    ft = settings.get("finetune")
+    if not ft:
+        return ""
+    how = "taken from the cache; it had taken" if ft["cached"] else "fine-tuned in this run in"
+    return f" ({how} {ft['seconds']:.0f} s, {ft['steps']} steps in {ft['dtype']})"
+
+
+def _precision_table(results: dict) -> list[str]:
+    """Which dtype each step ran in, and why (decided from what this machine runs natively)."""
+    precision = results.get("precision")
+    if not precision:
+        return []
+    lines = ["| step | dtype | why |", "|---|---|---|"]
+    lines += [f"| {step} | {p['dtype'] or '-'} | {p['reason']} |" for step, p in precision.items()]
+    return [*lines, ""]
+
+
 def _goals_table(results: dict) -> list[str]:
     lines = ["| goal | target | measured | result | detail |", "|---|---|---|---|---|"]
     for g in results["goals"]:
@@ -113,14 +135,17 @@ def render(results: dict, plots: list[str]) -> str:
            f"examples · calibration {s['calibration_examples']} examples ({s['calibration_batches']} batches of "
            f"{s['batch_size']}, length {s['max_length']}), reconstruction on {s['reconstruction_examples_used']} "
            f"examples · noise N={s['noise_samples']}, sigma={s['noise_std']:g} · seed {s['seed']}", "",
-           f"Machine: {m['processor']}, {m['logical_cpus']} logical CPUs ({m['threads']} torch threads), "
-           f"torch {m['torch']}, {m['platform']}" + (f", GPU {s['gpu']}" if s.get("gpu") else ", no GPU") + ".", "",
+           f"Machine: {m['processor']} ({m.get('isa', 'ISA not recorded')}), {m['logical_cpus']} logical CPUs "
+           f"({m['threads']} torch threads), torch {m['torch']}, {m['platform']}"
+           + (f", GPU {s['gpu']}" if s.get("gpu") else ", no GPU") + ".", "",
+           *_precision_table(results),
            f"Wall time {results['wall_seconds']:.0f} s in this invocation ({len(steps['computed'])} steps computed, "
            f"{len(steps['reused'])} reused from an earlier run); scoring all criteria took "
            f"{results['scoring_seconds']['all']:.1f} s; the steps took {sum(steps['seconds'].values()):.0f} s in all.",
-           "", f"Dense fine-tuned model: accuracy **{d['accuracy']:.4f}**, loss {d['loss']:.4f}.", "",
+           "", f"Dense fine-tuned model: accuracy **{d['accuracy']:.4f}**, loss {d['loss']:.4f}" + _finetune_note(s)
+           + ".", "",
            "## Paper mode", "",
-           f"Unstructured masks, top fraction of every prunable tensor (layer scope), compression counted over "
+           "Unstructured masks, top fraction of every prunable tensor (layer scope), compression counted over "
            f"the encoder parameters. Cells: single shot"
            + (f" / after {s['recovery_epochs']:g} epoch of recovery fine-tuning with the mask fixed (lr "
               f"{s['recovery_lr']:g})" if results["paper_recovery"] else "")

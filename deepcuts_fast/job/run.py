@@ -22,7 +22,8 @@ from ..planning import Plan
 from ..pruning import save_pretrained
 from ..scoring import Scores, score_many
 from ..scoring.layout import model_layout
-from ..task import FINETUNE, TaskModel
+from ..precision import choose, choose_for_scoring
+from ..task import TaskModel
 from ..train import evaluate
 from . import analysis, paper_mode, structured_mode
 from .config import JobConfig
@@ -47,8 +48,11 @@ class MainJob:
         self.progress, self.log = progress, log
         self.data_name = data_name
         self.seq_len = min(config.latency_seq, max_seq_len(self.model) or config.latency_seq)
+        self.precision = step_precisions(config, task)
+        self.train_dtype = self.precision["recovery fine-tunes"]["dtype"]
+        self.reconstruct_dtype = self.precision["reconstruction"]["dtype"]
         context = {"model": model_fingerprint(self.model), "data": data_name, "config": config.to_dict(),
-                   "code": source_fingerprint()}
+                   "precision": self.precision, "code": source_fingerprint()}
         self.store = StepStore(self.out, context, log)
         self._scores: dict[str, Scores] | None = None
         self._train_batches: list | None = None
@@ -61,7 +65,7 @@ class MainJob:
             c = self.config
             start = time.perf_counter()
             self._scores = score_many(self.model, self.calibration, list(c.criteria), noise_samples=c.noise_samples,
-                                      noise_std=c.noise_std, seed=c.seed, progress=self.progress)
+                                      noise_std=c.noise_std, seed=c.seed, dtype=c.dtype, progress=self.progress)
             self.scoring_seconds = round(time.perf_counter() - start, 2)
             self.log(f"scored {len(c.criteria)} criteria in {self.scoring_seconds:.1f} s")
         return self._scores
@@ -102,7 +106,7 @@ class MainJob:
             for comp in c.recovery_compressions:
                 r = self.store.run(f"recovery-{crit}-c{comp:g}", lambda: paper_mode.recovered(
                     self.model, self.scores()[crit], comp, self.train_batches(), self.evaluation,
-                    c.recovery_epochs, c.recovery_lr, c.seed, self.progress))
+                    c.recovery_epochs, c.recovery_lr, c.seed, self.train_dtype, self.progress))
                 rows.append({"criterion": crit, "compression": comp, **r})
                 self.log(f"recovered {crit:>22s}  c={comp:<4g} accuracy {r['accuracy']:.4f}")
         return rows
@@ -113,7 +117,7 @@ class MainJob:
         if crits and not self.task.can_rewind:
             self.log("rewinding skipped: the model was given fine-tuned, so its pre-fine-tuning weights are unknown")
             return []
-        settings = {k: v for k, v in FINETUNE.items() if k in ("epochs", "lr", "seed")}
+        settings = self.task.finetune_settings()
         rows = []
         for crit in crits:
             r = self.store.run(f"rewind-{crit}-c{c.rewind_compression:g}", lambda: paper_mode.rewound(
@@ -129,20 +133,21 @@ class MainJob:
             for keep in self.config.keep_flops:
                 r = self.store.run(f"structured-{crit}-k{keep:g}", lambda: structured_mode.prune_and_evaluate(
                     self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation,
-                    self.reference()))
+                    self.reference(), self.reconstruct_dtype))
                 rows.append({"criterion": crit, "keep_flops": keep, **r})
                 self.log(f"structured {crit:>21s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f}, "
                          f"reconstructed {r['accuracy_reconstructed']:.4f}")
         return rows
 
     def latency(self, rows: list[dict]) -> dict:
-        """Dense vs every slim model on this machine (fp32, bf16; and on the GPU when there is one)."""
+        """Dense vs every slim model on this machine (fp32, and the fastest native dtype where it is not fp32;
+        on the GPU too when there is one)."""
         c = self.config
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         plans = [r["plan"] for r in rows]
         out = {}
         for device in devices:
-            for dtype in c.latency_dtypes:
+            for dtype in latency_dtypes(c, device):
                 tag = dtype if device == "cpu" else f"{device}_{dtype}"
                 out[tag] = self.store.run(f"latency-{tag}", lambda: structured_mode.latency(
                     self.model, rows, device, dtype, c.latency_batch, self.seq_len, c.latency_repeats),
@@ -164,11 +169,12 @@ class MainJob:
             recover = c.structured_recovery_epochs > 0 and keep in c.structured_recovery_keeps
 
             def compute(best=best, folder=folder, recover=recover):
-                slim = structured_mode.rebuild(self.model, best, self.reconstruction)
+                slim = structured_mode.rebuild(self.model, best, self.reconstruction, self.reconstruct_dtype)
                 result = {"accuracy": best["accuracy_reconstructed"], "epochs": 0.0}
                 if recover:
                     result = structured_mode.recover(slim, self.train_batches(), self.evaluation,
-                                                     c.structured_recovery_epochs, c.recovery_lr, c.seed, self.progress)
+                                                     c.structured_recovery_epochs, c.recovery_lr, c.seed,
+                                                     self.train_dtype, self.progress)
                 save_pretrained(slim, folder, tokenizer=self.task.tokenizer, plan=Plan.from_dict(best["plan"]),
                                 overwrite=True)
                 return result
@@ -194,7 +200,8 @@ class MainJob:
                     r = self.store.run(f"pipeline-{crit}-k{keep:g}-seed{seed}", lambda: {
                         **structured_mode.retraining_free(
                             self.model, crit, keep, self.seq_len, shared.scores(), batches, self.evaluation,
-                            self.reconstruction[:structured_mode.ERROR_BATCHES], self.reference()),
+                            self.reconstruction[:structured_mode.ERROR_BATCHES], self.reference(),
+                            self.reconstruct_dtype),
                         "score_seconds": shared.seconds})
                     rows.append({"criterion": crit, "keep_flops": keep, "seed": seed, **r})
                     self.log(f"pipeline  {crit:>22s}  keep_flops={keep:<4g} seed {seed}  accuracy {r['accuracy']:.4f}")
@@ -222,7 +229,8 @@ class MainJob:
 
     def run(self) -> dict:
         start = time.perf_counter()
-        results = {"version": __version__, "machine": machine_info(), "settings": self._settings()}
+        results = {"version": __version__, "machine": machine_info(), "settings": self._settings(),
+                   "precision": self.precision}
         results["dense"] = self.dense()
         results["paper_mode"] = self.paper()
         results["paper_recovery"] = self.paper_recovery()
@@ -254,7 +262,8 @@ class MainJob:
                 "reconstruction_examples_used": examples(self.reconstruction),
                 "evaluation_examples": examples(self.evaluation), "seq_len_flops": self.seq_len,
                 "scope_paper": "layer", "params_counted": "encoder", "scope_structured": "global",
-                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                "finetune": _finetune_summary(self.task)}
 
     def write(self, results: dict) -> None:
         """results.json, the plots and report.md under `out` (each written atomically)."""
@@ -277,6 +286,38 @@ class _SharedScores:
             start = time.perf_counter()
             self._scores = score_many(self.model, self.batches, list(dict.fromkeys(self.criteria)), granularity="unit",
                                       noise_samples=self.config.noise_samples, noise_std=self.config.noise_std,
-                                      seed=self.seed, progress=self.progress)
+                                      seed=self.seed, dtype=self.config.dtype, progress=self.progress)
             self.seconds = round(time.perf_counter() - start, 2)
         return self._scores
+
+
+def _finetune_summary(task: TaskModel) -> dict | None:
+    """How the task model was fine-tuned by this package (None when it was given fine-tuned)."""
+    info = task.finetune_info
+    if info is None:
+        return None
+    return {"cached": task.cached, "seconds": info.get("seconds"), "steps": info.get("steps"),
+            "dtype": info.get("precision", {}).get("dtype")}
+
+
+def latency_dtypes(config: JobConfig, device: str) -> list[str]:
+    """The job's latency dtypes resolved on `device` ("auto" -> the fastest native one), without repeats."""
+    return list(dict.fromkeys(choose("infer", device, d).name for d in config.latency_dtypes))
+
+
+def step_precisions(config: JobConfig, task: TaskModel, device: str = "cpu") -> dict[str, dict]:
+    """The dtype each step of the job runs in on this machine, and why (recorded in results.json and the report)."""
+    finetuned = (task.finetune_info or {}).get("precision")
+    return {
+        "fine-tune": finetuned or {"dtype": None, "reason": "the model was given fine-tuned"},
+        "scoring": choose_for_scoring(device, config.dtype, None).to_dict(),
+        "scoring (noisy passes)": choose_for_scoring(device, config.dtype, config.noise_std).to_dict(),
+        "recovery fine-tunes": choose("train", device, config.dtype).to_dict(),
+        "rewinding": {"dtype": (finetuned or {}).get("dtype"), "reason": "the original fine-tune's, so the replay "
+                                                                        "starts from and repeats it exactly"},
+        "reconstruction": choose("infer", device, config.dtype).to_dict(),
+        "evaluation": {"dtype": "fp32", "reason": "fp32 on every machine, so accuracies compare across machines"},
+        "latency": {"dtype": ", ".join(latency_dtypes(config, device)),
+                    "reason": "fp32, and the fastest native dtype where it differs: "
+                              + choose("infer", device, "auto").reason},
+    }

@@ -25,13 +25,14 @@ def _accuracy(model: nn.Module, evaluation: list) -> dict:
 
 
 def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: int, reconstruction: list,
-                       evaluation: list, reference: list[torch.Tensor]) -> dict:
-    """Global plan at `keep` of the encoder FLOPs, pruned; accuracy single shot and reconstructed."""
+                       evaluation: list, reference: list[torch.Tensor], dtype: str) -> dict:
+    """Global plan at `keep` of the encoder FLOPs, pruned; accuracy single shot and reconstructed
+    (reconstruction forwards in `dtype`)."""
     the_plan = plan(model, scores, keep_flops=keep, seq_len=seq_len, scope="global")
     slim = prune(model, the_plan)
     single = _accuracy(slim, evaluation)
     start = time.perf_counter()
-    refit_model = reconstruct(slim, model, reconstruction)
+    refit_model = reconstruct(slim, model, reconstruction, dtype=dtype)
     seconds = time.perf_counter() - start
     refit = _accuracy(refit_model, evaluation)
     probe = reconstruction[:ERROR_BATCHES]
@@ -64,36 +65,40 @@ def output_error(slim: nn.Module, reference: list[torch.Tensor], batches: list) 
 
 
 def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, scores: dict[str, Scores],
-                    reconstruction: list, evaluation: list, probe: list, reference: list[torch.Tensor]) -> dict:
+                    reconstruction: list, evaluation: list, probe: list, reference: list[torch.Tensor],
+                    dtype: str) -> dict:
     """`dc.prune_without_retraining` at `keep` on shared unit scores: accuracy, kept units, plan, timings.
     The output error is taken on `probe` (the same batches for every draw) against `reference`."""
     slim, the_plan, info = prune_without_retraining(model, reconstruction, keep, criterion=criterion, seq_len=seq_len,
-                                                    scores=scores)
+                                                    scores=scores, dtype=dtype)
     return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
             "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
             "output_error": output_error(slim, reference, probe), "timings": info["timings"],
             "plan": the_plan.to_dict()}
 
 
-def rebuild(model: nn.Module, row: dict, reconstruction: list) -> nn.Module:
+def rebuild(model: nn.Module, row: dict, reconstruction: list, dtype: str) -> nn.Module:
     """The reconstructed slim model of a structured row, from its stored plan (deterministic)."""
-    return reconstruct(prune(model, Plan.from_dict(row["plan"])), model, reconstruction)
+    return reconstruct(prune(model, Plan.from_dict(row["plan"])), model, reconstruction, dtype=dtype)
 
 
 def recover(slim: nn.Module, train_batches: list, evaluation: list, epochs: float, lr: float, seed: int,
-            progress: bool) -> dict:
-    """Fine-tune a slim model in place for `epochs` (bf16 autocast), then its accuracy."""
+            dtype: str, progress: bool) -> dict:
+    """Fine-tune a slim model in place for `epochs` (in `dtype`), then its accuracy."""
     start = time.perf_counter()
-    finetune(slim, train_batches, epochs=epochs, lr=lr, seed=seed, autocast_dtype=torch.bfloat16, progress=progress)
+    finetune(slim, train_batches, epochs=epochs, lr=lr, seed=seed, dtype=dtype, progress=progress)
     return {"epochs": epochs, "lr": lr, "seconds": round(time.perf_counter() - start, 1), **_accuracy(slim, evaluation)}
 
 
 def latency(model: nn.Module, rows: list[dict], device: str, dtype: str, batch: int, seq: int,
             repeats: int) -> list[dict]:
-    """Median latency and speedup over the dense model of every row's slim model, in one benchmark run."""
+    """Median latency (with its IQR and sample count) and speedup over the dense model of every row's slim
+    model, in one benchmark run; the first entry (dense) also carries the benchmark's noise warnings."""
     slims = [prune(model, Plan.from_dict(r["plan"])) for r in rows]
     names = ["dense"] + [f"{r['criterion']}@{r['keep_flops']:g}" for r in rows]
     report = benchmark([model, *slims], batch_sizes=(batch,), seq_lens=(seq,), device=device, dtype=dtype,
                        warmup=1, repeats=repeats, names=names)
-    return [{k: report.row(n, batch, seq)[k] for k in ("model", "median_ms", "p90_ms", "speedup", "flop_ratio")}
-            for n in names]
+    out = [{k: report.row(n, batch, seq)[k] for k in ("model", "median_ms", "iqr_ms", "repeats", "p90_ms", "speedup",
+                                                       "flop_ratio")} for n in names]
+    out[0]["warnings"] = report.warnings
+    return out
