@@ -33,12 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
 from deepcuts_fast.kernels import resolve as resolve_backend  # noqa: E402
-from deepcuts_fast.machine import machine_info  # noqa: E402
+from deepcuts_fast.machine import describe_cpu, machine_info  # noqa: E402
 from deepcuts_fast.precision import cpu_bf16  # noqa: E402
 from original_deepcuts import original_smooth_cut  # noqa: E402
 
@@ -55,7 +56,8 @@ TARGETS = {
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, default=2, help="calibration batches (16 x 64 tokens each)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per method (median reported)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed repetitions per method (median and IQR reported; each is a whole scoring run)")
     ap.add_argument("--noise-samples", type=int, default=10, help="N for the smooth criteria")
     ap.add_argument("--original-batches", type=int, default=None,
                     help="batches the (slow) original loop is timed on (default: min(2, --batches))")
@@ -232,6 +234,7 @@ def main(argv=None):
     bench_s = time.perf_counter() - t_bench
     med = {k: statistics.median(v) for k, v in times.items()}
     mins = {k: min(v) for k, v in times.items()}
+    iqr = {k: float(np.subtract(*np.percentile(v, [75, 25]))) for k, v in times.items()}
 
     def ratio(a, b, stat=med):
         return stat[a] / stat[b] if a in stat and b in stat else float("nan")
@@ -256,6 +259,7 @@ def main(argv=None):
         rows.append({
             "key": key, "method": label, "N": nn_, "batches": nb, "median_s_per_batch": med.get(key, float("nan")),
             "min_s": min(times.get(key) or [float("nan")]), "max_s": max(times.get(key) or [float("nan")]),
+            "iqr_s": iqr.get(key, float("nan")),
             "floor": fl,
             "x_floor": ratio(key, fl), "x_floor_n": ratio(key, "floor_n"),
             "original_speedup": ratio("original", key) if "original" in med else None,
@@ -294,16 +298,17 @@ def main(argv=None):
     # ------------------------------------------------------------------ report
     print()
     print(f"Median seconds per calibration batch ({args.batch_size} x {args.seq_len} tokens), "
-          f"{args.repeats} repeats, torch.get_num_threads()={torch.get_num_threads()}; "
+          f"{args.repeats} repeats, {describe_cpu()}; "
           "'x own floor' = vs floor(N) for smooth rows, floor(N=1) for cam-cut rows.")
     print()
-    print("| method | N | s / batch (median) | min – max | x own floor | x floor(N=%d) | original / this "
+    print("| method | N | s / batch (median) | IQR | min – max | x own floor | x floor(N=%d) | original / this "
           "| fused s / batch | fused x own floor |" % n)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = r["original_speedup"]
         fs, fx = r["fused_median_s_per_batch"], r["fused_x_floor"]
-        print(f"| {r['method']} | {r['N']} | {r['median_s_per_batch']:.3f} | {r['min_s']:.3f} – {r['max_s']:.3f} | "
+        print(f"| {r['method']} | {r['N']} | {r['median_s_per_batch']:.3f} | {r['iqr_s']:.3f} | "
+              f"{r['min_s']:.3f} – {r['max_s']:.3f} | "
               f"{r['x_floor']:.2f} ({r['floor'].replace('floor_n', f'N={n}').replace('floor_1', 'N=1')}) | "
               f"{r['x_floor_n']:.2f} | {'' if sp is None else f'{sp:.2f}x'} | "
               f"{'' if fs is None else f'{fs:.3f}'} | {'' if fx is None else f'{fx:.2f}'} |")
@@ -320,6 +325,12 @@ def main(argv=None):
         print(f"| {c['target']} | {c['value']:.3f} | {vmin} | {c['op']} {c['threshold']} | "
               f"{'met' if c['met'] else 'MISSED'} |")
     print()
+    for key, spread in iqr.items():
+        if spread > 0.10 * med[key]:
+            print(f"WARNING: noisy: {methods[key][0]} IQR/median {spread / med[key]:.0%}")
+    if max(load_start[0], load_end[0]) > (os.cpu_count() or 1):
+        print(f"WARNING: load average {max(load_start[0], load_end[0]):.2f} > {os.cpu_count()} CPUs: other processes "
+              "were running; timings are unreliable")
     print(f"# timed part {bench_s:.0f}s; loadavg start {load_start[0]:.2f}, end {load_end[0]:.2f}")
 
     if args.json:
