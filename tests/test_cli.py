@@ -40,6 +40,12 @@ def test_eval_reports_accuracy(model_dir, data_csv, capsys):
     assert code == 0
     result = json.loads(stdout)
     assert result["n"] == 24 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["dtype"] == "fp32"  # "auto", which the test suite pins to fp32
+    code, stdout, _ = run(["eval", "--model", str(model_dir), "--data", str(data_csv), "--json", "--quiet",
+                           "--dtype", "bf16"], capsys)
+    bf16 = json.loads(stdout)
+    assert code == 0 and bf16["dtype"] == "bf16" and bf16["n"] == 24
+    assert abs(bf16["loss"] - result["loss"]) < 0.05 * max(result["loss"], 1e-3) + 0.02
 
 
 def test_run_quick_writes_results(model_dir, data_csv, tmp_path, capsys):
