@@ -55,13 +55,13 @@ def test_run_quick_writes_results(model_dir, data_csv, tmp_path, capsys):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     structured = results["structured_mode"]
-    assert [r["criterion"] for r in structured] == ["magnitude", "gradient", "cam-cut", "smooth-cut", "random"]
+    assert [r["criterion"] for r in structured] == ["magnitude", "gradient", "cam-cut", "smooth-cut"]
     for r in structured:
         assert r["keep_flops"] == 0.5 and r["flop_ratio"] >= 2.0 and r["speedup_fp32"] > 0
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_reconstructed"] <= 1
         assert len(r["heads"]) == len(r["ffn"]) == 2
     rows = results["paper_mode"]
-    assert {r["criterion"] for r in rows} == {"magnitude", "gradient", "cam-cut", "smooth-cut", "random"}
+    assert {r["criterion"] for r in rows} == {"magnitude", "gradient", "cam-cut", "smooth-cut"}
     assert {r["compression"] for r in rows} == {2.0, 3.0, 3.5, 4.0}
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 < r["kept_fraction"] < 1.0

@@ -37,6 +37,7 @@ from .runners import OnnxRunner, TorchRunner, max_seq_len
 # Which ids they are does not change the time of a forward pass.
 _ID_LOW, _ID_HIGH = 5, 100
 NOISY_SPREAD = 0.10  # a row whose IQR / median is above this is flagged noisy
+LOAD_SLACK = 0.5  # load average allowed above the CPU count (the run's own threads count towards it)
 P99_MIN_SAMPLES = 100  # below this, the 99th percentile is one of the few slowest samples, not a percentile
 
 ModelLike = nn.Module | str | os.PathLike
@@ -162,10 +163,11 @@ def _noise_warnings(rows: list[dict]) -> list[str]:
 
 
 def _load_warnings(before: float | None, after: float | None, cpus: int | None) -> list[str]:
-    """A warning when the 1-minute load average before or after the run exceeded the logical CPU count:
-    more runnable threads than CPUs (this run's own included) means they were taking turns."""
+    """A warning when the 1-minute load average before or after the run exceeded the logical CPU count by
+    more than half a CPU: this run's own threads already count up to the CPU count, so anything beyond
+    means other processes were taking turns with it."""
     loads = [x for x in (before, after) if x is not None]
-    if not loads or not cpus or max(loads) <= cpus:
+    if not loads or not cpus or max(loads) <= cpus + LOAD_SLACK:
         return []
     return [f"load average {max(loads):.1f} > {cpus} CPUs: other processes were running; timings are unreliable"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .config import BASELINE_CRITERIA, DEEPCUTS_CRITERIA
 
 GOAL_KEEP = 0.5
-PIPELINE_GOALS = ((0.5, 0.01), (0.75, 0.002))  # (keep_flops, largest drop from dense) of the issue's targets
+PIPELINE_GOALS = ((0.5, 0.01), (0.75, 0.002))  # (keep_flops, largest drop from dense) of the pipeline's goals
 ANCHOR_DROP = {0.5: 0.0135, 0.75: 0.0005}  # Kwon et al. 2022's code on this task's split
 
 
@@ -27,7 +27,7 @@ def _goal(goal: str, target: str, measured: float | None, met: bool | None, deta
 
 
 def quality_goals(results: dict) -> list[dict]:
-    """The issue's goals at keep_flops 0.5 on the test split, each met / missed / not measured (None)."""
+    """The quality goals at keep_flops 0.5 on the test split, each met / missed / not measured (None)."""
     dense = results["dense"]["accuracy"]
     rows = [r for r in results["structured_mode"] if r["keep_flops"] == GOAL_KEEP]
     crit, single = _best(rows, DEEPCUTS_CRITERIA, "accuracy")
