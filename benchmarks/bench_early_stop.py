@@ -1,4 +1,4 @@
-"""Benchmark `--until-stable` (issue 6): scoring time saved on the embedded task, and how close the
+"""Benchmark `--until-stable`: scoring time saved on the embedded task, and how close the
 early-stopped scores are to a full-data run.
 
 The embedded task model (`minilm-rt`: MiniLM-L6 fine-tuned on rotten_tomatoes), CPU fp32, up to

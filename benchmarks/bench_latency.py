@@ -1,4 +1,4 @@
-"""Latency of dense vs physically pruned encoders (issue 4): is the FLOP reduction a real speedup?
+"""Latency of dense vs physically pruned encoders: is the FLOP reduction a real speedup?
 
 Models: MiniLM-L6 (packaged, random task head) and a BERT-base-sized random model (BertConfig
 defaults: 12 layers, hidden 768, 12 heads, FFN 3072). Each is pruned with magnitude unit scores to

@@ -1,4 +1,4 @@
-"""Retraining-free structured pruning on the embedded task (issue 7): accuracy drop from dense per
+"""Retraining-free structured pruning on the embedded task: accuracy drop from dense per
 FLOP budget, criterion and stage, over calibration seeds, and the whole-pipeline time.
 
 MiniLM-L6 fine-tuned on the embedded Rotten Tomatoes split (`minilm-rt`); calibration = training

@@ -1,4 +1,4 @@
-"""Benchmark `dc.score` against the autograd floor and the original DeepCuts loop (issue 2).
+"""Benchmark `dc.score` against the autograd floor and the original DeepCuts loop.
 
 MiniLM-L6 (packaged), CPU, batches of B=16 x 64 tokens (padded to 64), N noise samples.
 Reports the median time per calibration batch over several repetitions (after a warm-up) of:
@@ -49,7 +49,7 @@ TARGETS = {
     "unit_first_order_vs_floor": 0.8,  # unit first-order <= 0.8 x floor
     "bf16_vs_floor": 0.6,  # smooth-cut bf16 <= 0.6 x fp32 floor(N)
     "bf16_overlap": 0.95,  # top-10% mask overlap bf16 vs fp32 >= 0.95
-    "fused_smooth_weight_vs_floor": 1.05,  # fused smooth-cut (weight) <= 1.05 x floor(N) (issue 3)
+    "fused_smooth_weight_vs_floor": 1.05,  # fused smooth-cut (weight) <= 1.05 x floor(N)
 }
 
 

@@ -27,7 +27,7 @@ def batch_loss(model, batch):
 
 def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shift=10.0, seed=0,
                  include_padding=False):
-    """Per-parameter scores summed over batches, as SPEC §1 defines them."""
+    """Per-parameter scores summed over batches, as the README's criteria table defines them."""
     smooth = criterion.startswith("smooth")
     cam = "cam" in criterion
     c = shift if criterion.endswith("shift") else 0.0

@@ -1,4 +1,4 @@
-"""Importance criteria as small, interchangeable descriptions (SPEC §1).
+"""Importance criteria as small, interchangeable descriptions.
 
 A criterion says which ingredients its score needs; the scorer computes each ingredient once
 and shares it between every criterion asked for in the same pass.

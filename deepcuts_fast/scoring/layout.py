@@ -1,6 +1,6 @@
 """The unit layout of a scored model, stored with its scores so unit views need no model.
 
-Units (SPEC §2): attention head h = rows h*d:(h+1)*d of Q, K, V (weights and biases) and the same
+Units: attention head h = rows h*d:(h+1)*d of Q, K, V (weights and biases) and the same
 columns of the attention output dense; FFN neuron j = row j of the intermediate dense (and its bias)
 and column j of the FFN output dense.
 """
