@@ -1,5 +1,5 @@
 """deepcuts-fast: interpretability-based (DeepCuts) pruning scores for BERT-family encoders."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .benchmarking import BenchmarkReport, benchmark
 from .errors import DeepCutsError

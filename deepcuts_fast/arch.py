@@ -14,6 +14,20 @@ from .errors import DeepCutsError
 ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 """The six prunable Linears of an encoder layer, in forward order."""
 
+UNIT_AXIS = {"query": "rows", "key": "rows", "value": "rows", "attn_out": "cols", "ffn_in": "rows", "ffn_out": "cols"}
+"""Which part of each role's Linear belongs to a unit: output rows (with their biases: Q, K, V and the
+FFN input) or input columns (the attention output and FFN output, whose bias no unit owns). Slicing,
+unit scores, cost counts and reconstruction all read it from here."""
+
+HEAD_ROLES = ("query", "key", "value", "attn_out")
+"""The Linears an attention head owns part of (`head_dim` rows or columns each)."""
+
+NEURON_ROLES = ("ffn_in", "ffn_out")
+"""The Linears an FFN neuron owns part of (one row or column each)."""
+
+OUTPUT_ROLES = tuple(r for r in ROLES if UNIT_AXIS[r] == "cols")
+"""The output projections of the attention and FFN blocks: units are their input columns."""
+
 
 @dataclass(frozen=True)
 class ArchSpec:

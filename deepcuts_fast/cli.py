@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DeepCutsError
+from .errors import DeepCutsError, first_line
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DTYPE_HELP = ("precision: auto (default) = bf16 where this machine runs it natively (GPUs with bf16, CPUs with "
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure still ends in one line; --debug shows where
         if args.debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"deepcuts: error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"deepcuts: error: {type(e).__name__}: {first_line(str(e))} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 
@@ -191,7 +191,7 @@ def _task_model(name: str, dataset, progress: bool):
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
+        raise DeepCutsError(f"cannot load model {name!r}: {first_line(e)}") from e
     if dataset is not None and not has_classifier_head(config):
         return load_model(name, num_labels=dataset.num_labels), load_tokenizer(name)
     return from_pretrained(name), load_tokenizer(name)

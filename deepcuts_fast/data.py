@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DeepCutsError, suggest
+from .errors import DeepCutsError, first_line, suggest
 
 EMBEDDED = "rotten_tomatoes"
 EMBEDDED_ALIASES = ("rotten_tomatoes", "rt", "embedded")
@@ -317,16 +317,10 @@ def _load_hub(name: str, split: str) -> TextDataset:
         hub_data = datasets.load_dataset(path, config or None, split=split)
     except Exception as e:  # the hub stack raises many types (HTTP, offline, not found): all mean the same here
         raise DeepCutsError(
-            f"cannot load {name!r} split {split!r} from the Hugging Face hub ({_reason(e)}); the hub may be "
+            f"cannot load {name!r} split {split!r} from the Hugging Face hub ({first_line(e)}); the hub may be "
             "unreachable or the name wrong: pass a local CSV/JSONL file instead"
         ) from e
     return _dataset_from_columns(hub_data.to_dict(), f"{name}/{split}")
-
-
-def _reason(error: BaseException) -> str:
-    """The first line of an exception's message, for one-line errors."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- columns to dataset -------------------------------------------------------------------------

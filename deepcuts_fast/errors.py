@@ -9,6 +9,13 @@ class DeepCutsError(Exception):
     """An error caused by user input or environment; the CLI prints it as one line, no traceback."""
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's message (its type name when the message is empty), for
+    one-line error reports that wrap another library's exception."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else (type(error).__name__ if isinstance(error, BaseException) else "")
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .arch import encoder_layers
+from .arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, encoder_layers
 
 
 @dataclass(frozen=True)
@@ -22,18 +22,18 @@ class UnitCosts:
     head_dim: int
 
     def head_params(self) -> int:
-        return 4 * self.hidden * self.head_dim + 3 * self.head_dim
+        return sum(self.hidden * self.head_dim + (self.head_dim if UNIT_AXIS[r] == "rows" else 0) for r in HEAD_ROLES)
 
     def neuron_params(self) -> int:
-        return 2 * self.hidden + 1
+        return sum(self.hidden + (1 if UNIT_AXIS[r] == "rows" else 0) for r in NEURON_ROLES)
 
     def head_flops(self, seq_len: int) -> int:
-        projections = 2 * seq_len * 4 * self.hidden * self.head_dim
+        projections = 2 * seq_len * len(HEAD_ROLES) * self.hidden * self.head_dim
         attention = 2 * 2 * seq_len * seq_len * self.head_dim
         return projections + attention
 
     def neuron_flops(self, seq_len: int) -> int:
-        return 2 * seq_len * 2 * self.hidden
+        return 2 * seq_len * len(NEURON_ROLES) * self.hidden
 
 
 def layer_costs(model: nn.Module) -> list[UnitCosts]:

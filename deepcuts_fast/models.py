@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .arch import arch_spec
-from .errors import DeepCutsError
+from .errors import DeepCutsError, first_line
 
 MODEL_ALIASES = ("minilm",)
 
@@ -38,7 +38,7 @@ def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load a tokenizer from {name_or_path!r}: {_first_line(e)}") from e
+        raise DeepCutsError(f"cannot load a tokenizer from {name_or_path!r}: {first_line(e)}") from e
 
 
 def load_model(
@@ -61,7 +61,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load a model config from {name_or_path!r}: {_first_line(e)}") from e
+        raise DeepCutsError(f"cannot load a model config from {name_or_path!r}: {first_line(e)}") from e
     if num_labels is None:
         num_labels = config.num_labels if has_classifier_head(config) else 2
     if getattr(config, "num_labels", None) != num_labels:
@@ -75,7 +75,7 @@ def load_model(
         try:
             model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
         except (OSError, ValueError) as e:
-            raise DeepCutsError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from e
+            raise DeepCutsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from e
     arch_spec(model)  # fail early on unsupported architectures
     return model.eval()
 
@@ -83,8 +83,3 @@ def load_model(
 def has_classifier_head(config) -> bool:
     """Whether a saved model's config says it was saved with a sequence-classification head."""
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import DeepCutsError
+from .errors import DeepCutsError, first_line
 from .data import EMBEDDED, TextDataset, load_dataset, make_batches
 from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
 from .train import finetuned_model
@@ -97,7 +97,7 @@ def task_model(name: str, data: str, dataset: TextDataset, progress: bool = True
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
+        raise DeepCutsError(f"cannot load model {name!r}: {first_line(e)}") from e
     if not has_classifier_head(config):
         return finetuned_task_model(name, data, num_labels=dataset.num_labels, progress=progress, dtype=dtype)
     return TaskModel(from_pretrained(name), load_tokenizer(name), data=data)

@@ -6,7 +6,6 @@ cached entry and a fresh run with the same key are the same model.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._version import __version__
 from .cache import cache_dir
 from .errors import DeepCutsError
+from .hashing import cache_key, canonical_json
 from .precision import autocast, choose
 from .models import MODEL_ALIASES, load_model
 
@@ -276,19 +277,6 @@ class FineTuned(NamedTuple):
     metadata: dict
 
 
-def _json_default(value: Any) -> str:
-    """JSON form of the non-JSON values that key fields commonly hold (dtypes, paths)."""
-    if isinstance(value, (torch.dtype, os.PathLike)):
-        return str(value)
-    raise TypeError(f"cache key field of type {type(value).__name__} is not JSON-serialisable")
-
-
-def cache_key(**fields: Any) -> str:
-    """Stable 16-hex-digit key: sha256 of the fields as sorted-key JSON (dtypes and paths as str)."""
-    text = json.dumps(fields, sort_keys=True, default=_json_default, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _model_id(model_name: str) -> str:
     """How a base model is named in a cache key: aliases and hub names as given, folders as absolute paths."""
     if model_name.lower() in MODEL_ALIASES or not Path(model_name).exists():
@@ -309,8 +297,8 @@ def _versions() -> dict[str, str | None]:
     """Versions of the libraries that produced a cache entry, for provenance."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out: dict[str, str | None] = {}
-    for name in ("deepcuts-fast", "torch", "transformers"):
+    out: dict[str, str | None] = {"deepcuts-fast": __version__}
+    for name in ("torch", "transformers"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -385,7 +373,7 @@ def finetuned_model(
     finetune(model, batches, progress=progress, **train_settings)
     metadata = {
         "key": key,
-        "fields": json.loads(json.dumps(fields, default=_json_default)),
+        "fields": json.loads(canonical_json(fields)),
         "precision": precision.to_dict(),
         "train_batches": len(batches),
         "steps": _num_steps(len(batches), epochs),

@@ -14,7 +14,8 @@ from deepcuts_fast.cli import main
 from deepcuts_fast.job import analysis
 from deepcuts_fast.job.goals import quality_goals, verdicts
 from deepcuts_fast.job.spread import pipeline_summary
-from deepcuts_fast.job.steps import StepStore, model_fingerprint
+from deepcuts_fast.hashing import model_fingerprint
+from deepcuts_fast.job.steps import StepStore
 from conftest import tiny_model
 
 TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",

@@ -11,7 +11,8 @@ from conftest import TINY, tiny_batches, tiny_model
 
 from deepcuts_fast import train
 from deepcuts_fast.errors import DeepCutsError
-from deepcuts_fast.train import EvalResult, cache_dir, cache_key, evaluate, finetune, finetuned_model
+from deepcuts_fast.hashing import cache_key
+from deepcuts_fast.train import EvalResult, cache_dir, evaluate, finetune, finetuned_model
 
 
 def token_task(n_batches: int = 8, batch_size: int = 16, seq_len: int = 8, seed: int = 0) -> list[dict]:

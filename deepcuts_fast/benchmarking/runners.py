@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DeepCutsError
+from ..errors import DeepCutsError, first_line
 from ..flops import encoder_flops
 from ..precision import NAMES
 from . import memory
@@ -163,7 +163,7 @@ class OnnxRunner:
         try:
             return self._ort.InferenceSession(self._path, sess_options=options, providers=[self._provider])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise DeepCutsError(f"onnxruntime cannot load {self._path}: {str(e).splitlines()[0]}") from e
+            raise DeepCutsError(f"onnxruntime cannot load {self._path}: {first_line(e)}") from e
 
     def inputs(self, ids: torch.Tensor) -> dict[str, np.ndarray]:
         values = {"input_ids": ids.numpy(), "attention_mask": np.ones(tuple(ids.shape)),

@@ -146,7 +146,7 @@ def render(results: dict, plots: list[str]) -> str:
            + ".", "",
            "## Paper mode", "",
            "Unstructured masks, top fraction of every prunable tensor (layer scope), compression counted over "
-           f"the encoder parameters. Cells: single shot"
+           "the encoder parameters. Cells: single shot"
            + (f" / after {s['recovery_epochs']:g} epoch of recovery fine-tuning with the mask fixed (lr "
               f"{s['recovery_lr']:g})" if results["paper_recovery"] else "")
            + (" / with lottery-ticket rewinding (surviving weights reset to the pre-fine-tuning model, then the "

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..atomic import write_text
 from ..benchmarking.runners import max_seq_len
+from ..hashing import model_fingerprint
 from ..machine import machine_info
 from ..planning import Plan
 from ..pruning import save_pretrained
@@ -31,7 +32,7 @@ from .goals import quality_goals, verdicts
 from .plots import write_plots
 from .report import write_report
 from .spread import pipeline_summary
-from .steps import StepStore, model_fingerprint, source_fingerprint
+from .steps import StepStore, source_fingerprint
 
 
 class MainJob:

@@ -13,20 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from ..atomic import write_text
-from ..train import cache_key
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """Hash of a model's parameter names, shapes and values (a resumed run must use the same model)."""
-    h = hashlib.blake2b(digest_size=8)
-    for name, p in model.state_dict().items():
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from ..hashing import cache_key
 
 
 def source_fingerprint() -> str:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
-from ..errors import DeepCutsError
+from ..errors import DeepCutsError, first_line
 from ..planning.plan import Plan
 from .slicing import shrink
 
@@ -72,7 +72,7 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as e:
-        raise DeepCutsError(f"{folder}/config.json is unreadable: {str(e).splitlines()[0]}") from e
+        raise DeepCutsError(f"{folder}/config.json is unreadable: {first_line(e)}") from e
     heads, ffn = getattr(config, "deepcuts_heads", None), getattr(config, "deepcuts_ffn", None)
     if heads is None or ffn is None:  # an ordinary (dense) model folder
         return load_model(str(folder), attn_implementation=attn_implementation)

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import encoder_layers
+from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError
 from ..precision import autocast, choose
 from ..train import model_device
 
-REFIT_ROLES = ("attn_out", "ffn_out")
+REFIT_ROLES = OUTPUT_ROLES  # the block outputs: their inputs are what pruning removed
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..arch import arch_spec, base_model
+from ..arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, arch_spec, base_model
 from ..planning.plan import Plan
 
 
@@ -32,13 +32,13 @@ def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[S
     for layer, kept_heads, kept_neurons in zip(layers, heads, neurons):
         attention = layer.get_submodule(spec.attention)
         head_dim = int(getattr(attention, spec.head_dim_attr))
-        rows = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)], dtype=torch.long)
-        for path in (spec.query, spec.key, spec.value):
-            _replace(layer, path, _slice(layer.get_submodule(path), rows, dim=0))
-        _replace(layer, spec.attn_out, _slice(layer.get_submodule(spec.attn_out), rows, dim=1))
-        cols = torch.tensor(list(kept_neurons), dtype=torch.long)
-        _replace(layer, spec.ffn_in, _slice(layer.get_submodule(spec.ffn_in), cols, dim=0))
-        _replace(layer, spec.ffn_out, _slice(layer.get_submodule(spec.ffn_out), cols, dim=1))
+        head_index = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)], dtype=torch.long)
+        neuron_index = torch.tensor(list(kept_neurons), dtype=torch.long)
+        for roles, index in ((HEAD_ROLES, head_index), (NEURON_ROLES, neuron_index)):
+            for role in roles:
+                path = getattr(spec, role)
+                dim = 0 if UNIT_AXIS[role] == "rows" else 1
+                _replace(layer, path, _slice(layer.get_submodule(path), index, dim=dim))
         _set_head_count(attention, spec, len(kept_heads), head_dim)
     model.config.deepcuts_heads = [len(h) for h in heads]
     model.config.deepcuts_ffn = [len(n) for n in neurons]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from ..hashing import update_with_tensors
 from ..precision import choose_for_scoring
 from ..errors import DeepCutsError
 from .criteria import get_criterion
@@ -212,11 +213,9 @@ def _fingerprint(model: nn.Module, batches, names, every: int, kw: dict) -> str:
                               for noise in (None, kw.get("noise_std", 1e-3))]  # what "auto" means on this machine
     h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), **settings},
                         sort_keys=True, default=str).encode())
-    for source in (model.state_dict().items(), ((f"{i}/{k}", v) for i, b in enumerate(batches)
-                                                for k, v in sorted(b.items()) if torch.is_tensor(v))):
-        for name, t in source:
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    update_with_tensors(h, model.state_dict().items())
+    update_with_tensors(h, ((f"{i}/{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())
+                            if torch.is_tensor(v)))
     return h.hexdigest()
 
 

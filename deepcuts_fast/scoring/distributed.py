@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import DeepCutsError
+from ..errors import DeepCutsError, first_line
 from .scores import Scores
 
 
@@ -59,7 +59,7 @@ def process_group(device: str) -> Iterator[World]:
     try:
         dist.init_process_group(backend)
     except (RuntimeError, ValueError) as e:
-        raise DeepCutsError(f"cannot join the torchrun process group ({backend}): {str(e).splitlines()[0]}") from e
+        raise DeepCutsError(f"cannot join the torchrun process group ({backend}): {first_line(e)}") from e
     try:
         yield current_world()
     finally:

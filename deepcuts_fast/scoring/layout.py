@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import ROLES, encoder_layers
+from ..arch import ROLES, UNIT_AXIS, encoder_layers
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,6 @@ def model_layout(model: nn.Module) -> list[LayerLayout]:
     return [LayerLayout(names=dict(layer.names), head_dim=layer.head_dim) for layer in encoder_layers(model)]
 
 
-# Which sums of a Linear's score a unit needs: output rows (plus the bias) or input columns.
-UNIT_AXIS = {"query": "rows", "key": "rows", "value": "rows", "attn_out": "cols", "ffn_in": "rows", "ffn_out": "cols"}
 
 
 def reduce_to_units(

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..arch import ROLES, embeddings_module, encoder_layers
+from .._version import __version__
+from ..arch import ROLES, UNIT_AXIS, embeddings_module, encoder_layers, prunable_linears
 from ..errors import DeepCutsError
 from ..kernels import BACKENDS, resolve, weight_score_epilogue
 from ..precision import NAMES, autocast, choose_for_scoring, parse_dtype
 from .criteria import Criterion, get_criterion
-from .layout import UNIT_AXIS, LayerLayout, model_layout, reduce_sums_to_units, reduce_to_units
+from .layout import LayerLayout, model_layout, reduce_sums_to_units, reduce_to_units
 from .probes import FusedScore, LinearProbe, PassContext, at_least_one
 from .scores import Scores
 
@@ -157,9 +158,7 @@ def _check_options(granularity: str, unit_method: str, n: int, std: float, backe
 
 
 def _model_meta(model: nn.Module, opts: ScoreOptions) -> dict:
-    from .. import __version__
-
-    prunable = sum(p.numel() for lin in _linears(model) for p in lin.parameters())
+    prunable = sum(p.numel() for lin in prunable_linears(model).values() for p in lin.parameters())
     prefixes = tuple(layer.prefix + "." for layer in encoder_layers(model))
     encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
     return {
@@ -170,10 +169,6 @@ def _model_meta(model: nn.Module, opts: ScoreOptions) -> dict:
         "encoder_params": encoder,
         "version": __version__,
     }
-
-
-def _linears(model: nn.Module) -> list[nn.Linear]:
-    return [layer.linears[r] for layer in encoder_layers(model) for r in ROLES]
 
 
 def _materialise(batches) -> list[Mapping[str, torch.Tensor]]:
