@@ -7,13 +7,14 @@ from .models import load_model, load_tokenizer
 from .pipeline import prune_without_retraining
 from .planning import Plan, plan
 from .pruning import export, export_program, from_pretrained, prune, reconstruct, save_pretrained
-from .scoring import CRITERIA, ScoreRun, Scores, apply_masks, score, score_many, score_run
+from .scoring import CRITERIA, ScoreOptions, ScoreRun, Scores, apply_masks, score, score_many, score_run
 
 __all__ = [
     "BenchmarkReport",
     "CRITERIA",
     "DeepCutsError",
     "Plan",
+    "ScoreOptions",
     "ScoreRun",
     "Scores",
     "__version__",

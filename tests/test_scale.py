@@ -15,7 +15,7 @@ from dist_worker import criteria
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
 from deepcuts_fast.errors import DeepCutsError
-from deepcuts_fast.scoring import calibration
+from deepcuts_fast.scoring import ScoreOptions, runner
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -103,11 +103,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(model_dir, data_csv, t
     argv = ["score", *cli_score(model_dir, data_csv, out, "--checkpoint-every", "1", "--checkpoint", str(ckpt))]
     # the child SIGKILLs itself right after its second checkpoint is written (a deterministic hard kill)
     child = ("import os, signal, sys\n"
-             "from deepcuts_fast import cli\nfrom deepcuts_fast.scoring import calibration\n"
-             "save, saves = calibration.save_checkpoint, []\n"
+             "from deepcuts_fast import cli\nfrom deepcuts_fast.scoring import runner\n"
+             "save, saves = runner.save_checkpoint, []\n"
              "def killed(*a, **k):\n    save(*a, **k); saves.append(1)\n"
              "    if len(saves) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
-             "calibration.save_checkpoint = killed\nsys.exit(cli.main(sys.argv[1:]))\n")
+             "runner.save_checkpoint = killed\nsys.exit(cli.main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", child, *argv], env=child_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -141,6 +141,20 @@ def test_a_checkpoint_of_another_run_is_refused(bert, tmp_path):
         dc.score_run(bert, batches, "gradient", checkpoint=ckpt, checkpoint_every=1, progress=False)
     with pytest.raises(DeepCutsError, match="reference / train mode"):
         dc.score_run(bert, batches, "gradient", checkpoint_every=1, reference=True, progress=False)
+
+
+def test_a_checkpoint_is_keyed_by_the_options_not_by_how_they_were_given(bert, tmp_path):
+    batches = tiny_batches(n_batches=3)
+    ckpt = tmp_path / "c.ckpt"
+    kw = dict(noise_samples=2, noise_std=0.05, seed=1)
+    first = dc.score_run(bert, batches, "smooth-cut", checkpoint=ckpt, checkpoint_every=1, progress=False, **kw)
+    options = ScoreOptions(**kw, progress=False, backend="torch", max_memory=1 << 30)
+    again = dc.score_run(bert, batches, "smooth-cut", checkpoint=ckpt, checkpoint_every=1, options=options)
+    assert again.resumed_from == 3 and again.batches_used == 3
+    assert all(torch.equal(again.scores["smooth-cut"][k], v) for k, v in first.scores["smooth-cut"].items())
+    with pytest.raises(DeepCutsError, match="belongs to another run"):
+        dc.score_run(bert, batches, "smooth-cut", checkpoint=ckpt, checkpoint_every=1,
+                     options=ScoreOptions(**{**kw, "noise_std": 0.1}, progress=False))
 
 
 def kept_change(before: dc.Scores, after: dc.Scores, keep: float) -> float:
@@ -184,21 +198,21 @@ def test_memory_cap_picks_smaller_chunks_and_out_of_memory_retries(bert, monkeyp
     capped = dc.score_run(bert, batches, "smooth-cut", max_memory=1, **kw).scores["smooth-cut"]
     assert capped.meta["samples_per_chunk"] == 1 and want.meta["samples_per_chunk"] == 4
     assert_scores_close(capped, want)
-    real, caps = calibration.score_many, []
+    real, caps = runner.score_many, []
 
     def fails_above(limit):
-        def fake(*args, max_memory=None, **kwargs):
-            caps.append(max_memory)
-            if max_memory is None or max_memory > limit:
+        def fake(*args, options, **kwargs):
+            caps.append(options.max_memory)
+            if options.max_memory is None or options.max_memory > limit:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return real(*args, max_memory=max_memory, **kwargs)
+            return real(*args, options=options, **kwargs)
         return fake
 
-    monkeypatch.setattr(calibration, "score_many", fails_above(1 << 30))
+    monkeypatch.setattr(runner, "score_many", fails_above(1 << 30))
     run = dc.score_run(bert, batches, "smooth-cut", max_memory=3 << 30, **kw)
     assert caps == [3 << 30, 3 << 29, 3 << 28] and run.batches_used == 2
     assert_scores_close(run.scores["smooth-cut"], want)
-    monkeypatch.setattr(calibration, "score_many", fails_above(0))
+    monkeypatch.setattr(runner, "score_many", fails_above(0))
     with pytest.raises(DeepCutsError, match="smaller --batch-size"):
         dc.score_run(bert, batches, "smooth-cut", **kw)
 

@@ -8,6 +8,7 @@ from naive import naive_first_order, naive_scores
 
 import deepcuts_fast as dc
 from deepcuts_fast.errors import DeepCutsError
+from deepcuts_fast.scoring import ScoreOptions
 
 GRADIENT_CRITERIA = ["gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut", "smooth-cam-cut-shift"]
 ARCHS = ["bert", "roberta", "distilbert", "electra"]
@@ -141,6 +142,39 @@ def test_score_many_shares_passes_and_matches_single(bert, batches):
     assert list(many) == ["cam-cut", "gradient", "smooth-cut", "magnitude"]
     for name, s in many.items():
         assert_scores_close(s, dc.score(bert, batches, name, noise_samples=2, noise_std=0.05, progress=False))
+
+
+def test_an_options_object_scores_like_the_keywords(bert, batches):
+    kw = dict(granularity="unit", noise_samples=2, noise_std=0.05, seed=3, shift=2.0, progress=False)
+    names = ["cam-cut-shift", "smooth-cam-cut", "magnitude"]
+    by_keywords = dc.score_many(bert, batches, names, **kw)
+    options = ScoreOptions(**kw)
+    by_options = dc.score_many(bert, batches, names, options=options)
+    single = dc.score(bert, batches, "smooth-cam-cut", options=options)
+    for name in names:
+        assert by_options[name].meta == by_keywords[name].meta
+        for got in (by_options[name], single) if name == "smooth-cam-cut" else (by_options[name],):
+            for i in range(len(got.layout)):
+                assert torch.equal(got.heads(i), by_keywords[name].heads(i))
+                assert torch.equal(got.neurons(i), by_keywords[name].neurons(i))
+
+
+def test_options_are_checked_once_and_given_once(bert):
+    with pytest.raises(DeepCutsError, match="noise_samples must be >= 1"):
+        ScoreOptions(noise_samples=0)
+    with pytest.raises(DeepCutsError, match="unsupported dtype"):
+        ScoreOptions(dtype="fp8")
+    reference = ScoreOptions(reference=True, dtype=torch.float32)
+    assert reference.train_mode and reference.sequential_noise and reference.include_padding
+    assert reference.dtype == "fp32" and reference.recorded()["dtype"] == "fp32"
+    with pytest.raises(DeepCutsError, match="seed given both in options= and as keywords"):
+        dc.score_many(bert, None, ["magnitude"], seed=1, options=ScoreOptions(seed=2))
+    same = dc.score(bert, None, "random", "unit", seed=2, options=ScoreOptions(granularity="unit", seed=2))
+    assert same.granularity == "unit" and same.meta["seed"] == 2
+    with pytest.raises(DeepCutsError, match="fisher scores heads and FFN neurons only"):
+        dc.score(bert, None, "fisher", options=ScoreOptions())
+    with pytest.raises(DeepCutsError, match="options must be a ScoreOptions"):
+        dc.score(bert, None, "magnitude", options={"seed": 1})
 
 
 def test_model_state_is_restored(bert, batches):

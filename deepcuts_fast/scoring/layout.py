@@ -35,8 +35,6 @@ def model_layout(model: nn.Module) -> list[LayerLayout]:
     return [LayerLayout(names=dict(layer.names), head_dim=layer.head_dim) for layer in encoder_layers(model)]
 
 
-
-
 def reduce_to_units(
     layer: LayerLayout, score: Mapping[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,10 +70,11 @@ class Scores(Mapping[str, torch.Tensor]):
 
     def to(self, device: str | torch.device) -> "Scores":
         """A copy with every tensor on `device`."""
-        grams = None if self.interactions is None else [(h.to(device), n.to(device)) for h, n in self.interactions]
+        interactions = (None if self.interactions is None
+                        else [(h.to(device), n.to(device)) for h, n in self.interactions])
         return Scores({k: v.to(device) for k, v in self._weights.items()}, self.layout, self.meta,
                       heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons],
-                      interactions=grams)
+                      interactions=interactions)
 
     def __add__(self, other: "Scores") -> "Scores":
         """The sum of two score sets of the same criterion and model (e.g. two shards of the batches)."""
@@ -83,12 +84,12 @@ class Scores(Mapping[str, torch.Tensor]):
                 layer.to_dict() for layer in self.layout] != [layer.to_dict() for layer in other.layout]:
             raise DeepCutsError(f"cannot add {other!r} to {self!r}: they differ in criterion, granularity or model")
         meta = {**self.meta, "batches": self.meta.get("batches", 0) + other.meta.get("batches", 0)}
-        grams = None
+        interactions = None
         if self.interactions is not None and other.interactions is not None:
-            grams = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(self.interactions, other.interactions)]
+            interactions = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(self.interactions, other.interactions)]
         return Scores({k: v + other[k] for k, v in self._weights.items()}, self.layout, meta,
                       heads=[a + b for a, b in zip(self._heads, other._heads)],
-                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)], interactions=grams)
+                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)], interactions=interactions)
 
     # -- unit views ---------------------------------------------------------------------------
     def heads(self, layer: int) -> torch.Tensor:
@@ -154,11 +155,12 @@ class Scores(Mapping[str, torch.Tensor]):
         neurons = [tensors[f"{prefix}units/neurons/{i}"] for i in range(len(layout))]
         start = f"{prefix}weights/"
         weights = {k[len(start):]: v for k, v in tensors.items() if k.startswith(start)}
-        grams = None
+        interactions = None
         if f"{prefix}interactions/heads/0" in tensors:
-            grams = [(tensors[f"{prefix}interactions/heads/{i}"], tensors[f"{prefix}interactions/neurons/{i}"])
-                     for i in range(len(layout))]
-        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons, interactions=grams)
+            interactions = [(tensors[f"{prefix}interactions/heads/{i}"], tensors[f"{prefix}interactions/neurons/{i}"])
+                            for i in range(len(layout))]
+        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons,
+                   interactions=interactions)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":

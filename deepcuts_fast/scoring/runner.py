@@ -11,19 +11,21 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from ..errors import DeepCutsError
 from ..hashing import update_with_tensors
 from ..precision import choose_for_scoring
-from ..errors import DeepCutsError
 from .criteria import get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
-from .score import _default_memory, score_many
+from .engine import default_memory
+from .options import ScoreOptions, options_from
+from .score import score_many
 from .scores import Scores, read_safetensors
 
 FORMAT = "deepcuts-checkpoint/1"
@@ -56,10 +58,13 @@ def score_run(
     world: World | None = None,
     max_memory: int | None = None,
     progress: bool = True,
+    options: ScoreOptions | None = None,
     **score_kwargs,
 ) -> ScoreRun:
     """Score like `score_many`, in segments of `checkpoint_every` batches, on every rank of the
     initialised process group (each scores its round-robin shard; sums are all-reduced).
+
+    The scoring options come as `score_many`'s keywords or as one `options=ScoreOptions(...)`.
 
     `checkpoint`: file holding the running sums, written atomically (rank 0) after every segment
     and resumed from when it exists and matches this run (remove it once the result is saved).
@@ -69,6 +74,7 @@ def score_run(
     `max_memory` caps the stacked noisy batch; a segment that runs out of GPU memory is retried
     with half the cap (smaller chunks) instead of failing.
     """
+    opts = options_from(options, max_memory=max_memory, progress=progress, **score_kwargs)
     names = [get_criterion(c).name for c in ([criteria] if isinstance(criteria, str) else criteria)]
     grad_names = list(dict.fromkeys(n for n in names if get_criterion(n).uses_gradient))
     free_names = [n for n in dict.fromkeys(names) if n not in grad_names]
@@ -76,16 +82,14 @@ def score_run(
     batch_list = [] if batches is None else list(batches)
     n = len(batch_list)
     every = _segment_size(checkpoint_every, until_stable, checkpoint, n)
-    _check_options(stable_keep, until_stable, score_kwargs, world, every, n, grad_names)
+    _check_run(stable_keep, until_stable, opts, world, every, n, grad_names)
     cuda = next(model.parameters()).device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    kw = dict(score_kwargs, progress=progress)
-    free = score_many(model, None, free_names, **kw) if free_names else {}
+    free = score_many(model, None, free_names, options=opts) if free_names else {}
     run = ScoreRun({}, 0, n, world_size=world.size)
     if grad_names:
-        _run_segments(model, batch_list, grad_names, run, every, checkpoint, until_stable, stable_keep, world,
-                      max_memory, kw)
+        _run_segments(model, batch_list, grad_names, run, every, checkpoint, until_stable, stable_keep, world, opts)
     run.scores = {name: free[name] if name in free else run.scores[name] for name in dict.fromkeys(names)}
     for name in grad_names:
         run.scores[name].meta.update(world_size=world.size, batches_planned=n, stopped_early=run.stopped_early)
@@ -102,8 +106,8 @@ def _segment_size(every: int | None, until_stable: float | None, checkpoint, n: 
     return DEFAULT_EVERY if until_stable is not None or checkpoint is not None else max(n, 1)
 
 
-def _check_options(keep: float, tol: float | None, kw: dict, world: World, every: int, n: int,
-                   grad_names: list[str]) -> None:
+def _check_run(keep: float, tol: float | None, options: ScoreOptions, world: World, every: int, n: int,
+               grad_names: list[str]) -> None:
     if not 0 < keep < 1:
         raise DeepCutsError(f"stable_keep is the kept fraction, in (0, 1); got {keep}")
     if tol is not None and not 0 <= tol <= 1:
@@ -111,14 +115,15 @@ def _check_options(keep: float, tol: float | None, kw: dict, world: World, every
     if grad_names and n == 0:
         raise DeepCutsError("no calibration batches: the data is empty")
     split = world.size > 1 or every < n
-    if split and (kw.get("reference") or kw.get("train_mode")):
+    if split and options.train_mode:
         raise DeepCutsError("reference / train mode draws dropout from one seed per pass, so its scores depend "
                             "on how the batches are split: run it in one process without checkpoints or "
                             "early stopping")
 
 
-def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, tol, keep, world, max_memory, kw):
-    fingerprint = None if checkpoint is None else _fingerprint(model, batch_list, names, every, kw)
+def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, tol, keep, world,
+                  options: ScoreOptions) -> None:
+    fingerprint = None if checkpoint is None else _fingerprint(model, batch_list, names, every, options)
     device = next(model.parameters()).device
     totals, done, changes = None, 0, []
     if checkpoint is not None and Path(checkpoint).exists():
@@ -129,8 +134,8 @@ def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, to
     while done < len(batch_list) and not stable:
         segment = list(range(done, min(done + every, len(batch_list))))
         mine = shard(segment, world)
-        local = (_score_fitting(model, [batch_list[i] for i in mine], names, mine, max_memory, kw) if mine
-                 else _zeros(model, names, kw))
+        local = (_score_fitting(model, [batch_list[i] for i in mine], names, mine, options) if mine
+                 else _zeros(model, names, options))
         part = {name: all_reduce_scores(local[name], world) for name in names}
         totals = part if totals is None else {name: totals[name] + part[name] for name in names}
         done = segment[-1] + 1
@@ -146,29 +151,28 @@ def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, to
     run.stopped_early = done < len(batch_list)
 
 
-def _score_fitting(model, batches, names, indices, max_memory, kw) -> dict[str, Scores]:
+def _score_fitting(model, batches, names, indices, options: ScoreOptions) -> dict[str, Scores]:
     """`score_many` on one shard; on running out of memory, retried with half the memory cap."""
-    cap = max_memory
+    cap = options.max_memory
     for _ in range(OOM_HALVINGS + 1):
         try:
-            return score_many(model, batches, names, batch_indices=indices, max_memory=cap, **kw)
+            return score_many(model, batches, names, batch_indices=indices, options=replace(options, max_memory=cap))
         except torch.OutOfMemoryError:
-            if kw.get("sequential_noise") or kw.get("reference"):
+            if options.sequential_noise:
                 break
-            cap = (cap or _default_memory(next(model.parameters()).device)) // 2
+            cap = (cap or default_memory(next(model.parameters()).device)) // 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     raise DeepCutsError("scoring ran out of memory even with one noise sample per pass; "
                         "use a smaller --batch-size or --max-length")
 
 
-def _zeros(model, names, kw) -> dict[str, Scores]:
+def _zeros(model, names, options: ScoreOptions) -> dict[str, Scores]:
     """Zero scores with the right shapes, for a rank that has no batch in a segment."""
-    granularity = kw.get("granularity", "weight")
-    template = score_many(model, None, ["magnitude"], granularity=granularity, progress=False)["magnitude"]
+    template = score_many(model, None, ["magnitude"], options=replace(options, progress=False))["magnitude"]
     units = template.unit_scores()
 
-    def zero_grams() -> list[tuple[torch.Tensor, torch.Tensor]]:  # Fisher's per-layer unit-by-unit matrices
+    def zero_interactions() -> list[tuple[torch.Tensor, torch.Tensor]]:  # per layer, unit-by-unit matrices
         return [(h.new_zeros(h.numel(), h.numel()), n.new_zeros(n.numel(), n.numel()))
                 for h, n in zip(units["heads"], units["neurons"])]
 
@@ -176,7 +180,7 @@ def _zeros(model, names, kw) -> dict[str, Scores]:
                          {**template.meta, "criterion": name, "batches": 0},
                          heads=[torch.zeros_like(h) for h in units["heads"]],
                          neurons=[torch.zeros_like(x) for x in units["neurons"]],
-                         interactions=zero_grams() if get_criterion(name).fisher else None)
+                         interactions=zero_interactions() if get_criterion(name).records_interactions else None)
             for name in names}
 
 
@@ -204,15 +208,14 @@ def _change(previous: torch.Tensor, kept: torch.Tensor) -> float:
     return float((previous ^ kept).sum()) / 2 / max(1, int(kept.sum()))
 
 
-def _fingerprint(model: nn.Module, batches, names, every: int, kw: dict) -> str:
+def _fingerprint(model: nn.Module, batches, names, every: int, options: ScoreOptions) -> str:
     """A hash of everything that determines the running sums: weights, batches, options, segments."""
     h = hashlib.blake2b(digest_size=16)
-    settings = {k: v for k, v in kw.items() if k not in ("progress", "backend")}
     device = next(model.parameters()).device
-    settings["precisions"] = [choose_for_scoring(device, kw.get("dtype", "auto"), noise).name
-                              for noise in (None, kw.get("noise_std", 1e-3))]  # what "auto" means on this machine
-    h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), **settings},
-                        sort_keys=True, default=str).encode())
+    precisions = [choose_for_scoring(device, options.dtype, noise).name
+                  for noise in (None, options.noise_std)]  # what "auto" means on this machine
+    h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), "options": options.recorded(),
+                         "precisions": precisions}, sort_keys=True).encode())
     update_with_tensors(h, model.state_dict().items())
     update_with_tensors(h, ((f"{i}/{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())
                             if torch.is_tensor(v)))

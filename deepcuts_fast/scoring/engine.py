@@ -1,0 +1,186 @@
+"""One scoring pass: every calibration batch forward and backward with probes on the prunable Linears.
+
+A clean pass runs each batch once; a noisy pass (the smooth criteria) stacks the batch's N noisy copies
+in the batch dimension, in chunks under a memory cap. After each batch the probes' statistics go to
+one route per criterion (deepcuts_fast.scoring.routes), which turns them into scores and sums them.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch import HEAD_ROLES, OUTPUT_ROLES, ROLES, embeddings_module, encoder_layers
+from ..errors import DeepCutsError
+from ..precision import autocast
+from .criteria import Criterion
+from .layout import LayerLayout
+from .options import ScoreOptions
+from .probes import Chunk, LinearProbe, PassContext, attached
+from .routes import Route, RouteSetup, route_for
+from .scores import Scores
+
+DEFAULT_CPU_MEMORY = 4 << 30
+CPU_CHUNK_TOKENS = 5000  # stacking beyond ~5k tokens per pass is slower on CPU (activations leave the cache)
+
+
+class ScoringPass:
+    """One pass (clean or noisy) over all calibration batches for a group of criteria."""
+
+    def __init__(self, model: nn.Module, layout: list[LayerLayout], criteria: Sequence[Criterion], noisy: bool,
+                 options: ScoreOptions, dtype: torch.dtype | None, backend: str) -> None:
+        """`dtype`: the autocast dtype (None: fp32); `backend`: the resolved kernel backend."""
+        self.model, self.layout, self.criteria, self.options = model, layout, list(criteria), options
+        self.samples = options.noise_samples if noisy else 1
+        self.dtype, self.backend = dtype, backend
+        self.device = next(model.parameters()).device
+        self.weight_grads = not options.first_order and any(c.weight_saliency for c in self.criteria)
+        context = PassContext(seed=options.seed, backend=backend, noise_std=options.noise_std if noisy else 0.0)
+        self.probes = self._make_probes(context)
+
+    def _make_probes(self, context: PassContext) -> list[dict[str, LinearProbe]]:
+        rows = self.weight_grads and any(c.cam for c in self.criteria)
+        interactions = any(c.records_interactions for c in self.criteria)
+        activations = self.options.first_order or interactions
+        layers = []
+        for layer in encoder_layers(self.model):
+            layers.append({r: LinearProbe(
+                name=layer.names[r], index=layer.index * len(ROLES) + i, module=layer.linears[r], ctx=context, role=r,
+                unit_width=layer.head_dim if r in HEAD_ROLES else 1, want_grad=self.weight_grads, want_rows=rows,
+                want_activation=activations and r in OUTPUT_ROLES, want_interactions=interactions and r in OUTPUT_ROLES,
+            ) for i, r in enumerate(ROLES)})
+        return layers
+
+    def run(self, batches: Sequence[Mapping[str, torch.Tensor]], indices: Sequence[int],
+            meta: Mapping) -> dict[str, Scores]:
+        """Score the batches (`indices`: their positions in the whole calibration set) with every criterion."""
+        chunk = 1 if self.options.sequential_noise else self._samples_per_chunk(batches[0])
+        chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
+        fused = self.backend != "torch" and len(chunks) == 1 and len(self.criteria) == 1 and self.weight_grads
+        setup = RouteSetup(self.layout, self.samples, self.options.shift, self.options.unit, self.backend, self.device)
+        routes = {c.name: route_for(c, setup, self.probes, self.options.first_order, fused) for c in self.criteria}
+        with self._scoring_mode(), tqdm(total=len(batches) * len(chunks), desc=f"scoring {'+'.join(routes)}",
+                                        disable=not self.options.progress, leave=False) as bar:
+            for b, batch in zip(indices, batches):
+                for samples in chunks:
+                    self._forward_backward(b, batch, samples)
+                    bar.update(1)
+                self._epilogue(b, routes.values())
+        meta = {**meta, "batches": len(batches), "samples_per_chunk": chunk,
+                "weight_score": "fused" if fused else ("epilogue" if self.backend != "torch" else "torch")}
+        return {name: route.finish(meta) for name, route in routes.items()}
+
+    @contextlib.contextmanager
+    def _scoring_mode(self) -> Iterator[None]:
+        """No parameter gradients, eval (or train) mode, seeded dropout; all restored afterwards."""
+        model = self.model
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        was_training = model.training
+        attention = model.config._attn_implementation
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.train(self.options.train_mode)
+        if self.device.type == "cpu" and self.dtype is not None and attention == "sdpa":
+            model.set_attn_implementation("eager")  # torch's CPU sdpa backward is ~4x slower in bf16
+        handle = embeddings_module(model).register_forward_hook(_start_graph)
+        fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        try:
+            with fork:
+                torch.manual_seed(self.options.seed)
+                yield
+        finally:
+            handle.remove()
+            for p in self._all_probes():
+                p.reset()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            if model.config._attn_implementation != attention:
+                model.set_attn_implementation(attention)
+            model.train(was_training)
+
+    def _samples_per_chunk(self, batch: Mapping[str, torch.Tensor]) -> int:
+        """How many noisy copies of a batch fit under the memory cap (a rough activation estimate)."""
+        batch_size, seq = batch["input_ids"].shape[:2]
+        first = self.probes[0]
+        hidden, ffn = first["query"].module.in_features, first["ffn_in"].module.out_features
+        heads = first["query"].module.out_features // self.layout[0].head_dim
+        elt = 2 if self.dtype in (torch.bfloat16, torch.float16) else 4
+        per_layer = batch_size * seq * (10 * hidden + 3 * ffn) * elt + 3 * batch_size * heads * seq * seq * elt
+        per_sample = per_layer * len(self.layout)
+        cap = self.options.max_memory or default_memory(self.device)
+        chunk = min(self.samples, cap // per_sample)
+        if self.device.type == "cpu" and self.options.max_memory is None:
+            chunk = min(chunk, CPU_CHUNK_TOKENS // (batch_size * seq))
+        return max(1, chunk)
+
+    def _forward_backward(self, b: int, batch: Mapping[str, torch.Tensor], samples: range) -> None:
+        k = len(samples)
+        inputs = {key: v.to(self.device) for key, v in batch.items() if torch.is_tensor(v)}
+        labels = inputs.pop("labels")
+        batch_size = labels.shape[0]
+        if k > 1:
+            inputs = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in inputs.items()}
+            labels = labels.repeat(k, *([1] * (labels.dim() - 1)))
+        mask = inputs.get("attention_mask")
+        if mask is None or self.options.include_padding:
+            mask = torch.ones(inputs["input_ids"].shape, device=self.device)
+        chunk = Chunk(batch_index=b, samples=samples, token_mask=mask.reshape(-1).float(), loss_scale=float(batch_size))
+        with attached(self._all_probes(), chunk):
+            with autocast(self.device, self.dtype):
+                logits = self.model(**inputs).logits
+            loss = _summed_sample_loss(logits.float(), labels, batch_size)
+            if not torch.isfinite(loss):
+                raise DeepCutsError(f"non-finite loss ({loss.item()}) on calibration batch {b}; "
+                                    "check the model weights and labels")
+            loss.backward()
+
+    @torch.no_grad()
+    def _epilogue(self, b: int, routes: Iterable[Route]) -> None:
+        """Hand one batch's statistics to every route, layer by layer, then clear them."""
+        self._check_finite(b)
+        for layer, probes in enumerate(self.probes):
+            for route in routes:
+                route.add(b, layer, probes)
+            for p in probes.values():
+                p.reset()
+
+    def _check_finite(self, b: int) -> None:
+        """Name the layer nearest the loss whose gradients are not finite (where they went bad)."""
+        stats = [(p, (p.grad if p.grad is not None else p.grad_bias) if self.weight_grads else p.act_dot)
+                 for p in self._all_probes()]
+        probes = [p for p, stat in stats if stat is not None]
+        sums = torch.stack([stat.sum() for _, stat in stats if stat is not None])
+        finite = torch.isfinite(sums).tolist()  # one device sync per batch
+        for p, ok in zip(reversed(probes), reversed(finite)):
+            if not ok:
+                raise DeepCutsError(f"non-finite gradients in {p.name} on calibration batch {b}; "
+                                    "check the model weights and inputs, or score in fp32")
+
+    def _all_probes(self) -> list[LinearProbe]:
+        return [p for probes in self.probes for p in probes.values()]
+
+
+def default_memory(device: torch.device) -> int:
+    """The default cap on the stacked noisy batch: half the free GPU memory, or 4 GiB on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return DEFAULT_CPU_MEMORY
+
+
+def _start_graph(module: nn.Module, inputs, output):
+    """Make the embedding output require grad so the encoder builds a graph with frozen weights."""
+    if torch.is_tensor(output) and not output.requires_grad:
+        return output.detach().requires_grad_(True)
+    return output
+
+
+def _summed_sample_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Sum over stacked copies of each copy's mean loss (CE, or MSE for one output)."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.view(-1), labels.float().view(-1), reduction="sum") / batch_size
+    return F.cross_entropy(logits, labels.long().view(-1), reduction="sum") / batch_size

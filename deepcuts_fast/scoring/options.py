@@ -1,0 +1,107 @@
+"""`ScoreOptions`: every option of a scoring call in one validated, frozen object.
+
+`score`, `score_many`, `score_run` and `deepcuts score` each build one (from `options=` or from their
+keyword arguments) and pass it on; nothing below them re-reads or re-checks options.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+
+from ..errors import DeepCutsError
+from ..kernels import BACKENDS
+from ..precision import NAMES, parse_dtype
+from .criteria import Criterion
+
+GRANULARITIES = ("weight", "unit")
+UNIT_METHODS = ("sum", "first-order")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How to score. The first ten fields decide the numbers: they are recorded in every result's
+    meta and in checkpoint fingerprints; the rest say how the run goes.
+
+    `reference=True` reproduces the original DeepCuts code and turns on `train_mode` (dropout on),
+    `sequential_noise` (the N noise samples as N passes) and `include_padding` (activation means over
+    padding tokens too). `dtype` is kept as its name ("auto", "fp32", "bf16", "fp16"); each pass
+    records what "auto" resolved to.
+    """
+
+    granularity: str = "weight"
+    unit_method: str = "sum"
+    noise_samples: int = 10
+    noise_std: float = 1e-3
+    shift: float = 10.0
+    seed: int = 0
+    dtype: str | torch.dtype | None = "auto"  # a name or torch dtype; None means "auto"; kept as its name
+    train_mode: bool = False
+    sequential_noise: bool = False
+    include_padding: bool = False
+    reference: bool = False
+    backend: str = "auto"
+    max_memory: int | None = None  # bytes for the stacked noisy batch; None: half the free GPU memory, or 4 GiB
+    progress: bool = True
+
+    RECORDED: ClassVar[tuple[str, ...]] = ("granularity", "unit_method", "noise_samples", "noise_std", "shift",
+                                           "seed", "dtype", "train_mode", "sequential_noise", "include_padding")
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise DeepCutsError(f"unknown granularity {self.granularity!r}; choose 'weight' or 'unit'")
+        if self.unit_method not in UNIT_METHODS:
+            raise DeepCutsError(f"unknown unit_method {self.unit_method!r}; choose 'sum' or 'first-order'")
+        if int(self.noise_samples) < 1:
+            raise DeepCutsError(f"noise_samples must be >= 1, got {self.noise_samples}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise DeepCutsError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
+        if self.backend not in BACKENDS:
+            raise DeepCutsError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        requested = parse_dtype(self.dtype)
+        normal = dict(noise_samples=int(self.noise_samples), noise_std=float(self.noise_std), shift=float(self.shift),
+                      seed=int(self.seed), dtype="auto" if requested is None else NAMES[requested])
+        if self.reference:
+            normal.update(train_mode=True, sequential_noise=True, include_padding=True)
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def unit(self) -> bool:
+        """Whether heads and FFN neurons are scored rather than single weights."""
+        return self.granularity == "unit"
+
+    @property
+    def first_order(self) -> bool:
+        """Whether unit scores come from the activation statistics rather than from summed weight scores."""
+        return self.unit and self.unit_method == "first-order"
+
+    def recorded(self) -> dict:
+        """The options that decide the numbers, as recorded in the scores' meta."""
+        return {name: getattr(self, name) for name in self.RECORDED}
+
+    def check_criteria(self, criteria: Sequence[Criterion]) -> None:
+        """Refuse a criterion that cannot be scored at this granularity."""
+        for c in criteria:
+            if not self.unit and not c.per_weight:
+                raise DeepCutsError(f"{c.name} scores heads and FFN neurons only; pass granularity='unit'")
+
+
+def options_from(options: ScoreOptions | None, **keywords) -> ScoreOptions:
+    """`options` when given, else the `ScoreOptions` the keywords spell; a keyword that contradicts
+    `options` (neither its default nor the value in `options`) is an error."""
+    given = ScoreOptions(**keywords)
+    if options is None:
+        return given
+    if not isinstance(options, ScoreOptions):
+        raise DeepCutsError(f"options must be a ScoreOptions, got {type(options).__name__}")
+    default = ScoreOptions()
+    clashes = [f.name for f in fields(ScoreOptions)
+               if getattr(given, f.name) not in (getattr(default, f.name), getattr(options, f.name))]
+    if clashes:
+        raise DeepCutsError(f"{', '.join(clashes)} given both in options= and as keywords, with different values; "
+                            "pass each option once")
+    return options
