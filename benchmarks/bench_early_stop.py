@@ -84,7 +84,8 @@ def closeness(model, full, early, granularity: str, test, args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model, tokenizer, _ = embedded_task_model(progress=False)
+    task = embedded_task_model(progress=False)
+    model, tokenizer = task.model, task.tokenizer
     batches = make_batches(load_dataset("rotten_tomatoes", "train"), tokenizer, batch_size=16, max_length=64,
                            shuffle=True, seed=0, limit=args.batches * 16)
     test = make_batches(load_dataset("rotten_tomatoes", "test"), tokenizer, batch_size=64, max_length=64,

@@ -69,7 +69,8 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     keeps = [float(k) for k in args.keep.split(",")]
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    model, tok, _ = embedded_task_model(progress=False)
+    task = embedded_task_model(progress=False)
+    model, tok = task.model, task.tokenizer
     model.eval()
     train, test = load_dataset("rotten_tomatoes", "train"), load_dataset("rotten_tomatoes", "test")
     test_batches = make_batches(test, tok, batch_size=128, max_length=args.seq_len, sort_by_length=True)

@@ -1,4 +1,8 @@
-"""The `deepcuts` command line: score, eval, prune, bench and run (the main job on the embedded default)."""
+"""The `deepcuts` command line: score, eval, prune, bench and run (the main job on the embedded default).
+
+Over 300 lines on purpose: `build_parser` defines every flag in one place and the `cmd_*` functions
+below read them; splitting the commands into modules would separate the flags from their readers.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,24 +12,28 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import check_writable
 from .errors import DeepCutsError, first_line
 
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
-DTYPE_HELP = ("precision: auto (default) = bf16 where this machine runs it natively (GPUs with bf16, CPUs with "
-              "AMX / AVX512_BF16), else fp32")
+DTYPE_HELP = ("precision: auto (default) = the fastest dtype this machine runs natively (bf16 on GPUs and CPUs "
+              "with native bf16, else fp32), as deepcuts_fast.precision decides; $DEEPCUTS_PRECISION overrides it")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `deepcuts` parser with every sub-command and flag."""
     from .benchmarking import add_bench_command
+    from .job.config import JobConfig
+    from .precision import CHOICES as DTYPE_CHOICES
+    from .task import TASK_MODEL_ALIAS
 
     parser = argparse.ArgumentParser(prog="deepcuts", description="DeepCuts pruning scores for BERT-family encoders.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, data_required=True):
-        p.add_argument("--model", default="minilm-rt",
+        p.add_argument("--model", default=TASK_MODEL_ALIAS,
                        help="model folder or hub name; 'minilm' = packaged MiniLM (no task head), "
-                            "'minilm-rt' = it fine-tuned on the embedded data (default; cached)")
+                            f"'{TASK_MODEL_ALIAS}' = it fine-tuned on the embedded data (default; cached)")
         p.add_argument("--data", required=data_required, default=None if data_required else "rotten_tomatoes",
                        help="'rotten_tomatoes' (embedded), a CSV/TSV/JSON(L) file with text[,text_pair],label, "
                             "or a datasets hub name")
@@ -71,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate on the first N examples only")
 
     p = sub.add_parser("prune", help="plan from a scores file and write a physically smaller model folder")
-    p.add_argument("--model", default="minilm-rt", help="the model the scores were computed on (folder or alias)")
+    p.add_argument("--model", default=TASK_MODEL_ALIAS, help="the model the scores were computed on (folder or alias)")
     p.add_argument("--scores", required=True, help="scores file written by `deepcuts score`")
     for target in ("flops", "params", "heads", "neurons"):
         p.add_argument(f"--keep-{target}", type=float, default=None, help=f"fraction of {target} to keep")
@@ -97,16 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: fine-tune (cached), score every criterion, paper mode, structured "
                                    "mode with latency and reconstruction, mask analysis, report.md; resumable")
     common(r, data_required=False)
+    quick, full = JobConfig.quick(), JobConfig.full()
     r.add_argument("--quick", action="store_true",
-                   help="reduced grid (5 criteria, 8 calibration batches, keep_flops 0.5, no recovery fine-tuning)")
+                   help=f"reduced grid ({len(quick.criteria)} criteria, {quick.calibration_batches} calibration "
+                        f"batches, keep_flops {', '.join(f'{k:g}' for k in quick.keep_flops)}, "
+                        "no recovery fine-tuning)")
     r.add_argument("--out", default=None, help="output folder (default runs/quick or runs/full); a rerun into the "
                                                 "same folder reuses the steps that finished")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--calibration-batches", type=int, default=None, help="default 8 (--quick) or 32")
+    r.add_argument("--calibration-batches", type=int, default=None,
+                   help=f"default {quick.calibration_batches} (--quick) or {full.calibration_batches}")
     r.add_argument("--recovery-epochs", type=float, default=None,
-                   help="recovery fine-tuning of the best slim model per FLOP budget (default 0 with --quick, else 1)")
-    r.add_argument("--latency-batch", type=int, default=32, help="batch size of the latency measurements")
-    r.add_argument("--latency-seq", type=int, default=128,
+                   help="recovery fine-tuning of the best slim model per FLOP budget (default "
+                        f"{quick.structured_recovery_epochs:g} with --quick, else {full.structured_recovery_epochs:g})")
+    r.add_argument("--latency-batch", type=int, default=full.latency_batch,
+                   help="batch size of the latency measurements")
+    r.add_argument("--latency-seq", type=int, default=full.latency_seq,
                    help="sequence length of the latency measurements and of the FLOP budgets")
     r.add_argument("--fresh", action="store_true", help="recompute every step instead of reusing finished ones")
     return parser
@@ -128,6 +142,7 @@ def _size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `deepcuts`; the exit status is 2 for a DeepCutsError, 1 for an unexpected failure, 130 for Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -155,46 +170,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_transformers() -> None:
+    """Silence transformers' info messages and progress bars: the commands print their own."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
 
-def _check_writable(path: Path, is_dir: bool = False) -> None:
-    """Fail before any expensive work when the output location cannot be written."""
-    folder = path if is_dir else path.parent
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise DeepCutsError(f"cannot write to {path}: {probe} is not a writable folder; choose another output path")
-    if not is_dir and path.is_dir():
-        raise DeepCutsError(f"output {path} is a folder; give a file name such as scores.safetensors")
+def _classifier(args, num_labels: int | None):
+    """(model, tokenizer) for the --model of score, eval and prune: a bare encoder gets a fresh random head
+    with `num_labels` outputs (2 when None), unlike `deepcuts run`, which fine-tunes it first."""
+    from .task import TASK_MODEL_ALIAS, task_model
 
-
-def _task_model(name: str, dataset, progress: bool):
-    """(model, tokenizer) for a CLI --model value; a model without a task head gets one sized for
-    `dataset` (two classes when there is no dataset)."""
-    from transformers import AutoConfig
-
-    from .task import TASK_MODEL_ALIAS, embedded_task_model
-    from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
-    from .pruning import from_pretrained
-
-    if name == TASK_MODEL_ALIAS:
-        model, tokenizer, _ = embedded_task_model(progress=progress)
-        return model, tokenizer
-    if name == "minilm":
+    if args.model == "minilm":
         print("deepcuts: note: the packaged MiniLM has no task head, so a random one is used; "
               f"use --model {TASK_MODEL_ALIAS} for the fine-tuned model", file=sys.stderr)
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(name))
-    except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load model {name!r}: {first_line(e)}") from e
-    if dataset is not None and not has_classifier_head(config):
-        return load_model(name, num_labels=dataset.num_labels), load_tokenizer(name)
-    return from_pretrained(name), load_tokenizer(name)
+    task = task_model(args.model, on_bare="random-head", num_labels=num_labels, progress=not args.quiet)
+    return task.model, task.tokenizer
 
 
 def _model_and_data(args, split: str):
@@ -202,19 +194,25 @@ def _model_and_data(args, split: str):
     from .data import check_labels, load_dataset
 
     dataset = load_dataset(args.data, split)
-    model, tokenizer = _task_model(args.model, dataset, progress=not args.quiet)
+    model, tokenizer = _classifier(args, dataset.num_labels)
     check_labels(dataset, model.config.num_labels)
     return model, tokenizer, dataset
 
 
 def cmd_score(args) -> int:
+    from dataclasses import replace
+
     from .data import make_batches
-    from .scoring import get_criterion, score_run
+    from .scoring import ScoreOptions, get_criterion, score_run
     from .scoring.distributed import main_first, process_group
 
     out = Path(args.out)
-    _check_writable(out)
-    get_criterion(args.criterion)  # fail on a misspelt name before loading anything
+    check_writable(out)
+    criterion = get_criterion(args.criterion)  # fail on a misspelt name or a bad option before loading anything
+    options = ScoreOptions(granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
+                           noise_std=args.noise_std, dtype=args.dtype, seed=args.seed, reference=args.reference,
+                           max_memory=args.max_memory, progress=not args.quiet)
+    options.check_criteria([criterion])
     if args.batches < 1:
         raise DeepCutsError("--batches must be >= 1")
     checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
@@ -226,16 +224,14 @@ def cmd_score(args) -> int:
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                                shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)
         start = time.perf_counter()
-        run = score_run(model, batches, [args.criterion], checkpoint=checkpoint,
+        run = score_run(model, batches, [criterion.name], checkpoint=checkpoint,
                         checkpoint_every=args.checkpoint_every, until_stable=args.until_stable,
-                        stable_keep=args.stable_keep, world=world, max_memory=args.max_memory,
-                        granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
-                        noise_std=args.noise_std, dtype=args.dtype, seed=args.seed, reference=args.reference,
-                        progress=not args.quiet and world.is_main)
+                        stable_keep=args.stable_keep, world=world,
+                        options=replace(options, progress=options.progress and world.is_main))
         seconds = time.perf_counter() - start
         if not world.is_main:
             return 0
-        scores = run.scores[get_criterion(args.criterion).name]
+        scores = run.scores[criterion.name]
         scores.save(out)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
@@ -275,6 +271,7 @@ def _score_device(name: str, world_size: int):
 
 
 def cmd_eval(args) -> int:
+    """`deepcuts eval`: accuracy / loss (or MSE for regression) on a split, and the dtype it ran in."""
     from .data import make_batches
     from .precision import choose
     from .train import evaluate, model_device
@@ -293,30 +290,31 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    """`deepcuts prune`: plan from a scores file, prune (and optionally reconstruct), save the slim folder."""
+    from . import planning
     from .flops import encoder_flops, encoder_unit_params
-    from .planning import plan
     from .pruning import prune, reconstruct, save_pretrained
     from .scoring import Scores
 
     out = Path(args.out)
-    _check_writable(out, is_dir=True)
+    check_writable(out, folder=True)
     if out.exists() and not args.overwrite:
         raise DeepCutsError(f"{out} already exists; choose a new folder or pass --overwrite")
     scores = Scores.load(args.scores)
-    model, tokenizer = _task_model(args.model, None, progress=not args.quiet)
-    the_plan = plan(model, scores, keep_flops=args.keep_flops, keep_params=args.keep_params,
-                    keep_heads=args.keep_heads, keep_neurons=args.keep_neurons, seq_len=args.seq_len,
-                    scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
-                    multiple_of=args.multiple_of)
-    slim = prune(model, the_plan)
+    model, tokenizer = _classifier(args, None)
+    plan = planning.plan(model, scores, keep_flops=args.keep_flops, keep_params=args.keep_params,
+                         keep_heads=args.keep_heads, keep_neurons=args.keep_neurons, seq_len=args.seq_len,
+                         scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
+                         multiple_of=args.multiple_of)
+    slim = prune(model, plan)
     if args.reconstruct:
         slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype=args.dtype)
-    save_pretrained(slim, out, tokenizer=tokenizer, plan=the_plan, overwrite=args.overwrite)
+    save_pretrained(slim, out, tokenizer=tokenizer, plan=plan, overwrite=args.overwrite)
     summary = {
         "out": str(out),
         "reconstructed_on": args.reconstruct,
-        "heads": [len(h) for h in the_plan.heads],
-        "ffn": [len(n) for n in the_plan.neurons],
+        "heads": [len(h) for h in plan.heads],
+        "ffn": [len(n) for n in plan.neurons],
         "params": sum(p.numel() for p in slim.parameters()),
         "dense_params": sum(p.numel() for p in model.parameters()),
         "unit_params_kept": encoder_unit_params(slim) / encoder_unit_params(model),
@@ -325,7 +323,7 @@ def cmd_prune(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(the_plan.summary())
+        print(plan.summary())
         print(f"kept {summary['flops_kept']:.1%} of encoder FLOPs at seq {args.seq_len}, "
               f"{summary['params']:,} of {summary['dense_params']:,} params; wrote {out}")
     return 0
@@ -342,6 +340,7 @@ def _reconstruction_batches(args, tokenizer) -> list:
 
 
 def cmd_run(args) -> int:
+    """`deepcuts run`: the main job on --model (a bare encoder is fine-tuned first) and --data, into --out."""
     import shutil
 
     from .data import check_labels, load_dataset, make_batches
@@ -349,7 +348,7 @@ def cmd_run(args) -> int:
     from .task import task_model
 
     out = Path(args.out or ("runs/quick" if args.quick else "runs/full"))
-    _check_writable(out, is_dir=True)
+    check_writable(out, folder=True)
     overrides = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
                  "dtype": args.dtype, "latency_batch": int(_positive(args.latency_batch, "--latency-batch")),
                  "latency_seq": int(_positive(args.latency_seq, "--latency-seq"))}
@@ -360,7 +359,8 @@ def cmd_run(args) -> int:
     config = (JobConfig.quick if args.quick else JobConfig.full)(**overrides)
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     dataset = load_dataset(args.data, "train")
-    task = task_model(args.model, args.data, dataset, progress=not args.quiet, dtype=args.dtype)
+    task = task_model(args.model, on_bare="fine-tune", data=args.data, num_labels=dataset.num_labels,
+                      progress=not args.quiet, dtype=args.dtype)
     check_labels(dataset, task.model.config.num_labels)
     draw = lambda seed: make_batches(  # noqa: E731
         dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,
@@ -380,9 +380,11 @@ def cmd_run(args) -> int:
 
 
 def _positive(value: float, flag: str, zero: bool = False) -> float:
+    """`value` of `flag`, checked to be > 0 (>= 0 with `zero`)."""
     if not (value > 0 or (zero and value == 0)):
         raise DeepCutsError(f"{flag} must be {'>= 0' if zero else '> 0'}, got {value}")
     return value
+
 
 if __name__ == "__main__":
     sys.exit(main())

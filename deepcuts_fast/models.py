@@ -11,6 +11,7 @@ from .arch import arch_spec
 from .errors import DeepCutsError, first_line
 
 MODEL_ALIASES = ("minilm",)
+WEIGHTS_FILE = "model.safetensors"  # the weights of a saved model folder (transformers' SAFE_WEIGHTS_NAME)
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -1,32 +1,35 @@
-"""Task models: a classifier ready to score, fine-tuned (and cached) first when it has no task head.
+"""Task models: the classifier a `--model` value names, ready to score.
 
 The embedded default `minilm-rt` is the packaged MiniLM-L6 fine-tuned on the packaged Rotten
-Tomatoes reviews. Any bare encoder gets the same recipe on the given data (AdamW, lr 1e-4
-decaying linearly over one epoch, batch 32, length 64, examples grouped by length within pools
-of 50 batches so little compute goes to padding, seed 0, bf16 autocast only where the machine
-runs bf16 natively), so the pre-fine-tuning weights can be rebuilt exactly for lottery-ticket
-rewinding.
+Tomatoes reviews. A bare encoder (no task head) is either fine-tuned first with the same recipe
+on the given data (AdamW, lr 1e-4 decaying linearly over one epoch, batch 32, length 64, examples
+grouped by length within pools of 50 batches so little compute goes to padding, seed 0, precision
+as `deepcuts_fast.precision` decides), so the pre-fine-tuning weights can be rebuilt exactly for
+lottery-ticket rewinding, or given a fresh seeded head: the caller chooses (`on_bare`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from .data import EMBEDDED, load_dataset, make_batches
 from .errors import DeepCutsError, first_line
-from .data import EMBEDDED, TextDataset, load_dataset, make_batches
+from .finetune_cache import finetuned_model
 from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
-from .train import finetuned_model
 
 TASK_MODEL_ALIAS = "minilm-rt"
+OnBare = Literal["fine-tune", "random-head"]
+ON_BARE: tuple[OnBare, ...] = ("fine-tune", "random-head")
 FINETUNE = dict(epochs=1.0, lr=1e-4, batch_size=32, max_length=64, length_pool=50, seed=0)
 
 
 @dataclass
 class TaskModel:
-    """A fine-tuned classifier, its tokenizer, and how it was made (`base` None: given ready-made)."""
+    """A classifier, its tokenizer, and how it was made (`base` None: not fine-tuned by this package)."""
 
     model: nn.Module
     tokenizer: object
@@ -76,28 +79,37 @@ def finetuned_task_model(base: str, data: str, num_labels: int, progress: bool =
     return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata)
 
 
-def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None = "auto"
-                        ) -> tuple[nn.Module, object, bool]:
-    """(fine-tuned MiniLM classifier, its tokenizer, whether it came from the cache)."""
-    task = finetuned_task_model("minilm", EMBEDDED, num_labels=2, progress=progress, dtype=dtype)
-    return task.model, task.tokenizer, task.cached
+def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None = "auto") -> TaskModel:
+    """`minilm-rt`: the packaged MiniLM fine-tuned on the embedded Rotten Tomatoes train split (cached)."""
+    return finetuned_task_model("minilm", EMBEDDED, num_labels=2, progress=progress, dtype=dtype)
 
 
-def task_model(name: str, data: str, dataset: TextDataset, progress: bool = True,
-               dtype: str | torch.dtype | None = "auto") -> TaskModel:
-    """The classifier the main job prunes: `minilm-rt`, a saved classifier as is, or a bare encoder
-    (`minilm`, any BERT-family folder or hub name) fine-tuned on `data` first (in `dtype`: "auto"
-    is bf16 only where the machine runs it natively)."""
+def task_model(name: str, *, on_bare: OnBare, data: str | None = None, num_labels: int | None = None,
+               progress: bool = True, dtype: str | torch.dtype | None = "auto") -> TaskModel:
+    """The classifier `name` stands for: `minilm-rt` (fine-tuned, cached), a saved classifier or slim
+    folder as is, or a bare encoder (`minilm`, any BERT-family folder or hub name without a task head).
+
+    A bare encoder is fine-tuned on the train split of `data` first (cached; `dtype` "auto" as
+    `deepcuts_fast.precision` decides) when `on_bare="fine-tune"`, or gets a fresh head seeded 0 when
+    `on_bare="random-head"`; either head has `num_labels` outputs (None: 2).
+    """
     from transformers import AutoConfig
 
     from .pruning import from_pretrained
 
+    if on_bare not in ON_BARE:
+        raise DeepCutsError(f"unknown on_bare {on_bare!r}; choose one of {', '.join(ON_BARE)}")
     if name == TASK_MODEL_ALIAS:
-        return finetuned_task_model("minilm", EMBEDDED, num_labels=2, progress=progress, dtype=dtype)
+        return embedded_task_model(progress=progress, dtype=dtype)
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load model {name!r}: {first_line(e)}") from e
-    if not has_classifier_head(config):
-        return finetuned_task_model(name, data, num_labels=dataset.num_labels, progress=progress, dtype=dtype)
-    return TaskModel(from_pretrained(name), load_tokenizer(name), data=data)
+    if has_classifier_head(config):
+        return TaskModel(from_pretrained(name), load_tokenizer(name), data=data)
+    if on_bare == "random-head":
+        return TaskModel(load_model(name, num_labels=num_labels), load_tokenizer(name), data=data)
+    if data is None:
+        raise DeepCutsError(f"{name!r} has no task head, and fine-tuning one needs data; pass data=")
+    return finetuned_task_model(name, data, num_labels=2 if num_labels is None else num_labels, progress=progress,
+                                dtype=dtype)

@@ -1,21 +1,14 @@
-"""Fine-tune and evaluate sequence classifiers, and cache fine-tuned models on disk.
+"""Fine-tune and evaluate sequence classifiers.
 
-The embedded default model has no task head, so the pipeline fine-tunes one before scoring; the
-cache makes that a one-time cost. Training is seeded and leaves the caller's RNG untouched, so a
-cached entry and a fresh run with the same key are the same model.
+Training is seeded and leaves the caller's RNG untouched, so the same settings on the same data
+give the same model (which is what lets `finetune_cache` reuse a fine-tune, and rewinding replay one).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,16 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._version import __version__
-from .cache import cache_dir
 from .errors import DeepCutsError
-from .hashing import cache_key, canonical_json
 from .precision import autocast, choose
-from .models import MODEL_ALIASES, load_model
 
 Batch = Mapping[str, Any]
-METADATA_FILE = "deepcuts_finetune.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +41,7 @@ def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
 # Fine-tuning
 
 
-def _num_steps(n_batches: int, epochs: float) -> int:
+def num_steps(n_batches: int, epochs: float) -> int:
     """Optimizer steps for `epochs` passes over `n_batches` (fractional epochs use a prefix of a pass)."""
     if n_batches == 0:
         raise DeepCutsError("no training batches: the training data is empty")
@@ -120,11 +107,12 @@ def finetune(
     fraction of steps spent ramping the LR up. Dropout and batch order are seeded by `seed`, inside
     a forked RNG so the caller's random state is unchanged. `masks` (parameter name -> bool keep
     mask) are applied before training and after every step, so pruned weights stay zero. `dtype`
-    "auto" autocasts to bf16 only where the device runs it natively (see `deepcuts_fast.precision`).
+    "auto" autocasts to bf16 where the device runs it natively, else trains in fp32 (as
+    `deepcuts_fast.precision` decides).
     """
     if not 0.0 <= warmup < 1.0:
         raise DeepCutsError(f"warmup is a fraction of the training steps in [0, 1), got {warmup}")
-    steps = _num_steps(len(batches), epochs)
+    steps = num_steps(len(batches), epochs)
     device = model_device(model)
     autocast_dtype = choose("train", device, dtype).autocast_dtype
     pruned = _pruned_entries(model, masks or {})
@@ -248,8 +236,8 @@ def evaluate(
     """Metrics of `model` on labelled `batches` (eval mode, no gradients; the model's mode is restored).
 
     A model with one output (`num_labels == 1`) is scored as a regressor, otherwise as a classifier.
-    `dtype` is fp32 by default, so accuracies compare across machines; "auto" or bf16 autocast the
-    forwards (see `deepcuts_fast.precision`).
+    `dtype` is fp32 by default, so accuracies compare across machines; "auto" (the fastest dtype the
+    device runs natively, as `deepcuts_fast.precision` decides) or an explicit bf16 / fp16 autocasts the forwards.
     """
     autocast_dtype = choose("infer", model_device(model), dtype).autocast_dtype
     was_training = model.training
@@ -262,123 +250,3 @@ def evaluate(
             return _classification_result(pairs)
     finally:
         model.train(was_training)
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache of fine-tuned models
-
-
-class FineTuned(NamedTuple):
-    """A fine-tuned model, whether it came from the cache, and its cache entry's metadata
-    (`precision`: the dtype training ran in and why; `seconds`: how long it took)."""
-
-    model: nn.Module
-    cached: bool
-    metadata: dict
-
-
-def _model_id(model_name: str) -> str:
-    """How a base model is named in a cache key: aliases and hub names as given, folders as absolute paths."""
-    if model_name.lower() in MODEL_ALIASES or not Path(model_name).exists():
-        return model_name
-    return str(Path(model_name).resolve())
-
-
-def _is_complete(entry: Path, key: str) -> bool:
-    """Whether `entry` holds weights and a readable metadata file for `key` (else it is rebuilt)."""
-    try:
-        meta = json.loads((entry / METADATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (entry / WEIGHTS_FILE).is_file() and meta.get("key") == key
-
-
-def _versions() -> dict[str, str | None]:
-    """Versions of the libraries that produced a cache entry, for provenance."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"deepcuts-fast": __version__}
-    for name in ("torch", "transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _write_entry(entry: Path, model: nn.Module, tokenizer: Any, metadata: dict[str, Any]) -> None:
-    """Save model, tokenizer and metadata into a temp folder, then rename it onto `entry` atomically."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
-        _publish(tmp, entry, metadata["key"])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
-
-
-def _publish(tmp: Path, entry: Path, key: str) -> None:
-    """Rename the finished `tmp` onto `entry`; an incomplete entry is replaced, but a complete one
-    that another process wrote meanwhile is kept (both are the same model)."""
-    if entry.exists() and not _is_complete(entry, key):
-        shutil.rmtree(entry)
-    try:
-        os.replace(tmp, entry)
-    except OSError:
-        if not _is_complete(entry, key):
-            raise
-
-
-def finetuned_model(
-    model_name: str,
-    tokenizer: Any,
-    make_batches: Callable[[Any], Sequence[Batch]],
-    *,
-    num_labels: int = 2,
-    key_fields: Mapping[str, Any] | None = None,
-    epochs: float = 1.0,
-    lr: float = 1e-4,
-    weight_decay: float = 0.01,
-    warmup: float = 0.0,
-    seed: int = 0,
-    dtype: str | torch.dtype | None = "auto",
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> FineTuned:
-    """`model_name` fine-tuned on `make_batches(tokenizer)`, from the cache when possible.
-
-    The cache key covers the base model, `num_labels`, every training setting (the precision as
-    resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
-    `key_fields`, which must describe the training data (dataset, split, max length, batch size,
-    ...), since `make_batches` is only called on a miss. An entry lives in
-    `cache_dir()/finetuned/<key>/` as an ordinary model folder (safetensors weights, tokenizer,
-    `deepcuts_finetune.json`); it is written to a temp folder and renamed, so a crash never leaves
-    a half-written entry, and an incomplete one is rebuilt.
-    """
-    precision = choose("train", device or "cpu", dtype)
-    train_settings = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed,
-                          dtype=precision.name)
-    fields = dict(model=_model_id(model_name), num_labels=num_labels, train=train_settings, data=dict(key_fields or {}))
-    key = cache_key(**fields)
-    entry = cache_dir() / "finetuned" / key
-    if _is_complete(entry, key):
-        meta = json.loads((entry / METADATA_FILE).read_text(encoding="utf-8"))
-        return FineTuned(load_model(str(entry), num_labels=num_labels).to(device), True, meta)
-
-    model = load_model(model_name, num_labels=num_labels, seed=seed).to(device)
-    batches = make_batches(tokenizer)
-    start = time.perf_counter()
-    finetune(model, batches, progress=progress, **train_settings)
-    metadata = {
-        "key": key,
-        "fields": json.loads(canonical_json(fields)),
-        "precision": precision.to_dict(),
-        "train_batches": len(batches),
-        "steps": _num_steps(len(batches), epochs),
-        "seconds": round(time.perf_counter() - start, 3),
-        "versions": _versions(),
-    }
-    _write_entry(entry, model, tokenizer, metadata)
-    return FineTuned(model, False, metadata)

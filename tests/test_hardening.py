@@ -65,7 +65,7 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(model_d
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure\nwith a second line")
 
-    monkeypatch.setattr("deepcuts_fast.scoring.calibration.score_many", broken)
+    monkeypatch.setattr("deepcuts_fast.scoring.runner.score_many", broken)
     out = tmp_path / "s.safetensors"
     assert cli.main(score_argv(model_dir, data_csv, out)) == 1
     err = capsys.readouterr().err
@@ -94,21 +94,21 @@ def test_ctrl_c_or_a_failure_while_writing_leaves_no_partial_file(model_dir, dat
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_no_output(model_dir, data_csv, tmp_path, monkeypatch,  # noqa: F811
                                                         capsys):
-    from deepcuts_fast.scoring import calibration
+    from deepcuts_fast.scoring import runner
 
-    save, saves = calibration.save_checkpoint, []
+    save, saves = runner.save_checkpoint, []
 
     def interrupted(*args, **kwargs):
         save(*args, **kwargs)
         saves.append(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(calibration, "save_checkpoint", interrupted)
+    monkeypatch.setattr(runner, "save_checkpoint", interrupted)
     out = tmp_path / "s.safetensors"
     argv = score_argv(model_dir, data_csv, out) + ["--checkpoint-every", "1", "--json"]
     assert cli.main(argv) == 130 and "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors.ckpt"]
-    monkeypatch.setattr(calibration, "save_checkpoint", save)
+    monkeypatch.setattr(runner, "save_checkpoint", save)
     assert cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["resumed_from"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
@@ -127,6 +127,67 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
         os.umask(old)
     mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
     assert mode("atomic.txt") == mode("plain.txt") == 0o644
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_atomic_folders_get_the_permissions_of_makedirs(tmp_path, umask):
+    """Slim model folders (and fine-tune cache entries, tests/test_train.py) must not be private 0700:
+    shared stores and containers running as another user read them."""
+    import os
+
+    from conftest import tiny_model
+
+    from deepcuts_fast.atomic import atomic_folder
+
+    old = os.umask(umask)
+    try:
+        os.makedirs(tmp_path / "plain")
+        with atomic_folder(tmp_path / "atomic") as folder:
+            (folder / "x.txt").write_text("x")
+        dc.save_pretrained(tiny_model("bert"), tmp_path / "slim")
+    finally:
+        os.umask(old)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("atomic") == mode("slim") == mode("plain") == 0o777 & ~umask
+
+
+def test_atomic_folder_replaces_safely_and_leaves_nothing_on_failure(tmp_path):
+    from deepcuts_fast.atomic import atomic_folder
+
+    target = tmp_path / "out"
+    with atomic_folder(target) as folder:
+        (folder / "old.txt").write_text("old")
+    with pytest.raises(DeepCutsError, match="already exists"):
+        with atomic_folder(target):
+            pytest.fail("the block must not run when the folder exists and overwrite is off")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_folder(target, overwrite=True) as folder:
+            (folder / "new.txt").write_text("new")
+            raise RuntimeError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["old.txt"]
+    with atomic_folder(target, overwrite=True) as folder:
+        (folder / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+@pytest.mark.parametrize("theirs_complete", [True, False])
+def test_atomic_folder_keeps_a_complete_folder_published_meanwhile(tmp_path, theirs_complete):
+    """The fine-tune cache's race: another process publishes the same entry while this one writes it."""
+    from deepcuts_fast.atomic import atomic_folder
+
+    target = tmp_path / "entry"
+    complete = lambda folder: (folder / "done").is_file()  # noqa: E731
+    with atomic_folder(target, overwrite=True, keep_existing=complete) as folder:
+        (folder / "done").write_text("ours")
+        target.mkdir()
+        (target / ("done" if theirs_complete else "partial")).write_text("theirs")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+    assert (target / "done").read_text() == ("theirs" if theirs_complete else "ours")
+    with pytest.raises(DeepCutsError, match="overwrite=True"):
+        with atomic_folder(tmp_path / "other") as folder:
+            (tmp_path / "other").mkdir()
+            (tmp_path / "other" / "theirs").write_text("x")
+    assert not list(folder.parent.glob(".other*"))
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")

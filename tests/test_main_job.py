@@ -13,7 +13,7 @@ import deepcuts_fast as dc
 from deepcuts_fast.cli import main
 from deepcuts_fast.job import analysis
 from deepcuts_fast.job.goals import quality_goals, verdicts
-from deepcuts_fast.job.spread import pipeline_summary
+from deepcuts_fast.job.pipeline_summary import pipeline_summary
 from deepcuts_fast.hashing import model_fingerprint
 from deepcuts_fast.job.steps import StepStore
 from conftest import tiny_model
@@ -238,3 +238,24 @@ def test_rewinding_starts_from_exactly_the_weights_fine_tuning_started_from(enco
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     again = finetuned_task_model(str(encoder_dir), str(data_csv), num_labels=2, progress=False)
     assert again.cached and all(torch.equal(again.model.state_dict()[k], want[k]) for k in want)
+
+
+def test_one_resolver_fine_tunes_a_bare_encoder_or_gives_it_a_random_head(encoder_dir, model_dir, data_csv, tmp_path,
+                                                                          monkeypatch):
+    """`deepcuts run` fine-tunes a bare encoder first; score, eval and prune give it a fresh random head."""
+    from deepcuts_fast.errors import DeepCutsError
+    from deepcuts_fast.task import task_model
+
+    monkeypatch.setenv("DEEPCUTS_CACHE", str(tmp_path))
+    random = task_model(str(encoder_dir), on_bare="random-head", num_labels=3, progress=False)
+    assert random.model.config.num_labels == 3 and not random.can_rewind and not list(tmp_path.iterdir())
+    tuned = task_model(str(encoder_dir), on_bare="fine-tune", data=str(data_csv), num_labels=2, progress=False)
+    assert tuned.can_rewind and tuned.base == str(encoder_dir) and list(tmp_path.iterdir())
+    for on_bare in ("fine-tune", "random-head"):  # a saved classifier is used as it is
+        given = task_model(str(model_dir), on_bare=on_bare, data=str(data_csv), progress=False)
+        assert not given.can_rewind
+        assert torch.equal(given.model.classifier.weight, dc.from_pretrained(model_dir).classifier.weight)
+    with pytest.raises(DeepCutsError, match="needs data"):
+        task_model(str(encoder_dir), on_bare="fine-tune")
+    with pytest.raises(DeepCutsError, match="on_bare"):
+        task_model(str(encoder_dir), on_bare="train")

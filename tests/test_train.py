@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, tiny_batches, tiny_model
 
-from deepcuts_fast import train
+from deepcuts_fast import atomic, finetune_cache, train
+from deepcuts_fast.cache import cache_dir
 from deepcuts_fast.errors import DeepCutsError
+from deepcuts_fast.finetune_cache import finetuned_model
 from deepcuts_fast.hashing import cache_key
-from deepcuts_fast.train import EvalResult, cache_dir, evaluate, finetune, finetuned_model
+from deepcuts_fast.train import EvalResult, evaluate, finetune
 
 
 def token_task(n_batches: int = 8, batch_size: int = 16, seq_len: int = 8, seed: int = 0) -> list[dict]:
@@ -287,7 +289,7 @@ def test_cache_roundtrip(base, cache, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("must not train on a cache hit")
 
-    monkeypatch.setattr(train, "finetune", boom)
+    monkeypatch.setattr(finetune_cache, "finetune", boom)
     again, cached, _ = run_cached(base)
     assert cached and not again.training
     assert same_weights(model, again)
@@ -330,10 +332,23 @@ def test_crash_while_saving_leaves_nothing(base, cache, monkeypatch):
     def crash(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(train, "_publish", crash)
+    monkeypatch.setattr(atomic, "_publish", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         run_cached(base)
     assert list(cache.iterdir()) == []
+
+
+def test_cache_entries_get_the_permissions_of_makedirs(base, cache):
+    """Not mkdtemp's private 0700: a shared cache must be readable by the other users of the machine."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run_cached(base)
+    finally:
+        os.umask(old)
+    (entry,) = cache.iterdir()
+    assert entry.stat().st_mode & 0o777 == 0o755
 
 
 def test_lost_race_keeps_the_complete_entry(base, cache):
@@ -341,6 +356,6 @@ def test_lost_race_keeps_the_complete_entry(base, cache):
     (entry,) = cache.iterdir()
     meta = json.loads((entry / "deepcuts_finetune.json").read_text())
     # another process published the same key first: our rename fails, and its entry is kept
-    train._write_entry(entry, model, base[1], meta)
+    finetune_cache._write_entry(entry, model, base[1], meta)
     assert [p.name for p in cache.iterdir()] == [entry.name]
-    assert train._is_complete(entry, entry.name)
+    assert finetune_cache._is_complete(entry, entry.name)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
-from ..errors import DeepCutsError
+from ..atomic import check_writable
 from ..precision import CHOICES
 from .latency import benchmark
 
@@ -44,7 +43,7 @@ def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> i
     """Run `deepcuts bench` for parsed `args`; `load` turns a model folder into a module (default: `_load`)."""
     out = Path(args.out) if args.out else None
     if out is not None:
-        _check_writable_dir(out)
+        check_writable(out, folder=True)
     paths = [args.baseline, args.model] if args.baseline else [args.model]
     load = load or _load
     models = [p if p.endswith(".onnx") else load(p) for p in paths]
@@ -92,15 +91,4 @@ def _positive_ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,32, got {text!r}")
     return values
-
-
-def _check_writable_dir(out: Path) -> None:
-    """Fail before loading or timing anything when `out` cannot become a writable folder."""
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if probe == out and not out.is_dir():
-        raise DeepCutsError(f"--out {out} is a file; give a folder")
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise DeepCutsError(f"cannot write to {out}: {probe} is not a writable folder; choose another --out")
 

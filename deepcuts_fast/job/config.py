@@ -42,7 +42,7 @@ class JobConfig:
     pipeline_draws: int = 3  # dc.prune_without_retraining per criterion and budget on seeds seed, seed+1, ...
     latency_batch: int = 32
     latency_seq: int = 128
-    dtype: str = "auto"  # fine-tunes, scoring, reconstruction: auto = bf16 only where the machine runs it natively
+    dtype: str = "auto"  # fine-tunes, scoring, reconstruction; "auto": as deepcuts_fast.precision decides
     latency_dtypes: tuple[str, ...] = ("fp32", "auto")  # auto: the fastest native dtype, dropped when it is fp32
     latency_repeats: int = 10  # at least; the benchmark also takes at least 1 s of runs per setting
     iou_compression: float = 3.0  # paper-mode masks compared between criteria

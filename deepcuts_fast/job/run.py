@@ -23,7 +23,6 @@ from ..planning import Plan
 from ..pruning import save_pretrained
 from ..scoring import Scores, score_many
 from ..scoring.layout import model_layout
-from ..precision import choose, choose_for_scoring
 from ..task import TaskModel
 from ..train import evaluate
 from . import analysis, paper_mode, structured_mode
@@ -31,7 +30,8 @@ from .config import JobConfig
 from .goals import quality_goals, verdicts
 from .plots import write_plots
 from .report import write_report
-from .spread import pipeline_summary
+from .pipeline_summary import pipeline_summary
+from .step_precision import latency_dtypes, step_precisions
 from .steps import StepStore, source_fingerprint
 
 
@@ -300,25 +300,3 @@ def _finetune_summary(task: TaskModel) -> dict | None:
     return {"cached": task.cached, "seconds": info.get("seconds"), "steps": info.get("steps"),
             "dtype": info.get("precision", {}).get("dtype")}
 
-
-def latency_dtypes(config: JobConfig, device: str) -> list[str]:
-    """The job's latency dtypes resolved on `device` ("auto" -> the fastest native one), without repeats."""
-    return list(dict.fromkeys(choose("infer", device, d).name for d in config.latency_dtypes))
-
-
-def step_precisions(config: JobConfig, task: TaskModel, device: str = "cpu") -> dict[str, dict]:
-    """The dtype each step of the job runs in on this machine, and why (recorded in results.json and the report)."""
-    finetuned = (task.finetune_info or {}).get("precision")
-    return {
-        "fine-tune": finetuned or {"dtype": None, "reason": "the model was given fine-tuned"},
-        "scoring": choose_for_scoring(device, config.dtype, None).to_dict(),
-        "scoring (noisy passes)": choose_for_scoring(device, config.dtype, config.noise_std).to_dict(),
-        "recovery fine-tunes": choose("train", device, config.dtype).to_dict(),
-        "rewinding": {"dtype": (finetuned or {}).get("dtype"), "reason": "the original fine-tune's, so the replay "
-                                                                        "starts from and repeats it exactly"},
-        "reconstruction": choose("infer", device, config.dtype).to_dict(),
-        "evaluation": {"dtype": "fp32", "reason": "fp32 on every machine, so accuracies compare across machines"},
-        "latency": {"dtype": ", ".join(latency_dtypes(config, device)),
-                    "reason": "fp32, and the fastest native dtype where it differs: "
-                              + choose("infer", device, "auto").reason},
-    }

@@ -11,7 +11,8 @@ from torch import nn
 from ..benchmarking import benchmark
 from ..flops import encoder_flops
 from ..pipeline import prune_without_retraining
-from ..planning import Plan, plan
+from .. import planning
+from ..planning import Plan
 from ..pruning import prune, reconstruct
 from ..scoring import Scores
 from ..train import evaluate, finetune
@@ -28,8 +29,8 @@ def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: i
                        evaluation: list, reference: list[torch.Tensor], dtype: str) -> dict:
     """Global plan at `keep` of the encoder FLOPs, pruned; accuracy single shot and reconstructed
     (reconstruction forwards in `dtype`)."""
-    the_plan = plan(model, scores, keep_flops=keep, seq_len=seq_len, scope="global")
-    slim = prune(model, the_plan)
+    plan = planning.plan(model, scores, keep_flops=keep, seq_len=seq_len, scope="global")
+    slim = prune(model, plan)
     single = _accuracy(slim, evaluation)
     start = time.perf_counter()
     refit_model = reconstruct(slim, model, reconstruction, dtype=dtype)
@@ -41,10 +42,10 @@ def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: i
             "reconstruct_seconds": round(seconds, 1),
             "output_error": output_error(slim, reference, probe),
             "output_error_reconstructed": output_error(refit_model, reference, probe),
-            "heads": [len(h) for h in the_plan.heads], "ffn": [len(n) for n in the_plan.neurons],
+            "heads": [len(h) for h in plan.heads], "ffn": [len(n) for n in plan.neurons],
             "params": sum(p.numel() for p in slim.parameters()),
             "flop_ratio": encoder_flops(model, seq_len) / encoder_flops(slim, seq_len), "seq_len": seq_len,
-            "plan": the_plan.to_dict()}
+            "plan": plan.to_dict()}
 
 
 @torch.no_grad()
@@ -69,12 +70,12 @@ def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int,
                     dtype: str) -> dict:
     """`dc.prune_without_retraining` at `keep` on shared unit scores: accuracy, kept units, plan, timings.
     The output error is taken on `probe` (the same batches for every draw) against `reference`."""
-    slim, the_plan, info = prune_without_retraining(model, reconstruction, keep, criterion=criterion, seq_len=seq_len,
-                                                    scores=scores, dtype=dtype)
+    slim, plan, info = prune_without_retraining(model, reconstruction, keep, criterion=criterion, seq_len=seq_len,
+                                                scores=scores, dtype=dtype)
     return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
             "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
             "output_error": output_error(slim, reference, probe), "timings": info["timings"],
-            "plan": the_plan.to_dict()}
+            "plan": plan.to_dict()}
 
 
 def rebuild(model: nn.Module, row: dict, reconstruction: list, dtype: str) -> nn.Module:

@@ -1,15 +1,29 @@
-"""`Plan`: which attention heads and FFN neurons of each encoder layer to keep."""
+"""Plans: `Plan` records which attention heads and FFN neurons of each encoder layer to keep, and
+`plan` chooses them from unit scores under a budget.
+
+Fractions of heads / neurons keep the top-scored units; FLOP and parameter budgets keep units in
+order of score per unit of cost (a greedy knapsack), so a cheap neuron and an expensive head
+compete on equal terms. `scope="layer"` applies the target inside every layer, `"global"` over
+the whole encoder.
+"""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from ..arch import encoder_layers
 from ..errors import DeepCutsError
+from ..flops import layer_costs
+from ..scoring.scores import Scores
+from .rank_match import rank_match
 
 FORMAT = "deepcuts-plan/1"
+SCOPES = ("global", "layer")
 
 
 @dataclass
@@ -80,3 +94,153 @@ def _check_indices(indices: list[int], width: int, what: str) -> None:
         raise DeepCutsError(f"{what}: repeated indices")
     if indices and (indices[0] < 0 or indices[-1] >= width):
         raise DeepCutsError(f"{what}: indices must lie in [0, {width})")
+
+
+def plan(
+    model: nn.Module,
+    scores: Scores,
+    keep_flops: float | None = None,
+    keep_params: float | None = None,
+    keep_heads: float | None = None,
+    keep_neurons: float | None = None,
+    seq_len: int = 128,
+    scope: str = "global",
+    min_heads: int = 0,
+    min_neurons: int = 0,
+    multiple_of: int = 1,
+    reference: Scores | None = None,
+) -> Plan:
+    """A `Plan` keeping a fraction of encoder FLOPs (at `seq_len`), of unit parameters, or of heads /
+    neurons. `min_heads` / `min_neurons` are kept in every layer; `multiple_of` rounds each layer's
+    FFN width to a hardware-friendly multiple (e.g. 8 or 64). With `reference` (e.g. Fisher scores)
+    the scores are first rank-matched to it inside every layer and unit type (`rank_match`), so the
+    reference's loss estimate decides how many units each layer keeps and `scores` which ones."""
+    check_scores(model, scores)
+    if reference is not None:
+        check_scores(model, reference)
+        scores = rank_match(scores, reference)
+    budget = _budget_kind(keep_flops, keep_params, keep_heads, keep_neurons)
+    if scope not in SCOPES:
+        raise DeepCutsError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
+    if seq_len < 1 or min_heads < 0 or min_neurons < 0 or multiple_of < 1:
+        raise DeepCutsError("seq_len and multiple_of must be >= 1, min_heads and min_neurons >= 0")
+    layers = encoder_layers(model)
+    head_scores = [scores.heads(i).float().cpu() for i in range(len(layers))]
+    neuron_scores = [scores.neurons(i).float().cpu() for i in range(len(layers))]
+    if budget == "fraction":
+        heads = _top_fraction(head_scores, keep_heads, scope, min_heads)
+        neurons = _top_fraction(neuron_scores, keep_neurons, scope, min_neurons)
+    else:
+        fraction = keep_flops if budget == "flops" else keep_params
+        heads, neurons = _knapsack(model, head_scores, neuron_scores, fraction, budget, seq_len, scope,
+                                   min_heads, min_neurons)
+    neurons = [_round_width(s, k, multiple_of, min_neurons) for s, k in zip(neuron_scores, map(len, neurons))]
+    target = {k: v for k, v in dict(keep_flops=keep_flops, keep_params=keep_params, keep_heads=keep_heads,
+                                     keep_neurons=keep_neurons, seq_len=seq_len, scope=scope, min_heads=min_heads,
+                                     min_neurons=min_neurons, multiple_of=multiple_of,
+                                     criterion=scores.criterion,
+                                     reference=None if reference is None else reference.criterion).items()
+              if v is not None}
+    return Plan(heads=heads, neurons=neurons, num_heads=[layer.num_heads for layer in layers],
+                ffn_widths=[layer.ffn_width for layer in layers], target=target)
+
+
+def check_scores(model: nn.Module, scores: Scores) -> None:
+    """Fail, naming the first mismatching parameter, when `scores` were not made for `model`."""
+    layers = encoder_layers(model)
+    if len(scores.layout) != len(layers):
+        raise DeepCutsError(f"scores cover {len(scores.layout)} encoder layers, the model has {len(layers)}")
+    params = dict(model.named_parameters())
+    for i, (layer, lay) in enumerate(zip(layers, scores.layout)):
+        for role, name in layer.names.items():
+            if lay.names[role] != name:
+                raise DeepCutsError(f"scores were made for another model: parameter {name}.weight is not in them "
+                                    f"(they have {lay.names[role]}.weight)")
+        if scores.heads(i).numel() != layer.num_heads or scores.neurons(i).numel() != layer.ffn_width:
+            raise DeepCutsError(f"scores of layer {i} cover {scores.heads(i).numel()} heads / "
+                                f"{scores.neurons(i).numel()} neurons, the model has {layer.num_heads} / "
+                                f"{layer.ffn_width} (parameter {layer.names['query']}.weight)")
+    for name, s in scores.items():
+        if name not in params or tuple(params[name].shape) != tuple(s.shape):
+            got = tuple(params[name].shape) if name in params else "missing"
+            raise DeepCutsError(f"scores do not match the model at parameter {name}: "
+                                f"scores {tuple(s.shape)}, model {got}")
+
+
+def _budget_kind(flops, params, heads, neurons) -> str:
+    given = [n for n, v in (("keep_flops", flops), ("keep_params", params), ("keep_heads", heads),
+                            ("keep_neurons", neurons)) if v is not None]
+    if not given:
+        raise DeepCutsError("give a target: keep_flops=, keep_params=, keep_heads= and/or keep_neurons=")
+    for n, v in (("keep_flops", flops), ("keep_params", params), ("keep_heads", heads), ("keep_neurons", neurons)):
+        if v is not None and not 0 <= v <= 1:
+            raise DeepCutsError(f"{n} is a fraction in [0, 1], got {v}")
+    if flops is not None or params is not None:
+        if len(given) > 1:
+            raise DeepCutsError(f"give one budget, not {' and '.join(given)}")
+        return "flops" if flops is not None else "params"
+    return "fraction"
+
+
+def _top_fraction(scores: list[torch.Tensor], fraction: float | None, scope: str, minimum: int) -> list[list[int]]:
+    """Keep the top `fraction` of units (all when None), per layer or over all layers."""
+    if fraction is None:
+        return [list(range(s.numel())) for s in scores]
+    if scope == "layer":
+        counts = [round(fraction * s.numel()) for s in scores]
+    else:
+        flat = torch.cat(scores)
+        k = round(fraction * flat.numel())
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[torch.topk(flat, k).indices] = True
+        counts = [int(c.sum()) for c in keep.split([s.numel() for s in scores])]
+    return [_top(s, max(c, min(minimum, s.numel()))) for s, c in zip(scores, counts)]
+
+
+class _Unit(NamedTuple):
+    """A head or an FFN neuron as the knapsack weighs it."""
+
+    layer: int
+    unit_type: int  # 0: head, 1: FFN neuron
+    index: int
+    value: float  # score per unit of cost
+    cost: float
+    forced: bool  # kept whatever the budget (min_heads / min_neurons)
+
+
+def _knapsack(model, head_scores, neuron_scores, fraction, budget_kind, seq_len, scope, min_heads, min_neurons):
+    """Greedy by score per cost: keep units until `fraction` of the cost is spent."""
+    costs = layer_costs(model)
+    unit_cost = [(c.head_flops(seq_len), c.neuron_flops(seq_len)) if budget_kind == "flops"
+                 else (c.head_params(), c.neuron_params()) for c in costs]
+    units: list[_Unit] = []
+    for i, (hs, ns) in enumerate(zip(head_scores, neuron_scores)):
+        for unit_type, s, minimum in ((0, hs, min_heads), (1, ns, min_neurons)):
+            forced = set(_top(s, min(minimum, s.numel())))
+            c = unit_cost[i][unit_type]
+            units += [_Unit(i, unit_type, j, float(s[j]) / c, c, j in forced) for j in range(s.numel())]
+    groups = [units] if scope == "global" else [[u for u in units if u.layer == i] for i in range(len(costs))]
+    kept = [([], []) for _ in costs]
+    for group in groups:
+        budget = fraction * sum(u.cost for u in group)
+        spent = sum(u.cost for u in group if u.forced)
+        for u in sorted(group, key=lambda u: (not u.forced, -u.value)):
+            if u.forced or spent + u.cost <= budget:
+                kept[u.layer][u.unit_type].append(u.index)
+                spent += 0 if u.forced else u.cost
+    return [k[0] for k in kept], [k[1] for k in kept]
+
+
+def _top(scores: torch.Tensor, k: int) -> list[int]:
+    return sorted(torch.topk(scores, k).indices.tolist()) if k else []
+
+
+def _round_width(scores: torch.Tensor, k: int, multiple: int, minimum: int = 0) -> list[int]:
+    """The top units of a layer with their count rounded to the nearest multiple (0 stays 0), and
+    rounded up instead where rounding down would go below `minimum`."""
+    if multiple > 1 and k:
+        rounded = max(multiple, multiple * round(k / multiple))
+        if rounded < minimum:
+            rounded = multiple * math.ceil(minimum / multiple)
+        k = min(scores.numel(), rounded)
+    return _top(scores, k)

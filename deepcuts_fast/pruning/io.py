@@ -9,47 +9,32 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..atomic import atomic_folder, atomic_path
 from ..errors import DeepCutsError, first_line
+from ..models import WEIGHTS_FILE, load_model, resolve_model_path
 from ..planning.plan import Plan
 from .slicing import shrink
 
 PLAN_FILE = "deepcuts_plan.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, plan: Plan | None = None,
                     overwrite: bool = False) -> Path:
-    """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically."""
+    """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically; an existing
+    folder is replaced only with `overwrite`."""
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise DeepCutsError(f"{target} is a file; save_pretrained writes a folder, choose another path")
-    if target.exists() and not overwrite:
-        raise DeepCutsError(f"{target} already exists; choose a new folder or pass overwrite=True (--overwrite)")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as e:
-        raise DeepCutsError(f"cannot write {target}: {e.strerror or e}; choose a writable folder") from e
-    try:
+    with atomic_folder(target, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -60,8 +45,6 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from ..models import load_model, resolve_model_path
 
     folder = Path(resolve_model_path(str(path)))
     if not folder.is_dir():  # a hub name

