@@ -274,7 +274,8 @@ def cmd_eval(args) -> int:
     """`deepcuts eval`: accuracy / loss (or MSE for regression) on a split, and the dtype it ran in."""
     from .data import make_batches
     from .precision import choose
-    from .train import evaluate, model_device
+    from .models import model_device
+    from .train import evaluate
 
     model, tokenizer, dataset = _model_and_data(args, args.split)
     batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,

@@ -84,3 +84,9 @@ def load_model(
 def has_classifier_head(config) -> bool:
     """Whether a saved model's config says it was saved with a sequence-classification head."""
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free module)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

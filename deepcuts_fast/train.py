@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DeepCutsError
+from .models import model_device
 from .precision import autocast, choose
 
 Batch = Mapping[str, Any]
@@ -24,12 +25,6 @@ Batch = Mapping[str, Any]
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameter-free module)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:

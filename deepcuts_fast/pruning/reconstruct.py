@@ -25,7 +25,7 @@ from torch import nn
 from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError
 from ..precision import autocast, choose
-from ..train import model_device
+from ..models import model_device
 
 REFIT_ROLES = OUTPUT_ROLES  # the block outputs: their inputs are what pruning removed
 
