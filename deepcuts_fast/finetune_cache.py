@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,7 +22,7 @@ from .cache import cache_dir
 from .hashing import cache_key, canonical_json
 from .models import MODEL_ALIASES, WEIGHTS_FILE, load_model
 from .precision import choose
-from .train import Batch, finetune, num_steps
+from .train import Batch, TrainSettings, finetune, num_steps
 
 METADATA_FILE = "deepcuts_finetune.json"
 
@@ -42,27 +43,21 @@ def finetuned_model(
     *,
     num_labels: int = 2,
     key_fields: Mapping[str, Any] | None = None,
-    epochs: float = 1.0,
-    lr: float = 1e-4,
-    weight_decay: float = 0.01,
-    warmup: float = 0.0,
-    seed: int = 0,
-    dtype: str | torch.dtype | None = "auto",
+    settings: TrainSettings = TrainSettings(),
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> FineTuned:
     """`model_name` fine-tuned on `make_batches(tokenizer)`, from the cache when possible.
 
-    The cache key covers the base model, `num_labels`, every training setting (the precision as
-    resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
+    The cache key covers the base model, `num_labels`, every training setting of `settings` (the
+    precision as resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
     `key_fields`, which must describe the training data (dataset, split, max length, batch size,
     ...), since `make_batches` is only called on a miss. An entry lives in
     `cache_dir()/finetuned/<key>/` as an ordinary model folder (safetensors weights, tokenizer,
     `deepcuts_finetune.json`), written atomically; an incomplete one is rebuilt.
     """
-    precision = choose("train", device or "cpu", dtype)
-    train_settings = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed,
-                          dtype=precision.name)
+    precision = choose("train", device or "cpu", settings.dtype)
+    train_settings = asdict(replace(settings, dtype=precision.name))
     fields = dict(model=_model_id(model_name), num_labels=num_labels, train=train_settings, data=dict(key_fields or {}))
     key = cache_key(**fields)
     entry = cache_dir() / "finetuned" / key
@@ -70,7 +65,7 @@ def finetuned_model(
         meta = json.loads((entry / METADATA_FILE).read_text(encoding="utf-8"))
         return FineTuned(load_model(str(entry), num_labels=num_labels).to(device), True, meta)
 
-    model = load_model(model_name, num_labels=num_labels, seed=seed).to(device)
+    model = load_model(model_name, num_labels=num_labels, seed=settings.seed).to(device)
     batches = make_batches(tokenizer)
     start = time.perf_counter()
     finetune(model, batches, progress=progress, **train_settings)
@@ -79,7 +74,7 @@ def finetuned_model(
         "fields": json.loads(canonical_json(fields)),
         "precision": precision.to_dict(),
         "train_batches": len(batches),
-        "steps": num_steps(len(batches), epochs),
+        "steps": num_steps(len(batches), settings.epochs),
         "seconds": round(time.perf_counter() - start, 3),
         "versions": _versions(),
     }

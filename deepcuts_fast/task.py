@@ -19,6 +19,7 @@ from torch import nn
 from .data import EMBEDDED, load_dataset, make_batches
 from .errors import DeepCutsError, first_line
 from .finetune_cache import finetuned_model
+from .train import TrainSettings
 from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
 
 TASK_MODEL_ALIAS = "minilm-rt"
@@ -70,11 +71,11 @@ def finetuned_task_model(base: str, data: str, num_labels: int, progress: bool =
                          dtype: str | torch.dtype | None = "auto") -> TaskModel:
     """`base` fine-tuned on the train split of `data` with the recipe above, from the cache when possible."""
     tokenizer = load_tokenizer(base)
-    settings = {k: v for k, v in FINETUNE.items() if k not in _BATCHING}
+    settings = TrainSettings(**{k: v for k, v in FINETUNE.items() if k not in _BATCHING}, dtype=dtype)
     batching = {k: FINETUNE[k] for k in _BATCHING}
     tuned = finetuned_model(
         base, tokenizer, lambda tok: _train_batches(data, tok), num_labels=num_labels,
-        key_fields={"data": data, "split": "train", **batching}, dtype=dtype, progress=progress, **settings,
+        key_fields={"data": data, "split": "train", **batching}, settings=settings, progress=progress,
     )
     return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata)
 

@@ -84,6 +84,19 @@ def _training_loss(model: nn.Module, batch: Batch, device: torch.device, dtype: 
         return model(**to_device(batch, device)).loss
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How `finetune` trains (its keyword arguments besides the data, progress and masks), as one value
+    that callers can pass on and hash: the fine-tune cache keys its entries by it."""
+
+    epochs: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.0
+    seed: int = 0
+    dtype: str | torch.dtype | None = "auto"
+
+
 def finetune(
     model: nn.Module,
     batches: Sequence[Batch],

@@ -14,7 +14,7 @@ from deepcuts_fast.cache import cache_dir
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.finetune_cache import finetuned_model
 from deepcuts_fast.hashing import cache_key
-from deepcuts_fast.train import EvalResult, evaluate, finetune
+from deepcuts_fast.train import TrainSettings, EvalResult, evaluate, finetune
 
 
 def token_task(n_batches: int = 8, batch_size: int = 16, seq_len: int = 8, seed: int = 0) -> list[dict]:
@@ -272,7 +272,9 @@ def cache(monkeypatch, tmp_path):
 def run_cached(base, **kw):
     path, tok = base
     kw.setdefault("key_fields", {"data": "token-task"})
-    return finetuned_model(path, tok, lambda t: token_task(2), epochs=1, lr=1e-3, progress=False, **kw)
+    fields = {k: kw.pop(k) for k in ("key_fields",) if k in kw}
+    return finetuned_model(path, tok, lambda t: token_task(2), settings=TrainSettings(epochs=1, lr=1e-3, **kw),
+                           progress=False, **fields)
 
 
 def test_cache_roundtrip(base, cache, monkeypatch):
