@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.benchmarking import BenchmarkReport, benchmark  # noqa: E402
-from deepcuts_fast.precision import choose  # noqa: E402
+from deepcuts_fast.precision import distinct  # noqa: E402
 
 TARGET = 0.9  # measured speedup >= 0.9 x theoretical FLOP reduction
 FAMILIES = ("minilm", "bert-base")
@@ -92,15 +92,6 @@ def slim_models(model: nn.Module, keeps: list[float], seq_len: int, multiple_of:
             for keep in keeps}
 
 
-def distinct_dtypes(dtypes: list[str], device: str) -> list[str]:
-    """`dtypes` without those that resolve to a dtype already listed ("auto" is fp32 where bf16 is
-    emulated), keeping the first spelling of each, so "auto" keeps its reason in the report."""
-    first: dict[str, str] = {}
-    for dtype in dtypes:
-        first.setdefault(choose("infer", device, dtype).name, dtype)
-    return list(first.values())
-
-
 def measure(family: str, dense: nn.Module, slims: dict[float, nn.Module], args: argparse.Namespace
             ) -> list[BenchmarkReport]:
     """One report per distinct dtype; dense first, so speedups and FLOP ratios are relative to it."""
@@ -108,7 +99,7 @@ def measure(family: str, dense: nn.Module, slims: dict[float, nn.Module], args: 
     return [benchmark([dense, *slims.values()], batch_sizes=args.batch_sizes, seq_lens=[args.seq_len],
                       device=args.device, dtype=dtype, warmup=args.warmup, repeats=args.repeats,
                       min_time=args.min_time, names=names, threads=args.threads, progress=True)
-            for dtype in distinct_dtypes(args.dtypes, args.device)]
+            for dtype in distinct("infer", args.device, args.dtypes)]
 
 
 def summary(reports: list[BenchmarkReport]) -> str:

@@ -33,12 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import load_dataset, make_batches  # noqa: E402
 from deepcuts_fast.kernels import resolve as resolve_backend  # noqa: E402
+from deepcuts_fast.benchmarking.latency import (  # noqa: E402
+    NOISY_SPREAD, load_average, load_warnings, noise_warning, sample_stats)
 from deepcuts_fast.machine import describe_cpu, machine_info  # noqa: E402
 from deepcuts_fast.precision import cpu_bf16  # noqa: E402
 from original_deepcuts import original_smooth_cut  # noqa: E402
@@ -145,12 +146,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     n = args.noise_samples
     info = machine_info()
-    load_start = os.getloadavg()
+    load_start = load_average()
     print(f"# {info['processor']} ({info['isa']}) | {info['logical_cpus']} logical CPUs | torch {info['torch']} | "
-          f"torch.get_num_threads()={info['threads']} | loadavg at start {load_start[0]:.2f}", flush=True)
-    if load_start[0] > info["threads"] + 0.5:
-        print(f"WARNING: load average {load_start[0]:.2f} > {info['threads']} threads: other processes are "
-              "competing for the cores, timings will be noisy and inflated", flush=True)
+          f"torch.get_num_threads()={info['threads']} | loadavg at start {load_start}", flush=True)
+    for warning in load_warnings(load_start, None, os.cpu_count()):
+        print(f"WARNING: {warning}", flush=True)
 
     tok = dc.load_tokenizer("minilm")
     model = dc.load_model("minilm", num_labels=2, seed=0)
@@ -234,7 +234,7 @@ def main(argv=None):
     bench_s = time.perf_counter() - t_bench
     med = {k: statistics.median(v) for k, v in times.items()}
     mins = {k: min(v) for k, v in times.items()}
-    iqr = {k: float(np.subtract(*np.percentile(v, [75, 25]))) for k, v in times.items()}
+    iqr = {k: sample_stats(v)["iqr_ms"] for k, v in times.items()}  # the same statistics as dc.benchmark (seconds)
 
     def ratio(a, b, stat=med):
         return stat[a] / stat[b] if a in stat and b in stat else float("nan")
@@ -294,7 +294,7 @@ def main(argv=None):
     check(f"smooth-cut bf16 / fp32 floor(N={n})", ("smooth_w_bf16", "floor_n"), "<=", TARGETS["bf16_vs_floor"])
     check("bf16 vs fp32 top-10% mask overlap", overlap_bf16, ">=", TARGETS["bf16_overlap"])
 
-    load_end = os.getloadavg()
+    load_end = load_average()
     # ------------------------------------------------------------------ report
     print()
     print(f"Median seconds per calibration batch ({args.batch_size} x {args.seq_len} tokens), "
@@ -325,13 +325,11 @@ def main(argv=None):
         print(f"| {c['target']} | {c['value']:.3f} | {vmin} | {c['op']} {c['threshold']} | "
               f"{'met' if c['met'] else 'MISSED'} |")
     print()
-    for key, spread in iqr.items():
-        if spread > 0.10 * med[key]:
-            print(f"WARNING: noisy: {methods[key][0]} IQR/median {spread / med[key]:.0%}")
-    if max(load_start[0], load_end[0]) > (os.cpu_count() or 1):
-        print(f"WARNING: load average {max(load_start[0], load_end[0]):.2f} > {os.cpu_count()} CPUs: other processes "
-              "were running; timings are unreliable")
-    print(f"# timed part {bench_s:.0f}s; loadavg start {load_start[0]:.2f}, end {load_end[0]:.2f}")
+    warnings = [noise_warning(methods[key][0], med[key], spread) for key, spread in iqr.items()
+                if spread > NOISY_SPREAD * med[key]]
+    for warning in warnings + load_warnings(load_start, load_end, os.cpu_count()):
+        print(f"WARNING: {warning}")
+    print(f"# timed part {bench_s:.0f}s; loadavg start {load_start}, end {load_end}")
 
     if args.json:
         Path(args.json).write_text(json.dumps({

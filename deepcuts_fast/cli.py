@@ -309,7 +309,7 @@ def cmd_prune(args) -> int:
                          multiple_of=args.multiple_of)
     slim = prune(model, plan)
     if args.reconstruct:
-        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype=args.dtype)
+        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype="auto")
     save_pretrained(slim, out, tokenizer=tokenizer, plan=plan, overwrite=args.overwrite)
     summary = {
         "out": str(out),
@@ -360,8 +360,10 @@ def cmd_run(args) -> int:
     config = (JobConfig.quick if args.quick else JobConfig.full)(**overrides)
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     dataset = load_dataset(args.data, "train")
+    # The fine-tune of a bare encoder follows "auto" (or $DEEPCUTS_PRECISION), not --dtype, so every
+    # command that names it (score, eval, prune, run) sees the same cached model.
     task = task_model(args.model, on_bare="fine-tune", data=args.data, num_labels=dataset.num_labels,
-                      progress=not args.quiet, dtype=args.dtype)
+                      progress=not args.quiet)
     check_labels(dataset, task.model.config.num_labels)
     draw = lambda seed: make_batches(  # noqa: E731
         dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,

@@ -33,8 +33,8 @@ def machine_info() -> dict:
 def describe_cpu() -> str:
     """One line naming the CPU for a table caption, e.g. 'AMD EPYC (AVX-512 BF16, no AMX), 2 threads'."""
     isa = cpu_isa()
-    if isa == "AVX-512 BF16":
-        isa += ", no AMX"
+    if isa.startswith("AVX-512 BF16"):
+        isa = isa.replace("AVX-512 BF16", "AVX-512 BF16, no AMX", 1)
     return f"{cpu_model()} ({isa}), {torch.get_num_threads()} threads"
 
 
@@ -55,7 +55,17 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_isa() -> str:
-    """The best vector ISA that matters for GEMMs: AMX, AVX-512 BF16, AVX-512, AVX2, ARM (+BF16), or torch's word."""
+    """The best vector ISA that matters for GEMMs (AMX, AVX-512 BF16, AVX-512, AVX2, ARM (+BF16), or
+    torch's word), with the caps set in the environment when they hold the libraries below it."""
+    hardware = _hardware_isa()
+    caps = [f"oneDNN {v}" for v in [os.environ.get("ONEDNN_MAX_CPU_ISA")] if v]
+    aten = torch.backends.cpu.get_cpu_capability()
+    if aten == "AVX2" and hardware.startswith(("AMX", "AVX-512")):
+        caps.append("ATen AVX2")
+    return f"{hardware}; capped: {', '.join(caps)}" if caps else hardware
+
+
+def _hardware_isa() -> str:
     flags = cpu_flags()
     for flag, name in _X86_ISAS:
         if flag in flags:

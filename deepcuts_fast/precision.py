@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,16 @@ def choose(purpose: str, device: str | torch.device = "cpu", requested: str | to
         native, why = cpu_bf16()
         return Precision(torch.bfloat16 if native else torch.float32, why)
     return Precision(torch.float32, f"fp32: no precision policy for device type {device.type!r}")
+
+
+def distinct(purpose: str, device: str | torch.device, requested: Iterable[str | torch.dtype | None]) -> list:
+    """`requested` without the entries that resolve (for `purpose` on `device`) to a dtype already listed,
+    keeping the first spelling of each, so "auto" keeps its reason ("fp32,auto" is just fp32 on a CPU
+    that emulates bf16)."""
+    first: dict[torch.dtype, str | torch.dtype | None] = {}
+    for r in requested:
+        first.setdefault(choose(purpose, device, r).dtype, r)
+    return list(first.values())
 
 
 def choose_for_scoring(device: str | torch.device, requested: str | torch.dtype | None,

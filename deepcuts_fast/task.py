@@ -48,11 +48,18 @@ class TaskModel:
         """The exact model fine-tuning started from: the base encoder with its seeded fresh head."""
         return load_model(self.base, num_labels=self.model.config.num_labels, seed=FINETUNE["seed"])
 
+    @property
+    def finetune_dtype(self) -> str | None:
+        """The dtype the fine-tune ran in (None when the model was given fine-tuned)."""
+        return (self.finetune_info or {}).get("precision", {}).get("dtype")
+
     def finetune_settings(self) -> dict:
-        """How `finetune` trained this model (epochs, lr, seed, dtype): rerunning it from `initial_model()`
-        on `train_batches()` rebuilds the model exactly, on the same machine and thread count."""
-        dtype = (self.finetune_info or {}).get("precision", {}).get("dtype", "fp32")
-        return {"epochs": FINETUNE["epochs"], "lr": FINETUNE["lr"], "seed": FINETUNE["seed"], "dtype": dtype}
+        """`finetune`'s settings that made this model, as its cache entry recorded them (dtype resolved):
+        rerunning it from `initial_model()` on `train_batches()` rebuilds the model exactly, on the same
+        machine and thread count."""
+        if self.finetune_info is None:
+            raise DeepCutsError("this model was given fine-tuned, so how it was trained is unknown")
+        return dict(self.finetune_info["fields"]["train"])
 
     def train_batches(self) -> Sequence[dict]:
         """The fine-tuning batches (shuffled, seeded), reused for recovery fine-tuning."""

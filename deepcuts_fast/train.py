@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DeepCutsError
-from .models import model_device
+from .models import model_device, to_device
 from .precision import autocast, choose
 
 Batch = Mapping[str, Any]
@@ -25,11 +25,6 @@ Batch = Mapping[str, Any]
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
-    """Copy of `batch` with every tensor moved to `device`."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------

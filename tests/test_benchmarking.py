@@ -24,7 +24,7 @@ from deepcuts_fast.benchmarking.runners import OnnxRunner, TorchRunner, onnx_qua
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.flops import encoder_flops
 from deepcuts_fast.machine import machine_info
-from deepcuts_fast.precision import choose
+from deepcuts_fast.precision import choose, distinct
 
 FAST = dict(warmup=1, repeats=3, threads=1, min_time=None)
 GRID = dict(batch_sizes=(1, 3), seq_lens=(8, 16))
@@ -445,5 +445,5 @@ def test_bench_latency_summary(pair):
     assert "1 threads" in bench_latency.settings_lines(reports)
     assert bench_latency.parse_args([]).dtypes == ["fp32", "auto"]
     expected = ["fp32"] if choose("infer", "cpu", "auto").name == "fp32" else ["fp32", "auto"]
-    assert bench_latency.distinct_dtypes(["fp32", "auto"], "cpu") == expected
-    assert bench_latency.distinct_dtypes(["fp32", "float32", "bf16"], "cpu") == ["fp32", "bf16"]
+    assert distinct("infer", "cpu", ["fp32", "auto"]) == expected
+    assert distinct("infer", "cpu", ["fp32", "float32", "bf16"]) == ["fp32", "bf16"]

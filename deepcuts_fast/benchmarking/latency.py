@@ -86,13 +86,13 @@ def benchmark(
     torch.set_num_threads(threads)
     try:
         runners = [_runner(m, torch_device, precision.dtype, flops_like[i]) for i, m in enumerate(models)]
-        load_before = _load_average()
+        load_before = load_average()
         rows = []
         with torch.inference_mode():
             for seq in seq_lens:
                 for batch in batch_sizes:
                     rows += _measure(runners, names, batch, seq, warmup, repeats, min_time, seed, progress)
-        load_after = _load_average()
+        load_after = load_average()
         machine = _machine(torch_device, runners)
     finally:
         torch.set_num_threads(old_threads)
@@ -100,7 +100,7 @@ def benchmark(
     settings = {"models": names, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "device": str(torch_device),
                 "dtype": precision.name, "dtype_reason": precision.reason, "warmup": warmup, "repeats": repeats,
                 "min_time": min_time, "threads": threads, "seed": seed}
-    warnings = _noise_warnings(rows) + _load_warnings(load_before, load_after, os.cpu_count())
+    warnings = _noise_warnings(rows) + load_warnings(load_before, load_after, os.cpu_count())
     return BenchmarkReport(rows=rows, machine=machine, settings=settings, warnings=warnings)
 
 
@@ -117,7 +117,7 @@ def _measure(runners: list[Runner], names: list[str], batch: int, seq: int, warm
 
     rows = []
     for runner, name, samples, act in zip(runners, names, times, activations):
-        stats = _stats(samples)
+        stats = sample_stats(samples)
         flops = runner.flops(seq)
         rows.append({
             "model": name, "backend": runner.backend, "device": str(runner.device), "dtype": runner.dtype,
@@ -148,8 +148,9 @@ def _sample(runners: list[Runner], feeds: list, repeats: int, min_time: float | 
     return times
 
 
-def _stats(samples: list[float]) -> dict[str, float | None]:
-    """Median, quartiles, IQR, p90, min, and p99 where there are enough samples for it, in ms."""
+def sample_stats(samples: list[float]) -> dict[str, float | None]:
+    """Median, quartiles, IQR, p90, min, and p99 where there are enough samples for it (keys in ms; the
+    values are in the unit of `samples`)."""
     ms = np.asarray(samples)
     q1, median, q3, p90 = (float(v) for v in np.percentile(ms, [25, 50, 75, 90]))
     p99 = float(np.percentile(ms, 99)) if ms.size >= P99_MIN_SAMPLES else None
@@ -158,11 +159,16 @@ def _stats(samples: list[float]) -> dict[str, float | None]:
 
 
 def _noise_warnings(rows: list[dict]) -> list[str]:
-    return [f"noisy: {r['model']} batch {r['batch']} seq {r['seq']} IQR/median {r['iqr_ms'] / r['median_ms']:.0%}"
+    return [noise_warning(f"{r['model']} batch {r['batch']} seq {r['seq']}", r["median_ms"], r["iqr_ms"])
             for r in rows if r["noisy"]]
 
 
-def _load_warnings(before: float | None, after: float | None, cpus: int | None) -> list[str]:
+def noise_warning(what: str, median: float, iqr: float) -> str:
+    """The warning for a measurement whose IQR is more than `NOISY_SPREAD` of its median."""
+    return f"noisy: {what} IQR/median {iqr / median:.0%}"
+
+
+def load_warnings(before: float | None, after: float | None, cpus: int | None) -> list[str]:
     """A warning when the 1-minute load average before or after the run exceeded the logical CPU count by
     more than half a CPU: this run's own threads already count up to the CPU count, so anything beyond
     means other processes were taking turns with it."""
@@ -172,7 +178,7 @@ def _load_warnings(before: float | None, after: float | None, cpus: int | None) 
     return [f"load average {max(loads):.1f} > {cpus} CPUs: other processes were running; timings are unreliable"]
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
     """The 1-minute load average, or None where the OS has none (Windows)."""
     try:
         return os.getloadavg()[0]

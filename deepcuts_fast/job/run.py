@@ -53,7 +53,8 @@ class MainJob:
         self.train_dtype = self.precision["recovery fine-tunes"]["dtype"]
         self.reconstruct_dtype = self.precision["reconstruction"]["dtype"]
         context = {"model": model_fingerprint(self.model), "data": data_name, "config": config.to_dict(),
-                   "precision": self.precision, "code": source_fingerprint()}
+                   "precision": {step: p["dtype"] for step, p in self.precision.items()},  # reasons: report only
+                   "code": source_fingerprint()}
         self.store = StepStore(self.out, context, log)
         self._scores: dict[str, Scores] | None = None
         self._train_batches: list | None = None
@@ -115,7 +116,9 @@ class MainJob:
     def paper_rewind(self) -> list[dict]:
         c = self.config
         crits = [x for x in c.rewind_criteria if x in c.criteria]
-        if crits and not self.task.can_rewind:
+        if not crits:
+            return []
+        if not self.task.can_rewind:
             self.log("rewinding skipped: the model was given fine-tuned, so its pre-fine-tuning weights are unknown")
             return []
         settings = self.task.finetune_settings()
@@ -298,5 +301,5 @@ def _finetune_summary(task: TaskModel) -> dict | None:
     if info is None:
         return None
     return {"cached": task.cached, "seconds": info.get("seconds"), "steps": info.get("steps"),
-            "dtype": info.get("precision", {}).get("dtype")}
+            "dtype": task.finetune_dtype}
 

@@ -1,25 +1,25 @@
 """Precision per step of the main job: what `deepcuts_fast.precision` decides for each step on this machine."""
 from __future__ import annotations
 
-from ..precision import choose, choose_for_scoring
+from ..precision import choose, choose_for_scoring, distinct
 from ..task import TaskModel
 from .config import JobConfig
 
 
 def latency_dtypes(config: JobConfig, device: str) -> list[str]:
     """The job's latency dtypes resolved on `device` ("auto" -> the fastest native one), without repeats."""
-    return list(dict.fromkeys(choose("infer", device, d).name for d in config.latency_dtypes))
+    return [choose("infer", device, d).name for d in distinct("infer", device, config.latency_dtypes)]
 
 
 def step_precisions(config: JobConfig, task: TaskModel, device: str = "cpu") -> dict[str, dict]:
     """The dtype each step of the job runs in on this machine, and why (recorded in results.json and the report)."""
-    finetuned = (task.finetune_info or {}).get("precision")
+    finetuned = (task.finetune_info or {}).get("precision")  # dtype and reason of the fine-tune, if it ran here
     return {
         "fine-tune": finetuned or {"dtype": None, "reason": "the model was given fine-tuned"},
         "scoring": choose_for_scoring(device, config.dtype, None).to_dict(),
         "scoring (noisy passes)": choose_for_scoring(device, config.dtype, config.noise_std).to_dict(),
         "recovery fine-tunes": choose("train", device, config.dtype).to_dict(),
-        "rewinding": {"dtype": (finetuned or {}).get("dtype"), "reason": "the original fine-tune's, so the replay "
+        "rewinding": {"dtype": task.finetune_dtype, "reason": "the original fine-tune's, so the replay "
                                                                         "starts from and repeats it exactly"},
         "reconstruction": choose("infer", device, config.dtype).to_dict(),
         "evaluation": {"dtype": "fp32", "reason": "fp32 on every machine, so accuracies compare across machines"},

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..atomic import atomic_folder, atomic_path
 from ..errors import DeepCutsError, first_line
-from ..models import WEIGHTS_FILE, load_model, resolve_model_path
+from ..models import WEIGHTS_FILE, load_model, model_device, resolve_model_path
 from ..planning.plan import Plan
 from .slicing import shrink
 
@@ -97,7 +97,7 @@ def export(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, opset: 
     target = Path(path)
     if target.suffix != ".onnx":
         raise DeepCutsError(f"ONNX export needs a .onnx path, got {target}")
-    ids, mask = _example_inputs(seq_len, _device(model))
+    ids, mask = _example_inputs(seq_len, model_device(model))
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "logits": {0: "batch"}}
     with atomic_path(target) as tmp, torch.no_grad(), _LogitsOnly(model) as wrapped, warnings.catch_warnings():
@@ -114,15 +114,11 @@ def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16)
     longest = int(getattr(model.config, "max_position_embeddings", 512))
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=longest)
     with _LogitsOnly(model) as wrapped:
-        program = torch.export.export(wrapped, _example_inputs(seq_len, _device(model)),
+        program = torch.export.export(wrapped, _example_inputs(seq_len, model_device(model)),
                                       dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
     with atomic_path(target) as tmp:
         torch.export.save(program, str(tmp))
     return target
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _example_inputs(seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

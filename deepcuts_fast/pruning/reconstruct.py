@@ -25,7 +25,7 @@ from torch import nn
 from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError
 from ..precision import autocast, choose
-from ..models import model_device
+from ..models import model_device, to_device
 
 REFIT_ROLES = OUTPUT_ROLES  # the block outputs: their inputs are what pruning removed
 
@@ -56,8 +56,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
         raise DeepCutsError(f"the slim model is on {model_device(slim)} and the dense one on {device}; "
                             "move both to one device first")
     autocast_dtype = choose("infer", device, dtype).autocast_dtype
-    batch_list = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items() if k != "labels"}
-                  for b in batches]
+    batch_list = [to_device({k: v for k, v in b.items() if k != "labels"}, device) for b in batches]
     if not batch_list:
         raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
     slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
@@ -140,10 +139,11 @@ def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall]) -> tuple[d
 
 
 def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCall], targets: list):
-    """X^T X and X^T Y over the calibration tokens, X = [slim input of `linear`, 1]."""
-    k = linear.in_features
-    gram = torch.zeros(k + 1, k + 1, dtype=torch.float64)
-    cross = torch.zeros(k + 1, linear.out_features, dtype=torch.float64)
+    """X^T X and X^T Y over the calibration tokens, X = [slim input of `linear`, 1], summed in float64 on
+    the model's device (one copy to the host at the end, not one per batch)."""
+    k, device = linear.in_features, linear.weight.device
+    gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)
+    cross = torch.zeros(k + 1, linear.out_features, dtype=torch.float64, device=device)
     captured: list = []
 
     def grab(m, inputs):
@@ -159,11 +159,11 @@ def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCa
             x = _tokens(captured[0], call.real)
             x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
             with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
-                gram += (x.T @ x).double().cpu()
-                cross += (x.T @ target).double().cpu()
+                gram += (x.T @ x).double()
+                cross += (x.T @ target).double()
     finally:
         handle.remove()
-    return gram, cross
+    return gram.cpu(), cross.cpu()
 
 
 def _solve_into(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> None:

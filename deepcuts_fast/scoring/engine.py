@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..arch import HEAD_ROLES, OUTPUT_ROLES, ROLES, embeddings_module, encoder_layers
 from ..errors import DeepCutsError
 from ..precision import autocast
+from ..models import model_device, to_device
 from .criteria import Criterion
 from .layout import LayerLayout
 from .options import ScoreOptions
@@ -37,7 +38,7 @@ class ScoringPass:
         self.model, self.layout, self.criteria, self.options = model, layout, list(criteria), options
         self.samples = options.noise_samples if noisy else 1
         self.dtype, self.backend = dtype, backend
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.weight_grads = not options.first_order and any(c.weight_saliency for c in self.criteria)
         context = PassContext(seed=options.seed, backend=backend, noise_std=options.noise_std if noisy else 0.0)
         self.probes = self._make_probes(context)
@@ -96,6 +97,7 @@ class ScoringPass:
             handle.remove()
             for p in self._all_probes():
                 p.reset()
+                p.score_in_backward = None  # a fused route's hook belongs to this pass only
             for p, flag in flags:
                 p.requires_grad_(flag)
             if model.config._attn_implementation != attention:
@@ -119,7 +121,7 @@ class ScoringPass:
 
     def _forward_backward(self, b: int, batch: Mapping[str, torch.Tensor], samples: range) -> None:
         k = len(samples)
-        inputs = {key: v.to(self.device) for key, v in batch.items() if torch.is_tensor(v)}
+        inputs = {key: v for key, v in to_device(batch, self.device).items() if torch.is_tensor(v)}
         labels = inputs.pop("labels")
         batch_size = labels.shape[0]
         if k > 1:

@@ -21,6 +21,7 @@ from ..atomic import atomic_path
 from ..errors import DeepCutsError
 from ..hashing import update_with_tensors
 from ..precision import choose_for_scoring
+from ..models import model_device
 from .criteria import get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
 from .engine import default_memory
@@ -83,7 +84,7 @@ def score_run(
     n = len(batch_list)
     every = _segment_size(checkpoint_every, until_stable, checkpoint, n)
     _check_run(stable_keep, until_stable, opts, world, every, n, grad_names)
-    cuda = next(model.parameters()).device.type == "cuda"
+    cuda = model_device(model).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     free = score_many(model, None, free_names, options=opts) if free_names else {}
@@ -124,7 +125,7 @@ def _check_run(keep: float, tol: float | None, options: ScoreOptions, world: Wor
 def _run_segments(model, batch_list, names, run: ScoreRun, every, checkpoint, tol, keep, world,
                   options: ScoreOptions) -> None:
     fingerprint = None if checkpoint is None else _fingerprint(model, batch_list, names, every, options)
-    device = next(model.parameters()).device
+    device = model_device(model)
     totals, done, changes = None, 0, []
     if checkpoint is not None and Path(checkpoint).exists():
         totals, done, changes = load_checkpoint(checkpoint, fingerprint, names, device)
@@ -160,7 +161,7 @@ def _score_fitting(model, batches, names, indices, options: ScoreOptions) -> dic
         except torch.OutOfMemoryError:
             if options.sequential_noise:
                 break
-            cap = (cap or default_memory(next(model.parameters()).device)) // 2
+            cap = (cap or default_memory(model_device(model))) // 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     raise DeepCutsError("scoring ran out of memory even with one noise sample per pass; "
@@ -211,7 +212,7 @@ def _change(previous: torch.Tensor, kept: torch.Tensor) -> float:
 def _fingerprint(model: nn.Module, batches, names, every: int, options: ScoreOptions) -> str:
     """A hash of everything that determines the running sums: weights, batches, options, segments."""
     h = hashlib.blake2b(digest_size=16)
-    device = next(model.parameters()).device
+    device = model_device(model)
     precisions = [choose_for_scoring(device, options.dtype, noise).name
                   for noise in (None, options.noise_std)]  # what "auto" means on this machine
     h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), "options": options.recorded(),

@@ -23,6 +23,7 @@ from ..arch import ROLES, encoder_layers, prunable_linears
 from ..errors import DeepCutsError
 from ..kernels import resolve
 from ..precision import choose_for_scoring
+from ..models import model_device
 from .criteria import Criterion, get_criterion
 from .engine import ScoringPass
 from .layout import LayerLayout, model_layout
@@ -93,7 +94,7 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
     crits = _unique_criteria(criteria)
     options.check_criteria(crits)
     layout = model_layout(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     backend = resolve(options.backend, device)
     meta_base = {**_model_meta(model, options), "backend": backend}
     results: dict[str, Scores] = {}
