@@ -33,8 +33,8 @@ def machine_info() -> dict:
 def describe_cpu() -> str:
     """One line naming the CPU for a table caption, e.g. 'AMD EPYC (AVX-512 BF16, no AMX), 2 threads'."""
     isa = cpu_isa()
-    if isa.startswith("AVX-512 BF16"):
-        isa = isa.replace("AVX-512 BF16", "AVX-512 BF16, no AMX", 1)
+    if isa == "AVX-512 BF16":  # bf16 runs on AVX-512 units, not AMX tiles (when capped, the caps say more)
+        isa += ", no AMX"
     return f"{cpu_model()} ({isa}), {torch.get_num_threads()} threads"
 
 
