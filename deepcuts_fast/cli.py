@@ -309,7 +309,7 @@ def cmd_prune(args) -> int:
                          multiple_of=args.multiple_of)
     slim = prune(model, plan)
     if args.reconstruct:
-        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype="auto")
+        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype=args.dtype)
     save_pretrained(slim, out, tokenizer=tokenizer, plan=plan, overwrite=args.overwrite)
     summary = {
         "out": str(out),

@@ -153,6 +153,14 @@ def test_prune_reconstruct_writes_the_api_result(model_dir, data_csv, tmp_path, 
     got = dc.from_pretrained(out).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert any(not torch.equal(got[k], plain[k]) for k in plain)  # the refit changed the output projections
+    bf16_out = tmp_path / "slim-bf16"  # --dtype reaches the reconstruction's forwards
+    assert run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5", "--seq-len", "16",
+                "--reconstruct", str(data_csv), "--reconstruct-examples", "16", "--dtype", "bf16",
+                "--out", str(bf16_out), "--quiet"], capsys)[0] == 0
+    want_bf16 = dc.reconstruct(dc.prune(model, plan), model, batches, dtype=torch.bfloat16).state_dict()
+    got_bf16 = dc.from_pretrained(bf16_out).state_dict()
+    assert all(torch.equal(got_bf16[k], want_bf16[k]) for k in want_bf16)
+    assert any(not torch.equal(got_bf16[k], got[k]) for k in got)
 
 
 def test_prune_rejects_scores_of_another_model(model_dir, tmp_path, capsys):
