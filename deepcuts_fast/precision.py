@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ import torch
 
 from .cache import cache_dir
 from .errors import DeepCutsError
+from .hashing import cache_key
 from .machine import cpu_flags, cpu_isa, cpu_model
 
 PURPOSES = ("train", "score", "infer")
@@ -175,9 +175,9 @@ def measured_bf16_speedup() -> float:
 
 def _machine_key() -> str:
     """What decides bf16 speed: the CPU, its flags, torch, and the ISA caps set in the environment."""
-    parts = [cpu_model(), " ".join(sorted(cpu_flags())), torch.__version__,
-             os.environ.get("ONEDNN_MAX_CPU_ISA", ""), os.environ.get("ATEN_CPU_CAPABILITY", "")]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return cache_key(cpu=cpu_model(), flags=sorted(cpu_flags()), torch=torch.__version__,
+                     onednn_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+                     aten_cap=os.environ.get("ATEN_CPU_CAPABILITY", ""))
 
 
 def _measure_speedup(n: int = 512, repeats: int = 5) -> float:
