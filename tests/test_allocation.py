@@ -49,10 +49,10 @@ def test_with_a_reference_the_plan_ignores_each_layers_scale(seed, keep):
     base = dc.plan(model, scores, keep_flops=keep, seq_len=16, reference=fisher)
     again = dc.plan(model, distorted, keep_flops=keep, seq_len=16, reference=fisher)
     assert base.heads == again.heads and base.neurons == again.neurons
-    raw = dc.plan(model, scores, keep_flops=keep, seq_len=16)
-    raw_distorted = dc.plan(model, distorted, keep_flops=keep, seq_len=16)
+    raw = dc.plan(model, scores, keep_flops=keep, seq_len=16, allocation="raw")
+    raw_distorted = dc.plan(model, distorted, keep_flops=keep, seq_len=16, allocation="raw")
     assert (raw.heads, raw.neurons) != (raw_distorted.heads, raw_distorted.neurons)
-    assert base.target["reference"] == "random-units"
+    assert base.target["allocation"] == "fisher" and raw.target["allocation"] == "raw"
 
 
 @pytest.mark.parametrize("keep", [0.2, 0.5, 0.8])
@@ -107,3 +107,95 @@ def test_rearranging_a_plan_keeps_counts_and_needs_fisher_matrices():
         assert pruned_loss(gn, better.neurons[i]) <= pruned_loss(gn, plan.neurons[i]) + 1e-9
     with pytest.raises(DeepCutsError, match="fisher"):
         dc.planning.rearrange(plan, dc.score(model, batches, "gradient", "unit", progress=False))
+
+
+# -- the default allocation: Fisher scores from the same pass --------------------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["gradient", "cam-cut", "smooth-cut"])
+@pytest.mark.parametrize("granularity", ["unit", "weight"])
+def test_scores_carry_fishers_scores_of_the_same_pass(criterion, granularity):
+    """Every result scored with data carries Fisher's unit scores, equal to Fisher's own from the same batches."""
+    model, batches = tiny_model("bert"), tiny_batches(3)
+    scores = dc.score(model, batches, criterion, granularity, noise_samples=2, progress=False)
+    fisher = dc.score(model, batches, "fisher", "unit", progress=False)
+    assert scores.fisher is not None and scores.fisher.criterion == "fisher"
+    for i in range(2):
+        torch.testing.assert_close(scores.fisher.heads(i), fisher.heads(i), rtol=1e-5, atol=0)
+        torch.testing.assert_close(scores.fisher.neurons(i), fisher.neurons(i), rtol=1e-5, atol=0)
+        assert scores.fisher.neurons(i).min() >= 0 and scores.fisher.neurons(i).sum() > 0
+    assert scores.fisher.interactions is None  # the diagonal only: no unit-by-unit matrices kept
+
+
+def test_fisher_companion_is_optional_and_absent_without_data():
+    model, batches = tiny_model("bert"), tiny_batches(2)
+    assert dc.score(model, batches, "gradient", "unit", with_fisher=False, progress=False).fisher is None
+    assert dc.score(model, None, "magnitude", "unit", progress=False).fisher is None
+    assert dc.score(model, batches, "magnitude", "unit", progress=False).fisher is not None
+    assert dc.score(model, batches, "fisher", "unit", progress=False).fisher is None  # it is its own estimate
+
+
+def test_companion_survives_save_load_addition_and_checkpoints(tmp_path):
+    model, batches = tiny_model("bert"), tiny_batches(4)
+    whole = dc.score(model, batches, "cam-cut", "unit", progress=False)
+    path = tmp_path / "s.safetensors"
+    whole.save(path)
+    loaded = dc.Scores.load(path)
+    for i in range(2):
+        assert torch.equal(loaded.fisher.neurons(i), whole.fisher.neurons(i))
+    halves = (dc.score(model, batches[:2], "cam-cut", "unit", progress=False)
+              + dc.score(model, batches[2:], "cam-cut", "unit", batch_indices=[2, 3], progress=False))
+    run = dc.score_run(model, batches, "cam-cut", granularity="unit", checkpoint=tmp_path / "ck", checkpoint_every=2,
+                       progress=False).scores["cam-cut"]
+    for got in (halves, run):
+        for i in range(2):
+            torch.testing.assert_close(got.fisher.heads(i), whole.fisher.heads(i), rtol=1e-5, atol=1e-12)
+
+
+def test_default_plan_equals_the_fisher_referenced_search():
+    """Without options, `plan` spends the budget on the scores rank-matched to their Fisher scores: the same plan
+    as an explicit Fisher reference, and one that a per-layer rescaling of the raw scores does not change."""
+    model, batches = tiny_model("bert"), tiny_batches(3)
+    both = dc.score_many(model, batches, ["gradient", "fisher"], "unit", progress=False)
+    for keep in (0.33, 0.5):
+        default = dc.plan(model, both["gradient"], keep_flops=keep, seq_len=16)
+        explicit = dc.plan(model, both["gradient"], keep_flops=keep, seq_len=16, reference=both["fisher"])
+        assert (default.heads, default.neurons) == (explicit.heads, explicit.neurons)
+        assert default.target["allocation"] == "fisher"
+        distorted = rescaled(both["gradient"], [1e4, 1e-3], [1e-2, 1e3])
+        distorted.fisher = both["gradient"].fisher
+        again = dc.plan(model, distorted, keep_flops=keep, seq_len=16)
+        assert (again.heads, again.neurons) == (default.heads, default.neurons)
+        raw = dc.plan(model, distorted, keep_flops=keep, seq_len=16, allocation="raw")
+        assert (raw.heads, raw.neurons) != (default.heads, default.neurons)
+
+
+def test_data_free_scores_are_normalised_per_layer_with_a_warning():
+    model = tiny_model("bert")
+    scores = random_unit_scores(model, 3, criterion="magnitude")
+    with pytest.warns(UserWarning, match="no Fisher loss estimate"):
+        base = dc.plan(model, scores, keep_flops=0.5, seq_len=16)
+    assert base.target["allocation"] == "normalized"
+    with pytest.warns(UserWarning):
+        again = dc.plan(model, rescaled(scores, [7.0, 1e-3], [1e2, 0.5]), keep_flops=0.5, seq_len=16)
+    assert (again.heads, again.neurons) == (base.heads, base.neurons)
+    with pytest.raises(DeepCutsError, match="needs Fisher's scores"):
+        dc.plan(model, scores, keep_flops=0.5, allocation="fisher")
+    with pytest.raises(DeepCutsError, match="unknown allocation"):
+        dc.plan(model, scores, keep_flops=0.5, allocation="best")
+    with pytest.raises(DeepCutsError, match="drop it or the allocation"):
+        dc.plan(model, scores, keep_flops=0.5, allocation="raw", reference=scores)
+
+
+def test_scores_of_another_model_with_the_same_shapes_are_refused():
+    a, b = tiny_model("bert", seed=0), tiny_model("bert", seed=1)
+    batches = tiny_batches(2)
+    scores = dc.score(a, batches, "gradient", "unit", progress=False)
+    with pytest.raises(DeepCutsError, match=r"computed on .*weights [0-9a-f]{16}.*not on this model.*weights [0-9a-f]{16}"):
+        dc.plan(b, scores, keep_flops=0.5, seq_len=16)
+    other = dc.score(b, batches, "fisher", "unit", progress=False)
+    with pytest.raises(DeepCutsError):
+        dc.plan(a, scores, keep_flops=0.5, seq_len=16, reference=other)
+    with pytest.raises(DeepCutsError, match="differ in criterion, granularity or model"):
+        scores + dc.score(b, batches, "gradient", "unit", progress=False)
+    dc.plan(a, scores, keep_flops=0.5, seq_len=16)  # its own model is fine

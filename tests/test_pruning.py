@@ -82,7 +82,7 @@ def test_pruned_equals_dense_with_units_zeroed(arch, attn, seed):
 ])
 def test_fraction_targets(bert, batches, kw, heads, neurons):
     scores = dc.score(bert, batches, "gradient", "unit", progress=False)
-    plan = dc.plan(bert, scores, **kw)
+    plan = dc.plan(bert, scores, allocation="raw", **kw)
     if heads is not None:
         assert [len(h) for h in plan.heads] == heads and [len(n) for n in plan.neurons] == neurons
     else:

@@ -5,10 +5,17 @@ Fractions of heads / neurons keep the top-scored units; FLOP and parameter budge
 order of score per unit of cost (a greedy knapsack), so a cheap neuron and an expensive head
 compete on equal terms. `scope="layer"` applies the target inside every layer, `"global"` over
 the whole encoder.
+
+A criterion's raw scores are not comparable across layers and unit types, so by default
+(`allocation="auto"`) they are first rank-matched to Fisher's loss estimate from the same
+calibration pass (`Scores.fisher`): Fisher decides how many units each layer keeps, the criterion
+which ones. Scores made without data have no Fisher scores; they are normalised to mean 1 inside
+every layer and unit type instead. `allocation="raw"` keeps the raw summed scores, as a baseline.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -19,11 +26,13 @@ from torch import nn
 from ..arch import encoder_layers
 from ..errors import DeepCutsError
 from ..flops import layer_costs
+from ..hashing import model_fingerprint
 from ..scoring.scores import Scores
 from .rank_match import rank_match
 
 FORMAT = "deepcuts-plan/1"
 SCOPES = ("global", "layer")
+ALLOCATIONS = ("auto", "fisher", "normalized", "raw")
 
 
 @dataclass
@@ -109,21 +118,25 @@ def plan(
     min_neurons: int = 0,
     multiple_of: int = 1,
     reference: Scores | None = None,
+    allocation: str = "auto",
 ) -> Plan:
     """A `Plan` keeping a fraction of encoder FLOPs (at `seq_len`), of unit parameters, or of heads /
     neurons. `min_heads` / `min_neurons` are kept in every layer; `multiple_of` rounds each layer's
-    FFN width to a hardware-friendly multiple (e.g. 8 or 64). With `reference` (e.g. Fisher scores)
-    the scores are first rank-matched to it inside every layer and unit type (`rank_match`), so the
-    reference's loss estimate decides how many units each layer keeps and `scores` which ones."""
+    FFN width to a hardware-friendly multiple (e.g. 8 or 64).
+
+    `allocation` says how scores of different layers and unit types are made comparable:
+    "fisher" rank-matches them to Fisher's loss estimate inside every layer and unit type
+    (`rank_match`; `reference` if given, else `scores.fisher`), "normalized" divides them by their
+    mean there, "raw" compares them as they are (a baseline); "auto" is "fisher" where Fisher's
+    scores are at hand and "normalized" otherwise (with a warning)."""
     check_scores(model, scores)
-    if reference is not None:
-        check_scores(model, reference)
-        scores = rank_match(scores, reference)
     budget = _budget_kind(keep_flops, keep_params, keep_heads, keep_neurons)
     if scope not in SCOPES:
         raise DeepCutsError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
     if seq_len < 1 or min_heads < 0 or min_neurons < 0 or multiple_of < 1:
         raise DeepCutsError("seq_len and multiple_of must be >= 1, min_heads and min_neurons >= 0")
+    scores, allocation = _comparable(model, scores, reference, allocation,
+                                     warn=not (budget == "fraction" and scope == "layer"))
     layers = encoder_layers(model)
     head_scores = [scores.heads(i).float().cpu() for i in range(len(layers))]
     neuron_scores = [scores.neurons(i).float().cpu() for i in range(len(layers))]
@@ -138,15 +151,74 @@ def plan(
     target = {k: v for k, v in dict(keep_flops=keep_flops, keep_params=keep_params, keep_heads=keep_heads,
                                      keep_neurons=keep_neurons, seq_len=seq_len, scope=scope, min_heads=min_heads,
                                      min_neurons=min_neurons, multiple_of=multiple_of,
-                                     criterion=scores.criterion,
-                                     reference=None if reference is None else reference.criterion).items()
+                                     criterion=scores.criterion, allocation=allocation,
+                                     model_fingerprint=scores.model_fingerprint).items()
               if v is not None}
     return Plan(heads=heads, neurons=neurons, num_heads=[layer.num_heads for layer in layers],
                 ffn_widths=[layer.ffn_width for layer in layers], target=target)
 
 
+def _comparable(model: nn.Module, scores: Scores, reference: Scores | None, allocation: str,
+                warn: bool) -> tuple[Scores, str]:
+    """(scores made comparable across layers and unit types, the allocation that did it); `warn`: when "auto"
+    falls back to "normalized" where comparing layers matters."""
+    if allocation not in ALLOCATIONS:
+        raise DeepCutsError(f"unknown allocation {allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+    if reference is not None and allocation not in ("auto", "fisher"):
+        raise DeepCutsError(f"reference= is the loss estimate of allocation 'fisher'; drop it or the "
+                            f"allocation={allocation!r}")
+    loss = _loss_estimate(scores, reference)
+    if allocation == "fisher" and loss is None:
+        raise DeepCutsError("allocation='fisher' needs Fisher's scores: score with calibration data (every "
+                            "scoring pass with data computes them), or pass reference=dc.score(model, batches, "
+                            "'fisher', granularity='unit')")
+    if allocation == "auto":
+        allocation = "fisher" if loss is not None else "normalized"
+        if loss is None and warn:
+            warnings.warn(f"{scores.criterion or 'these'} scores carry no Fisher loss estimate (scored without "
+                          "data), so each layer's scores are normalised to mean 1 to compare layers; score with "
+                          "calibration data for the Fisher-referenced allocation", UserWarning, stacklevel=3)
+    if allocation == "fisher":
+        if loss is not scores:
+            check_scores(model, loss)
+            if loss.model_fingerprint != scores.model_fingerprint:
+                raise DeepCutsError(f"the Fisher reference was computed on another model than the scores "
+                                    f"({_model_name(loss)} vs {_model_name(scores)}); score both on one model")
+            scores = rank_match(scores, loss)
+    elif allocation == "normalized":
+        scores = _normalised(scores)
+    return scores, allocation
+
+
+def _loss_estimate(scores: Scores, reference: Scores | None) -> Scores | None:
+    """The Fisher scores to rank-match to: `reference`, else those the scores carry, else the scores themselves
+    when they are Fisher's (a `Scores` is a mapping, so it is never tested for truth)."""
+    if reference is not None:
+        return reference
+    if scores.fisher is not None:
+        return scores.fisher
+    return scores if scores.criterion == "fisher" else None
+
+
+def _normalised(scores: Scores) -> Scores:
+    """Unit scores divided by their mean inside every layer and unit type (all-zero groups stay zero)."""
+    def unit_mean(t: torch.Tensor) -> torch.Tensor:
+        t = t.float().cpu()
+        mean = t.mean() if t.numel() else torch.tensor(0.0)
+        return t / mean if mean > 0 else t
+
+    units = scores.unit_scores()
+    return Scores({}, scores.layout, {**scores.meta, "normalized": True},
+                  heads=[unit_mean(h) for h in units["heads"]], neurons=[unit_mean(n) for n in units["neurons"]])
+
+
+def _model_name(scores: Scores) -> str:
+    """How a message names the model scores were computed on: its name and weights hash."""
+    return f"{scores.meta.get('model_name') or 'a model'} (weights {scores.model_fingerprint or 'unrecorded'})"
+
+
 def check_scores(model: nn.Module, scores: Scores) -> None:
-    """Fail, naming the first mismatching parameter, when `scores` were not made for `model`."""
+    """Fail, naming the first mismatching parameter or both models, when `scores` were not made for `model`."""
     layers = encoder_layers(model)
     if len(scores.layout) != len(layers):
         raise DeepCutsError(f"scores cover {len(scores.layout)} encoder layers, the model has {len(layers)}")
@@ -165,6 +237,13 @@ def check_scores(model: nn.Module, scores: Scores) -> None:
             got = tuple(params[name].shape) if name in params else "missing"
             raise DeepCutsError(f"scores do not match the model at parameter {name}: "
                                 f"scores {tuple(s.shape)}, model {got}")
+    recorded = scores.model_fingerprint
+    if recorded is not None:
+        current = model_fingerprint(model)
+        if current != recorded:
+            name = getattr(model.config, "_name_or_path", "") or model.config.model_type
+            raise DeepCutsError(f"these {scores.criterion} scores were computed on {_model_name(scores)}, not on "
+                                f"this model, {name} (weights {current}); score the model you prune")
 
 
 def _budget_kind(flops, params, heads, neurons) -> str:

@@ -24,6 +24,7 @@ class Criterion:
     shifted: bool = False  # rows weighted by (shift + a[row])
     random: bool = False
     fisher: bool = False  # unit-only: sum over examples of the squared mask gradient (Kwon et al. 2022)
+    diagonal: bool = False  # Fisher without the unit-by-unit interactions (the loss estimate `plan` allocates by)
 
     @property
     def per_weight(self) -> bool:
@@ -38,7 +39,7 @@ class Criterion:
     @property
     def records_interactions(self) -> bool:
         """Whether it needs each example's mask gradients and keeps their per-layer unit-by-unit sums."""
-        return self.fisher
+        return self.fisher and not self.diagonal
 
     def row_weight(self, out_sum: torch.Tensor | None, tokens: torch.Tensor | float,
                    shift: float) -> torch.Tensor | None:
@@ -74,6 +75,10 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("random", uses_gradient=False, random=True),
     )
 }
+
+
+# The Fisher diagonal every scoring pass with data adds for `plan` (Scores.fisher), when Fisher itself is not asked for.
+FISHER_DIAGONAL = Criterion("fisher", fisher=True, diagonal=True)
 
 
 def get_criterion(name: str) -> Criterion:

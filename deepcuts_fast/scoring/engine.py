@@ -45,7 +45,8 @@ class ScoringPass:
 
     def _make_probes(self, context: PassContext) -> list[dict[str, LinearProbe]]:
         rows = self.weight_grads and any(c.cam for c in self.criteria)
-        interactions = any(c.records_interactions for c in self.criteria)
+        interactions = any(c.fisher for c in self.criteria)
+        diagonal_only = not any(c.records_interactions for c in self.criteria)
         activations = self.options.first_order or interactions
         layers = []
         for layer in encoder_layers(self.model):
@@ -53,6 +54,7 @@ class ScoringPass:
                 name=layer.names[r], index=layer.index * len(ROLES) + i, module=layer.linears[r], ctx=context, role=r,
                 unit_width=layer.head_dim if r in HEAD_ROLES else 1, want_grad=self.weight_grads, want_rows=rows,
                 want_activation=activations and r in OUTPUT_ROLES, want_interactions=interactions and r in OUTPUT_ROLES,
+                diagonal_only=diagonal_only,
             ) for i, r in enumerate(ROLES)})
         return layers
 
@@ -61,7 +63,8 @@ class ScoringPass:
         """Score the batches (`indices`: their positions in the whole calibration set) with every criterion."""
         chunk = 1 if self.options.sequential_noise else self._samples_per_chunk(batches[0])
         chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
-        fused = self.backend != "torch" and len(chunks) == 1 and len(self.criteria) == 1 and self.weight_grads
+        fused = (self.backend != "torch" and len(chunks) == 1 and self.weight_grads
+                 and sum(c.weight_saliency for c in self.criteria) == 1)  # Fisher reads activations, not G
         setup = RouteSetup(self.layout, self.samples, self.options.shift, self.options.unit, self.backend, self.device)
         routes = {c.name: route_for(c, setup, self.probes, self.options.first_order, fused) for c in self.criteria}
         with self._scoring_mode(), tqdm(total=len(batches) * len(chunks), desc=f"scoring {'+'.join(routes)}",

@@ -23,8 +23,12 @@ UNIT_METHODS = ("sum", "first-order")
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """How to score. The first ten fields decide the numbers: they are recorded in every result's
+    """How to score. The first eleven fields decide the numbers: they are recorded in every result's
     meta and in checkpoint fingerprints; the rest say how the run goes.
+
+    `with_fisher` (default on) adds Fisher's unit scores from the clean pass to every result scored
+    with data (`Scores.fisher`), which `plan` needs to compare units across layers; it costs one
+    clean pass when only the smooth criteria are asked for, and little otherwise.
 
     `reference=True` reproduces the original DeepCuts code and turns on `train_mode` (dropout on),
     `sequential_noise` (the N noise samples as N passes) and `include_padding` (activation means over
@@ -42,13 +46,15 @@ class ScoreOptions:
     train_mode: bool = False
     sequential_noise: bool = False
     include_padding: bool = False
+    with_fisher: bool = True
     reference: bool = False
     backend: str = "auto"
     max_memory: int | None = None  # bytes for the stacked noisy batch; None: half the free GPU memory, or 4 GiB
     progress: bool = True
 
     RECORDED: ClassVar[tuple[str, ...]] = ("granularity", "unit_method", "noise_samples", "noise_std", "shift",
-                                           "seed", "dtype", "train_mode", "sequential_noise", "include_padding")
+                                           "seed", "dtype", "train_mode", "sequential_noise", "include_padding",
+                                           "with_fisher")
 
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:

@@ -53,12 +53,14 @@ class LinearProbe:
     want_rows: bool = False  # masked output sums for GradCAM row weights
     want_activation: bool = False  # first-order stats on this Linear's input (a unit activation)
     want_interactions: bool = False  # per-example unit gradients of this Linear's input, multiplied out
+    diagonal_only: bool = False  # of those products, only the squares (Fisher's unit scores, no interactions)
     score_in_backward: Callable[[LinearProbe, torch.Tensor, torch.Tensor], None] | None = None  # (probe, X, dY)
     grad: torch.Tensor | None = None
     grad_bias: torch.Tensor | None = None
     out_sum: torch.Tensor | None = None
     act_stats: torch.Tensor | None = None  # (4, in): masked sums of A, dA, A * dA, |A * dA|
-    interactions: torch.Tensor | None = None  # (units, units): sum over examples of g g^T, g = mask gradients
+    interactions: torch.Tensor | None = None  # (units, units): sum over examples of g g^T, g = mask gradients;
+    #                                            (units,): its diagonal only, with `diagonal_only`
     tokens: torch.Tensor | float = 0.0  # stays on the device: no host sync per forward
 
     def reset(self) -> None:
@@ -116,13 +118,14 @@ class LinearProbe:
             self._add_interactions(x, flat_dx, chunk, examples)
 
     def _add_interactions(self, x: torch.Tensor, flat_dx: torch.Tensor, chunk: Chunk, examples: int) -> None:
-        """Add sum over examples of g g^T, g = each example's per-unit sum over its real tokens of A * dA."""
+        """Add sum over examples of g g^T (or of g * g with `diagonal_only`), g = each example's per-unit sum over
+        its real tokens of A * dA."""
         product = x.to(flat_dx.dtype) * flat_dx
         channels = product.shape[1]
         per_token = (product.float() * chunk.token_mask[:, None]).view(examples, product.shape[0] // examples, channels)
         g = per_token.sum(1).view(examples, channels // self.unit_width, self.unit_width).sum(2)
         g = g * chunk.loss_scale
-        _add(self, "interactions", g.T @ g)
+        _add(self, "interactions", (g * g).sum(0) if self.diagonal_only else g.T @ g)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ the first batch (`route_for`):
 - `FusedScores`: the weight score added in the backward hook straight from X and dY (kernel 1, no G
   kept); for a pass with one criterion whose noise samples run in one chunk per batch.
 - `FirstOrderUnits`: unit scores `|sum_t A * dA|` (times the GradCAM weight) from the activation statistics.
-- `FisherUnits`: the per-layer unit interactions and their diagonals, Fisher's unit scores.
+- `FisherUnits`: the per-layer unit interactions and their diagonals, Fisher's unit scores (or the diagonals
+  alone, for the loss estimate every pass with data adds).
 
 At unit granularity the first three reduce each batch's weight scores to heads and neurons.
 """
@@ -58,7 +59,7 @@ class Route:
     def finish(self, meta: Mapping) -> Scores:
         """The summed scores, with `meta` and the criterion's name."""
         meta = {**meta, "criterion": self.crit.name}
-        if not self.setup.unit:
+        if not self.setup.unit and not self.crit.fisher:  # Fisher scores units at either granularity
             return Scores(self.weights, self.setup.layout, meta)
         return Scores({}, self.setup.layout, meta, heads=[u[0] for u in self.units],
                       neurons=[u[1] for u in self.units], interactions=self._interactions())
@@ -217,19 +218,23 @@ class FisherUnits(Route):
         self.interactions: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(setup.layout)
 
     def add(self, batch: int, layer: int, probes: LayerProbes) -> None:
+        if not self.crit.records_interactions:  # the probes kept the diagonals only
+            heads, neurons = (p.interactions for p in _unit_inputs(probes, "interactions", (0,), self.setup.device))
+            self._add_units(layer, heads.clone(), neurons.clone())
+            return
         heads, neurons = (p.interactions for p in _unit_inputs(probes, "interactions", (0, 0), self.setup.device))
         prev = self.interactions[layer]
         self.interactions[layer] = (heads, neurons) if prev is None else (prev[0] + heads, prev[1] + neurons)
         self._add_units(layer, heads.diagonal().clone(), neurons.diagonal().clone())
 
-    def _interactions(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return list(self.interactions)
+    def _interactions(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        return list(self.interactions) if self.crit.records_interactions else None
 
 
 def route_for(crit: Criterion, setup: RouteSetup, layers: list[LayerProbes], first_order: bool,
               fused: bool) -> Route:
     """The route that computes `crit`'s scores in a pass (`fused`: weight scores may go in the backward hook)."""
-    if crit.records_interactions:
+    if crit.fisher:
         return FisherUnits(crit, setup)
     if first_order:
         return FirstOrderUnits(crit, setup)

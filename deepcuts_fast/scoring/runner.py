@@ -26,7 +26,7 @@ from .criteria import get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
 from .engine import default_memory
 from .options import ScoreOptions, options_from
-from .score import score_many
+from .score import FISHER, attach_fisher, score_many
 from .scores import Scores, read_safetensors
 
 FORMAT = "deepcuts-checkpoint/1"
@@ -89,8 +89,15 @@ def score_run(
         torch.cuda.reset_peak_memory_stats()
     free = score_many(model, None, free_names, options=opts) if free_names else {}
     run = ScoreRun({}, 0, n, world_size=world.size)
-    if grad_names:
-        _run_segments(model, batch_list, grad_names, run, every, checkpoint, until_stable, stable_keep, world, opts)
+    # Fisher's loss estimate for data-free criteria comes from a pass of its own when no other needs one.
+    fisher_only = opts.with_fisher and not grad_names and bool(batch_list) and all("labels" in b for b in batch_list)
+    segment_names = [FISHER] if fisher_only else grad_names
+    if segment_names:
+        _run_segments(model, batch_list, segment_names, run, every, checkpoint, until_stable, stable_keep, world,
+                      opts)
+    if opts.with_fisher and free and run.scores:
+        donor = run.scores[FISHER] if FISHER in run.scores else next(iter(run.scores.values())).fisher
+        attach_fisher(free.values(), donor)
     run.scores = {name: free[name] if name in free else run.scores[name] for name in dict.fromkeys(names)}
     for name in grad_names:
         run.scores[name].meta.update(world_size=world.size, batches_planned=n, stopped_early=run.stopped_early)
@@ -177,11 +184,15 @@ def _zeros(model, names, options: ScoreOptions) -> dict[str, Scores]:
         return [(h.new_zeros(h.numel(), h.numel()), n.new_zeros(n.numel(), n.numel()))
                 for h, n in zip(units["heads"], units["neurons"])]
 
-    return {name: Scores({k: torch.zeros_like(v) for k, v in template.items()}, template.layout,
-                         {**template.meta, "criterion": name, "batches": 0},
-                         heads=[torch.zeros_like(h) for h in units["heads"]],
-                         neurons=[torch.zeros_like(x) for x in units["neurons"]],
-                         interactions=zero_interactions() if get_criterion(name).records_interactions else None)
+    def zero_units(name: str, weights: bool = True, **extra) -> Scores:
+        return Scores({k: torch.zeros_like(v) for k, v in template.items()} if weights else {}, template.layout,
+                      {**template.meta, "criterion": name, "batches": 0},
+                      heads=[torch.zeros_like(h) for h in units["heads"]],
+                      neurons=[torch.zeros_like(x) for x in units["neurons"]], **extra)
+
+    fisher = zero_units(FISHER, weights=False) if options.with_fisher else None
+    return {name: zero_units(name, interactions=zero_interactions() if name == FISHER else None,
+                             fisher=None if name == FISHER else fisher)
             for name in names}
 
 

@@ -21,16 +21,18 @@ from torch import nn
 from .._version import __version__
 from ..arch import ROLES, encoder_layers, prunable_linears
 from ..errors import DeepCutsError
+from ..hashing import model_fingerprint
 from ..kernels import resolve
 from ..precision import choose_for_scoring
 from ..models import model_device
-from .criteria import Criterion, get_criterion
+from .criteria import FISHER_DIAGONAL, Criterion, get_criterion
 from .engine import ScoringPass
 from .layout import LayerLayout, model_layout
 from .options import ScoreOptions, options_from
 from .scores import Scores
 
 Batches = Iterable[Mapping[str, torch.Tensor]]
+FISHER = "fisher"
 
 
 def score(
@@ -65,6 +67,7 @@ def score_many(
     train_mode: bool = False,
     sequential_noise: bool = False,
     include_padding: bool = False,
+    with_fisher: bool = True,
     reference: bool = False,
     batch_indices: Sequence[int] | None = None,
     options: ScoreOptions | None = None,
@@ -80,11 +83,13 @@ def score_many(
     `dtype` "auto" autocasts to bf16 only where the device runs it natively, and keeps the noisy
     pass in fp32 when bf16 would round its noise away (`deepcuts_fast.precision.choose_for_scoring`);
     each result's `meta["dtype"]` and `meta["dtype_reason"]` say what ran.
+    With `batches` and `with_fisher`, every result carries Fisher's unit scores from the clean pass
+    (`Scores.fisher`), which `plan` allocates its budget by.
     """
     opts = options_from(options, granularity=granularity, unit_method=unit_method, noise_samples=noise_samples,
                         noise_std=noise_std, shift=shift, backend=backend, dtype=dtype, seed=seed, progress=progress,
                         max_memory=max_memory, train_mode=train_mode, sequential_noise=sequential_noise,
-                        include_padding=include_padding, reference=reference)
+                        include_padding=include_padding, with_fisher=with_fisher, reference=reference)
     return _score_with(model, batches, criteria, opts, batch_indices)
 
 
@@ -101,8 +106,11 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
     for crit in (c for c in crits if not c.uses_gradient):
         results[crit.name] = _data_free_scores(model, layout, crit, options, meta_base)
     grad_crits = [c for c in crits if c.uses_gradient]
+    batch_list = None if batches is None else list(batches)
+    if options.with_fisher and not any(c.fisher for c in crits) and (grad_crits or _labelled(batch_list)):
+        grad_crits.append(FISHER_DIAGONAL)
     if grad_crits:
-        batch_list = _materialise(batches)
+        batch_list = _materialise(batch_list)
         indices = list(range(len(batch_list)) if batch_indices is None else map(int, batch_indices))
         if len(indices) != len(batch_list):
             raise DeepCutsError(f"batch_indices has {len(indices)} entries for {len(batch_list)} batches")
@@ -113,7 +121,18 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
                 meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
                 scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend)
                 results.update(scoring.run(batch_list, indices, meta))
+    if options.with_fisher and FISHER in results:
+        attach_fisher([results[c.name] for c in crits], results[FISHER])
     return {c.name: results[c.name] for c in crits}
+
+
+def attach_fisher(scores: Iterable[Scores], fisher: Scores) -> None:
+    """Give every non-Fisher result Fisher's unit scores of the same pass (without the interactions)."""
+    diagonal = Scores({}, fisher.layout, fisher.meta, heads=fisher.unit_scores()["heads"],
+                      neurons=fisher.unit_scores()["neurons"])
+    for s in scores:
+        if s.criterion != FISHER:
+            s.fisher = diagonal
 
 
 def _unique_criteria(names: Sequence[str] | str) -> list[Criterion]:
@@ -136,11 +155,18 @@ def _model_meta(model: nn.Module, options: ScoreOptions) -> dict:
     return {
         **options.recorded(),
         "model_type": model.config.model_type,
+        "model_name": getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        "model_fingerprint": model_fingerprint(model),
         "total_params": sum(p.numel() for p in model.parameters()),
         "prunable_params": prunable,
         "encoder_params": encoder,
         "version": __version__,
     }
+
+
+def _labelled(batches: list | None) -> bool:
+    """Whether data-free criteria got labelled batches, from which Fisher's loss estimate can come."""
+    return bool(batches) and all("labels" in b for b in batches)
 
 
 def _materialise(batches: Batches | None) -> list[Mapping[str, torch.Tensor]]:

@@ -13,6 +13,7 @@ from ..errors import DeepCutsError
 from .layout import LayerLayout, reduce_to_units
 
 FORMAT = "deepcuts-scores/1"
+FISHER_PREFIX = "fisher/"  # where a file keeps the Fisher scores that came with the criterion's
 
 
 class Scores(Mapping[str, torch.Tensor]):
@@ -21,6 +22,11 @@ class Scores(Mapping[str, torch.Tensor]):
     At `weight` granularity it maps every prunable parameter name to a score tensor of the same
     shape; at `unit` granularity the mapping is empty and only the head / neuron views exist.
     Tensors live on the device the model was scored on (`.to("cpu")` moves them; `save` does).
+
+    `fisher`: Fisher's unit scores from the same calibration pass (None for scores made without
+    data, and for Fisher's own scores). They estimate each unit's loss increase, which makes units
+    comparable across layers and unit types: `plan` allocates its budget by them.
+    `meta["model_fingerprint"]` identifies the weights the scores were computed on.
     """
 
     def __init__(
@@ -31,6 +37,7 @@ class Scores(Mapping[str, torch.Tensor]):
         heads: list[torch.Tensor] | None = None,
         neurons: list[torch.Tensor] | None = None,
         interactions: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        fisher: "Scores | None" = None,
     ) -> None:
         self._weights = dict(weights)
         self.layout = list(layout)
@@ -43,6 +50,7 @@ class Scores(Mapping[str, torch.Tensor]):
         self._heads = list(heads)
         self._neurons = list(neurons)
         self.interactions = None if interactions is None else [tuple(g) for g in interactions]
+        self.fisher = fisher
 
     # -- mapping over per-parameter scores ---------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -65,6 +73,11 @@ class Scores(Mapping[str, torch.Tensor]):
         return self.meta.get("criterion", "")
 
     @property
+    def model_fingerprint(self) -> str | None:
+        """Hash of the weights these scores were computed on (None in files written before it was recorded)."""
+        return self.meta.get("model_fingerprint")
+
+    @property
     def granularity(self) -> str:
         return "weight" if self._weights else "unit"
 
@@ -74,22 +87,27 @@ class Scores(Mapping[str, torch.Tensor]):
                         else [(h.to(device), n.to(device)) for h, n in self.interactions])
         return Scores({k: v.to(device) for k, v in self._weights.items()}, self.layout, self.meta,
                       heads=[h.to(device) for h in self._heads], neurons=[n.to(device) for n in self._neurons],
-                      interactions=interactions)
+                      interactions=interactions, fisher=None if self.fisher is None else self.fisher.to(device))
 
     def __add__(self, other: "Scores") -> "Scores":
         """The sum of two score sets of the same criterion and model (e.g. two shards of the batches)."""
         if not isinstance(other, Scores):
             return NotImplemented
-        if (self.criterion, self.granularity, set(self)) != (other.criterion, other.granularity, set(other)) or [
+        if (self.criterion, self.granularity, set(self), self.model_fingerprint) != (
+                other.criterion, other.granularity, set(other), other.model_fingerprint) or [
                 layer.to_dict() for layer in self.layout] != [layer.to_dict() for layer in other.layout]:
             raise DeepCutsError(f"cannot add {other!r} to {self!r}: they differ in criterion, granularity or model")
         meta = {**self.meta, "batches": self.meta.get("batches", 0) + other.meta.get("batches", 0)}
         interactions = None
         if self.interactions is not None and other.interactions is not None:
             interactions = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(self.interactions, other.interactions)]
+        fisher = None
+        if self.fisher is not None and other.fisher is not None:
+            fisher = self.fisher + other.fisher
         return Scores({k: v + other[k] for k, v in self._weights.items()}, self.layout, meta,
                       heads=[a + b for a, b in zip(self._heads, other._heads)],
-                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)], interactions=interactions)
+                      neurons=[a + b for a, b in zip(self._neurons, other._neurons)], interactions=interactions,
+                      fisher=fisher)
 
     # -- unit views ---------------------------------------------------------------------------
     def heads(self, layer: int) -> torch.Tensor:
@@ -141,11 +159,16 @@ class Scores(Mapping[str, torch.Tensor]):
         for i, (h, n) in enumerate(self.interactions or []):
             tensors[f"{prefix}interactions/heads/{i}"] = h.detach().cpu().contiguous()
             tensors[f"{prefix}interactions/neurons/{i}"] = n.detach().cpu().contiguous()
+        if self.fisher is not None:
+            tensors.update(self.fisher.to_tensors(prefix=f"{prefix}{FISHER_PREFIX}"))
         return tensors
 
     def header(self) -> dict[str, str]:
-        """The JSON strings (meta, layout) that `from_tensors` needs besides the tensors."""
-        return {"meta": json.dumps(self.meta), "layout": json.dumps([layer.to_dict() for layer in self.layout])}
+        """The JSON strings (meta, layout, the Fisher scores' meta) that `from_tensors` needs besides the tensors."""
+        header = {"meta": json.dumps(self.meta), "layout": json.dumps([layer.to_dict() for layer in self.layout])}
+        if self.fisher is not None:
+            header["fisher_meta"] = json.dumps(self.fisher.meta)
+        return header
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], prefix: str = "") -> "Scores":
@@ -159,8 +182,12 @@ class Scores(Mapping[str, torch.Tensor]):
         if f"{prefix}interactions/heads/0" in tensors:
             interactions = [(tensors[f"{prefix}interactions/heads/{i}"], tensors[f"{prefix}interactions/neurons/{i}"])
                             for i in range(len(layout))]
+        fisher = None
+        if "fisher_meta" in header:
+            fisher = cls.from_tensors(tensors, {"meta": header["fisher_meta"], "layout": header["layout"]},
+                                      prefix=f"{prefix}{FISHER_PREFIX}")
         return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons,
-                   interactions=interactions)
+                   interactions=interactions, fisher=fisher)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":
