@@ -19,6 +19,7 @@ from torch import nn
 from ._version import __version__
 from .atomic import atomic_folder
 from .cache import cache_dir
+from .errors import DeepCutsError
 from .hashing import cache_key, canonical_json
 from .models import MODEL_ALIASES, WEIGHTS_FILE, load_model
 from .precision import choose
@@ -42,6 +43,7 @@ def finetuned_model(
     make_batches: Callable[[Any], Sequence[Batch]],
     *,
     num_labels: int = 2,
+    label_names: Sequence[str] | None = None,
     key_fields: Mapping[str, Any] | None = None,
     settings: TrainSettings = TrainSettings(),
     device: str | torch.device | None = None,
@@ -52,13 +54,18 @@ def finetuned_model(
     The cache key covers the base model, `num_labels`, every training setting of `settings` (the
     precision as resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
     `key_fields`, which must describe the training data (dataset, split, max length, batch size,
-    ...), since `make_batches` is only called on a miss. An entry lives in
+    ...), since `make_batches` is only called on a miss. `label_names` (class id i is `label_names[i]`;
+    None for numeric labels) are part of the key too, are written into the model's `config.id2label` /
+    `label2id`, so later loads map class names through them, and are recorded in the metadata
+    (`label2id`). An entry lives in
     `cache_dir()/finetuned/<key>/` as an ordinary model folder (safetensors weights, tokenizer,
     `deepcuts_finetune.json`), written atomically; an incomplete one is rebuilt.
     """
     precision = choose("train", device or "cpu", settings.dtype)
     train_settings = asdict(replace(settings, dtype=precision.name))
     fields = dict(model=_model_id(model_name), num_labels=num_labels, train=train_settings, data=dict(key_fields or {}))
+    if label_names is not None:  # only then, so entries of numerically labelled data keep their keys
+        fields["labels"] = list(label_names)
     key = cache_key(**fields)
     entry = cache_dir() / "finetuned" / key
     if _is_complete(entry, key):
@@ -66,6 +73,8 @@ def finetuned_model(
         return FineTuned(load_model(str(entry), num_labels=num_labels).to(device), True, meta)
 
     model = load_model(model_name, num_labels=num_labels, seed=settings.seed).to(device)
+    if label_names is not None:
+        name_labels(model.config, label_names)
     batches = make_batches(tokenizer)
     start = time.perf_counter()
     finetune(model, batches, progress=progress, **train_settings)
@@ -78,8 +87,22 @@ def finetuned_model(
         "seconds": round(time.perf_counter() - start, 3),
         "versions": _versions(),
     }
+    if label_names is not None:
+        metadata["label2id"] = dict(model.config.label2id)
     _write_entry(entry, model, tokenizer, metadata)
     return FineTuned(model, False, metadata)
+
+
+def name_labels(config: Any, label_names: Sequence[str]) -> None:
+    """Name the head's classes in `config` (id i is `label_names[i]`; extra outputs keep `LABEL_<i>`), so
+    whoever loads the model maps class names to the ids it was trained with."""
+    names = list(label_names)
+    if len(names) > config.num_labels or len(set(names)) != len(names):
+        raise DeepCutsError(f"cannot name a head of {config.num_labels} classes with the labels {names}; pass "
+                            "distinct names, at most one per class")
+    id2label = {i: names[i] if i < len(names) else f"LABEL_{i}" for i in range(config.num_labels)}
+    config.id2label = id2label
+    config.label2id = {name: i for i, name in id2label.items()}
 
 
 def _model_id(model_name: str) -> str:

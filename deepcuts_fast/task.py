@@ -6,6 +6,9 @@ on the given data (AdamW, lr 1e-4 decaying linearly over one epoch, batch 32, le
 grouped by length within pools of 50 batches so little compute goes to padding, seed 0, precision
 as `deepcuts_fast.precision` decides), so the pre-fine-tuning weights can be rebuilt exactly for
 lottery-ticket rewinding, or given a fresh seeded head: the caller chooses (`on_bare`).
+
+Class-name labels are numbered in sorted order over all splits of the data for such a fine-tune, and
+the fine-tuned model carries those names (`config.id2label`), so every later use maps them alike.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .data import EMBEDDED, load_dataset, make_batches
+from .data import EMBEDDED, TextDataset, encode_labels, load_dataset, make_batches
 from .errors import DeepCutsError, first_line
 from .finetune_cache import finetuned_model
 from .train import TrainSettings
@@ -45,8 +48,12 @@ class TaskModel:
         return self.base is not None
 
     def initial_model(self) -> nn.Module:
-        """The exact model fine-tuning started from: the base encoder with its seeded fresh head."""
-        return load_model(self.base, num_labels=self.model.config.num_labels, seed=FINETUNE["seed"])
+        """The exact model fine-tuning started from: the base encoder with its seeded fresh head (and the
+        fine-tuned model's label names)."""
+        model = load_model(self.base, num_labels=self.model.config.num_labels, seed=FINETUNE["seed"])
+        model.config.id2label = dict(self.model.config.id2label)
+        model.config.label2id = dict(self.model.config.label2id)
+        return model
 
     @property
     def finetune_dtype(self) -> str | None:
@@ -62,26 +69,31 @@ class TaskModel:
         return dict(self.finetune_info["fields"]["train"])
 
     def train_batches(self) -> Sequence[dict]:
-        """The fine-tuning batches (shuffled, seeded), reused for recovery fine-tuning."""
-        return _train_batches(self.data, self.tokenizer)
+        """The fine-tuning batches (shuffled, seeded, labels as this model numbers them), reused for
+        recovery fine-tuning."""
+        return _train_batches(encode_labels(load_dataset(self.data, "train"), self.model.config), self.tokenizer)
 
 
 _BATCHING = ("batch_size", "max_length", "length_pool")
 
 
-def _train_batches(data: str, tokenizer) -> list[dict]:
-    return make_batches(load_dataset(data, "train"), tokenizer, shuffle=True, seed=FINETUNE["seed"],
-                        **{k: FINETUNE[k] for k in _BATCHING})
+def _train_batches(dataset: TextDataset, tokenizer) -> list[dict]:
+    """The recipe's shuffled, length-pooled batches of an encoded train split."""
+    return make_batches(dataset, tokenizer, shuffle=True, seed=FINETUNE["seed"], **{k: FINETUNE[k] for k in _BATCHING})
 
 
-def finetuned_task_model(base: str, data: str, num_labels: int, progress: bool = True,
+def finetuned_task_model(base: str, data: str, num_labels: int | None = None, progress: bool = True,
                          dtype: str | torch.dtype | None = "auto") -> TaskModel:
-    """`base` fine-tuned on the train split of `data` with the recipe above, from the cache when possible."""
+    """`base` fine-tuned on the train split of `data` with the recipe above, from the cache when possible;
+    the head has `num_labels` outputs (None: as the data needs), class names numbered in sorted order."""
     tokenizer = load_tokenizer(base)
+    train = load_dataset(data, "train")
+    num_labels = train.num_labels if num_labels is None else num_labels
+    encoded = encode_labels(train, num_labels)  # sorted class names; fails before any training if they do not fit
     settings = TrainSettings(**{k: v for k, v in FINETUNE.items() if k not in _BATCHING}, dtype=dtype)
     batching = {k: FINETUNE[k] for k in _BATCHING}
     tuned = finetuned_model(
-        base, tokenizer, lambda tok: _train_batches(data, tok), num_labels=num_labels,
+        base, tokenizer, lambda tok: _train_batches(encoded, tok), num_labels=num_labels, label_names=train.classes,
         key_fields={"data": data, "split": "train", **batching}, settings=settings, progress=progress,
     )
     return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata)
@@ -92,14 +104,15 @@ def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None =
     return finetuned_task_model("minilm", EMBEDDED, num_labels=2, progress=progress, dtype=dtype)
 
 
-def task_model(name: str, *, on_bare: OnBare, data: str | None = None, num_labels: int | None = None,
+def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = None, num_labels: int | None = None,
                progress: bool = True, dtype: str | torch.dtype | None = "auto") -> TaskModel:
     """The classifier `name` stands for: `minilm-rt` (fine-tuned, cached), a saved classifier or slim
     folder as is, or a bare encoder (`minilm`, any BERT-family folder or hub name without a task head).
 
     A bare encoder is fine-tuned on the train split of `data` first (cached; `dtype` "auto" as
     `deepcuts_fast.precision` decides) when `on_bare="fine-tune"`, or gets a fresh head seeded 0 when
-    `on_bare="random-head"`; either head has `num_labels` outputs (None: 2).
+    `on_bare="random-head"`; either head has `num_labels` outputs (None: as the data needs for a fine-tune,
+    2 for a random head).
     """
     from transformers import AutoConfig
 
@@ -119,5 +132,4 @@ def task_model(name: str, *, on_bare: OnBare, data: str | None = None, num_label
         return TaskModel(load_model(name, num_labels=num_labels), load_tokenizer(name), data=data)
     if data is None:
         raise DeepCutsError(f"{name!r} has no task head, and fine-tuning one needs data; pass data=")
-    return finetuned_task_model(name, data, num_labels=2 if num_labels is None else num_labels, progress=progress,
-                                dtype=dtype)
+    return finetuned_task_model(name, data, num_labels=num_labels, progress=progress, dtype=dtype)

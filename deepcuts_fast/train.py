@@ -202,6 +202,9 @@ def _classification_result(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -
     """Example-weighted mean cross-entropy and accuracy."""
     total_loss, correct, n = 0.0, 0, 0
     for logits, labels in pairs:
+        if labels.is_floating_point():  # .long() would silently truncate 2.5 to class 2
+            raise DeepCutsError("the evaluation labels are real numbers but the model is a classifier; evaluate "
+                                "a regression model (num_labels=1) on them, or write class ids as integers")
         labels = labels.long()
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(-1) == labels).sum())

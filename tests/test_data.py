@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepcuts_fast.data import TextDataset, check_labels, load_dataset, make_batches, sources
+from deepcuts_fast.data import TextDataset, check_labels, encode_labels, load_dataset, make_batches, sources
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.models import load_tokenizer
 
@@ -139,7 +139,8 @@ def test_json_list_with_string_labels(tmp_path):
     path.write_text(json.dumps([{"text": "x", "label": "pos"}, {"text": "y", "label": "neg"},
                                 {"text": "z", "label": "pos"}]), encoding="utf-8")
     ds = load_dataset(str(path))
-    assert ds.labels == [1, 0, 1] and ds.num_labels == 2  # sorted names: neg=0, pos=1
+    assert ds.labels == ["pos", "neg", "pos"] and ds.classes == ("neg", "pos") and ds.num_labels == 2
+    assert encode_labels(ds).labels == [1, 0, 1]  # sorted names: neg=0, pos=1
 
 
 def test_json_file_holding_json_lines_and_numeric_strings(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepCutsError
-from .dataset import TextDataset
+from .dataset import TextDataset, encode_labels
 
 
 def make_batches(
@@ -29,7 +29,11 @@ def make_batches(
     of examples does not matter). `length_pool=k` sorts by length only within consecutive pools of
     k batches of the (shuffled) order, then shuffles the batches: for training, where padding is
     wasted compute but every batch should still be a random mix of the data.
+
+    Class names become ids in sorted order (`encode_labels` without a model); to number them as a
+    model's head does, pass `encode_labels(dataset, model.config)` instead.
     """
+    dataset = encode_labels(dataset)
     if len(dataset) == 0:
         raise DeepCutsError(f"dataset {dataset.name!r} has no examples; pass data with at least one row")
     _check_positive(batch_size=batch_size, max_length=max_length, limit=limit, length_pool=length_pool)

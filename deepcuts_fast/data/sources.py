@@ -8,12 +8,13 @@ import functools
 import importlib.metadata
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DeepCutsError, first_line, suggest
-from .dataset import TextDataset, dataset_from_columns
+from .dataset import TextDataset, class_names, dataset_from_columns
 
 EMBEDDED = "rotten_tomatoes"
 EMBEDDED_ALIASES = ("rotten_tomatoes", "rt", "embedded")
@@ -33,6 +34,9 @@ def load_dataset(name_or_path: str, split: str = "train") -> TextDataset:
     - A `.csv`, `.tsv`, `.jsonl` or `.json` file: the file is the data itself, so `split` is ignored.
     - A folder: its `<split>.csv|.tsv|.jsonl|.json` file.
     - Anything else: a Hugging Face hub dataset, `name` or `name:config` (e.g. `nyu-mll/glue:sst2`).
+
+    Class-name labels stay names; the dataset's `classes` lists the names of every split of the source,
+    so that `encode_labels` numbers them the same in each split.
     """
     if name_or_path.lower() in EMBEDDED_ALIASES:
         return _load_embedded(split)
@@ -96,17 +100,24 @@ def _split_indices(n: int) -> dict[str, np.ndarray]:
 
 
 def _load_local(path: Path, split: str) -> TextDataset:
-    """A data file, or the `<split>` file of a folder."""
+    """A data file, or the `<split>` file of a folder (class names numbered over all its split files)."""
+    others: set[str] = set()
     if path.is_dir():
-        path = _split_file(path, split)
+        folder, path = path, _split_file(path, split)
+        others = _folder_class_names(folder, skip=path)
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DeepCutsError(f"unsupported data file type {path.suffix or path.name!r}; use {', '.join(FILE_SUFFIXES)}")
     if not path.is_file():
         raise DeepCutsError(f"data file {str(path)!r} does not exist; check the path")
+    return dataset_from_columns(_file_columns(path), str(path), others)
+
+
+def _file_columns(path: Path) -> dict[str, list]:
+    """The columns of a data file that has at least one row."""
     rows = _read_rows(path)
     if not rows:
         raise DeepCutsError(f"data file {str(path)!r} has no rows; add rows with a text and a label")
-    return dataset_from_columns(_to_columns(rows, str(path)), str(path))
+    return _to_columns(rows, str(path))
 
 
 def _split_file(folder: Path, split: str) -> Path:
@@ -117,6 +128,35 @@ def _split_file(folder: Path, split: str) -> Path:
     raise DeepCutsError(
         f"folder {str(folder)!r} has no {split}.csv/.tsv/.jsonl/.json file; add one or pass the data file itself"
     )
+
+
+def _split_files(folder: Path) -> list[Path]:
+    """Every split file of a folder: per file name stem, the one `_split_file` would pick."""
+    stems = sorted({p.stem for p in folder.iterdir() if p.suffix in FILE_SUFFIXES and p.is_file()})
+    return [_split_file(folder, stem) for stem in stems]
+
+
+def _folder_class_names(folder: Path, skip: Path) -> set[str]:
+    """The class names of the split files of a folder other than `skip` (the one being loaded, which
+    adds its own), so every split numbers them alike."""
+    names: set[str] = set()
+    for path in _split_files(folder):
+        if path == skip:
+            continue
+        stat = path.stat()
+        names |= _file_class_names(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return names
+
+
+@functools.lru_cache(maxsize=64)
+def _file_class_names(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """The class names of one data file (cached per file version); a file that is not labelled data
+    (no `label` column, unreadable) has none, as it cannot be loaded as a split either."""
+    try:
+        labels = _file_columns(Path(path)).get("label")
+        return frozenset(class_names(labels, path)) if labels else frozenset()
+    except DeepCutsError:
+        return frozenset()
 
 
 def _read_rows(path: Path) -> list:
@@ -183,12 +223,30 @@ def _load_hub(name: str, split: str) -> TextDataset:
             f"{suggest(name.lower(), EMBEDDED_ALIASES)} To load it from the Hugging Face hub, "
             "run: pip install datasets (needs hub access)"
         ) from e
+    dataset = dataset_from_columns(_hub_call(datasets, name, split).to_dict(), f"{name}/{split}")
+    if not dataset.has_names:
+        return dataset
+    return replace(dataset, classes=tuple(sorted(set(dataset.classes) | _hub_class_names(datasets, name))))
+
+
+def _hub_call(datasets, name: str, split: str | None):
+    """`datasets.load_dataset` of `name` (`name:config`), one split or (None) all of them."""
     path, _, config = name.partition(":")
     try:
-        hub_data = datasets.load_dataset(path, config or None, split=split)
+        return datasets.load_dataset(path, config or None, split=split)
     except Exception as e:  # the hub stack raises many types (HTTP, offline, not found): all mean the same here
         raise DeepCutsError(
-            f"cannot load {name!r} split {split!r} from the Hugging Face hub ({first_line(e)}); the hub may be "
-            "unreachable or the name wrong: pass a local CSV/JSONL file instead"
+            f"cannot load {name!r} split {split or 'all'!r} from the Hugging Face hub ({first_line(e)}); the hub may "
+            "be unreachable or the name wrong: pass a local CSV/JSONL file instead"
         ) from e
-    return dataset_from_columns(hub_data.to_dict(), f"{name}/{split}")
+
+
+def _hub_class_names(datasets, name: str) -> set[str]:
+    """The class names of every split of a hub dataset whose labels are names."""
+    names: set[str] = set()
+    for split, split_data in _hub_call(datasets, name, None).items():
+        try:
+            names |= class_names(list(split_data["label"]), f"{name}/{split}")
+        except (DeepCutsError, KeyError):  # a split without usable labels cannot be loaded as labelled data
+            pass
+    return names
