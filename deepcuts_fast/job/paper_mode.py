@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..scoring import Scores, apply_masks
-from ..train import evaluate, finetune
+from ..train import finetune
+from .held_out import HeldOut
 
 
 def paper_masks(scores: Scores, compression: float) -> dict[str, torch.Tensor]:
@@ -22,19 +23,15 @@ def _kept_fraction(masks: dict[str, torch.Tensor]) -> float:
     return round(sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()), 6)
 
 
-def _metrics(model: nn.Module, evaluation: list) -> dict:
-    return {k: v for k, v in evaluate(model, evaluation).to_dict().items() if v is not None}
-
-
-def single_shot(model: nn.Module, scores: Scores, compression: float, evaluation: list) -> dict:
+def single_shot(model: nn.Module, scores: Scores, compression: float, evaluation: HeldOut) -> dict:
     """Accuracy of `model` with the criterion's mask applied, no retraining."""
     masks = paper_masks(scores, compression)
     masked = copy.deepcopy(model)
     apply_masks(masked, masks)
-    return {"kept_fraction": _kept_fraction(masks), **_metrics(masked, evaluation)}
+    return {"kept_fraction": _kept_fraction(masks), **evaluation.metrics(masked)}
 
 
-def recovered(model: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: list,
+def recovered(model: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: HeldOut,
               epochs: float, lr: float, seed: int, dtype: str, progress: bool) -> dict:
     """Accuracy after fine-tuning the masked model for `epochs` (in `dtype`) with the mask fixed."""
     masks = paper_masks(scores, compression)
@@ -42,14 +39,14 @@ def recovered(model: nn.Module, scores: Scores, compression: float, train_batche
     start = time.perf_counter()
     finetune(masked, train_batches, epochs=epochs, lr=lr, seed=seed, dtype=dtype, progress=progress, masks=masks)
     return {"epochs": epochs, "lr": lr, "seconds": round(time.perf_counter() - start, 1),
-            **_metrics(masked, evaluation)}
+            **evaluation.metrics(masked)}
 
 
-def rewound(initial: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: list,
+def rewound(initial: nn.Module, scores: Scores, compression: float, train_batches: list, evaluation: HeldOut,
             finetune_settings: dict, progress: bool) -> dict:
     """Lottery-ticket rewinding: the pre-fine-tuning weights under the mask, fine-tuned as originally
     (`finetune_settings`: epochs, lr, seed and dtype of the original fine-tune)."""
     masks = paper_masks(scores, compression)
     start = time.perf_counter()
     finetune(initial, train_batches, progress=progress, masks=masks, **finetune_settings)
-    return {**finetune_settings, "seconds": round(time.perf_counter() - start, 1), **_metrics(initial, evaluation)}
+    return {**finetune_settings, "seconds": round(time.perf_counter() - start, 1), **evaluation.metrics(initial)}

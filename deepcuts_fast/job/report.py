@@ -6,6 +6,25 @@ from pathlib import Path
 
 from ..atomic import write_text
 
+PIPELINE_PLOT = "retraining_free.png"  # shown in the retraining-free section, not under Plots
+PLOT_CAPTIONS = {
+    "paper_accuracy.png": "Paper mode: test accuracy vs compression per criterion; hollow markers: after recovery "
+                          "fine-tuning or lottery-ticket rewinding, where run.",
+    "structured_speedup.png": "Structured mode: test accuracy after reconstruction vs measured speedup, one panel "
+                              "per latency setting (its title names the machine and dtype); stars: recovery "
+                              "fine-tuned slim models.",
+    "kept_units.png": "Heads and FFN neurons each criterion's global plan keeps per layer.",
+    PIPELINE_PLOT: "Retraining-free pipeline: test accuracy vs FLOPs kept, mean over the calibration draws with "
+                   "min-max bars; on Rotten Tomatoes a black dash marks Kwon et al. 2022's code on the same split.",
+    "mask_iou.png": "IoU of the kept weights between criteria (paper mode).",
+    "plan_iou.png": "IoU of the kept heads + FFN neurons between criteria (structured mode).",
+}
+
+
+def _plot_lines(name: str) -> list[str]:
+    """A plot's image and its one-line caption."""
+    return [f"![{name}]({name})", "", f"*{PLOT_CAPTIONS[name]}*", ""]
+
 
 def _f(value, fmt: str = "{:.4f}") -> str:
     return "" if value is None else fmt.format(value)
@@ -69,7 +88,8 @@ def _pipeline_section(results: dict) -> list[str]:
                                  else f"The calibration draw (seed {seeds[0]})") + " takes its own "
            f"{s['reconstruction_examples_used']} training examples (the first {s['calibration_examples']} score, "
            "all of them reconstruct); one unit-scoring pass per draw serves every criterion. Accuracy over the "
-           "draws: mean [min, max]; the best mean per budget in bold.", "",
+           "draws: mean [min, max]; in bold the winner per budget, the best mean on the "
+           f"{s.get('selection_split', 'test')} split.", "",
            "| keep_flops | criterion | draws | accuracy | below dense (points, mean) |", "|---|---|---|---|---|"]
     for e in summary:
         cell = f"{e['accuracy_mean']:.4f} [{e['accuracy_min']:.4f}, {e['accuracy_max']:.4f}]"
@@ -126,15 +146,23 @@ def _iou_table(matrix: list[list[float]], labels: list[str]) -> list[str]:
     return lines
 
 
+def _selection_note(settings: dict) -> str:
+    """Where the run's choices ("best", "winner", the saved slim models) were made."""
+    if settings.get("selection_split") == "validation":
+        return (f" (every best / winner choice is made on the {settings['validation_examples']:,} validation "
+                "examples, then reported on the test split)")
+    return " (no validation split: best / winner choices are made on the test split, so they are optimistic)"
+
+
 def render(results: dict, plots: list[str]) -> str:
     """The report as markdown text."""
     s, m, d = results["settings"], results["machine"], results["dense"]
     steps = results["steps"]
     out = ["# deepcuts run report", "",
            f"deepcuts-fast {results['version']} · data `{s['data']}` · {s['evaluation_examples']:,} held-out test "
-           f"examples · calibration {s['calibration_examples']} examples ({s['calibration_batches']} batches of "
-           f"{s['batch_size']}, length {s['max_length']}), reconstruction on {s['reconstruction_examples_used']} "
-           f"examples · noise N={s['noise_samples']}, sigma={s['noise_std']:g} · seed {s['seed']}", "",
+           "examples" + _selection_note(s) + f" · calibration {s['calibration_examples']} examples "
+           f"({s['calibration_batches']} batches of {s['batch_size']}, length {s['max_length']}), reconstruction "
+           f"on {s['reconstruction_examples_used']} examples · noise N={s['noise_samples']}, sigma={s['noise_std']:g} · seed {s['seed']}", "",
            f"Machine: {m['processor']} ({m.get('isa', 'ISA not recorded')}), {m['logical_cpus']} logical CPUs "
            f"({m['threads']} torch threads), torch {m['torch']}, {m['platform']}"
            + (f", GPU {s['gpu']}" if s.get("gpu") else ", no GPU") + ".", "",
@@ -156,23 +184,27 @@ def render(results: dict, plots: list[str]) -> str:
     if results["structured_mode"]:
         out += ["## Structured mode", "",
                 f"Global plan from each criterion's unit scores (sum of the unit's weight scores) at a fraction of "
-                f"the encoder FLOPs (sequence {s['seq_len_flops']}), physically pruned; single shot, then after "
+                f"the encoder FLOPs (sequence {s['seq_len_flops']}), the budget spent as `dc.plan` does by default "
+                f"(each criterion's scores rank-matched to Fisher's from the same calibration pass, so layers and "
+                f"unit types compare), physically pruned; single shot, then after "
                 f"least-squares reconstruction of the output projections. Speedups: slim vs dense median latency at "
                 f"batch {s['latency_batch']}, sequence {s['seq_len_flops']}, measured in one benchmark run per "
                 f"setting on this machine.", ""]
         out += _structured_table(results)
         out += ["", *_latency_table(results), ""]
         if results["structured_recovery"]:
-            out += ["Best slim model per FLOP budget (saved next to this report):", "",
+            out += [f"Best slim model per FLOP budget (chosen by reconstructed accuracy on the "
+                    f"{s.get('selection_split', 'test')} split; saved next to this report):", "",
                     "| keep_flops | criterion | recovery epochs | accuracy | folder |", "|---|---|---|---|---|"]
             out += [f"| {r['keep_flops']:g} | {r['criterion']} | {r['epochs']:g} | {r['accuracy']:.4f} | "
                     f"`{r['saved_to']}` |" for r in results["structured_recovery"]]
             out.append("")
-        out += _pipeline_section(results)
+        out += _pipeline_section(results) + (_plot_lines(PIPELINE_PLOT) if PIPELINE_PLOT in plots else [])
         v = results["verdicts"]
         out += [f"**Does the paper's claim hold (structured mode, single shot)?** {v['structured_mode']}", "",
                 f"After reconstruction: {v['structured_mode_reconstructed']}", ""]
-    out += ["## Quality goals (test split)", "", *_goals_table(results), ""]
+    out += ["## Quality goals (test split; the best criterion chosen on the "
+            f"{s.get('selection_split', 'test')} split)", "", *_goals_table(results), ""]
     a = results["mask_analysis"]
     out += ["## Mask analysis", "",
             f"Layer-averaged IoU of the kept weights between criteria (paper mode, c={a['compression']:g}):", "",
@@ -186,7 +218,7 @@ def render(results: dict, plots: list[str]) -> str:
                 for c, k in a["kept_units"].items()]
         out.append("")
     if plots:
-        out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+        out += ["## Plots", ""] + [line for p in plots if p != PIPELINE_PLOT for line in _plot_lines(p)]
     else:
         out += ["(Plots skipped: matplotlib is not installed.)", ""]
     return "\n".join(out)

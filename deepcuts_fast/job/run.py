@@ -25,7 +25,7 @@ from ..scoring import Scores, score_many
 from ..scoring.layout import model_layout
 from ..task import TaskModel
 from ..train import evaluate
-from . import analysis, paper_mode, structured_mode
+from . import analysis, held_out, paper_mode, structured_mode
 from .config import JobConfig
 from .goals import quality_goals, verdicts
 from .plots import write_plots
@@ -38,10 +38,13 @@ from .steps import StepStore, source_fingerprint
 class MainJob:
     """One run of the main job on a task model and its data, writing into `out`."""
 
-    def __init__(self, task: TaskModel, draw: Callable[[int], list], evaluation: list, config: JobConfig, out: Path,
-                 data_name: str, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, task: TaskModel, draw: Callable[[int], list], evaluation: held_out.HeldOut,
+                 config: JobConfig, out: Path, data_name: str, progress: bool = True,
+                 log: Callable[[str], None] = print):
         """`draw(seed)`: shuffled labelled training batches; the first `calibration_batches` of a draw score,
-        all of it reconstructs. `config.seed`'s draw serves every stage, further seeds the pipeline's spread."""
+        all of it reconstructs. `config.seed`'s draw serves every stage, further seeds the pipeline's spread.
+        `evaluation`: the test batches every number is reported on, and the validation batches every choice
+        is made on."""
         self.task, self.model, self.config, self.out = task, task.model, config, Path(out)
         self.draw = draw
         self.reconstruction = draw(config.seed)
@@ -87,7 +90,8 @@ class MainJob:
     # -- steps ---------------------------------------------------------------------------------------
 
     def dense(self) -> dict:
-        result = self.store.run("dense", lambda: evaluate(self.model, self.evaluation, progress=self.progress).to_dict())
+        result = self.store.run("dense", lambda: evaluate(self.model, self.evaluation.test,
+                                                          progress=self.progress).to_dict())
         self.log(f"dense accuracy {result['accuracy']:.4f} on {result['n']} examples")
         return result
 
@@ -168,7 +172,7 @@ class MainJob:
         c = self.config
         out = []
         for keep in c.keep_flops:
-            best = max((r for r in rows if r["keep_flops"] == keep), key=lambda r: r["accuracy_reconstructed"])
+            best = held_out.best([r for r in rows if r["keep_flops"] == keep], "accuracy_reconstructed")
             folder = self.out / f"slim-keep{keep:g}"
             recover = c.structured_recovery_epochs > 0 and keep in c.structured_recovery_keeps
 
@@ -264,7 +268,10 @@ class MainJob:
         return {**self.config.to_dict(), "data": self.data_name, "model_can_rewind": self.task.can_rewind,
                 "calibration_examples": examples(self.calibration),
                 "reconstruction_examples_used": examples(self.reconstruction),
-                "evaluation_examples": examples(self.evaluation), "seq_len_flops": self.seq_len,
+                "evaluation_examples": examples(self.evaluation.test),
+                "validation_examples": None if self.evaluation.validation is None else examples(
+                    self.evaluation.validation),
+                "selection_split": self.evaluation.selection_split, "seq_len_flops": self.seq_len,
                 "scope_paper": "layer", "params_counted": "encoder", "scope_structured": "global",
                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                 "finetune": _finetune_summary(self.task)}

@@ -15,18 +15,19 @@ from .. import planning
 from ..planning import Plan
 from ..pruning import prune, reconstruct
 from ..scoring import Scores
-from ..train import evaluate, finetune
+from ..train import finetune
+from .held_out import PREFIX, HeldOut
 
 ERROR_BATCHES = 8  # calibration batches on which the layer-output error is reported
 
 
-def _accuracy(model: nn.Module, evaluation: list) -> dict:
-    result = evaluate(model, evaluation)
-    return {"accuracy": result.accuracy, "loss": result.loss}
+def _accuracy(model: nn.Module, evaluation: HeldOut) -> dict:
+    """Test accuracy and loss, and validation accuracy where there is a validation split."""
+    return {k: v for k, v in evaluation.metrics(model).items() if k in ("accuracy", "loss", PREFIX + "accuracy")}
 
 
 def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: int, reconstruction: list,
-                       evaluation: list, reference: list[torch.Tensor], dtype: str) -> dict:
+                       evaluation: HeldOut, reference: list[torch.Tensor], dtype: str) -> dict:
     """Global plan at `keep` of the encoder FLOPs, pruned; accuracy single shot and reconstructed
     (reconstruction forwards in `dtype`)."""
     plan = planning.plan(model, scores, keep_flops=keep, seq_len=seq_len, scope="global")
@@ -37,8 +38,7 @@ def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: i
     seconds = time.perf_counter() - start
     refit = _accuracy(refit_model, evaluation)
     probe = reconstruction[:ERROR_BATCHES]
-    return {"accuracy": single["accuracy"], "loss": single["loss"],
-            "accuracy_reconstructed": refit["accuracy"], "loss_reconstructed": refit["loss"],
+    return {**single, **{f"{k}_reconstructed": v for k, v in refit.items()},
             "reconstruct_seconds": round(seconds, 1),
             "output_error": output_error(slim, reference, probe),
             "output_error_reconstructed": output_error(refit_model, reference, probe),
@@ -66,7 +66,7 @@ def output_error(slim: nn.Module, reference: list[torch.Tensor], batches: list) 
 
 
 def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, scores: dict[str, Scores],
-                    reconstruction: list, evaluation: list, probe: list, reference: list[torch.Tensor],
+                    reconstruction: list, evaluation: HeldOut, probe: list, reference: list[torch.Tensor],
                     dtype: str) -> dict:
     """`dc.prune_without_retraining` at `keep` on shared unit scores: accuracy, kept units, plan, timings.
     The output error is taken on `probe` (the same batches for every draw) against `reference`."""
@@ -83,7 +83,7 @@ def rebuild(model: nn.Module, row: dict, reconstruction: list, dtype: str) -> nn
     return reconstruct(prune(model, Plan.from_dict(row["plan"])), model, reconstruction, dtype=dtype)
 
 
-def recover(slim: nn.Module, train_batches: list, evaluation: list, epochs: float, lr: float, seed: int,
+def recover(slim: nn.Module, train_batches: list, evaluation: HeldOut, epochs: float, lr: float, seed: int,
             dtype: str, progress: bool) -> dict:
     """Fine-tune a slim model in place for `epochs` (in `dtype`), then its accuracy."""
     start = time.perf_counter()
