@@ -1,12 +1,14 @@
 """The `deepcuts` command line: score, eval, prune, bench and run (the main job on the embedded default).
 
-Over 300 lines on purpose: `build_parser` defines every flag in one place and the `cmd_*` functions
-below read them; splitting the commands into modules would separate the flags from their readers.
+Long on purpose: `build_parser` defines every flag in one place, `check_flags` checks their values
+before anything loads, and the `cmd_*` functions below read them; splitting the commands into
+modules would separate the flags from their readers.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -17,42 +19,111 @@ from .errors import DeepCutsError, first_line
 
 DTYPE_HELP = ("precision: auto (default) = the fastest dtype this machine runs natively (bf16 on GPUs and CPUs "
               "with native bf16, else fp32), as deepcuts_fast.precision decides; $DEEPCUTS_PRECISION overrides it")
+DATA_HELP = "'rotten_tomatoes' (embedded), a CSV/TSV/JSON(L) file with text[,text_pair],label, or a datasets hub name"
+# Flags every command takes, before or after its name: `deepcuts --json score ...` = `deepcuts score ... --json`.
+GLOBAL_FLAGS = {
+    "--debug": "show full tracebacks on errors",
+    "--json": "print the result as JSON on stdout, and an error as one JSON object {error, exit_code} on stderr",
+    "--quiet": "no progress bars",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help when it has a default worth showing (not None or False) and the
+    help does not already say its default, so every command's --help tells what an omitted flag means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: shows defaults in --help and takes the GLOBAL_FLAGS after the command too.
+
+    Here those flags default to SUPPRESS: argparse copies a sub-command's defaults over the values the
+    top-level parser already set, so a real default would undo `deepcuts --json score ...`.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+        shared = {flag: self.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+                  for flag, text in GLOBAL_FLAGS.items()}
+        self._global_flags = shared
+
+    def add_argument(self, *names, **kwargs) -> argparse.Action:
+        """A command that declares a global flag itself (`bench` has --json and --quiet) keeps the shared
+        one, which does not reset the top-level value, with the command's own help text."""
+        shared = getattr(self, "_global_flags", {})
+        if names and all(name in shared for name in names):
+            action = shared[names[0]]
+            action.help = kwargs.get("help", action.help)
+            return action
+        return super().add_argument(*names, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deepcuts` parser with every sub-command and flag."""
+    from ._version import __version__
     from .benchmarking import add_bench_command
-    from .job.config import JobConfig
+
+    parser = argparse.ArgumentParser(prog="deepcuts", description="DeepCuts pruning scores for BERT-family encoders.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"deepcuts {__version__}",
+                        help="print the version and exit")
+    for flag, text in GLOBAL_FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=f"{text} (also accepted after the command)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
+    _add_score(sub)
+    _add_eval(sub)
+    _add_prune(sub)
+    add_bench_command(sub)
+    _add_run(sub)
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    """--model, --data, --batch-size, --max-length and --dtype, shared by score, eval and run."""
     from .precision import CHOICES as DTYPE_CHOICES
     from .task import TASK_MODEL_ALIAS
 
-    parser = argparse.ArgumentParser(prog="deepcuts", description="DeepCuts pruning scores for BERT-family encoders.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--model", default=TASK_MODEL_ALIAS,
+                   help="model folder or hub name; 'minilm' = packaged MiniLM (no task head), "
+                        f"'{TASK_MODEL_ALIAS}' = it fine-tuned on the embedded data (default; cached)")
+    p.add_argument("--data", required=data_required, default=None if data_required else "rotten_tomatoes",
+                   help=DATA_HELP)
+    p.add_argument("--batch-size", type=int, default=16, help="examples per batch")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per example (longer ones are truncated)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
 
-    def common(p, data_required=True):
-        p.add_argument("--model", default=TASK_MODEL_ALIAS,
-                       help="model folder or hub name; 'minilm' = packaged MiniLM (no task head), "
-                            f"'{TASK_MODEL_ALIAS}' = it fine-tuned on the embedded data (default; cached)")
-        p.add_argument("--data", required=data_required, default=None if data_required else "rotten_tomatoes",
-                       help="'rotten_tomatoes' (embedded), a CSV/TSV/JSON(L) file with text[,text_pair],label, "
-                            "or a datasets hub name")
-        p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--max-length", type=int, default=64)
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--json", action="store_true", help="print the result as JSON")
-        p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
 
-    s = sub.add_parser("score", help="score every prunable weight with a criterion; writes a safetensors file")
-    common(s)
-    s.add_argument("--split", default="train")
-    s.add_argument("--criterion", default="smooth-cut")
-    s.add_argument("--granularity", choices=("weight", "unit"), default="weight")
-    s.add_argument("--unit-method", choices=("sum", "first-order"), default="sum")
+def _criterion_help(what: str) -> str:
+    """Help text of a --criterion flag: `what` it does and every criterion name it takes."""
+    from .scoring.criteria import CRITERIA
+
+    return f"{what}; one of: {', '.join(CRITERIA)} (any case; '_' works for '-')"
+
+
+def _add_score(sub) -> None:
+    s = sub.add_parser("score", help="score every prunable head and FFN neuron (or weight) with a criterion; "
+                                     "writes a safetensors file")
+    _add_common(s)
+    s.add_argument("--split", default="train", help="data split to score on")
+    s.add_argument("--criterion", default="smooth-cut", metavar="NAME", help=_criterion_help("what to score with"))
+    s.add_argument("--granularity", choices=("unit", "weight"), default="unit",
+                   help="unit (default): one score per attention head and FFN neuron, a small file that "
+                        "`deepcuts prune --scores` plans from; weight: one score per weight, for the paper-style "
+                        "unstructured masks (dc.Scores.masks), a large file (about 42 MB for MiniLM)")
+    s.add_argument("--unit-method", choices=("sum", "first-order"), default="sum",
+                   help="unit granularity: sum the unit's weight scores, or |sum A*dA| at the unit (no weight "
+                        "gradients)")
     s.add_argument("--batches", type=int, default=8, help="number of calibration batches")
-    s.add_argument("--noise-samples", type=int, default=10)
-    s.add_argument("--noise-std", type=float, default=1e-3)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise-samples", type=int, default=10, help="noisy copies per batch (smooth criteria)")
+    s.add_argument("--noise-std", type=float, default=1e-3,
+                   help="standard deviation of the noise added to the prunable outputs (smooth criteria)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the batch order and the noise")
     s.add_argument("--reference", action="store_true",
                    help="reproduce the original code: train mode, sequential noise passes, padding included")
     s.add_argument("--device", default="cpu",
@@ -70,41 +141,69 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.01) between segments; --batches is then the maximum, checked every "
                         "--checkpoint-every batches (default 4)")
     s.add_argument("--stable-keep", type=float, default=0.5, metavar="F",
-                   help="kept fraction whose stability --until-stable watches (default 0.5)")
+                   help="kept fraction whose stability --until-stable watches")
     s.add_argument("--out", required=True, help="output .safetensors file (under torchrun only rank 0 writes it)")
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="accuracy / loss of a model on a data split")
-    common(e)
-    e.add_argument("--split", default="test")
+    _add_common(e)
+    e.add_argument("--split", default="test", help="data split to evaluate on")
     e.add_argument("--limit", type=int, default=None, help="evaluate on the first N examples only")
 
-    p = sub.add_parser("prune", help="plan from a scores file and write a physically smaller model folder")
-    p.add_argument("--model", default=TASK_MODEL_ALIAS, help="the model the scores were computed on (folder or alias)")
-    p.add_argument("--scores", required=True, help="scores file written by `deepcuts score`")
-    for target in ("flops", "params", "heads", "neurons"):
-        p.add_argument(f"--keep-{target}", type=float, default=None, help=f"fraction of {target} to keep")
+
+def _add_prune(sub) -> None:
+    from .precision import CHOICES as DTYPE_CHOICES
+    from .task import TASK_MODEL_ALIAS
+
+    p = sub.add_parser("prune", help="prune heads and FFN neurons without retraining (the whole pipeline on --data, "
+                                     "or a plan from a --scores file) and write a physically smaller model folder")
+    p.add_argument("--model", default=TASK_MODEL_ALIAS, help="the model to prune (folder or alias); with --scores, "
+                                                             "the one the scores were computed on")
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help=f"labelled calibration data, train split: {DATA_HELP}. Without --scores the retraining-free "
+                        "pipeline scores, allocates the FLOP budget against Fisher, rearranges and reconstructs on "
+                        "it; with --scores it is the reconstruction data")
+    p.add_argument("--scores", default=None, metavar="FILE",
+                   help="plan from this `deepcuts score --granularity unit` file instead of scoring (then no "
+                        "Fisher allocation or rearrangement); one of --scores / --data is required")
+    p.add_argument("--criterion", default=None, metavar="NAME",
+                   help=_criterion_help("what the pipeline scores with, besides Fisher (default: fisher; not with "
+                                        "--scores)"))
+    for target, what in (("flops", "FLOPs"), ("params", "unit parameters"), ("heads", "heads"),
+                         ("neurons", "FFN neurons")):
+        only = "" if target == "flops" else "; needs --scores"
+        p.add_argument(f"--keep-{target}", type=float, default=None, metavar="F",
+                       help=f"fraction of the encoder's {what} to keep, in [0, 1]{only}")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length the FLOP budget is counted at")
-    p.add_argument("--scope", choices=("global", "layer"), default="global")
+    p.add_argument("--scope", choices=("global", "layer"), default="global",
+                   help="spend the budget over all layers or per layer (layer needs --scores)")
     p.add_argument("--min-heads", type=int, default=0, help="heads kept in every layer at least")
     p.add_argument("--min-neurons", type=int, default=0, help="FFN neurons kept in every layer at least")
-    p.add_argument("--multiple-of", type=int, default=1, help="round FFN widths to a multiple (e.g. 8 or 64)")
-    p.add_argument("--reconstruct", metavar="DATA", default=None,
-                   help="after pruning, refit each layer's output projections by least squares so the slim layer "
-                        "reproduces the dense one on this data's train split (e.g. rotten_tomatoes or a CSV)")
-    p.add_argument("--reconstruct-examples", type=int, default=512,
-                   help="calibration examples for --reconstruct (fewer over-fit the FFN output projections)")
-    p.add_argument("--max-length", type=int, default=64, help="token length of the --reconstruct examples")
-    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP + " (--reconstruct forwards)")
+    p.add_argument("--multiple-of", type=int, default=1,
+                   help="round FFN widths to a multiple, e.g. 8 or 64 (needs --scores)")
+    p.add_argument("--no-rearrange", action="store_true",
+                   help="pipeline: keep the searched mask instead of rearranging each layer's against Fisher")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="skip the least-squares refit of each layer's output projections on --data (done by "
+                        "default whenever --data is given)")
+    p.add_argument("--calibration-examples", type=int, default=512, metavar="N",
+                   help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections)")
+    p.add_argument("--batch-size", type=int, default=16, help="calibration examples per batch")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per calibration example")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw from --data")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help=f"{DTYPE_HELP}. It applies to the scoring and reconstruction forwards")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
-    add_bench_command(sub)
+
+def _add_run(sub) -> None:
+    from .job.config import JobConfig
 
     r = sub.add_parser("run", help="the main job: fine-tune (cached), score every criterion, paper mode, structured "
                                    "mode with latency and reconstruction, mask analysis, report.md; resumable")
-    common(r, data_required=False)
+    _add_common(r, data_required=False)
     quick, full = JobConfig.quick(), JobConfig.full()
     r.add_argument("--quick", action="store_true",
                    help=f"reduced grid ({len(quick.criteria)} criteria, {quick.calibration_batches} calibration "
@@ -112,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no recovery fine-tuning)")
     r.add_argument("--out", default=None, help="output folder (default runs/quick or runs/full); a rerun into the "
                                                 "same folder reuses the steps that finished")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of the calibration draws and fine-tunes")
     r.add_argument("--calibration-batches", type=int, default=None,
                    help=f"default {quick.calibration_batches} (--quick) or {full.calibration_batches}")
     r.add_argument("--recovery-epochs", type=float, default=None,
@@ -123,7 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--latency-seq", type=int, default=full.latency_seq,
                    help="sequence length of the latency measurements and of the FLOP budgets")
     r.add_argument("--fresh", action="store_true", help="recompute every step instead of reusing finished ones")
-    return parser
 
 
 def _size(text: str) -> int:
@@ -142,12 +240,14 @@ def _size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `deepcuts`; the exit status is 2 for a DeepCutsError, 1 for an unexpected failure, 130 for Ctrl-C."""
+    """Run `deepcuts`; the exit status is 2 for a DeepCutsError, 1 for an unexpected failure, 130 for Ctrl-C.
+    Errors are one line on stderr, or one JSON object {"error", "exit_code"} there under --json."""
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_transformers()
     try:
+        check_flags(args)  # bad values fail here, in flag names, before any model or data loads
+        _quiet_transformers()
         from .benchmarking import run_bench_command
 
         commands = {"score": cmd_score, "eval": cmd_eval, "prune": cmd_prune, "bench": run_bench_command,
@@ -156,17 +256,50 @@ def main(argv: list[str] | None = None) -> int:
     except DeepCutsError as e:
         if args.debug:
             raise
-        print(f"deepcuts: error: {e}", file=sys.stderr)
-        return 2
+        return _report_error(args, str(e), 2)
     except KeyboardInterrupt:
-        print("deepcuts: interrupted", file=sys.stderr)
-        return 130
+        return _report_error(args, "interrupted", 130, line="deepcuts: interrupted")
     except Exception as e:  # an unexpected failure still ends in one line; --debug shows where
         if args.debug:
             raise
-        print(f"deepcuts: error: {type(e).__name__}: {first_line(str(e))} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        message = f"{type(e).__name__}: {first_line(str(e))} (rerun with --debug for the traceback)"
+        return _report_error(args, message, 1)
+
+
+def _report_error(args: argparse.Namespace, message: str, code: int, line: str | None = None) -> int:
+    """Print an error on stderr, as `line` (default "deepcuts: error: MESSAGE") or, under --json, as one
+    JSON object a script can parse; returns the exit status `code`."""
+    if args.json:
+        print(json.dumps({"error": message, "exit_code": code}), file=sys.stderr)
+    else:
+        print(line or f"deepcuts: error: {message}", file=sys.stderr)
+    return code
+
+
+# Value checks of numeric flags, by argparse dest; a command checks the ones it has.
+FRACTION_FLAGS = ("keep_flops", "keep_params", "keep_heads", "keep_neurons")
+AT_LEAST_ONE_FLAGS = ("seq_len", "multiple_of", "batches", "batch_size", "max_length", "noise_samples",
+                      "calibration_examples", "limit")
+AT_LEAST_ZERO_FLAGS = ("min_heads", "min_neurons")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse out-of-range values of the numeric flags `args` has, naming the flag, so a command fails at
+    once instead of after loading a model (and in Python keyword names)."""
+    given = {dest: value for dest, value in vars(args).items() if value is not None}
+    for dest in FRACTION_FLAGS:
+        if dest in given and not 0 <= given[dest] <= 1:
+            raise DeepCutsError(f"{_flag(dest)} is a fraction in [0, 1], got {given[dest]:g}")
+    for dest, least in [(d, 1) for d in AT_LEAST_ONE_FLAGS] + [(d, 0) for d in AT_LEAST_ZERO_FLAGS]:
+        if dest in given and given[dest] < least:
+            raise DeepCutsError(f"{_flag(dest)} must be an integer >= {least}, got {given[dest]}")
+    if "noise_std" in given and not (math.isfinite(given["noise_std"]) and given["noise_std"] >= 0):
+        raise DeepCutsError(f"--noise-std must be a finite number >= 0, got {given['noise_std']:g}")
+
+
+def _flag(dest: str) -> str:
+    """The command-line spelling of an argparse dest: keep_flops -> --keep-flops."""
+    return "--" + dest.replace("_", "-")
 
 
 def _quiet_transformers() -> None:
@@ -190,16 +323,17 @@ def _classifier(args, num_labels: int | None):
 
 
 def _model_and_data(args, split: str):
-    """(model, tokenizer, dataset) for the --model / --data of a command, labels checked."""
-    from .data import check_labels, load_dataset
+    """(model, tokenizer, dataset) for the --model / --data of a command, labels checked and numbered as
+    the model's head numbers them (its named labels, else sorted class names)."""
+    from .data import encode_labels, load_dataset
 
     dataset = load_dataset(args.data, split)
     model, tokenizer = _classifier(args, dataset.num_labels)
-    check_labels(dataset, model.config.num_labels)
-    return model, tokenizer, dataset
+    return model, tokenizer, encode_labels(dataset, model.config)
 
 
 def cmd_score(args) -> int:
+    """`deepcuts score`: one criterion's scores (units by default) from --batches of --data, saved to --out."""
     from dataclasses import replace
 
     from .data import make_batches
@@ -213,8 +347,6 @@ def cmd_score(args) -> int:
                            noise_std=args.noise_std, dtype=args.dtype, seed=args.seed, reference=args.reference,
                            max_memory=args.max_memory, progress=not args.quiet)
     options.check_criteria([criterion])
-    if args.batches < 1:
-        raise DeepCutsError("--batches must be >= 1")
     checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
     with process_group(args.device) as world:
         device = _score_device(args.device, world.size)
@@ -291,60 +423,156 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    """`deepcuts prune`: plan from a scores file, prune (and optionally reconstruct), save the slim folder."""
-    from . import planning
-    from .flops import encoder_flops, encoder_unit_params
-    from .pruning import prune, reconstruct, save_pretrained
+    """`deepcuts prune`: the retraining-free pipeline on --data (criterion + Fisher scores, Fisher-referenced
+    global FLOP allocation, mask rearrangement, least-squares reconstruction), or a plan from a --scores file
+    (reconstructed on --data when given); writes the slim folder and prints which path ran."""
+    from .data import make_batches
+    from .pruning import save_pretrained
     from .scoring import Scores
 
     out = Path(args.out)
     check_writable(out, folder=True)
     if out.exists() and not args.overwrite:
         raise DeepCutsError(f"{out} already exists; choose a new folder or pass --overwrite")
-    scores = Scores.load(args.scores)
-    model, tokenizer = _classifier(args, None)
+    pipeline = _prune_path(args) == "pipeline"  # every flag combination is checked before anything loads
+    scores = None if pipeline else Scores.load(args.scores)
+    batches = None
+    if args.data is None:
+        model, tokenizer = _classifier(args, None)
+    else:
+        model, tokenizer, dataset = _model_and_data(args, "train")
+        batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                               shuffle=True, seed=args.seed, limit=args.calibration_examples)
+    if pipeline:
+        slim, plan, ran = _prune_pipeline(args, model, batches)
+    else:
+        slim, plan, ran = _prune_from_scores(args, model, scores, batches)
+    save_pretrained(slim, out, tokenizer=tokenizer, plan=plan, overwrite=args.overwrite)
+    summary = _prune_summary(args, model, slim, plan, ran, batches)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(plan.summary())
+        print(_prune_line(summary))
+    return 0
+
+
+def _prune_path(args: argparse.Namespace) -> str:
+    """'pipeline' (no --scores) or 'scores', after refusing flag combinations that path cannot honour."""
+    from .pipeline import FISHER
+    from .scoring.criteria import get_criterion
+
+    budgets = [_flag(dest) for dest in FRACTION_FLAGS if getattr(args, dest) is not None]
+    if args.scores is None and args.data is None:
+        raise DeepCutsError("give --data DATA (the retraining-free pipeline scores, plans and reconstructs on it) "
+                            "or --scores FILE (plan from a `deepcuts score --granularity unit` file), or both")
+    if not budgets:
+        raise DeepCutsError("give a budget: --keep-flops (with --scores also --keep-params, --keep-heads and/or "
+                            "--keep-neurons)")
+    if args.scores is not None:
+        if args.criterion is not None:
+            raise DeepCutsError("--criterion picks what the pipeline scores with, but --scores FILE already holds "
+                                "scores; drop --criterion, or drop --scores to run the pipeline")
+        exclusive = [b for b in budgets if b in ("--keep-flops", "--keep-params")]
+        if exclusive and len(budgets) > 1:
+            raise DeepCutsError(f"give one budget, not {' and '.join(budgets)}")
+        return "scores"
+    get_criterion(args.criterion or FISHER)  # a misspelt name fails here, with a suggestion
+    scores_only = [b for b in budgets if b != "--keep-flops"]
+    scores_only += ["--scope layer"] if args.scope != "global" else []
+    scores_only += [f"--multiple-of {args.multiple_of}"] if args.multiple_of != 1 else []
+    if scores_only:
+        raise DeepCutsError(f"the retraining-free pipeline (--data without --scores) spends one global --keep-flops "
+                            f"budget and does not take {', '.join(scores_only)}; for those, plan from a scores "
+                            "file: `deepcuts score --granularity unit ... --out S`, then `deepcuts prune --scores S`")
+    return "pipeline"
+
+
+def _prune_pipeline(args: argparse.Namespace, model, batches: list) -> tuple:
+    """(slim, plan, what ran) from `dc.prune_without_retraining` on the calibration `batches`."""
+    from .pipeline import FISHER, prune_without_retraining
+
+    slim, plan, info = prune_without_retraining(
+        model, batches, args.keep_flops, criterion=args.criterion or FISHER, seq_len=args.seq_len,
+        rearrange=not args.no_rearrange, reconstruct=not args.no_reconstruct, dtype=args.dtype,
+        min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet)
+    return slim, plan, {"path": "pipeline", "criterion": info["criterion"], "rearranged": not args.no_rearrange,
+                        "reconstructed": not args.no_reconstruct, "timings": info["timings"]}
+
+
+def _prune_from_scores(args: argparse.Namespace, model, scores, batches: list | None) -> tuple:
+    """(slim, plan, what ran): plan from the --scores file, prune, and reconstruct on `batches` (the --data
+    draw) unless there are none or --no-reconstruct."""
+    from . import planning
+    from .pruning import prune, reconstruct
+
+    start = time.perf_counter()
     plan = planning.plan(model, scores, keep_flops=args.keep_flops, keep_params=args.keep_params,
                          keep_heads=args.keep_heads, keep_neurons=args.keep_neurons, seq_len=args.seq_len,
                          scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
                          multiple_of=args.multiple_of)
+    timings = {"search": _seconds_since(start)}
+    lap = time.perf_counter()
     slim = prune(model, plan)
-    if args.reconstruct:
-        slim = reconstruct(slim, model, _reconstruction_batches(args, tokenizer), dtype=args.dtype)
-    save_pretrained(slim, out, tokenizer=tokenizer, plan=plan, overwrite=args.overwrite)
-    summary = {
-        "out": str(out),
-        "reconstructed_on": args.reconstruct,
+    timings["prune"] = _seconds_since(lap)
+    refit = batches is not None and not args.no_reconstruct
+    if refit:
+        lap = time.perf_counter()
+        slim = reconstruct(slim, model, batches, dtype=args.dtype)
+        timings["reconstruct"] = _seconds_since(lap)
+    timings["total"] = _seconds_since(start)
+    return slim, plan, {"path": "scores", "criterion": scores.criterion, "rearranged": False, "reconstructed": refit,
+                        "timings": timings}
+
+
+def _seconds_since(start: float) -> float:
+    """Seconds since `start` (a perf_counter reading), rounded to milliseconds as the pipeline's timings are."""
+    return round(time.perf_counter() - start, 3)
+
+
+def _prune_summary(args: argparse.Namespace, model, slim, plan, ran: dict, batches: list | None) -> dict:
+    """What `deepcuts prune` did: the path that ran (pipeline or scores file), its inputs and steps, what it kept."""
+    from .flops import encoder_flops, encoder_unit_params
+
+    return {
+        "out": str(args.out),
+        **{k: ran[k] for k in ("path", "criterion")},
+        "scores": args.scores,
+        "data": args.data,
+        "calibration_examples": None if batches is None else sum(len(b["input_ids"]) for b in batches),
+        **{k: ran[k] for k in ("rearranged", "reconstructed")},
+        "reconstructed_on": args.data if ran["reconstructed"] else None,
         "heads": [len(h) for h in plan.heads],
         "ffn": [len(n) for n in plan.neurons],
         "params": sum(p.numel() for p in slim.parameters()),
         "dense_params": sum(p.numel() for p in model.parameters()),
         "unit_params_kept": encoder_unit_params(slim) / encoder_unit_params(model),
         "flops_kept": encoder_flops(slim, args.seq_len) / encoder_flops(model, args.seq_len),
+        "seq_len": args.seq_len,
+        "timings": ran["timings"],
     }
-    if args.json:
-        print(json.dumps(summary))
+
+
+def _prune_line(s: dict) -> str:
+    """The text summary of a `deepcuts prune` run: which path ran, its steps, what it kept, and its timings."""
+    if s["path"] == "pipeline":
+        how = f"retraining-free pipeline ({s['criterion']} scores, Fisher-referenced allocation"
+        how += ", rearranged" if s["rearranged"] else ", not rearranged"
     else:
-        print(plan.summary())
-        print(f"kept {summary['flops_kept']:.1%} of encoder FLOPs at seq {args.seq_len}, "
-              f"{summary['params']:,} of {summary['dense_params']:,} params; wrote {out}")
-    return 0
-
-
-def _reconstruction_batches(args, tokenizer) -> list:
-    """Shuffled, seeded train-split batches of the --reconstruct data (labels are not needed)."""
-    from .data import load_dataset, make_batches
-
-    if args.reconstruct_examples < 1:
-        raise DeepCutsError(f"--reconstruct-examples must be >= 1, got {args.reconstruct_examples}")
-    return make_batches(load_dataset(args.reconstruct, "train"), tokenizer, batch_size=32, max_length=args.max_length,
-                        shuffle=True, seed=0, limit=args.reconstruct_examples)
+        how = f"plan from {s['scores']} ({s['criterion']} scores"
+    how += f", reconstructed on {s['data']})" if s["reconstructed"] else ", not reconstructed)"
+    if s["calibration_examples"]:
+        how += f" on {s['calibration_examples']} calibration examples"
+    timings = ", ".join(f"{step} {seconds:.2f}s" for step, seconds in s["timings"].items())
+    return (f"{how}: kept {s['flops_kept']:.1%} of encoder FLOPs at seq {s['seq_len']}, {s['params']:,} of "
+            f"{s['dense_params']:,} params; wrote {s['out']}\ntimings: {timings}")
 
 
 def cmd_run(args) -> int:
     """`deepcuts run`: the main job on --model (a bare encoder is fine-tuned first) and --data, into --out."""
     import shutil
 
-    from .data import check_labels, load_dataset, make_batches
+    from .data import encode_labels, load_dataset, make_batches
     from .job import JobConfig, MainJob
     from .task import task_model
 
@@ -364,12 +592,11 @@ def cmd_run(args) -> int:
     # command that names it (score, eval, prune, run) sees the same cached model.
     task = task_model(args.model, on_bare="fine-tune", data=args.data, num_labels=dataset.num_labels,
                       progress=not args.quiet)
-    check_labels(dataset, task.model.config.num_labels)
+    dataset = encode_labels(dataset, task.model.config)
     draw = lambda seed: make_batches(  # noqa: E731
         dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,
         limit=max(config.reconstruction_examples, config.calibration_batches * config.batch_size))
-    evaluation = make_batches(load_dataset(args.data, "test"), task.tokenizer, batch_size=64,
-                              max_length=config.max_length, sort_by_length=True)
+    evaluation = _held_out(args.data, task, config.max_length, log)
     if args.fresh:
         shutil.rmtree(out / "steps", ignore_errors=True)
     job = MainJob(task, draw, evaluation, config, out, args.data, progress=not args.quiet, log=log)
@@ -380,6 +607,25 @@ def cmd_run(args) -> int:
         print((out / "report.md").read_text())
         print(f"wrote {out / 'report.md'}, {out / 'results.json'} and the plots")
     return 0
+
+
+def _held_out(data: str, task, max_length: int, log):
+    """The job's test batches (reported on) and validation batches (chosen on; None when the data has no
+    validation split apart from its test split, e.g. a single file)."""
+    from .data import encode_labels, load_dataset, make_batches
+    from .job.held_out import HeldOut
+
+    def batches(split: str) -> list:
+        dataset = encode_labels(load_dataset(data, split), task.model.config)
+        return make_batches(dataset, task.tokenizer, batch_size=64, max_length=max_length, sort_by_length=True)
+
+    validation = None
+    if not Path(data).is_file():  # a single file is every split at once
+        try:
+            validation = batches("validation")
+        except DeepCutsError as e:
+            log(f"note: no validation split ({first_line(str(e))}); best / winner choices use the test split")
+    return HeldOut(test=batches("test"), validation=validation)
 
 
 def _positive(value: float, flag: str, zero: bool = False) -> float:

@@ -23,7 +23,8 @@ def run(argv, capsys):
 def test_score_writes_the_same_scores_as_the_api(model_dir, data_csv, tmp_path, capsys):
     out = tmp_path / "scores.safetensors"
     code, stdout, _ = run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "cam-cut",
-                           "--batches", "2", "--batch-size", "4", "--out", str(out), "--quiet", "--json"], capsys)
+                           "--granularity", "weight", "--batches", "2", "--batch-size", "4", "--out", str(out),
+                           "--quiet", "--json"], capsys)
     assert code == 0
     summary = json.loads(stdout)
     assert summary["batches"] == 2 and summary["criterion"] == "cam-cut"
@@ -139,15 +140,21 @@ def test_prune_writes_a_slim_folder_that_loads(model_dir, data_csv, tmp_path, ca
     assert code == 2 and "already exists" in err
 
 
-def test_prune_reconstruct_writes_the_api_result(model_dir, data_csv, tmp_path, capsys):
+def test_prune_scores_and_data_reconstructs_to_the_api_result(model_dir, data_csv, tmp_path, capsys):
     scores = unit_scores(model_dir, data_csv, tmp_path, "cam-cut", capsys)
     out = tmp_path / "slim"
-    assert run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5", "--seq-len", "16",
-                "--reconstruct", str(data_csv), "--reconstruct-examples", "16", "--out", str(out), "--quiet"],
-               capsys)[0] == 0
+    code, stdout, _ = run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5",
+                           "--seq-len", "16", "--data", str(data_csv), "--calibration-examples", "16",
+                           "--out", str(out), "--quiet", "--json"], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    assert (summary["path"], summary["criterion"], summary["rearranged"], summary["reconstructed"]) == (
+        "scores", "cam-cut", False, True)
+    assert summary["reconstructed_on"] == str(data_csv) and summary["calibration_examples"] == 16
+    assert set(summary["timings"]) == {"search", "prune", "reconstruct", "total"}
     model, tok = dc.load_model(str(model_dir)), dc.load_tokenizer(str(model_dir))
     plan = dc.plan(model, dc.Scores.load(scores), keep_flops=0.5, seq_len=16)
-    batches = make_batches(load_dataset(str(data_csv)), tok, batch_size=32, shuffle=True, seed=0, limit=16)
+    batches = make_batches(load_dataset(str(data_csv)), tok, batch_size=16, shuffle=True, seed=0, limit=16)
     want = dc.reconstruct(dc.prune(model, plan), model, batches).state_dict()
     plain = dc.prune(model, plan).state_dict()
     got = dc.from_pretrained(out).state_dict()
@@ -155,12 +162,19 @@ def test_prune_reconstruct_writes_the_api_result(model_dir, data_csv, tmp_path, 
     assert any(not torch.equal(got[k], plain[k]) for k in plain)  # the refit changed the output projections
     bf16_out = tmp_path / "slim-bf16"  # --dtype reaches the reconstruction's forwards
     assert run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5", "--seq-len", "16",
-                "--reconstruct", str(data_csv), "--reconstruct-examples", "16", "--dtype", "bf16",
+                "--data", str(data_csv), "--calibration-examples", "16", "--dtype", "bf16",
                 "--out", str(bf16_out), "--quiet"], capsys)[0] == 0
     want_bf16 = dc.reconstruct(dc.prune(model, plan), model, batches, dtype=torch.bfloat16).state_dict()
     got_bf16 = dc.from_pretrained(bf16_out).state_dict()
     assert all(torch.equal(got_bf16[k], want_bf16[k]) for k in want_bf16)
     assert any(not torch.equal(got_bf16[k], got[k]) for k in got)
+    skipped = tmp_path / "slim-plain"  # --no-reconstruct: the plain pruned model, though --data is given
+    code, stdout, _ = run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.5",
+                           "--seq-len", "16", "--data", str(data_csv), "--no-reconstruct", "--out", str(skipped),
+                           "--quiet", "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["reconstructed"] is False
+    got_plain = dc.from_pretrained(skipped).state_dict()
+    assert all(torch.equal(got_plain[k], plain[k]) for k in plain)
 
 
 def test_prune_rejects_scores_of_another_model(model_dir, tmp_path, capsys):
