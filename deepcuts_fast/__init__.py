@@ -8,6 +8,7 @@ from .pipeline import prune_without_retraining
 from .planning import Plan, plan
 from .pruning import export, export_program, from_pretrained, prune, reconstruct, save_pretrained
 from .scoring import CRITERIA, ScoreOptions, ScoreRun, Scores, apply_masks, score, score_many, score_run
+from .task import TaskModel, task_model
 
 __all__ = [
     "BenchmarkReport",
@@ -17,6 +18,7 @@ __all__ = [
     "ScoreOptions",
     "ScoreRun",
     "Scores",
+    "TaskModel",
     "__version__",
     "apply_masks",
     "benchmark",
@@ -33,4 +35,5 @@ __all__ = [
     "score",
     "score_many",
     "score_run",
+    "task_model",
 ]
