@@ -182,6 +182,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--min-neurons", type=int, default=0, help="FFN neurons kept in every layer at least")
     p.add_argument("--multiple-of", type=int, default=1,
                    help="round FFN widths to a multiple, e.g. 8 or 64 (needs --scores)")
+    p.add_argument("--allocation", choices=("auto", "fisher", "normalized", "raw"), default="auto",
+                   help="with --scores: how layers and unit types are compared; auto = by the Fisher scores the file "
+                        "carries (scored with data), else each layer's scores normalised; raw = the summed scores "
+                        "as they are (a baseline)")
     p.add_argument("--no-rearrange", action="store_true",
                    help="pipeline: keep the searched mask instead of rearranging each layer's against Fisher")
     p.add_argument("--no-reconstruct", action="store_true",
@@ -481,6 +485,7 @@ def _prune_path(args: argparse.Namespace) -> str:
     scores_only = [b for b in budgets if b != "--keep-flops"]
     scores_only += ["--scope layer"] if args.scope != "global" else []
     scores_only += [f"--multiple-of {args.multiple_of}"] if args.multiple_of != 1 else []
+    scores_only += [f"--allocation {args.allocation}"] if args.allocation != "auto" else []
     if scores_only:
         raise DeepCutsError(f"the retraining-free pipeline (--data without --scores) spends one global --keep-flops "
                             f"budget and does not take {', '.join(scores_only)}; for those, plan from a scores "
@@ -510,7 +515,7 @@ def _prune_from_scores(args: argparse.Namespace, model, scores, batches: list | 
     plan = planning.plan(model, scores, keep_flops=args.keep_flops, keep_params=args.keep_params,
                          keep_heads=args.keep_heads, keep_neurons=args.keep_neurons, seq_len=args.seq_len,
                          scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
-                         multiple_of=args.multiple_of)
+                         multiple_of=args.multiple_of, allocation=args.allocation)
     timings = {"search": _seconds_since(start)}
     lap = time.perf_counter()
     slim = prune(model, plan)
@@ -537,6 +542,7 @@ def _prune_summary(args: argparse.Namespace, model, slim, plan, ran: dict, batch
     return {
         "out": str(args.out),
         **{k: ran[k] for k in ("path", "criterion")},
+        "allocation": plan.target.get("allocation"),
         "scores": args.scores,
         "data": args.data,
         "calibration_examples": None if batches is None else sum(len(b["input_ids"]) for b in batches),

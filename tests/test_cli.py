@@ -11,6 +11,7 @@ import torch
 
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
+from deepcuts_fast.pruning.io import PLAN_FILE
 from deepcuts_fast.data import load_dataset, make_batches
 
 
@@ -183,3 +184,40 @@ def test_prune_rejects_scores_of_another_model(model_dir, tmp_path, capsys):
     code, _, err = run(["prune", "--model", str(model_dir), "--scores", str(other), "--keep-flops", "0.5",
                         "--out", str(tmp_path / "slim")], capsys)
     assert code == 2 and "layers" in err and not (tmp_path / "slim").exists()
+
+
+def test_prune_allocates_by_the_fisher_scores_the_file_carries(model_dir, data_csv, tmp_path, capsys):
+    """`deepcuts score` files carry Fisher's scores, so `prune --scores` gets the Fisher-referenced plan by
+    default; `--allocation raw` is the summed-score baseline, a different plan here."""
+    scores = unit_scores(model_dir, data_csv, tmp_path, "gradient", capsys)
+    loaded = dc.Scores.load(scores)
+    assert loaded.fisher is not None
+    model = dc.load_model(str(model_dir))
+    kept = {}
+    for allocation in ("auto", "raw"):
+        code, stdout, _ = run(["prune", "--model", str(model_dir), "--scores", str(scores), "--keep-flops", "0.4",
+                               "--seq-len", "16", "--allocation", allocation, "--out", str(tmp_path / allocation),
+                               "--json", "--quiet"], capsys)
+        assert code == 0
+        summary = json.loads(stdout)
+        assert summary["allocation"] == ("fisher" if allocation == "auto" else "raw")
+        kept[allocation] = dc.Plan.from_dict(json.loads((tmp_path / allocation / PLAN_FILE).read_text()))
+    want = dc.plan(model, loaded, keep_flops=0.4, seq_len=16, reference=loaded.fisher)
+    raw = dc.plan(model, loaded, keep_flops=0.4, seq_len=16, allocation="raw")
+    assert (kept["auto"].heads, kept["auto"].neurons) == (want.heads, want.neurons)
+    assert (kept["raw"].heads, kept["raw"].neurons) == (raw.heads, raw.neurons)
+    assert (want.heads, want.neurons) != (raw.heads, raw.neurons)
+
+
+def test_prune_refuses_scores_of_a_model_with_the_same_shapes(model_dir, data_csv, tmp_path, capsys):
+    scores = unit_scores(model_dir, data_csv, tmp_path, "gradient", capsys)
+    other = dc.load_model(str(model_dir))
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)  # same shapes, other weights
+    other_dir = tmp_path / "other-model"
+    other.save_pretrained(other_dir)
+    dc.load_tokenizer(str(model_dir)).save_pretrained(other_dir)
+    code, _, err = run(["prune", "--model", str(other_dir), "--scores", str(scores), "--keep-flops", "0.5",
+                        "--out", str(tmp_path / "slim")], capsys)
+    assert code == 2 and "computed on" in err and "not on this model" in err
+    assert not (tmp_path / "slim").exists()
