@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class DeepCutsError(Exception):
@@ -20,3 +22,12 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 4, 40, 40
+
+
+def short_repr(value: Any) -> str:
+    """A short repr of `value` for messages about arbitrary (possibly huge or deeply nested) input."""
+    return _REPR.repr(value)

@@ -160,7 +160,7 @@ def test_an_options_object_scores_like_the_keywords(bert, batches):
 
 
 def test_options_are_checked_once_and_given_once(bert):
-    with pytest.raises(DeepCutsError, match="noise_samples must be >= 1"):
+    with pytest.raises(DeepCutsError, match="noise_samples must be a whole number >= 1"):
         ScoreOptions(noise_samples=0)
     with pytest.raises(DeepCutsError, match="unsupported dtype"):
         ScoreOptions(dtype="fp8")
@@ -217,7 +217,7 @@ def test_bad_inputs_give_clear_errors(bert, batches):
         dc.score(bert, batches, "gradient", backend="cuda")
     with torch.no_grad():
         bert.bert.encoder.layer[1].intermediate.dense.weight[0, 0] = float("nan")
-    with pytest.raises(DeepCutsError, match="non-finite"):
+    with pytest.raises(DeepCutsError, match=r"intermediate\.dense\.weight .*NaN or inf"):
         dc.score(bert, batches, "gradient", progress=False)
 
 

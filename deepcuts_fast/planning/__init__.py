@@ -1,6 +1,9 @@
 """Planning: unit scores -> which heads and FFN neurons to keep."""
-from .plan import Plan, check_scores, plan
+from .allocation import ALLOCATIONS
+from .checks import check_scores
+from .plan import Plan
+from .planner import plan
 from .rank_match import rank_match
 from .rearrange import rearrange
 
-__all__ = ["Plan", "check_scores", "plan", "rank_match", "rearrange"]
+__all__ = ["ALLOCATIONS", "Plan", "check_scores", "plan", "rank_match", "rearrange"]

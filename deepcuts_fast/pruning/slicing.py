@@ -14,11 +14,18 @@ import torch
 from torch import nn
 
 from ..arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, arch_spec, base_model
+from ..errors import DeepCutsError
 from ..planning.plan import Plan
 
 
 def prune(model: nn.Module, plan: Plan) -> nn.Module:
     """A physically smaller copy of `model` keeping the plan's heads and neurons (`model` is untouched)."""
+    if not isinstance(model, nn.Module):
+        raise DeepCutsError(f"prune takes the torch model the plan was made for, got {type(model).__name__}")
+    if not isinstance(plan, Plan):
+        hint = " (a plan read from JSON: dc.Plan.from_dict(it))" if isinstance(plan, dict) else ""
+        raise DeepCutsError(f"prune takes a dc.Plan, from dc.plan(...) or dc.Plan.from_dict(...){hint}; got "
+                            f"{type(plan).__name__}")
     plan.check_model(model)
     slim = copy.deepcopy(model)
     shrink(slim, plan.heads, plan.neurons)

@@ -6,6 +6,7 @@ keyword arguments) and pass it on; nothing below them re-reads or re-checks opti
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -19,6 +20,7 @@ from .criteria import Criterion
 
 GRANULARITIES = ("weight", "unit")
 UNIT_METHODS = ("sum", "first-order")
+BOOLEANS = ("train_mode", "sequential_noise", "include_padding", "with_fisher", "reference", "progress")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class ScoreOptions:
     `sequential_noise` (the N noise samples as N passes) and `include_padding` (activation means over
     padding tokens too). `dtype` is kept as its name ("auto", "fp32", "bf16", "fp16"); each pass
     records what "auto" resolved to.
+
+    Every field is checked strictly, so a typo fails instead of being truncated or read as true: whole-number
+    fields take ints (or floats without a fractional part, never bools), `noise_std` and `shift` finite numbers,
+    `seed` an int in [0, 2**64), `max_memory` None or a positive number of bytes, the flags True or False.
     """
 
     granularity: str = "weight"
@@ -57,19 +63,26 @@ class ScoreOptions:
                                            "with_fisher")
 
     def __post_init__(self) -> None:
+        for name in ("granularity", "unit_method", "backend"):
+            if not isinstance(getattr(self, name), str):
+                raise DeepCutsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.granularity not in GRANULARITIES:
             raise DeepCutsError(f"unknown granularity {self.granularity!r}; choose 'weight' or 'unit'")
         if self.unit_method not in UNIT_METHODS:
             raise DeepCutsError(f"unknown unit_method {self.unit_method!r}; choose 'sum' or 'first-order'")
-        if int(self.noise_samples) < 1:
-            raise DeepCutsError(f"noise_samples must be >= 1, got {self.noise_samples}")
-        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
-            raise DeepCutsError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if self.backend not in BACKENDS:
             raise DeepCutsError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        for name in BOOLEANS:
+            if not isinstance(getattr(self, name), bool):
+                raise DeepCutsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         requested = parse_dtype(self.dtype)
-        normal = dict(noise_samples=int(self.noise_samples), noise_std=float(self.noise_std), shift=float(self.shift),
-                      seed=int(self.seed), dtype="auto" if requested is None else NAMES[requested])
+        normal = dict(noise_samples=whole_number("noise_samples", self.noise_samples, minimum=1),
+                      noise_std=real_number("noise_std", self.noise_std, minimum=0.0),
+                      shift=real_number("shift", self.shift),
+                      seed=_seed(self.seed),
+                      max_memory=None if self.max_memory is None else whole_number("max_memory", self.max_memory,
+                                                                                   minimum=1),
+                      dtype="auto" if requested is None else NAMES[requested])
         if self.reference:
             normal.update(train_mode=True, sequential_noise=True, include_padding=True)
         for name, value in normal.items():
@@ -111,3 +124,44 @@ def options_from(options: ScoreOptions | None, **keywords) -> ScoreOptions:
         raise DeepCutsError(f"{', '.join(clashes)} given both in options= and as keywords, with different values; "
                             "pass each option once")
     return options
+
+
+def whole_number(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """`value` as an int when it is a whole number in [minimum, maximum] (an int, or a float without a fractional
+    part; never a bool or a string), so that a typo like 2.7 or "2" fails instead of being truncated or compared."""
+    integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral:
+        raise DeepCutsError(f"{name} must be a whole number{_bounds(minimum, maximum)}, got {value!r} "
+                            f"({type(value).__name__}); pass an int")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise DeepCutsError(f"{name} must be a whole number{_bounds(minimum, maximum)}, got {number}")
+    return number
+
+
+def real_number(name: str, value, minimum: float | None = None, maximum: float | None = None) -> float:
+    """`value` as a float when it is a finite real number in [minimum, maximum] (never a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise DeepCutsError(f"{name} must be a finite number{_bounds(minimum, maximum)}, got {value!r} "
+                            f"({type(value).__name__}); pass a float")
+    number = float(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise DeepCutsError(f"{name} must be a finite number{_bounds(minimum, maximum)}, got {number:g}")
+    return number
+
+
+def _seed(value) -> int:
+    """The seed as an int in [0, 2**64), the range of the 64-bit noise and torch seeds."""
+    seed = whole_number("seed", value, minimum=0)
+    if seed >= 2**64:
+        raise DeepCutsError(f"seed must be below 2**64 (noise seeds are 64-bit), got {seed}")
+    return seed
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    """' in [a, b]', ' >= a', ' <= b' or '' for an error message."""
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    return "" if maximum is None else f" <= {maximum}"

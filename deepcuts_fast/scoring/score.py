@@ -28,7 +28,7 @@ from ..models import model_device
 from .criteria import FISHER_DIAGONAL, Criterion, get_criterion
 from .engine import ScoringPass
 from .layout import LayerLayout, model_layout
-from .options import ScoreOptions, options_from
+from .options import ScoreOptions, options_from, whole_number
 from .scores import Scores
 
 Batches = Iterable[Mapping[str, torch.Tensor]]
@@ -96,9 +96,12 @@ def score_many(
 def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[str], options: ScoreOptions,
                batch_indices: Sequence[int] | None = None) -> dict[str, Scores]:
     """`score_many` once its options are gathered: the data-free scores, then one clean and one noisy pass at most."""
+    if not isinstance(model, nn.Module):
+        raise DeepCutsError(f"model must be a torch model (e.g. dc.load_model(...)), got {type(model).__name__}")
     crits = _unique_criteria(criteria)
     options.check_criteria(crits)
     layout = model_layout(model)
+    check_finite_weights(model)
     device = model_device(model)
     backend = resolve(options.backend, device)
     meta_base = {**_model_meta(model, options), "backend": backend}
@@ -111,7 +114,7 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
         grad_crits.append(FISHER_DIAGONAL)
     if grad_crits:
         batch_list = _materialise(batch_list)
-        indices = list(range(len(batch_list)) if batch_indices is None else map(int, batch_indices))
+        indices = list(range(len(batch_list))) if batch_indices is None else _indices(batch_indices)
         if len(indices) != len(batch_list):
             raise DeepCutsError(f"batch_indices has {len(indices)} entries for {len(batch_list)} batches")
         for noisy in (False, True):
@@ -124,6 +127,28 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
     if options.with_fisher and FISHER in results:
         attach_fisher([results[c.name] for c in crits], results[FISHER])
     return {c.name: results[c.name] for c in crits}
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse, naming the first bad parameter, a model with NaN or inf weights: its scores would be NaN too, and
+    every plan made from them meaningless (one check per parameter, one device sync in all)."""
+    named = list(model.named_parameters())
+    if not named:
+        return
+    device = named[0][1].device
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(p).all().to(device) for _, p in named]).tolist()
+    for (name, _), ok in zip(named, finite):
+        if not ok:
+            raise DeepCutsError(f"parameter {name} of the model holds NaN or inf values, so nothing can be scored; "
+                                "the model is damaged (a diverged fine-tune or a corrupt file?): reload or retrain it")
+
+
+def _indices(batch_indices: Sequence[int]) -> list[int]:
+    """`batch_indices` as ints >= 0 (a float or a string is a mistake, not a position)."""
+    if isinstance(batch_indices, (str, bytes)) or not isinstance(batch_indices, Iterable):
+        raise DeepCutsError(f"batch_indices must be a list of ints, got {type(batch_indices).__name__}")
+    return [whole_number("batch_indices entry", i, minimum=0) for i in batch_indices]
 
 
 def attach_fisher(scores: Iterable[Scores], fisher: Scores) -> None:
@@ -176,6 +201,9 @@ def _materialise(batches: Batches | None) -> list[Mapping[str, torch.Tensor]]:
     if not batch_list:
         raise DeepCutsError("no calibration batches: the data is empty")
     for i, b in enumerate(batch_list):
+        if not isinstance(b, Mapping):
+            raise DeepCutsError(f"calibration batch {i} is a {type(b).__name__}, not a mapping of tensors; pass "
+                                "batches like dc.data.make_batches makes them ({'input_ids': ..., 'labels': ...})")
         if "labels" not in b:
             raise DeepCutsError(f"calibration batch {i} has no 'labels'; gradient-based criteria need labels")
     return batch_list
