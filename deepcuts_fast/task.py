@@ -22,6 +22,7 @@ from torch import nn
 from .data import EMBEDDED, TextDataset, encode_labels, load_dataset, make_batches
 from .errors import DeepCutsError, first_line
 from .finetune_cache import finetuned_model
+from .hashing import content_hash
 from .train import TrainSettings
 from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
 
@@ -94,9 +95,16 @@ def finetuned_task_model(base: str, data: str, num_labels: int | None = None, pr
     batching = {k: FINETUNE[k] for k in _BATCHING}
     tuned = finetuned_model(
         base, tokenizer, lambda tok: _train_batches(encoded, tok), num_labels=num_labels, label_names=train.classes,
-        key_fields={"data": data, "split": "train", **batching}, settings=settings, progress=progress,
+        key_fields={"data": _data_id(encoded), "split": "train", **batching}, provenance={"data": data},
+        settings=settings, progress=progress,
     )
     return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata)
+
+
+def _data_id(dataset: TextDataset) -> str:
+    """How training data is named in the fine-tune cache key: a hash of its texts and labels, so data changed in
+    place is trained on afresh, and the key does not depend on where the data lies."""
+    return "content:" + content_hash({"texts": dataset.texts, "pairs": dataset.text_pairs, "labels": dataset.labels})
 
 
 def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None = "auto") -> TaskModel:
