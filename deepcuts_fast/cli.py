@@ -7,6 +7,7 @@ modules would separate the flags from their readers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import check_writable
+from .atomic import check_output, output_lock, same_path
 from .errors import DeepCutsError, first_line
 
 DTYPE_HELP = ("precision: auto (default) = the fastest dtype this machine runs natively (bf16 on GPUs and CPUs "
@@ -143,6 +144,7 @@ def _add_score(sub) -> None:
     s.add_argument("--stable-keep", type=float, default=0.5, metavar="F",
                    help="kept fraction whose stability --until-stable watches")
     s.add_argument("--out", required=True, help="output .safetensors file (under torchrun only rank 0 writes it)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def _add_eval(sub) -> None:
@@ -199,7 +201,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help=f"{DTYPE_HELP}. It applies to the scoring and reconstruction forwards")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder written by an earlier `deepcuts prune` (or an empty one)")
 
 
 def _add_run(sub) -> None:
@@ -238,9 +241,15 @@ def _size(text: str) -> int:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 2GiB, 500MB or 1000000") from None
+    if not (math.isfinite(value) and value <= MAX_SIZE):  # inf, nan, 1e400: int() fails; 1 PiB is no machine
+        raise argparse.ArgumentTypeError(f"{text!r}: a memory cap must be a finite size of at most 1024TiB; write "
+                                         "e.g. 2GiB or 500MB")
     if not value >= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: a memory cap must be at least 1 byte")
     return int(value)
+
+
+MAX_SIZE = 2**50  # the largest --max-memory taken: 1 PiB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +288,11 @@ def _report_error(args: argparse.Namespace, message: str, code: int, line: str |
         print(line or f"deepcuts: error: {message}", file=sys.stderr)
     return code
 
+
+# What an earlier output folder of prune / run holds (one group of names), so --overwrite or a rerun may replace
+# or resume it; any other non-empty folder is left alone.
+SLIM_OUTPUT = (("config.json", "deepcuts_plan.json"),)
+RUN_OUTPUT = (("results.json",), ("steps",))
 
 # Value checks of numeric flags, by argparse dest; a command checks the ones it has.
 FRACTION_FLAGS = ("keep_flops", "keep_params", "keep_heads", "keep_neurons")
@@ -345,14 +359,17 @@ def cmd_score(args) -> int:
     from .scoring.distributed import main_first, process_group
 
     out = Path(args.out)
-    check_writable(out)
+    inputs = {"--model": args.model, "--data": args.data}
+    check_output(out, inputs, overwrite=args.overwrite)
     criterion = get_criterion(args.criterion)  # fail on a misspelt name or a bad option before loading anything
     options = ScoreOptions(granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
                            noise_std=args.noise_std, dtype=args.dtype, seed=args.seed, reference=args.reference,
                            max_memory=args.max_memory, progress=not args.quiet)
     options.check_criteria([criterion])
     checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
-    with process_group(args.device) as world:
+    if checkpoint is not None:
+        _check_checkpoint(checkpoint, out, inputs)
+    with process_group(args.device) as world, _output_locks([out, checkpoint], world.is_main):
         device = _score_device(args.device, world.size)
         with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
             model, tokenizer, dataset = _model_and_data(args, args.split)
@@ -393,6 +410,24 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _check_checkpoint(checkpoint: str, out: Path, inputs: dict) -> None:
+    """Refuse a --checkpoint that is --out (it is deleted once OUT is written) or an input; an existing
+    checkpoint is resumed from, so it needs no --overwrite."""
+    if same_path(checkpoint, out):
+        raise DeepCutsError(f"--checkpoint {checkpoint} is the --out file, and the checkpoint is deleted once the "
+                            "scores are written: give another --checkpoint path (default: OUT.ckpt)")
+    check_output(checkpoint, inputs, overwrite=True, name="--checkpoint")
+
+
+@contextlib.contextmanager
+def _output_locks(paths: list, held: bool):
+    """Hold `output_lock` on each distinct path of `paths` (None skipped) when `held` (on the rank that writes)."""
+    with contextlib.ExitStack() as stack:
+        for path in dict.fromkeys(str(p) for p in paths if p is not None and held):
+            stack.enter_context(output_lock(path))
+        yield
+
+
 def _score_device(name: str, world_size: int):
     """The torch device to score on; under torchrun, cuda is this rank's GPU."""
     import torch
@@ -430,14 +465,19 @@ def cmd_prune(args) -> int:
     """`deepcuts prune`: the retraining-free pipeline on --data (criterion + Fisher scores, Fisher-referenced
     global FLOP allocation, mask rearrangement, least-squares reconstruction), or a plan from a --scores file
     (reconstructed on --data when given); writes the slim folder and prints which path ran."""
+    out = Path(args.out)
+    check_output(out, {"--model": args.model, "--scores": args.scores, "--data": args.data}, folder=True,
+                 overwrite=args.overwrite, previous=SLIM_OUTPUT)
+    with output_lock(out):
+        return _prune(args, out)
+
+
+def _prune(args: argparse.Namespace, out: Path) -> int:
+    """`deepcuts prune` once its --out folder is checked and locked."""
     from .data import make_batches
     from .pruning import save_pretrained
     from .scoring import Scores
 
-    out = Path(args.out)
-    check_writable(out, folder=True)
-    if out.exists() and not args.overwrite:
-        raise DeepCutsError(f"{out} already exists; choose a new folder or pass --overwrite")
     pipeline = _prune_path(args) == "pipeline"  # every flag combination is checked before anything loads
     scores = None if pipeline else Scores.load(args.scores)
     batches = None
@@ -575,15 +615,23 @@ def _prune_line(s: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    """`deepcuts run`: the main job on --model (a bare encoder is fine-tuned first) and --data, into --out."""
+    """`deepcuts run`: the main job on --model (a bare encoder is fine-tuned first) and --data, into --out
+    (new, empty or an earlier run's folder, which it resumes)."""
+    out = Path(args.out or ("runs/quick" if args.quick else "runs/full"))
+    check_output(out, {"--model": args.model, "--data": args.data}, folder=True, overwrite=True,
+                 previous=RUN_OUTPUT)
+    with output_lock(out):
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
+    """`deepcuts run` once its --out folder is checked and locked."""
     import shutil
 
     from .data import encode_labels, load_dataset, make_batches
     from .job import JobConfig, MainJob
     from .task import task_model
 
-    out = Path(args.out or ("runs/quick" if args.quick else "runs/full"))
-    check_writable(out, folder=True)
     overrides = {"batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
                  "dtype": args.dtype, "latency_batch": int(_positive(args.latency_batch, "--latency-batch")),
                  "latency_seq": int(_positive(args.latency_seq, "--latency-seq"))}

@@ -18,13 +18,14 @@ SHELL_BLOCKS = re.findall(r"```(?:bash|sh)\n(.*?)```", TEXT, flags=re.S)
 
 
 def _commands() -> list[str]:
-    """Every `deepcuts ...` line of the shell blocks, without its trailing comment and line continuations."""
+    """Every `deepcuts ...` line of the shell blocks, without its trailing comment and line continuations, with
+    its optional `[...]` parts included."""
     lines = []
     for block in SHELL_BLOCKS:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line.startswith("deepcuts "):
-                lines.append(line)
+                lines.append(re.sub(r"\[([^\]]*)\]", r"\1", line))  # optional parts [--flag X] included
     return lines
 
 

@@ -242,6 +242,6 @@ def test_cli_until_stable_and_option_errors(model_dir, data_csv, tmp_path, capsy
                            (["--until-stable", "2"], "tolerance in [0, 1]"),
                            (["--stable-keep", "1"], "kept fraction"),
                            (["--device", "tpu"], "unknown --device")):
-        assert main(argv + extra) == 2
+        assert main(argv + ["--overwrite"] + extra) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from torch import nn
 
-from ..atomic import check_writable
+from ..atomic import check_output, check_writable, output_lock
 from ..precision import CHOICES
 from .latency import benchmark
 
 Loader = Callable[[str], nn.Module]
+OUTPUTS = ("bench.json", "bench.csv", "bench.png")  # what `--out FOLDER` receives
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads, set for the run and printed (default: torch's current count)")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.csv and bench.png")
+    p.add_argument("--overwrite", action="store_true", help="replace bench.json, bench.csv and bench.png in --out")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no per-measurement progress lines")
     return p
@@ -42,8 +44,24 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> int:
     """Run `deepcuts bench` for parsed `args`; `load` turns a model folder into a module (default: `_load`)."""
     out = Path(args.out) if args.out else None
-    if out is not None:
-        check_writable(out, folder=True)
+    if out is None:
+        return _bench(args, load, None)
+    _check_outputs(args, out)
+    with output_lock(out / OUTPUTS[0]):
+        return _bench(args, load, out)
+
+
+def _check_outputs(args: argparse.Namespace, out: Path) -> None:
+    """Refuse, before any model loads, an --out folder whose bench files would replace an input or an existing
+    file without --overwrite (the folder itself may exist: the files are written into it)."""
+    check_writable(out, folder=True)
+    inputs = {"--model": args.model, "--baseline": args.baseline}
+    for name in OUTPUTS:
+        check_output(out / name, inputs, overwrite=getattr(args, "overwrite", False), name="--out file")
+
+
+def _bench(args: argparse.Namespace, load: Loader | None, out: Path | None) -> int:
+    """`deepcuts bench` once its --out files (if any) are checked and locked."""
     paths = [args.baseline, args.model] if args.baseline else [args.model]
     load = load or _load
     models = [p if p.endswith(".onnx") else load(p) for p in paths]

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_folder, atomic_path
+from ..atomic import atomic_folder, atomic_path, is_previous_output
 from ..errors import DeepCutsError, first_line
-from ..models import WEIGHTS_FILE, load_model, model_device, resolve_model_path
+from ..models import WEIGHTS_FILE, load_model, model_device, resolve_model_path, weight_problems
 from ..planning.plan import Plan
 from .slicing import shrink
 
@@ -27,15 +27,21 @@ PLAN_FILE = "deepcuts_plan.json"
 def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, plan: Plan | None = None,
                     overwrite: bool = False) -> Path:
     """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically; an existing
-    folder is replaced only with `overwrite`."""
+    folder is replaced only with `overwrite`, and only when it is a model folder (has config.json) or empty,
+    so a folder of other files is never deleted."""
     target = Path(path)
-    with atomic_folder(target, overwrite=overwrite) as tmp:
+    with atomic_folder(target, overwrite=overwrite, replaceable=_is_model_folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1), encoding="utf-8")
     return target
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether `folder` is empty or a model folder (config.json), which `save_pretrained` may replace."""
+    return is_previous_output(folder, [("config.json",)])
 
 
 def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None) -> nn.Module:
@@ -68,22 +74,23 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
     except (SafetensorError, OSError) as e:
         raise DeepCutsError(f"{folder}/{WEIGHTS_FILE} is corrupt or partial ({e})") from e
     missing, unexpected, wrong = _compare(model, state)
-    if missing or unexpected or wrong:
-        first = (missing or unexpected or wrong)[0]
-        raise DeepCutsError(f"{folder} does not match its config (first problem: {first}); "
-                            "the folder is corrupt or was not written by deepcuts")
+    problems = weight_problems(missing=missing, unexpected=unexpected, mismatched=wrong)
+    if problems:
+        raise DeepCutsError(f"slim folder {folder} does not match its config: its weights have {problems}; the "
+                            "folder is corrupt or was not written by deepcuts: save the pruned model again")
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     return model.eval()
 
 
 def _compare(model: nn.Module, state: dict) -> tuple[list, list, list]:
+    """The missing, unexpected and wrong-shape weights of `state` for `model` (tied copies may be absent)."""
     expected = model.state_dict()
     tied = {n for n in expected if n not in state and _is_tied(model, n)}
-    missing = [f"missing {n}" for n in expected if n not in state and n not in tied]
-    unexpected = [f"unexpected {n}" for n in state if n not in expected]
-    wrong = [f"{n} has shape {tuple(state[n].shape)}, expected {tuple(t.shape)}"
-             for n, t in expected.items() if n in state and tuple(state[n].shape) != tuple(t.shape)]
+    missing = sorted(n for n in expected if n not in state and n not in tied)
+    unexpected = sorted(n for n in state if n not in expected)
+    wrong = [f"{n} (saved {tuple(state[n].shape)}, model {tuple(t.shape)})"
+             for n, t in sorted(expected.items()) if n in state and tuple(state[n].shape) != tuple(t.shape)]
     return missing, unexpected, wrong
 
 
@@ -94,9 +101,10 @@ def _is_tied(model: nn.Module, name: str) -> bool:
 
 def export(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, opset: int = 17) -> Path:
     """Write `model` as ONNX with dynamic batch and sequence axes (inputs: input_ids, attention_mask)."""
-    target = Path(path)
-    if target.suffix != ".onnx":
-        raise DeepCutsError(f"ONNX export needs a .onnx path, got {target}")
+    target = Path(path) if isinstance(path, (str, os.PathLike)) else None
+    if target is None or target.suffix != ".onnx":
+        raise DeepCutsError(f"ONNX export needs a .onnx path, got {path if target is not None else repr(path)}")
+    seq_len, opset = _check_export(model, seq_len, opset)
     ids, mask = _example_inputs(seq_len, model_device(model))
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "logits": {0: "batch"}}
@@ -106,6 +114,21 @@ def export(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, opset: 
                           output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
                           external_data=False)
     return target
+
+
+def _check_export(model: nn.Module, seq_len: int, opset: int) -> tuple[int, int]:
+    """(seq_len, opset) as ints after checking them and that `model` is an fp32 / fp16 torch model, as ONNX export
+    needs (bf16 weights fail deep inside the exporter otherwise)."""
+    from ..scoring.options import whole_number
+
+    if not isinstance(model, nn.Module):
+        raise DeepCutsError(f"export takes a torch model, got {type(model).__name__}")
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32, torch.float16}
+    if dtypes:
+        raise DeepCutsError(f"ONNX export takes fp32 or fp16 models, this one has {', '.join(map(str, dtypes))} "
+                            "weights; cast it first (model.float(), or model.half() for an fp16 file)")
+    longest = int(getattr(getattr(model, "config", None), "max_position_embeddings", 512))
+    return whole_number("seq_len", seq_len, minimum=2, maximum=longest), whole_number("opset", opset, minimum=7)
 
 
 def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16) -> Path:
