@@ -118,7 +118,19 @@ def load_model(
             raise DeepCutsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from e
     arch_spec(model)  # fail early on unsupported architectures
     _check_loaded(model, info, name_or_path, fresh_head=not has_classifier_head(config))
+    check_finite_weights(model, name_or_path)
     return model.eval()
+
+
+def check_finite_weights(model: nn.Module, name: str) -> None:
+    """Fail, naming the first parameter, when a weight is NaN or inf: every output of such a model is NaN, which
+    evaluation would count as one class and scoring could not rank."""
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist() if params else []
+    bad = next((n for (n, _), ok in zip(params, finite) if not ok), None)
+    if bad is not None:
+        raise DeepCutsError(f"parameter {bad} of {name!r} holds NaN or inf values; the model is damaged (a diverged "
+                            "fine-tune or a corrupt file?): reload it from a good copy or fine-tune it again")
 
 
 def _check_loaded(model: nn.Module, info: Mapping[str, Any], name: str, fresh_head: bool) -> None:

@@ -274,3 +274,36 @@ def test_cli_names_a_symlink_loop(data_csv, tmp_path, capsys):
     code = main(["eval", "--model", str(a), "--data", str(data_csv), "--quiet"])
     err = capsys.readouterr().err
     assert code != 0 and "symlink loop" in err and "Repo id" not in err and "huggingface.co" not in err
+
+
+def test_a_model_with_a_nan_weight_is_refused_when_loaded(model_dir, tmp_path):
+    """eval used to print accuracy 0.5 for a model whose outputs are all NaN."""
+    import deepcuts_fast as dc
+    from deepcuts_fast.errors import DeepCutsError
+
+    model = dc.load_model(str(model_dir))
+    with torch.no_grad():
+        model.bert.encoder.layer[0].output.dense.weight[3, 2] = float("nan")
+    broken = tmp_path / "nan-model"
+    model.save_pretrained(broken)
+    dc.load_tokenizer(str(model_dir)).save_pretrained(broken)
+    with pytest.raises(DeepCutsError, match=r"layer\.0\.output\.dense\.weight .*NaN or inf"):
+        dc.load_model(str(broken))
+    with pytest.raises(DeepCutsError, match="NaN or inf"):
+        dc.from_pretrained(broken)
+
+
+def test_reconstruction_on_padding_only_is_a_clear_error():
+    import deepcuts_fast as dc
+    from conftest import tiny_batches, tiny_model
+    from deepcuts_fast.errors import DeepCutsError
+
+    model = tiny_model("bert")
+    batches = tiny_batches(2)
+    for b in batches:
+        b["attention_mask"] = torch.zeros_like(b["attention_mask"])
+    plan = dc.Plan(heads=[[0, 1], [0]], neurons=[list(range(20)), list(range(30))],
+                   num_heads=[layer.num_heads for layer in dc.arch.encoder_layers(model)],
+                   ffn_widths=[layer.ffn_width for layer in dc.arch.encoder_layers(model)])
+    with pytest.raises(DeepCutsError, match="no real token"):
+        dc.reconstruct(dc.prune(model, plan), model, batches)

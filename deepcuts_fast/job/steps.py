@@ -48,8 +48,8 @@ class StepStore:
                 self.reused.append(name)
                 self.seconds[name] = stored["seconds"]
                 return stored["result"]
-        except (OSError, ValueError, KeyError):
-            pass
+        except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
+            pass  # missing, damaged or tampered with: the step is recomputed
         start = time.perf_counter()
         result = compute()
         self.seconds[name] = round(time.perf_counter() - start, 2)

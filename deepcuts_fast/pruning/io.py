@@ -17,7 +17,7 @@ from torch import nn
 
 from ..atomic import atomic_folder, atomic_path, is_previous_output
 from ..errors import DeepCutsError, first_line
-from ..models import WEIGHTS_FILE, load_model, model_device, resolve_model_path, weight_problems
+from ..models import WEIGHTS_FILE, check_finite_weights, load_model, model_device, resolve_model_path, weight_problems
 from ..planning.plan import Plan
 from .slicing import shrink
 
@@ -79,6 +79,7 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
         raise DeepCutsError(f"slim folder {folder} does not match its config: its weights have {problems}; the "
                             "folder is corrupt or was not written by deepcuts: save the pruned model again")
     model.load_state_dict(state, strict=False)
+    check_finite_weights(model, str(folder))
     model.tie_weights()
     return model.eval()
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..arch import OUTPUT_ROLES, encoder_layers
-from ..errors import DeepCutsError
+from ..errors import DeepCutsError, first_line
 from ..precision import autocast, choose
 from ..models import model_device, to_device
 
@@ -59,6 +59,9 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     batch_list = [to_device({k: v for k, v in b.items() if k != "labels"}, device) for b in batches]
     if not batch_list:
         raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
+    if all("attention_mask" in b and not bool(b["attention_mask"].any()) for b in batch_list):
+        raise DeepCutsError("the reconstruction batches hold no real token (every attention_mask is 0), so there "
+                            "is nothing to fit; pass batches of real text")
     slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
     if len(slim_layers) != len(dense_layers):
         raise DeepCutsError(f"slim model has {len(slim_layers)} layers, the dense one {len(dense_layers)}")
@@ -172,7 +175,11 @@ def _solve_into(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, ridg
     scale = float(gram.diagonal()[:k].mean()) if k else 0.0
     reg = torch.zeros(k + 1, dtype=torch.float64)
     reg[:k] = ridge * max(scale, 1e-12)
-    solution = torch.linalg.solve(gram + torch.diag(reg), cross)  # (k + 1, out)
+    try:
+        solution = torch.linalg.solve(gram + torch.diag(reg), cross)  # (k + 1, out)
+    except torch.linalg.LinAlgError as e:
+        raise DeepCutsError(f"the least-squares refit of {linear.in_features} inputs is singular ({first_line(e)}); "
+                            "reconstruct on more (or more varied) calibration examples") from e
     linear.weight.copy_(solution[:k].T.to(linear.weight.dtype))
     if linear.bias is not None:
         linear.bias.copy_(solution[k].to(linear.bias.dtype))
