@@ -215,6 +215,12 @@ def test_bad_inputs_give_clear_errors(bert, batches):
         dc.score(bert, batches, "gradient", granularity="neuron")
     with pytest.raises(DeepCutsError, match="not built"):
         dc.score(bert, batches, "gradient", backend="cuda")
+    too_big = [{**batches[0], "input_ids": batches[0]["input_ids"] + bert.config.vocab_size}]
+    with pytest.raises(DeepCutsError, match="outside the model's vocabulary"):
+        dc.score(bert, too_big, "gradient", progress=False)
+    empty = [{k: v[:, :0] if k != "labels" else v for k, v in batches[0].items()}]
+    with pytest.raises(DeepCutsError, match="length 0"):
+        dc.score(bert, empty, "gradient", progress=False)
     with torch.no_grad():
         bert.bert.encoder.layer[1].intermediate.dense.weight[0, 0] = float("nan")
     with pytest.raises(DeepCutsError, match=r"intermediate\.dense\.weight .*NaN or inf"):

@@ -24,7 +24,7 @@ from ..errors import DeepCutsError
 from ..hashing import model_fingerprint
 from ..kernels import resolve
 from ..precision import choose_for_scoring
-from ..models import model_device
+from ..models import check_token_ids, model_device
 from .criteria import FISHER_DIAGONAL, Criterion, get_criterion
 from .engine import ScoringPass
 from .layout import LayerLayout, model_layout
@@ -113,7 +113,7 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
     if options.with_fisher and not any(c.fisher for c in crits) and (grad_crits or _labelled(batch_list)):
         grad_crits.append(FISHER_DIAGONAL)
     if grad_crits:
-        batch_list = _materialise(batch_list)
+        batch_list = _materialise(model, batch_list)
         indices = list(range(len(batch_list))) if batch_indices is None else _indices(batch_indices)
         if len(indices) != len(batch_list):
             raise DeepCutsError(f"batch_indices has {len(indices)} entries for {len(batch_list)} batches")
@@ -194,7 +194,7 @@ def _labelled(batches: list | None) -> bool:
     return bool(batches) and all("labels" in b for b in batches)
 
 
-def _materialise(batches: Batches | None) -> list[Mapping[str, torch.Tensor]]:
+def _materialise(model: nn.Module, batches: Batches | None) -> list[Mapping[str, torch.Tensor]]:
     if batches is None:
         raise DeepCutsError("gradient-based criteria need calibration batches; pass batches=...")
     batch_list = list(batches)
@@ -206,6 +206,7 @@ def _materialise(batches: Batches | None) -> list[Mapping[str, torch.Tensor]]:
                                 "batches like dc.data.make_batches makes them ({'input_ids': ..., 'labels': ...})")
         if "labels" not in b:
             raise DeepCutsError(f"calibration batch {i} has no 'labels'; gradient-based criteria need labels")
+        check_token_ids(model, b, f"calibration batch {i}")
     return batch_list
 
 
