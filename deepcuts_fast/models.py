@@ -188,3 +188,19 @@ def model_device(model: nn.Module) -> torch.device:
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """Copy of `batch` with every tensor moved to `device`."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def check_token_ids(model: nn.Module, batch: Mapping[str, Any], what: str) -> None:
+    """Fail clearly on inputs the model cannot embed: no `input_ids`, no token, or ids outside its vocabulary
+    (torch would raise an IndexError deep inside the embedding)."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    if not torch.is_tensor(ids) or ids.dim() != 2:
+        raise DeepCutsError(f"{what} has no 2-d 'input_ids' tensor (batch, tokens); make batches with "
+                            "deepcuts_fast.data.make_batches and the model's tokenizer")
+    if ids.shape[1] == 0:
+        raise DeepCutsError(f"{what} has sequences of length 0; every example needs at least one token")
+    vocab = getattr(model.config, "vocab_size", None)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise DeepCutsError(f"{what} has token ids {low}..{high}, outside the model's vocabulary (0..{vocab - 1}); "
+                            "tokenize with the model's own tokenizer")
