@@ -1,15 +1,15 @@
-"""Save, load and export slim models (safetensors only; every write is atomic).
+"""Save, load and `torch.export` slim models (safetensors only; every write is atomic; ONNX: onnx_export.py).
 
 A slim directory is an ordinary HF model folder (`config.json`, `model.safetensors`, tokenizer
 files) whose config also records the per-layer widths (`deepcuts_heads`, `deepcuts_ffn`), plus
-`deepcuts_plan.json`. Stock `AutoModel.from_pretrained` cannot read it, because transformers has
-one width for all layers; `dc.from_pretrained` rebuilds the slim shapes first, then loads the weights.
+`deepcuts_plan.json`. Stock transformers classes have one width for all layers, so the folder also carries
+`modeling_deepcuts_slim.py` (see `remote_code.py`), which `AutoModel*.from_pretrained(..., trust_remote_code=True)`
+runs; `dc.from_pretrained` rebuilds the slim shapes itself, then loads the weights.
 """
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,8 +17,10 @@ from torch import nn
 
 from ..atomic import atomic_folder, atomic_path, is_previous_output
 from ..errors import DeepCutsError, first_line
-from ..models import WEIGHTS_FILE, check_finite_weights, load_model, model_device, resolve_model_path, weight_problems
+from ..models import (TOKENIZER_FILES, WEIGHTS_FILE, check_finite_weights, load_model, model_device,
+                      resolve_model_path, weight_problems)
 from ..planning.plan import Plan
+from .remote_code import add_remote_code
 from .slicing import shrink
 
 PLAN_FILE = "deepcuts_plan.json"
@@ -28,15 +30,30 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, p
                     overwrite: bool = False) -> Path:
     """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically; an existing
     folder is replaced only with `overwrite`, and only when it is a model folder (has config.json) or empty,
-    so a folder of other files is never deleted."""
+    so a folder of other files is never deleted. A slim model gets its modeling code too, so that stock
+    transformers loads the folder (trust_remote_code=True) where deepcuts-fast is not installed."""
     target = Path(path)
     with atomic_folder(target, overwrite=overwrite, replaceable=_is_model_folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        add_remote_code(tmp)  # a slim folder also loads in stock transformers with trust_remote_code=True
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1), encoding="utf-8")
+        _usual_permissions(tmp)
     return target
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Give everything under `folder` the modes open() / mkdir would under the umask (0644 / 0755 usually), since
+    transformers writes the weights through a private (0600) temporary file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        for names, mode in ((dirs, 0o777), (files, 0o666)):
+            for name in names:
+                if not os.path.islink(os.path.join(root, name)):  # never change what a link points to
+                    os.chmod(os.path.join(root, name), mode & ~umask)
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -44,17 +61,28 @@ def _is_model_folder(folder: Path) -> bool:
     return is_previous_output(folder, [("config.json",)])
 
 
-def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None) -> nn.Module:
+def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None, *,
+                    dtype: torch.dtype | str | None = None, device_map: str | int | torch.device | None = None,
+                    revision: str | None = None) -> nn.Module:
     """Any model as a classifier in eval mode: a slim folder written by `save_pretrained` is rebuilt
-    exactly with its per-layer widths; dense folders, the `minilm` alias and hub names go through
-    `load_model` (keeping a saved head)."""
+    exactly with its per-layer widths; dense folders and the `minilm` alias go through `load_model` (keeping a
+    saved head). A hub name (at `revision`) is read through the HF cache, downloading its config, safetensors
+    and tokenizer files unless offline. `dtype` casts the loaded model ("auto": the dtype its config records;
+    None: as loaded, float32 for a slim folder) and `device_map` puts it on one device ("cpu", "cuda", "cuda:1",
+    "auto": CUDA when there is one)."""
+    cast, device = _check_dtype(dtype), _check_device(device_map)
+    model = _load_folder(_model_folder(path, revision), attn_implementation)
+    if cast == "auto":
+        cast = _config_dtype(model.config)
+    return model.to(device=device, dtype=cast) if cast is not None or device is not None else model
+
+
+def _load_folder(folder: Path, attn_implementation: str | None) -> nn.Module:
+    """The model in a local folder: slim (per-layer widths in its config) rebuilt here, dense via `load_model`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    folder = Path(resolve_model_path(str(path)))
-    if not folder.is_dir():  # a hub name
-        return load_model(str(path), attn_implementation=attn_implementation)
     for name in ("config.json", WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise DeepCutsError(f"{folder} is not a complete model folder: {name} is missing")
@@ -67,7 +95,8 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
         return load_model(str(folder), attn_implementation=attn_implementation)
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    model = AutoModelForSequenceClassification.from_config(config)
+    # trust_remote_code=False: the stock class, shrunk below (the folder's own modeling file is for other users)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
     shrink(model, [range(h) for h in heads], [range(f) for f in ffn])
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
@@ -84,6 +113,114 @@ def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = N
     return model.eval()
 
 
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", PLAN_FILE, *TOKENIZER_FILES]
+"""What `from_pretrained` fetches of a hub repository: never pickled weights (*.bin, *.pt) nor code."""
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def _model_folder(path: str | os.PathLike, revision: str | None) -> Path:
+    """The local folder of `path`: itself (or the `minilm` alias's folder), or a hub name's cached snapshot."""
+    name = resolve_model_path(str(path))
+    if os.path.isdir(name):
+        if revision is not None:
+            raise DeepCutsError(f"revision={revision!r} selects a version of a hub model, but {path} is a local "
+                                "folder; drop revision, or pass the hub name")
+        return Path(name)
+    if os.path.lexists(name):
+        raise DeepCutsError(f"{path} is a file, not a model folder; pass the folder that holds config.json")
+    if _looks_like_path(name):
+        raise DeepCutsError(f"model folder {path} does not exist; pass an existing folder or a hub name (org/model)")
+    return _hub_snapshot(name, revision)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether a name that is no existing file is meant as a local path (a hub name is `model` or `org/model`)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _hub_snapshot(name: str, revision: str | None) -> Path:
+    """The cached snapshot folder of hub model `name`: downloaded (config, safetensors, tokenizer) unless the hub
+    is offline, and read from the local HF cache when offline or when the hub cannot be reached."""
+    if _hub_offline():
+        return _snapshot(name, revision, local_files_only=True)
+    try:
+        return _snapshot(name, revision, local_files_only=False)
+    except DeepCutsError as online:
+        try:
+            return _snapshot(name, revision, local_files_only=True)
+        except DeepCutsError:
+            raise online from None
+
+
+def _snapshot(name: str, revision: str | None, local_files_only: bool) -> Path:
+    """One `snapshot_download` of the files `from_pretrained` reads, its failure as a DeepCutsError."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=HUB_FILES,
+                                      local_files_only=local_files_only))
+    except (OSError, ValueError) as e:
+        at = f" at revision {revision!r}" if revision else ""
+        if local_files_only:
+            raise DeepCutsError(f"model {name!r}{at} is not a local folder and not in the local Hugging Face cache"
+                                f"{' (the hub is offline: HF_HUB_OFFLINE=1)' if _hub_offline() else ''}; pass a model "
+                                "folder, or download it first with network access") from e
+        raise DeepCutsError(f"cannot download model {name!r}{at} from the Hugging Face hub: {first_line(e)}; check "
+                            "the name, the revision and your access token, or pass a local folder") from e
+
+
+def _hub_offline() -> bool:
+    """Whether the hub is off limits (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, now or when huggingface_hub loaded)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return bool(constants.HF_HUB_OFFLINE) or any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _check_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    """`dtype` as a torch float dtype, "auto" or None, or an error listing the names taken."""
+    if dtype is None or dtype == "auto" or dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise DeepCutsError(f"dtype {dtype!r} is not a model dtype; pass torch.float32, torch.float16, torch.bfloat16, "
+                        f"one of {', '.join(DTYPES)}, 'auto' (the dtype saved in config.json) or None")
+
+
+def _config_dtype(config) -> torch.dtype | None:
+    """The dtype recorded in a loaded config (`dtype`, older `torch_dtype`), when it is one `from_pretrained` takes."""
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    try:
+        return _check_dtype(str(saved)) if saved is not None else None
+    except DeepCutsError:
+        return None
+
+
+def _check_device(device_map: str | int | torch.device | None) -> torch.device | None:
+    """The one device `device_map` names ("auto": CUDA when there is one), checked to exist before any loading."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, dict):
+        raise DeepCutsError("device_map takes one device here (\"cpu\", \"cuda\", \"cuda:1\", \"auto\"); for a model "
+                            "split over devices load the folder with transformers (trust_remote_code=True, see "
+                            "docs/deploy.md)")
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, int) and not isinstance(device_map, bool):  # a GPU index, as transformers takes it
+        device_map = f"cuda:{device_map}"
+    try:
+        device = torch.device(device_map)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DeepCutsError(f"device_map {device_map!r} is not a device; pass \"cpu\", \"cuda\", \"cuda:1\", \"auto\" "
+                            "or None") from e
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise DeepCutsError(f"device_map {device_map!r} names a CUDA device, but this machine has {found}; pass "
+                            "device_map=\"cpu\" (or \"auto\")")
+    return device
+
+
 def _compare(model: nn.Module, state: dict) -> tuple[list, list, list]:
     """The missing, unexpected and wrong-shape weights of `state` for `model` (tied copies may be absent)."""
     expected = model.state_dict()
@@ -98,38 +235,6 @@ def _compare(model: nn.Module, state: dict) -> tuple[list, list, list]:
 def _is_tied(model: nn.Module, name: str) -> bool:
     keys = getattr(model, "_tied_weights_keys", None) or {}
     return name in keys
-
-
-def export(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, opset: int = 17) -> Path:
-    """Write `model` as ONNX with dynamic batch and sequence axes (inputs: input_ids, attention_mask)."""
-    target = Path(path) if isinstance(path, (str, os.PathLike)) else None
-    if target is None or target.suffix != ".onnx":
-        raise DeepCutsError(f"ONNX export needs a .onnx path, got {path if target is not None else repr(path)}")
-    seq_len, opset = _check_export(model, seq_len, opset)
-    ids, mask = _example_inputs(seq_len, model_device(model))
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "logits": {0: "batch"}}
-    with atomic_path(target) as tmp, torch.no_grad(), _LogitsOnly(model) as wrapped, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes about HF's Python-level shape checks; outputs are tested
-        torch.onnx.export(wrapped, (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
-                          external_data=False)
-    return target
-
-
-def _check_export(model: nn.Module, seq_len: int, opset: int) -> tuple[int, int]:
-    """(seq_len, opset) as ints after checking them and that `model` is an fp32 / fp16 torch model, as ONNX export
-    needs (bf16 weights fail deep inside the exporter otherwise)."""
-    from ..scoring.options import whole_number
-
-    if not isinstance(model, nn.Module):
-        raise DeepCutsError(f"export takes a torch model, got {type(model).__name__}")
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32, torch.float16}
-    if dtypes:
-        raise DeepCutsError(f"ONNX export takes fp32 or fp16 models, this one has {', '.join(map(str, dtypes))} "
-                            "weights; cast it first (model.float(), or model.half() for an fp16 file)")
-    longest = int(getattr(getattr(model, "config", None), "max_position_embeddings", 512))
-    return whole_number("seq_len", seq_len, minimum=2, maximum=longest), whole_number("opset", opset, minimum=7)
 
 
 def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16) -> Path:

@@ -1,0 +1,46 @@
+"""Make slim folders loadable by stock transformers (`trust_remote_code=True`), without deepcuts-fast.
+
+`dc.save_pretrained` copies `modeling_deepcuts_slim.py` (this package's template, which imports only torch and
+transformers) beside the weights and adds an `auto_map` to config.json naming its classes for the model's
+family. The config keeps the family's own class, so `AutoConfig` needs no remote code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DeepCutsError
+
+MODELING_FILE = "modeling_deepcuts_slim.py"
+TEMPLATE = Path(__file__).with_name(MODELING_FILE)
+CLASS_STEMS = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "electra": "Electra"}
+"""model_type -> the family's name in the template's class names (DeepCuts<Stem>Model, ...)."""
+
+
+def is_slim(config: dict) -> bool:
+    """Whether a config (as saved in config.json) records per-layer widths, so stock classes cannot load it."""
+    return config.get("deepcuts_heads") is not None and config.get("deepcuts_ffn") is not None
+
+
+def auto_map(model_type: str) -> dict[str, str]:
+    """The config.json `auto_map` that sends AutoModel and AutoModelForSequenceClassification to the template."""
+    stem = CLASS_STEMS.get(model_type)
+    if stem is None:
+        raise DeepCutsError(f"slim {model_type!r} models cannot be saved with their modeling code (known families: "
+                            f"{', '.join(sorted(CLASS_STEMS))}); add the family to {MODELING_FILE} and CLASS_STEMS")
+    module = MODELING_FILE.removesuffix(".py")
+    return {"AutoModel": f"{module}.DeepCuts{stem}Model",
+            "AutoModelForSequenceClassification": f"{module}.DeepCuts{stem}ForSequenceClassification"}
+
+
+def add_remote_code(folder: Path) -> bool:
+    """Copy the modeling file into the saved model `folder` and point its config's `auto_map` at it, when the
+    model is slim; returns whether it did, so dense folders stay plain transformers folders."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if not is_slim(config):
+        return False
+    config["auto_map"] = {**(config.get("auto_map") or {}), **auto_map(config.get("model_type"))}
+    (folder / MODELING_FILE).write_bytes(TEMPLATE.read_bytes())
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return True
