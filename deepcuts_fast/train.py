@@ -256,3 +256,9 @@ def evaluate(
             return _classification_result(pairs)
     finally:
         model.train(was_training)
+
+
+def evaluate_logits(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], regression: bool = False) -> EvalResult:
+    """Metrics of (logits, labels) batches computed elsewhere (an ONNX file under onnxruntime), reported as
+    `evaluate` reports a torch model's, so the two compare."""
+    return _regression_result(pairs) if regression else _classification_result(pairs)

@@ -79,8 +79,8 @@ def test_onnx_export_matches_onnxruntime(slim_and_plan, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch_size, seq in ((1, 5), (4, 10), (3, 23)):
         batch = tiny_batches(n_batches=1, batch_size=batch_size, seq_len=seq, seed=seq)[0]
-        got = session.run(None, {"input_ids": batch["input_ids"].numpy(),
-                                 "attention_mask": batch["attention_mask"].numpy()})[0]
+        feeds = {**batch, "token_type_ids": torch.zeros_like(batch["input_ids"])}  # what a BERT tokenizer returns
+        got = session.run(None, {i.name: feeds[i.name].numpy() for i in session.get_inputs()})[0]
         torch.testing.assert_close(torch.from_numpy(got), logits(slim, batch), rtol=1e-4, atol=1e-4)
 
 

@@ -1,5 +1,6 @@
 """Pruning: a Plan -> a physically smaller model, saved, loaded and exported."""
-from .io import export, export_program, from_pretrained, save_pretrained
+from .io import export_program, from_pretrained, save_pretrained
+from .onnx_export import export
 from .reconstruct import reconstruct
 from .slicing import prune
 
