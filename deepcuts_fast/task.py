@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .data import EMBEDDED, TextDataset, encode_labels, load_dataset, make_batches
+from .data.sources import EMBEDDED_CLASSES
 from .errors import DeepCutsError, first_line
 from .finetune_cache import finetuned_model
 from .hashing import content_hash
@@ -108,8 +109,12 @@ def _data_id(dataset: TextDataset) -> str:
 
 
 def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None = "auto") -> TaskModel:
-    """`minilm-rt`: the packaged MiniLM fine-tuned on the embedded Rotten Tomatoes train split (cached)."""
-    return finetuned_task_model("minilm", EMBEDDED, num_labels=2, progress=progress, dtype=dtype)
+    """`minilm-rt`: the packaged MiniLM fine-tuned on the embedded Rotten Tomatoes train split (cached), its
+    classes named (rotten, fresh) so a pipeline or an exported config says which is which."""
+    task = finetuned_task_model("minilm", EMBEDDED, num_labels=2, progress=progress, dtype=dtype)
+    task.model.config.id2label = dict(enumerate(EMBEDDED_CLASSES))
+    task.model.config.label2id = {name: i for i, name in enumerate(EMBEDDED_CLASSES)}
+    return task
 
 
 def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = None, num_labels: int | None = None,

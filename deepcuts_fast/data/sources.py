@@ -19,6 +19,7 @@ from .dataset import TextDataset, class_names, dataset_from_columns
 EMBEDDED = "rotten_tomatoes"
 EMBEDDED_ALIASES = ("rotten_tomatoes", "rt", "embedded")
 EMBEDDED_SPLITS = ("train", "validation", "test")
+EMBEDDED_CLASSES = ("rotten", "fresh")  # the embedded reviews' class names, by label id
 EMBEDDED_TRAIN_SIZE = 8000
 EMBEDDED_TEST_SIZE = 2000
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
