@@ -85,7 +85,7 @@ def _narrow_layer(layer: nn.Module, layout: dict, n_heads: int, width: int) -> N
     if n_heads == 0:
         prefix = layout["attention"] + "."
         inner = layout["attn_out"][len(prefix):] if layout["attn_out"].startswith(prefix) else None
-        attention.__class__ = _no_heads_class(type(attention))
+        attention.__class__ = no_heads_class(type(attention))
         attention._deepcuts_out = inner
 
 
@@ -102,7 +102,7 @@ def _resize(layer: nn.Module, path: str, rows: int | None = None, cols: int | No
     setattr(layer.get_submodule(parent) if parent else layer, name, new)
 
 
-class _NoHeads:
+class NoHeads:
     """Mixed in front of the attention class of a layer that kept no heads: the context is empty, so the
     block contributes only the attention-output bias (through the output Linear, wherever it lives)."""
 
@@ -118,10 +118,10 @@ class _NoHeads:
 _NO_HEAD_CLASSES: dict[type, type] = {}
 
 
-def _no_heads_class(cls: type) -> type:
-    """The attention class `cls` with `_NoHeads` in front (one class per attention class)."""
+def no_heads_class(cls: type) -> type:
+    """The attention class `cls` with `NoHeads` in front (one class per attention class)."""
     if cls not in _NO_HEAD_CLASSES:
-        _NO_HEAD_CLASSES[cls] = type(f"NoHeads{cls.__name__}", (_NoHeads, cls), {})
+        _NO_HEAD_CLASSES[cls] = type(f"NoHeads{cls.__name__}", (NoHeads, cls), {})
     return _NO_HEAD_CLASSES[cls]
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from ..arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, arch_spec, base_model
 from ..errors import DeepCutsError
 from ..planning.plan import Plan
+from .modeling_deepcuts_slim import NoHeads, no_heads_class  # the one definition, shared with slim folders
 
 
 def prune(model: nn.Module, plan: Plan) -> nn.Module:
@@ -82,29 +83,7 @@ def _set_head_count(attention: nn.Module, spec, heads: int, head_dim: int) -> No
     setattr(attention, spec.heads_attr, heads)
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = heads * head_dim
-    if heads == 0 and not isinstance(attention, _NoHeads):
+    if heads == 0 and not isinstance(attention, NoHeads):
         inner_out = spec.attn_out[len(spec.attention) + 1:] if spec.attn_out.startswith(spec.attention + ".") else None
-        attention.__class__ = _no_heads_class(type(attention))
+        attention.__class__ = no_heads_class(type(attention))
         attention._deepcuts_out = inner_out
-
-
-class _NoHeads:
-    """Mixed in front of an attention class whose layer kept no heads: the context is empty, so the
-    block contributes only the attention-output bias (through the output Linear, wherever it lives)."""
-
-    _deepcuts_out: str | None = None
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
-        if self._deepcuts_out is not None:
-            context = self.get_submodule(self._deepcuts_out)(context)
-        return context, None
-
-
-_NO_HEAD_CLASSES: dict[type, type] = {}
-
-
-def _no_heads_class(cls: type) -> type:
-    if cls not in _NO_HEAD_CLASSES:
-        _NO_HEAD_CLASSES[cls] = type(f"NoHeads{cls.__name__}", (_NoHeads, cls), {})
-    return _NO_HEAD_CLASSES[cls]
