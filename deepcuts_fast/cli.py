@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_eval(sub)
     _add_prune(sub)
+    _add_export(sub)
     add_bench_command(sub)
     _add_run(sub)
     return parser
@@ -148,8 +149,12 @@ def _add_score(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    e = sub.add_parser("eval", help="accuracy / loss of a model on a data split")
+    e = sub.add_parser("eval", help="accuracy / loss of a model (or of an .onnx file from `deepcuts export`) on a "
+                                    "data split")
     _add_common(e)
+    model = next(a for a in e._actions if a.dest == "model")
+    model.help += "; or an .onnx file written by `deepcuts export`, run with onnxruntime (its tokenizer and config " \
+                  "from the FILE.d folder beside it, its precision as exported: --dtype does not apply)"
     e.add_argument("--split", default="test", help="data split to evaluate on")
     e.add_argument("--limit", type=int, default=None, help="evaluate on the first N examples only")
 
@@ -177,13 +182,22 @@ def _add_prune(sub) -> None:
         only = "" if target == "flops" else "; needs --scores"
         p.add_argument(f"--keep-{target}", type=float, default=None, metavar="F",
                        help=f"fraction of the encoder's {what} to keep, in [0, 1]{only}")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length the FLOP budget is counted at")
+    p.add_argument("--speedup", type=float, default=None, metavar="X",
+                   help="a latency budget instead: the slim model should run X times as fast as the dense one "
+                        "(X >= 1) at --batch-size and --seq-len on --device in --dtype, as predicted by a per-layer "
+                        "latency table measured once on this machine and cached; needs --scores")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length the FLOP budget is counted at (with "
+                                                            "--speedup: the latency is measured at)")
+    p.add_argument("--device", default=None,
+                   help="with --speedup: the device the latency is measured and planned for, cpu or cuda "
+                        "(default: cpu)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="spend the budget over all layers or per layer (layer needs --scores)")
     p.add_argument("--min-heads", type=int, default=0, help="heads kept in every layer at least")
     p.add_argument("--min-neurons", type=int, default=0, help="FFN neurons kept in every layer at least")
-    p.add_argument("--multiple-of", type=int, default=1,
-                   help="round FFN widths to a multiple, e.g. 8 or 64 (needs --scores)")
+    p.add_argument("--multiple-of", type=int, default=None,
+                   help="round FFN widths to a multiple, e.g. 8 or 64 (needs --scores; default: 1, or 16 with "
+                        "--speedup)")
     p.add_argument("--allocation", choices=("auto", "fisher", "normalized", "raw"), default="auto",
                    help="with --scores: how layers and unit types are compared; auto = by the Fisher scores the file "
                         "carries (scored with data), else each layer's scores normalised; raw = the summed scores "
@@ -195,14 +209,35 @@ def _add_prune(sub) -> None:
                         "default whenever --data is given)")
     p.add_argument("--calibration-examples", type=int, default=512, metavar="N",
                    help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections)")
-    p.add_argument("--batch-size", type=int, default=16, help="calibration examples per batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"calibration examples per batch (default: {CALIBRATION_BATCH}); with --speedup also the "
+                        f"batch size the latency is measured and planned at (default: {LATENCY_BATCH})")
     p.add_argument("--max-length", type=int, default=64, help="tokens per calibration example")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw from --data")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                   help=f"{DTYPE_HELP}. It applies to the scoring and reconstruction forwards")
+                   help=f"{DTYPE_HELP}. It applies to the scoring and reconstruction forwards, and with --speedup to "
+                        "the latency the plan is made for")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder written by an earlier `deepcuts prune` (or an empty one)")
+
+
+def _add_export(sub) -> None:
+    from .task import TASK_MODEL_ALIAS
+
+    x = sub.add_parser("export", help="write a model (dense or slim) as an ONNX file for deployment, checked against "
+                                      "torch; optionally optimized (fused attention) and int8-quantized")
+    x.add_argument("--model", default=TASK_MODEL_ALIAS, help="the model to export (folder or alias)")
+    x.add_argument("--out", required=True, metavar="FILE",
+                   help="output .onnx file; config.json and the tokenizer files go to the folder FILE.d beside it")
+    x.add_argument("--optimize", action="store_true",
+                   help="write onnxruntime's transformer-optimized graph (fused attention, layer norms and GELU; "
+                        "assumes right padding, the tokenizers' default)")
+    x.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8: dynamic quantization (int8 weights, one scale per channel; activations quantized at "
+                        "run time); its logits are not held to the fp32 tolerance: re-measure with `deepcuts eval "
+                        "--model FILE`")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its FILE.d folder")
 
 
 def _add_run(sub) -> None:
@@ -264,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         from .benchmarking import run_bench_command
 
         commands = {"score": cmd_score, "eval": cmd_eval, "prune": cmd_prune, "bench": run_bench_command,
-                    "run": cmd_run}
+                    "run": cmd_run, "export": cmd_export}
         return commands[args.command](args)
     except DeepCutsError as e:
         if args.debug:
@@ -293,6 +328,9 @@ def _report_error(args: argparse.Namespace, message: str, code: int, line: str |
 # or resume it; any other non-empty folder is left alone.
 SLIM_OUTPUT = (("config.json", "deepcuts_plan.json"),)
 RUN_OUTPUT = (("results.json",), ("steps",))
+
+CALIBRATION_BATCH = 16  # prune's --batch-size for the calibration draw when not given
+LATENCY_BATCH = 32  # prune's --batch-size for a --speedup plan's latency when not given
 
 # Value checks of numeric flags, by argparse dest; a command checks the ones it has.
 FRACTION_FLAGS = ("keep_flops", "keep_params", "keep_heads", "keep_neurons")
@@ -448,16 +486,76 @@ def cmd_eval(args) -> int:
     from .models import model_device
     from .train import evaluate
 
+    if _is_onnx_file(args.model):
+        return _eval_onnx(args)
     model, tokenizer, dataset = _model_and_data(args, args.split)
     batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, sort_by_length=True)
     result = evaluate(model, batches, dtype=args.dtype, progress=not args.quiet)
     dtype = choose("infer", model_device(model), args.dtype).name
+    _print_eval(args, result, dtype)
+    return 0
+
+
+def _print_eval(args: argparse.Namespace, result, dtype: str) -> None:
+    """Print `deepcuts eval`'s metrics and the dtype it ran in, as JSON or as one line."""
     if args.json:
         print(json.dumps({**result.to_dict(), "dtype": dtype}))
     else:
         metrics = {**{k: v for k, v in result.to_dict().items() if v is not None}, "dtype": dtype}
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+
+def _is_onnx_file(model: str) -> bool:
+    """Whether a --model value names an ONNX file (by its suffix) rather than a model folder or alias."""
+    return str(model).lower().endswith(".onnx")
+
+
+def _eval_onnx(args: argparse.Namespace) -> int:
+    """`deepcuts eval --model FILE.onnx`: the file under onnxruntime on the split, tokenized by the tokenizer
+    exported beside it, labels numbered as its config numbers them."""
+    from .benchmarking.runners import onnx_quantized
+    from .data import encode_labels, load_dataset, make_batches
+    from .pruning.onnx_export import OnnxClassifier
+
+    if args.dtype != "auto":
+        raise DeepCutsError(f"--dtype {args.dtype} does not apply to an ONNX file, which runs in the precision it was "
+                            "exported in (int8 with `deepcuts export --quantize int8`); drop --dtype")
+    onnx = OnnxClassifier(args.model)
+    dataset = encode_labels(load_dataset(args.data, args.split), onnx.config)
+    batches = make_batches(dataset, onnx.tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                           limit=args.limit, sort_by_length=True)
+    result = onnx.evaluate(batches, progress=not args.quiet)
+    output = onnx.session.get_outputs()[0].type
+    _print_eval(args, result, "int8" if onnx_quantized(args.model) else {"tensor(float16)": "fp16"}.get(output, "fp32"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """`deepcuts export`: the model as an .onnx file (checked against torch) and its FILE.d folder (config and
+    tokenizer); prints what was written, what fused, and how far the logits are from torch's."""
+    from .pruning.onnx_export import SIDE_FOLDER, side_folder
+
+    out = Path(args.out)
+    if out.suffix != ".onnx" or _is_onnx_file(args.model):
+        raise DeepCutsError(f"`deepcuts export` writes a model folder as an .onnx file: give --out FILE.onnx (got "
+                            f"{args.out}) and --model a model folder or alias (got {args.model})")
+    folder = side_folder(out)
+    inputs = {"--model": args.model}
+    check_output(out, inputs, overwrite=args.overwrite)
+    check_output(folder, inputs, folder=True, overwrite=args.overwrite, previous=SIDE_FOLDER,
+                 name="the folder beside --out")
+    with _output_locks([out, folder], held=True):
+        return _export(args, out)
+
+
+def _export(args: argparse.Namespace, out: Path) -> int:
+    """`deepcuts export` once its outputs are checked and locked."""
+    from .pruning.onnx_export import export
+
+    model, tokenizer = _classifier(args, None)
+    result = export(model.float(), out, tokenizer, optimize=args.optimize, quantize=args.quantize)
+    print(json.dumps(result.to_dict()) if args.json else result.summary())
     return 0
 
 
@@ -485,8 +583,8 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
         model, tokenizer = _classifier(args, None)
     else:
         model, tokenizer, dataset = _model_and_data(args, "train")
-        batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                               shuffle=True, seed=args.seed, limit=args.calibration_examples)
+        batches = make_batches(dataset, tokenizer, batch_size=args.batch_size or CALIBRATION_BATCH,
+                               max_length=args.max_length, shuffle=True, seed=args.seed, limit=args.calibration_examples)
     if pipeline:
         slim, plan, ran = _prune_pipeline(args, model, batches)
     else:
@@ -510,9 +608,10 @@ def _prune_path(args: argparse.Namespace) -> str:
     if args.scores is None and args.data is None:
         raise DeepCutsError("give --data DATA (the retraining-free pipeline scores, plans and reconstructs on it) "
                             "or --scores FILE (plan from a `deepcuts score --granularity unit` file), or both")
-    if not budgets:
-        raise DeepCutsError("give a budget: --keep-flops (with --scores also --keep-params, --keep-heads and/or "
-                            "--keep-neurons)")
+    if not budgets and args.speedup is None:
+        raise DeepCutsError("give a budget: --keep-flops (with --scores also --keep-params, --keep-heads, "
+                            "--keep-neurons and/or --speedup)")
+    _check_speedup_flags(args, budgets)
     if args.scores is not None:
         if args.criterion is not None:
             raise DeepCutsError("--criterion picks what the pipeline scores with, but --scores FILE already holds "
@@ -524,13 +623,35 @@ def _prune_path(args: argparse.Namespace) -> str:
     get_criterion(args.criterion or FISHER)  # a misspelt name fails here, with a suggestion
     scores_only = [b for b in budgets if b != "--keep-flops"]
     scores_only += ["--scope layer"] if args.scope != "global" else []
-    scores_only += [f"--multiple-of {args.multiple_of}"] if args.multiple_of != 1 else []
+    scores_only += [f"--multiple-of {args.multiple_of}"] if args.multiple_of not in (None, 1) else []
     scores_only += [f"--allocation {args.allocation}"] if args.allocation != "auto" else []
     if scores_only:
         raise DeepCutsError(f"the retraining-free pipeline (--data without --scores) spends one global --keep-flops "
                             f"budget and does not take {', '.join(scores_only)}; for those, plan from a scores "
                             "file: `deepcuts score --granularity unit ... --out S`, then `deepcuts prune --scores S`")
     return "pipeline"
+
+
+def _check_speedup_flags(args: argparse.Namespace, budgets: list[str]) -> None:
+    """Refuse a --speedup the command cannot honour, and --device without one."""
+    if args.speedup is None:
+        if args.device is not None:
+            raise DeepCutsError("--device says where a --speedup plan's latency is measured; give --speedup X, or "
+                                "drop --device")
+        return
+    if not (math.isfinite(args.speedup) and args.speedup >= 1):
+        raise DeepCutsError(f"--speedup is how many times faster than the dense model the slim one should run, a "
+                            f"number >= 1; got {args.speedup:g}")
+    if args.scores is None:
+        raise DeepCutsError("--speedup plans from unit scores on a latency table, but the retraining-free pipeline "
+                            "(--data without --scores) spends a --keep-flops budget; score first: `deepcuts score "
+                            "--granularity unit ... --out S`, then `deepcuts prune --scores S --speedup X` (add "
+                            "--data to reconstruct)")
+    if budgets:
+        raise DeepCutsError(f"give one budget, not --speedup and {' and '.join(budgets)}")
+    from .planning.latency_table import resolve_device
+
+    resolve_device(args.device or "cpu")  # an unknown or absent device fails before the model loads
 
 
 def _prune_pipeline(args: argparse.Namespace, model, batches: list) -> tuple:
@@ -552,10 +673,14 @@ def _prune_from_scores(args: argparse.Namespace, model, scores, batches: list | 
     from .pruning import prune, reconstruct
 
     start = time.perf_counter()
+    if args.speedup is not None and not args.quiet:
+        print("deepcuts: note: --speedup plans on a latency table of this machine, measured on first use "
+              "(a minute or so for a BERT-base at batch 32 on a CPU) and cached", file=sys.stderr)
     plan = planning.plan(model, scores, keep_flops=args.keep_flops, keep_params=args.keep_params,
                          keep_heads=args.keep_heads, keep_neurons=args.keep_neurons, seq_len=args.seq_len,
                          scope=args.scope, min_heads=args.min_heads, min_neurons=args.min_neurons,
-                         multiple_of=args.multiple_of, allocation=args.allocation)
+                         multiple_of=args.multiple_of, allocation=args.allocation, speedup=args.speedup,
+                         batch_size=args.batch_size or LATENCY_BATCH, device=args.device or "cpu", dtype=args.dtype)
     timings = {"search": _seconds_since(start)}
     lap = time.perf_counter()
     slim = prune(model, plan)
@@ -595,6 +720,8 @@ def _prune_summary(args: argparse.Namespace, model, slim, plan, ran: dict, batch
         "unit_params_kept": encoder_unit_params(slim) / encoder_unit_params(model),
         "flops_kept": encoder_flops(slim, args.seq_len) / encoder_flops(model, args.seq_len),
         "seq_len": args.seq_len,
+        **{k: plan.target.get(k) for k in ("speedup", "predicted_speedup", "batch_size", "device", "dtype",
+                                            "latency_table") if "speedup" in plan.target},
         "timings": ran["timings"],
     }
 
@@ -610,8 +737,10 @@ def _prune_line(s: dict) -> str:
     if s["calibration_examples"]:
         how += f" on {s['calibration_examples']} calibration examples"
     timings = ", ".join(f"{step} {seconds:.2f}s" for step, seconds in s["timings"].items())
+    speed = (f"; predicted {s['predicted_speedup']:.2f}x faster (asked {s['speedup']:g}x) at batch {s['batch_size']} "
+             f"on {s['device']} {s['dtype']}, latency table {s['latency_table']}" if s.get("speedup") else "")
     return (f"{how}: kept {s['flops_kept']:.1%} of encoder FLOPs at seq {s['seq_len']}, {s['params']:,} of "
-            f"{s['dense_params']:,} params; wrote {s['out']}\ntimings: {timings}")
+            f"{s['dense_params']:,} params{speed}; wrote {s['out']}\ntimings: {timings}")
 
 
 def cmd_run(args) -> int:

@@ -199,3 +199,14 @@ def test_scores_of_another_model_with_the_same_shapes_are_refused():
     with pytest.raises(DeepCutsError, match="differ in criterion, granularity or model"):
         scores + dc.score(b, batches, "gradient", "unit", progress=False)
     dc.plan(a, scores, keep_flops=0.5, seq_len=16)  # its own model is fine
+
+
+def test_data_free_scores_spread_a_flop_budget_over_heads_and_neurons():
+    """A head costs as much as dozens of neurons: normalised per unit of cost, data-free scores keep heads and
+    neurons in every layer at half the FLOPs (per unit count, every head would have been dropped first)."""
+    model = tiny_model("bert")
+    scores = dc.score(model, None, "magnitude", "unit", progress=False)
+    with pytest.warns(UserWarning, match="no Fisher loss estimate"):
+        plan = dc.plan(model, scores, keep_flops=0.5, seq_len=16)
+    assert all(0 < len(h) < n for h, n in zip(plan.heads, plan.num_heads))
+    assert all(0 < len(k) < w for k, w in zip(plan.neurons, plan.ffn_widths))

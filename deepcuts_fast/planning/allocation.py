@@ -19,10 +19,11 @@ ALLOCATIONS = ("auto", "fisher", "normalized", "raw")
 
 
 def comparable(model: nn.Module, scores: Scores, reference: Scores | None, allocation: str,
-                minimums: tuple[int, int], warn: bool) -> tuple[Scores, str]:
+                minimums: tuple[int, int], warn: bool,
+                unit_costs: list[tuple[float, float]] | None = None) -> tuple[Scores, str]:
     """(scores made comparable across layers and unit types, the allocation that did it); `minimums`: min_heads and
     min_neurons, for the check of the Fisher scores; `warn`: when "auto" falls back to "normalized" where comparing
-    layers matters."""
+    layers matters; `unit_costs`: per layer (a head's, a neuron's) cost in the budget's unit (None: 1 each)."""
     if not isinstance(allocation, str) or allocation not in ALLOCATIONS:
         raise DeepCutsError(f"unknown allocation {short_repr(allocation)}; choose one of {', '.join(ALLOCATIONS)}")
     if reference is not None and allocation not in ("auto", "fisher"):
@@ -37,8 +38,9 @@ def comparable(model: nn.Module, scores: Scores, reference: Scores | None, alloc
         allocation = "fisher" if loss is not None else "normalized"
         if loss is None and warn:
             warnings.warn(f"{scores.criterion or 'these'} scores carry no Fisher loss estimate (scored without "
-                          "data), so each layer's scores are normalised to mean 1 to compare layers; score with "
-                          "calibration data for the Fisher-referenced allocation", UserWarning, stacklevel=3)
+                          "data), so each layer's heads and neurons are normalised to the same mean score per unit "
+                          "of cost, which spreads the budget about evenly; score with calibration data for the "
+                          "Fisher-referenced allocation", UserWarning, stacklevel=3)
     if allocation == "fisher":
         if loss is not scores:
             check_scores(model, loss)
@@ -48,7 +50,7 @@ def comparable(model: nn.Module, scores: Scores, reference: Scores | None, alloc
                                     f"({model_name(loss)} vs {model_name(scores)}); score both on one model")
             scores = rank_match(scores, loss)
     elif allocation == "normalized":
-        scores = _normalised(scores)
+        scores = _normalised(scores, unit_costs)
     return scores, allocation
 
 
@@ -62,13 +64,17 @@ def _loss_estimate(scores: Scores, reference: Scores | None) -> Scores | None:
     return scores if scores.criterion == "fisher" else None
 
 
-def _normalised(scores: Scores) -> Scores:
-    """Unit scores divided by their mean inside every layer and unit type (all-zero groups stay zero)."""
-    def unit_mean(t: torch.Tensor) -> torch.Tensor:
+def _normalised(scores: Scores, unit_costs: list[tuple[float, float]] | None) -> Scores:
+    """Unit scores scaled inside every layer and unit type to a mean equal to that unit's cost, so every group
+    offers the same score per cost on average and only the spread inside a group decides (all-zero groups stay
+    zero). Without this, a head, which costs as much as dozens of neurons, would never win a unit of budget."""
+    def scaled(t: torch.Tensor, cost: float) -> torch.Tensor:
         t = t.float().cpu()
         mean = t.mean() if t.numel() else torch.tensor(0.0)
-        return t / mean if mean > 0 else t
+        return t * (cost / mean) if mean > 0 else t
 
     units = scores.unit_scores()
+    costs = unit_costs or [(1.0, 1.0)] * len(units["heads"])
     return Scores({}, scores.layout, {**scores.meta, "normalized": True},
-                  heads=[unit_mean(h) for h in units["heads"]], neurons=[unit_mean(n) for n in units["neurons"]])
+                  heads=[scaled(h, c[0]) for h, c in zip(units["heads"], costs)],
+                  neurons=[scaled(n, c[1]) for n, c in zip(units["neurons"], costs)])
