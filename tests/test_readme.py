@@ -35,6 +35,7 @@ def test_the_readme_has_the_blocks_it_promises():
 
 
 @pytest.mark.slow
+@pytest.mark.example  # the examples are the same on every CPU: the AVX2 run of the suite skips them
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_block_runs_as_written(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
