@@ -649,7 +649,7 @@ def _check_speedup_flags(args: argparse.Namespace, budgets: list[str]) -> None:
                             "--data to reconstruct)")
     if budgets:
         raise DeepCutsError(f"give one budget, not --speedup and {' and '.join(budgets)}")
-    from .planning.latency_table import resolve_device
+    from .models import resolve_device
 
     resolve_device(args.device or "cpu")  # an unknown or absent device fails before the model loads
 

@@ -204,3 +204,20 @@ def check_token_ids(model: nn.Module, batch: Mapping[str, Any], what: str) -> No
     if low < 0 or (vocab is not None and high >= vocab):
         raise DeepCutsError(f"{what} has token ids {low}..{high}, outside the model's vocabulary (0..{vocab - 1}); "
                             "tokenize with the model's own tokenizer")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device this machine has (cpu, or a CUDA GPU with its index), or a clear error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeepCutsError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise DeepCutsError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeepCutsError("device 'cuda' requested but torch sees no CUDA GPU here; use device 'cpu'")
+        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+        if dev.index >= torch.cuda.device_count():
+            raise DeepCutsError(f"{dev} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
+    return dev

@@ -417,7 +417,7 @@ def test_cli_refuses_bad_arguments(model_dirs, tmp_path, capsys):
     args = parser.parse_args(["bench", "--model", str(model_dirs[0]), "--out", str(a_file)])
     with pytest.raises(DeepCutsError, match="is a file"):
         run_bench_command(args, load=lambda p: pytest.fail("loaded a model before checking --out"))
-    with pytest.raises(DeepCutsError, match="cannot load"):
+    with pytest.raises(DeepCutsError, match="nowhere does not exist"):
         run_bench_command(parser.parse_args(["bench", "--model", str(tmp_path / "nowhere")]))
 
 

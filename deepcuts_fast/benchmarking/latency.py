@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import DeepCutsError
 from ..machine import describe_cpu, machine_info
 from ..precision import choose
+from ..models import resolve_device
 from .report import BenchmarkReport
 from .runners import OnnxRunner, TorchRunner, max_seq_len
 
@@ -74,7 +75,7 @@ def benchmark(
     """
     models = list(models)
     batch_sizes, seq_lens = _sizes("batch_sizes", batch_sizes), _sizes("seq_lens", seq_lens)
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     names = _names(models, names)
     flops_like = _flops_like(flops_like, len(models))
     _check_counts(warmup, repeats, threads, min_time)
@@ -220,23 +221,6 @@ def _sizes(what: str, values: Sequence[int]) -> list[int]:
     if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
         raise DeepCutsError(f"{what} must be a non-empty list of positive integers, got {values!r}")
     return [int(v) for v in values]
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DeepCutsError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise DeepCutsError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeepCutsError("device 'cuda' requested but torch sees no CUDA GPU here; use device 'cpu'")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        if dev.index >= torch.cuda.device_count():
-            raise DeepCutsError(f"{dev} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
-    return dev
 
 
 def _names(models: list[ModelLike], names: Sequence[str] | None) -> list[str]:

@@ -37,6 +37,7 @@ from ..errors import DeepCutsError
 from ..hashing import cache_key
 from ..machine import cpu_isa, cpu_model
 from ..precision import Precision, choose
+from ..models import resolve_device
 
 FORMAT = "deepcuts-latency-table/1"
 FFN_STEPS = 16  # the FFN is measured at every 1/FFN_STEPS of its width
@@ -125,23 +126,6 @@ def table_for(model: nn.Module, seq_len: int, batch_size: int, device: str | tor
     with contextlib.suppress(OSError, DeepCutsError):  # a read-only cache only costs a re-measurement
         write_text(path, json.dumps(table.to_dict(), indent=1))
     return table
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch device this machine has (cpu, or a CUDA GPU with its index)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DeepCutsError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise DeepCutsError(f"unsupported device {device!r} for a latency table; use 'cpu' or 'cuda'")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeepCutsError("device 'cuda' requested but torch sees no CUDA GPU here; use device 'cpu'")
-        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-        if dev.index >= torch.cuda.device_count():
-            raise DeepCutsError(f"{dev} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
-    return dev
 
 
 def model_shapes(model: nn.Module) -> dict:
