@@ -36,8 +36,8 @@ from ..cache import cache_dir
 from ..errors import DeepCutsError
 from ..hashing import cache_key
 from ..machine import cpu_isa, cpu_model
-from ..precision import Precision, choose
 from ..models import resolve_device
+from ..precision import Precision, choose
 
 FORMAT = "deepcuts-latency-table/1"
 FFN_STEPS = 16  # the FFN is measured at every 1/FFN_STEPS of its width
