@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import DeepCutsError, short_repr
 from ..scoring.scores import Scores
-from .checks import check_informative, check_scores, model_name
+from .checks import check_informative, check_layout, model_name
 from .rank_match import rank_match
 
 ALLOCATIONS = ("auto", "fisher", "normalized", "raw")
@@ -43,11 +43,12 @@ def comparable(model: nn.Module, scores: Scores, reference: Scores | None, alloc
                           "Fisher-referenced allocation", UserWarning, stacklevel=3)
     if allocation == "fisher":
         if loss is not scores:
-            check_scores(model, loss)
-            check_informative(loss, *minimums, what="the Fisher scores (allocation reference)")
+            # The scores' weights hash was checked against the model; an equal one needs no second hashing.
+            check_layout(model, loss)
             if loss.model_fingerprint != scores.model_fingerprint:
                 raise DeepCutsError(f"the Fisher reference was computed on another model than the scores "
                                     f"({model_name(loss)} vs {model_name(scores)}); score both on one model")
+            check_informative(loss, *minimums, what="the Fisher scores (allocation reference)")
             scores = rank_match(scores, loss)
     elif allocation == "normalized":
         scores = _normalised(scores, unit_costs)

@@ -13,6 +13,19 @@ from ..scoring.scores import Scores
 
 def check_scores(model: nn.Module, scores: Scores) -> None:
     """Fail, naming the first mismatching parameter or both models, when `scores` were not made for `model`."""
+    check_layout(model, scores)
+    recorded = scores.model_fingerprint
+    if recorded is not None:
+        current = model_fingerprint(model)
+        if current != recorded:
+            name = getattr(model.config, "_name_or_path", "") or model.config.model_type
+            raise DeepCutsError(f"these {scores.criterion} scores were computed on {model_name(scores)}, not on "
+                                f"this model, {name} (weights {current}); score the model you prune")
+
+
+def check_layout(model: nn.Module, scores: Scores) -> None:
+    """Fail, naming the first mismatching parameter, when `scores` do not cover `model`'s layers, units and
+    parameters (the weights hash is `check_scores`' part)."""
     layers = encoder_layers(model)
     if len(scores.layout) != len(layers):
         raise DeepCutsError(f"scores cover {len(scores.layout)} encoder layers, the model has {len(layers)}")
@@ -31,13 +44,6 @@ def check_scores(model: nn.Module, scores: Scores) -> None:
             got = tuple(params[name].shape) if name in params else "missing"
             raise DeepCutsError(f"scores do not match the model at parameter {name}: "
                                 f"scores {tuple(s.shape)}, model {got}")
-    recorded = scores.model_fingerprint
-    if recorded is not None:
-        current = model_fingerprint(model)
-        if current != recorded:
-            name = getattr(model.config, "_name_or_path", "") or model.config.model_type
-            raise DeepCutsError(f"these {scores.criterion} scores were computed on {model_name(scores)}, not on "
-                                f"this model, {name} (weights {current}); score the model you prune")
 
 
 def check_informative(scores: Scores, min_heads: int = 0, min_neurons: int = 0, what: str = "the scores") -> None:

@@ -26,7 +26,7 @@ from .criteria import get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
 from .engine import default_memory
 from .options import ScoreOptions, options_from
-from .score import FISHER, attach_fisher, score_many
+from .score import FISHER, attach_fisher, labelled, score_many
 from .scores import Scores, read_safetensors
 
 FORMAT = "deepcuts-checkpoint/1"
@@ -90,7 +90,7 @@ def score_run(
     free = score_many(model, None, free_names, options=opts) if free_names else {}
     run = ScoreRun({}, 0, n, world_size=world.size)
     # Fisher's loss estimate for data-free criteria comes from a pass of its own when no other needs one.
-    fisher_only = opts.with_fisher and not grad_names and bool(batch_list) and all("labels" in b for b in batch_list)
+    fisher_only = opts.with_fisher and not grad_names and labelled(batch_list)
     segment_names = [FISHER] if fisher_only else grad_names
     if segment_names:
         _run_segments(model, batch_list, segment_names, run, every, checkpoint, until_stable, stable_keep, world,

@@ -110,7 +110,7 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
         results[crit.name] = _data_free_scores(model, layout, crit, options, meta_base)
     grad_crits = [c for c in crits if c.uses_gradient]
     batch_list = None if batches is None else list(batches)
-    if options.with_fisher and not any(c.fisher for c in crits) and (grad_crits or _labelled(batch_list)):
+    if options.with_fisher and not any(c.fisher for c in crits) and (grad_crits or labelled(batch_list)):
         grad_crits.append(FISHER_DIAGONAL)
     if grad_crits:
         batch_list = _materialise(model, batch_list)
@@ -189,8 +189,8 @@ def _model_meta(model: nn.Module, options: ScoreOptions) -> dict:
     }
 
 
-def _labelled(batches: list | None) -> bool:
-    """Whether data-free criteria got labelled batches, from which Fisher's loss estimate can come."""
+def labelled(batches: list | None) -> bool:
+    """Whether there are batches and all carry labels, so Fisher's loss estimate can come from them."""
     return bool(batches) and all("labels" in b for b in batches)
 
 
