@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .errors import DeepCutsError
 from .models import model_device, to_device
 from .precision import autocast, choose
+from .stats import encode_ids, macro_f1
 
 Batch = Mapping[str, Any]
 
@@ -171,17 +172,28 @@ def _zero_pruned(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 @dataclass
 class EvalResult:
-    """Metrics over all examples: classification fills `accuracy`, regression `mse` and `pearson`."""
+    """Metrics over all examples: classification fills `accuracy` and `macro_f1`, regression `mse` and `pearson`.
+
+    A classification result also keeps the predicted class ids and the labels, in data order, so two models
+    evaluated on the same batches can be compared example by example (`deepcuts_fast.stats.compare`)."""
 
     loss: float  # mean cross-entropy per example, or the MSE for regression
     accuracy: float | None
     mse: float | None
     pearson: float | None  # None when undefined (fewer than 2 examples or a constant series)
     n: int  # number of examples
+    macro_f1: float | None = None  # unweighted mean of the per-class F1 (classes seen in labels or predictions)
+    predictions: tuple[int, ...] | None = field(default=None, repr=False)  # predicted class ids, data order
+    labels: tuple[int, ...] | None = field(default=None, repr=False)  # the labels, same order
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        """JSON-serialisable metrics."""
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable metrics; `predictions` and `labels` as compact strings of one character per example
+        (`deepcuts_fast.stats.encode_ids`; `decode_ids` reads them back), None for regression."""
+        out = {k: getattr(self, k) for k in ("loss", "accuracy", "mse", "pearson", "n", "macro_f1")}
+        for key in ("predictions", "labels"):
+            value = getattr(self, key)
+            out[key] = None if value is None else encode_ids(value)
+        return out
 
 
 def _logits_and_labels(
@@ -199,18 +211,23 @@ def _logits_and_labels(
 
 
 def _classification_result(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
-    """Example-weighted mean cross-entropy and accuracy."""
-    total_loss, correct, n = 0.0, 0, 0
+    """Example-weighted mean cross-entropy, accuracy and macro-F1, with the predictions and labels kept."""
+    total_loss, preds, targets = 0.0, [], []
     for logits, labels in pairs:
         if labels.is_floating_point():  # .long() would silently truncate 2.5 to class 2
             raise DeepCutsError("the evaluation labels are real numbers but the model is a classifier; evaluate "
                                 "a regression model (num_labels=1) on them, or write class ids as integers")
-        labels = labels.long()
+        labels = labels.long().reshape(-1)
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(-1) == labels).sum())
-        n += labels.numel()
+        preds.append(logits.argmax(-1).reshape(-1))
+        targets.append(labels)
+    pred = torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
+    target = torch.cat(targets).numpy() if targets else np.empty(0, dtype=np.int64)
+    n = len(target)
     _require_examples(n)
-    return EvalResult(loss=total_loss / n, accuracy=correct / n, mse=None, pearson=None, n=n)
+    return EvalResult(loss=total_loss / n, accuracy=int((pred == target).sum()) / n, mse=None, pearson=None, n=n,
+                      macro_f1=macro_f1(pred, target), predictions=tuple(pred.tolist()),
+                      labels=tuple(target.tolist()))
 
 
 def _regression_result(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:

@@ -14,7 +14,8 @@ from deepcuts_fast.cache import cache_dir
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.finetune_cache import finetuned_model
 from deepcuts_fast.hashing import cache_key
-from deepcuts_fast.train import TrainSettings, EvalResult, evaluate, finetune
+from deepcuts_fast.stats import macro_f1
+from deepcuts_fast.train import TrainSettings, EvalResult, evaluate, evaluate_logits, finetune
 
 
 def token_task(n_batches: int = 8, batch_size: int = 16, seq_len: int = 8, seed: int = 0) -> list[dict]:
@@ -182,9 +183,15 @@ def test_evaluate_classification_matches_hand_computation():
     assert result.accuracy == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
     assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result.mse is None and result.pearson is None
+    assert result.predictions == tuple(logits.argmax(-1).tolist()) and result.labels == tuple(labels.tolist())
+    assert result.macro_f1 == pytest.approx(macro_f1(logits.argmax(-1).numpy(), labels.numpy()))
     assert result.to_dict() == {"loss": result.loss, "accuracy": result.accuracy, "mse": None,
-                                "pearson": None, "n": 11}
+                                "pearson": None, "n": 11, "macro_f1": result.macro_f1,
+                                "predictions": "".join(map(str, result.predictions)),
+                                "labels": "".join(map(str, result.labels))}  # one character per example
     json.dumps(result.to_dict())
+    onnx_route = evaluate_logits(zip(*[torch.split(t, 4) for t in (logits, labels)]))  # other batches, same order
+    assert {**onnx_route.to_dict(), "loss": None} == {**result.to_dict(), "loss": None}
 
 
 def test_evaluate_regression_matches_numpy():
@@ -195,6 +202,7 @@ def test_evaluate_regression_matches_numpy():
     assert result.n == 11 and result.accuracy is None
     assert result.mse == pytest.approx(np.mean((pred - target) ** 2), rel=1e-5)
     assert result.loss == result.mse
+    assert result.macro_f1 is None and result.predictions is None and result.to_dict()["predictions"] is None
     assert result.pearson == pytest.approx(np.corrcoef(pred, target)[0, 1], rel=1e-4)
 
 
