@@ -25,8 +25,17 @@ def batch_loss(model, batch):
     return F.cross_entropy(logits, batch["labels"])
 
 
+def noise_sigma(out, mask, noise_std, noise_scale):
+    """The noise's standard deviation on one Linear output `out` (batch, seq, channels) of one noise sample:
+    `noise_std` itself, or (relative) `noise_std` times the population std of `out` over the tokens whose mask is 1."""
+    if noise_scale == "absolute":
+        return noise_std
+    real = out.detach().double()[mask.bool()]  # (real tokens, channels)
+    return noise_std * float(real.std(unbiased=False))
+
+
 def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shift=10.0, seed=0,
-                 include_padding=False):
+                 include_padding=False, noise_scale="relative"):
     """Per-parameter scores summed over batches, as the README's criteria table defines them."""
     smooth = criterion.startswith("smooth")
     cam = "cam" in criterion
@@ -49,8 +58,9 @@ def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shif
                 def hook(mod, inp, out, name=name, idx=idx):
                     outputs[name] = out.detach()
                     if smooth and noise_std:
-                        return out + noise_std * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
-                                                                         ).view(out.shape)
+                        sigma = noise_sigma(out, mask, noise_std, noise_scale)
+                        return out + sigma * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
+                                                                     ).view(out.shape)
                     return out
                 handles.append(lin.register_forward_hook(hook))
             loss = batch_loss(model, batch)
@@ -73,7 +83,7 @@ def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shif
     return total
 
 
-def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0.0, seed=0):
+def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0.0, seed=0, noise_scale="relative"):
     """|d loss / d m| for a mask m=1 multiplying each head's context output and each FFN neuron."""
     layers = encoder_layers(model)
     heads = [torch.zeros(layer.num_heads) for layer in layers]
@@ -88,8 +98,9 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
             if smooth and noise_std:
                 for idx, (_, lin) in enumerate(mods):
                     def hook(mod, inp, out, idx=idx):
-                        return out + noise_std * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
-                                                                         ).view(out.shape)
+                        sigma = noise_sigma(out, batch["attention_mask"], noise_std, noise_scale)
+                        return out + sigma * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
+                                                                     ).view(out.shape)
                     handles.append(lin.register_forward_hook(hook))
             grads = torch.autograd.grad(batch_loss(model, batch), ms)
             for h in handles:

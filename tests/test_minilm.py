@@ -34,7 +34,7 @@ def test_layout_of_the_packaged_model(minilm):
 
 @pytest.mark.parametrize("criterion", ["cam-cut-shift", "smooth-cam-cut"])
 def test_scores_match_the_naive_oracle_on_minilm(minilm, rt_batches, criterion):
-    kw = dict(noise_samples=2, noise_std=1e-3, seed=0)
+    kw = dict(noise_samples=2, noise_std=1e-3, noise_scale="absolute", seed=0)
     got = dc.score(minilm, rt_batches, criterion, progress=False, **kw)
     assert_scores_close(got, naive_scores(minilm, rt_batches, criterion, **kw), rtol=1e-3)
 

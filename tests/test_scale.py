@@ -79,7 +79,7 @@ def test_noise_is_keyed_by_global_batch_index_and_shards_add_up(bert):
     assert_scores_close(even + odd, full)
     assert (even + odd).meta["batches"] == 3
     shifted = dc.score(bert, batches[1:2], "smooth-cut", **kw)  # position 0 draws other noise than position 1
-    assert not torch.allclose(next(iter(shifted.values())), next(iter(odd.values())))
+    assert not torch.allclose(next(iter(shifted.values())), next(iter(odd.values())), atol=0)  # scores are ~1e-9
     with pytest.raises(DeepCutsError, match="cannot add"):
         full + dc.score(bert, batches, "gradient", **kw)
     with pytest.raises(DeepCutsError, match="batch_indices has 1 entries for 3 batches"):

@@ -28,9 +28,12 @@ def batches_for(arch, **kw):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("criterion", GRADIENT_CRITERIA)
-def test_criterion_matches_naive(arch, criterion):
+@pytest.mark.parametrize("noise_scale", ["relative", "absolute"])
+def test_criterion_matches_naive(arch, criterion, noise_scale):
+    if noise_scale == "absolute" and not criterion.startswith("smooth"):
+        pytest.skip("no noise: the relative case covers it")
     model, batches = tiny_model(arch), batches_for(arch)
-    kw = dict(noise_samples=3, noise_std=0.05, seed=7)
+    kw = dict(noise_samples=3, noise_std=0.05, seed=7, noise_scale=noise_scale)
     got = dc.score(model, batches, criterion, progress=False, **kw)
     want = naive_scores(model, batches, criterion, **kw)
     assert_scores_close(got, want)
@@ -61,7 +64,8 @@ def test_padding_included_in_reference_mode(bert, batches):
 
 
 def test_smooth_cut_without_noise_equals_gradient(bert, batches):
-    smooth = dc.score(bert, batches, "smooth-cut", noise_samples=4, noise_std=0.0, progress=False)
+    smooth = dc.score(bert, batches, "smooth-cut", noise_samples=4, noise_scale="absolute", noise_std=0.0,
+                      progress=False)
     grad = dc.score(bert, batches, "gradient", progress=False)
     assert_scores_close(smooth, grad)
 

@@ -4,6 +4,12 @@ Noise element `e` of sample `s` (calibration batch `b`, prunable Linear `l`, see
 of Box-Muller on `philox(counter=(e // 4, s, b, l), key=(k mod 2**32, k >> 32))` (csrc/common/philox.h).
 Every backend draws exactly these numbers, so scores agree across backends and stacked, chunked and
 sequential noise samples draw identical noise. The reference below does it with int64 tensor ops.
+
+`std` is one number for every sample (the absolute noise), or a tensor of one standard deviation per
+stacked sample (Smooth-Cut's relative noise, measured on the device): on the CPU its values are read
+(no sync to wait for) and each sample gets the fused kernel with its own scalar; on an accelerator the
+backend draws the standard normals into an fp32 buffer and one device op scales and adds them, so no
+host sync is needed (at the cost of that transient buffer, one fp32 copy of `y`).
 """
 from __future__ import annotations
 
@@ -57,18 +63,30 @@ def philox_normal_reference(numel: int, seed: int, batch: int, layer: int, sampl
     return normals.view(len(samples), 4 * blocks)[:, :numel]
 
 
-def add_noise_reference(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, samples: range) -> None:
-    """`y += std * noise` in place, the k = len(samples) noise samples stacked along y's first dimension."""
+def add_noise_reference(y: torch.Tensor, std: float | torch.Tensor, seed: int, batch: int, layer: int,
+                        samples: range) -> None:
+    """`y += std * noise` in place, the k = len(samples) noise samples stacked along y's first dimension
+    (`std`: a number, or a 0-dim or (k,) tensor of each sample's standard deviation)."""
     k = len(samples)
     z = philox_normal_reference(y.numel() // k, seed, batch, layer, samples, y.device)
-    y.add_(z.reshape(y.shape), alpha=std)
+    if torch.is_tensor(std):
+        y.view(k, -1).add_(z.mul_(_per_sample(std, k, y.device)[:, None]))
+    else:
+        y.add_(z.reshape(y.shape), alpha=std)
 
 
-def add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, samples: range,
+def add_noise(y: torch.Tensor, std: float | torch.Tensor, seed: int, batch: int, layer: int, samples: range,
               backend: str = "auto") -> None:
-    """Add the keyed Philox noise to `y` in place (no autograd: the gradient of `y + noise` is the identity)."""
+    """Add the keyed Philox noise to `y` in place (no autograd: the gradient of `y + noise` is the identity).
+    `std`: one number, or a 0-dim or (len(samples),) tensor: each stacked sample's own standard deviation."""
     if y.numel() % len(samples):
         raise ValueError(f"a tensor of {y.numel()} elements does not split into {len(samples)} noise samples")
+    if torch.is_tensor(std):
+        if std.numel() not in (1, len(samples)):
+            raise ValueError(f"std holds {std.numel()} values for {len(samples)} noise samples")
+        if samples and y.numel():
+            _add_scaled_noise(y, std, seed, batch, layer, samples, backend)
+        return
     if not samples or std == 0 or y.numel() == 0:
         return
     name = backends.resolve(backend, y.device)
@@ -87,6 +105,43 @@ def add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, sa
                                                *backends.stream_args(name, y.device))
         if target is not data:
             data.copy_(target)
+
+
+def _add_scaled_noise(y: torch.Tensor, std: torch.Tensor, seed: int, batch: int, layer: int, samples: range,
+                      backend: str) -> None:
+    """`add_noise` with a tensor of per-sample standard deviations (see the module's docstring)."""
+    k = len(samples)
+    stds = _per_sample(std, k, y.device)
+    if y.device.type == "cpu":
+        data = y.data  # as in add_noise: autograd never sees the edit
+        target = data if data.is_contiguous() else data.contiguous()
+        flat = target.view(k, -1)
+        for i, sd in enumerate(stds.tolist()):
+            add_noise(flat[i], sd, seed, batch, layer, range(samples.start + i, samples.start + i + 1), backend)
+        if target is not data:
+            data.copy_(target)
+    else:
+        draw_then_scale(y, stds, seed, batch, layer, samples, backend)
+
+
+def draw_then_scale(y: torch.Tensor, stds: torch.Tensor, seed: int, batch: int, layer: int, samples: range,
+                    backend: str = "auto") -> None:
+    """`y += stds[s] * noise of sample s` without reading `stds` on the host: the backend draws the standard
+    normals into an fp32 buffer, one device op scales and adds them (the accelerator path; any device works)."""
+    k = len(samples)
+    z = torch.zeros(k, y.numel() // k, device=y.device, dtype=torch.float32)
+    add_noise(z, 1.0, seed, batch, layer, samples, backend=backend)  # 0 + 1 * z: exactly the normals
+    with torch.no_grad():
+        data = y.data
+        target = data if data.is_contiguous() else data.contiguous()
+        target.view(k, -1).add_(z.mul_(_per_sample(stds, k, y.device)[:, None]))
+        if target is not data:
+            data.copy_(target)
+
+
+def _per_sample(std: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
+    """A 0-dim or (k,) std tensor as (k,) fp32 on `device`."""
+    return std.detach().to(device=device, dtype=torch.float32).reshape(-1).expand(k)
 
 
 def _signed64(seed: int) -> int:

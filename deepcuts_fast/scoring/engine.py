@@ -40,7 +40,8 @@ class ScoringPass:
         self.dtype, self.backend = dtype, backend
         self.device = model_device(model)
         self.weight_grads = not options.first_order and any(c.weight_saliency for c in self.criteria)
-        context = PassContext(seed=options.seed, backend=backend, noise_std=options.noise_std if noisy else 0.0)
+        context = PassContext(seed=options.seed, backend=backend, noise_std=options.noise_std if noisy else 0.0,
+                              relative_noise=options.relative_noise)
         self.probes = self._make_probes(context)
 
     def _make_probes(self, context: PassContext) -> list[dict[str, LinearProbe]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -20,13 +21,25 @@ from .criteria import Criterion
 
 GRANULARITIES = ("weight", "unit")
 UNIT_METHODS = ("sum", "first-order")
+NOISE_SCALES = ("relative", "absolute")
+DEFAULT_NOISE_STD = {"relative": 0.15, "absolute": 1e-3}  # SmoothGrad's 10-20% of the scale; the paper's sigma
+WEAK_RELATIVE_NOISE = 0.01  # relative sigmas below this barely perturb the gradients (warned)
 BOOLEANS = ("train_mode", "sequential_noise", "include_padding", "with_fisher", "reference", "progress")
 
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """How to score. The first eleven fields decide the numbers: they are recorded in every result's
+    """How to score. The first twelve fields decide the numbers: they are recorded in every result's
     meta and in checkpoint fingerprints; the rest say how the run goes.
+
+    Smooth-Cut's noise: with `noise_scale="relative"` (the default) the noise added to a prunable Linear's
+    output has standard deviation `noise_std` times that output's own standard deviation, measured per
+    noise sample over the batch's real tokens (all channels) on the output before its noise is added;
+    `noise_std` defaults to 0.15 there (SmoothGrad's 10-20% of the input's range). With
+    `noise_scale="absolute"` the sigma is `noise_std` itself, 1e-3 by default (the paper's setting,
+    which at the activations' scale of BERT-family models leaves Smooth-Cut's masks equal to the
+    gradient criterion's); `reference=True` makes "absolute" the default. A relative `noise_std` must
+    be > 0; an absolute one >= 0 (0: no noise).
 
     `with_fisher` (default on) adds Fisher's unit scores from the clean pass to every result scored
     with data (`Scores.fisher`), which `plan` needs to compare units across layers; it costs one
@@ -45,7 +58,9 @@ class ScoreOptions:
     granularity: str = "weight"
     unit_method: str = "sum"
     noise_samples: int = 10
-    noise_std: float = 1e-3
+    noise_std: float | None = None  # None: DEFAULT_NOISE_STD[noise_scale]
+    noise_scale: str | None = None  # "relative": sigma = noise_std x the output's std; "absolute": sigma = noise_std;
+    #                                  None: "relative", or "absolute" with `reference` (the original code's noise)
     shift: float = 10.0
     seed: int = 0
     dtype: str | torch.dtype | None = "auto"  # a name or torch dtype; None means "auto"; kept as its name
@@ -58,18 +73,23 @@ class ScoreOptions:
     max_memory: int | None = None  # bytes for the stacked noisy batch; None: half the free GPU memory, or 4 GiB
     progress: bool = True
 
-    RECORDED: ClassVar[tuple[str, ...]] = ("granularity", "unit_method", "noise_samples", "noise_std", "shift",
-                                           "seed", "dtype", "train_mode", "sequential_noise", "include_padding",
-                                           "with_fisher")
+    RECORDED: ClassVar[tuple[str, ...]] = ("granularity", "unit_method", "noise_samples", "noise_std",
+                                           "noise_scale", "shift", "seed", "dtype", "train_mode",
+                                           "sequential_noise", "include_padding", "with_fisher")
 
     def __post_init__(self) -> None:
-        for name in ("granularity", "unit_method", "backend"):
+        if self.noise_scale is None:
+            object.__setattr__(self, "noise_scale", "absolute" if self.reference is True else "relative")
+        for name in ("granularity", "unit_method", "noise_scale", "backend"):
             if not isinstance(getattr(self, name), str):
                 raise DeepCutsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.granularity not in GRANULARITIES:
             raise DeepCutsError(f"unknown granularity {self.granularity!r}; choose 'weight' or 'unit'")
         if self.unit_method not in UNIT_METHODS:
             raise DeepCutsError(f"unknown unit_method {self.unit_method!r}; choose 'sum' or 'first-order'")
+        if self.noise_scale not in NOISE_SCALES:
+            raise DeepCutsError(f"unknown noise_scale {self.noise_scale!r}; choose 'relative' (sigma = noise_std x "
+                                "each output's standard deviation) or 'absolute' (sigma = noise_std)")
         if self.backend not in BACKENDS:
             raise DeepCutsError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         for name in BOOLEANS:
@@ -77,7 +97,7 @@ class ScoreOptions:
                 raise DeepCutsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         requested = parse_dtype(self.dtype)
         normal = dict(noise_samples=whole_number("noise_samples", self.noise_samples, minimum=1),
-                      noise_std=real_number("noise_std", self.noise_std, minimum=0.0),
+                      noise_std=_noise_std(self.noise_std, self.noise_scale),
                       shift=real_number("shift", self.shift),
                       seed=_seed(self.seed),
                       max_memory=None if self.max_memory is None else whole_number("max_memory", self.max_memory,
@@ -101,6 +121,11 @@ class ScoreOptions:
     def recorded(self) -> dict:
         """The options that decide the numbers, as recorded in the scores' meta."""
         return {name: getattr(self, name) for name in self.RECORDED}
+
+    @property
+    def relative_noise(self) -> bool:
+        """Whether the noise's sigma is `noise_std` times each output's standard deviation."""
+        return self.noise_scale == "relative"
 
     def check_criteria(self, criteria: Sequence[Criterion]) -> None:
         """Refuse a criterion that cannot be scored at this granularity."""
@@ -147,6 +172,23 @@ def real_number(name: str, value, minimum: float | None = None, maximum: float |
     number = float(value)
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise DeepCutsError(f"{name} must be a finite number{_bounds(minimum, maximum)}, got {number:g}")
+    return number
+
+
+def _noise_std(value, scale: str) -> float:
+    """The noise's `noise_std` for `scale`: its default when None; relative ones finite and > 0, absolute >= 0."""
+    if value is None:
+        return DEFAULT_NOISE_STD[scale]
+    number = real_number("noise_std", value, minimum=0.0)
+    if scale == "relative":
+        if number == 0:
+            raise DeepCutsError("noise_std must be > 0 with noise_scale='relative' (a fraction of each output's "
+                                "standard deviation, e.g. 0.15); for no noise pass noise_scale='absolute', noise_std=0")
+        if number < WEAK_RELATIVE_NOISE:
+            warnings.warn(f"noise_std={number:g} with noise_scale='relative' is {number:g} of each output's standard "
+                          "deviation: too little to change the gradients, so the smooth criteria will give the "
+                          "plain criteria's masks; SmoothGrad uses 0.1-0.2. For the paper's absolute sigma pass "
+                          "noise_scale='absolute'", UserWarning, stacklevel=4)
     return number
 
 

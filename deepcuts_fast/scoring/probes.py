@@ -3,8 +3,9 @@
 Per Linear: the weight gradient `G = dY^T X` (computed here, so autograd computes no weight
 gradients at all) or, when a route scores in the backward hook, whatever that route does with X and
 dY; the masked sum of the output (GradCAM row weights); Gaussian output noise (SmoothGrad, kernel 3,
-Philox-keyed by (seed, batch, Linear index, sample)); and for the unit-activation Linears the
-first-order statistics of `A` and `dA` (kernel 2) and the per-example unit interactions (Fisher).
+Philox-keyed by (seed, batch, Linear index, sample); relative noise is scaled by `output_std`); and for
+the unit-activation Linears the first-order statistics of `A` and `dA` (kernel 2) and the per-example
+unit interactions (Fisher).
 The hooks are attached for one chunk at a time and read that chunk's `Chunk`.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ class PassContext:
     seed: int
     backend: str  # the resolved kernel backend
     noise_std: float = 0.0  # 0: a clean pass
+    relative_noise: bool = False  # sigma = noise_std x each output's std (output_std), else noise_std itself
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,10 @@ class LinearProbe:
         if self.want_grad and not output.requires_grad:  # e.g. the output dense of a layer with no heads:
             output = output.detach().requires_grad_(True)  # its bias still feeds the residual stream
         if self.ctx.noise_std:
-            add_noise(output, self.ctx.noise_std, self.ctx.seed, chunk.batch_index, self.index, chunk.samples,
+            std = self.ctx.noise_std
+            if self.ctx.relative_noise:  # a device tensor, one sigma per stacked sample: no host sync on a GPU
+                std = output_std(flat_out.detach(), mask, len(chunk.samples)).mul_(std)
+            add_noise(output, std, self.ctx.seed, chunk.batch_index, self.index, chunk.samples,
                       backend=self.ctx.backend)  # in place, each stacked sample with its own Philox key
         if self.want_grad:
             saved_x = x.detach()
@@ -137,6 +142,23 @@ def attached(probes: Iterable[LinearProbe], chunk: Chunk) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def output_std(rows: torch.Tensor, mask: torch.Tensor, samples: int) -> torch.Tensor:
+    """(samples,) fp32: each stacked sample's standard deviation of a Linear's output `rows` (tokens x channels)
+    over its tokens whose `mask` is 1 and all channels, the scale relative noise is measured against.
+
+    Per sample, so a sample's noise does not depend on which samples share its chunk (stacked, chunked and
+    sequential passes stay equal); over real tokens only, because padding rows are not part of the data and
+    their share varies from batch to batch (with `include_padding` the mask is all ones, and so is this).
+    Measured on the output before its own noise is added (upstream noise included: that is its input)."""
+    with torch.no_grad():
+        y = rows.float().reshape(samples, -1, rows.shape[-1])
+        m = mask.float().reshape(samples, -1, 1)
+        count = (m.sum((1, 2)) * rows.shape[-1]).clamp_min_(1)
+        mean = (y * m).sum((1, 2)) / count
+        var = ((y - mean[:, None, None]).square_() * m).sum((1, 2)) / count
+        return var.sqrt_()
 
 
 def _masked_sum(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -226,7 +226,10 @@ def _fingerprint(model: nn.Module, batches, names, every: int, options: ScoreOpt
     device = model_device(model)
     precisions = [choose_for_scoring(device, options.dtype, noise).name
                   for noise in (None, options.noise_std)]  # what "auto" means on this machine
-    h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), "options": options.recorded(),
+    recorded = options.recorded()
+    if recorded["noise_scale"] == "absolute":  # as checkpoints written before relative noise existed: they resume
+        del recorded["noise_scale"]
+    h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), "options": recorded,
                          "precisions": precisions}, sort_keys=True).encode())
     update_with_tensors(h, model.state_dict().items())
     update_with_tensors(h, ((f"{i}/{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())

@@ -57,7 +57,8 @@ def score_many(
     granularity: str = "weight",
     unit_method: str = "sum",
     noise_samples: int = 10,
-    noise_std: float = 1e-3,
+    noise_std: float | None = None,
+    noise_scale: str | None = None,
     shift: float = 10.0,
     backend: str = "auto",
     dtype: str | torch.dtype | None = "auto",
@@ -75,6 +76,9 @@ def score_many(
     """Score `model` with several criteria, sharing forward/backward passes between them.
 
     The options may come as keywords or as one `options=ScoreOptions(...)` (see there).
+    The smooth criteria's noise: `noise_scale="relative"` (default) adds noise of `noise_std` (default
+    0.15) times each prunable Linear's output standard deviation over the real tokens;
+    `noise_scale="absolute"` adds noise of `noise_std` itself (default 1e-3, the paper's setting).
     `reference=True` reproduces the original DeepCuts code: train mode (dropout on), the N noise
     samples as N sequential passes, and activation means over padding tokens too. `backend` picks
     the kernels (see deepcuts_fast.kernels.backends); every backend gives the same scores.
@@ -87,9 +91,10 @@ def score_many(
     (`Scores.fisher`), which `plan` allocates its budget by.
     """
     opts = options_from(options, granularity=granularity, unit_method=unit_method, noise_samples=noise_samples,
-                        noise_std=noise_std, shift=shift, backend=backend, dtype=dtype, seed=seed, progress=progress,
-                        max_memory=max_memory, train_mode=train_mode, sequential_noise=sequential_noise,
-                        include_padding=include_padding, with_fisher=with_fisher, reference=reference)
+                        noise_std=noise_std, noise_scale=noise_scale, shift=shift, backend=backend, dtype=dtype,
+                        seed=seed, progress=progress, max_memory=max_memory, train_mode=train_mode,
+                        sequential_noise=sequential_noise, include_padding=include_padding, with_fisher=with_fisher,
+                        reference=reference)
     return _score_with(model, batches, criteria, opts, batch_indices)
 
 
@@ -120,6 +125,7 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
         for noisy in (False, True):
             group = [c for c in grad_crits if c.smooth == noisy]
             if group:
+                # relative noise_std is a fraction of the activations' scale, which is what the check compares to
                 precision = choose_for_scoring(device, options.dtype, options.noise_std if noisy else None)
                 meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
                 scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend)

@@ -186,8 +186,10 @@ class Scores(Mapping[str, torch.Tensor]):
         if "fisher_meta" in header:
             fisher = cls.from_tensors(tensors, {"meta": header["fisher_meta"], "layout": header["layout"]},
                                       prefix=f"{prefix}{FISHER_PREFIX}")
-        return cls(weights, layout, json.loads(header["meta"]), heads=heads, neurons=neurons,
-                   interactions=interactions, fisher=fisher)
+        meta = json.loads(header["meta"])
+        if "noise_std" in meta:  # files written before relative noise existed had absolute noise
+            meta.setdefault("noise_scale", "absolute")
+        return cls(weights, layout, meta, heads=heads, neurons=neurons, interactions=interactions, fisher=fisher)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":
