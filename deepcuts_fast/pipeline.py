@@ -3,7 +3,9 @@
 Score units with a criterion and with Fisher (one shared pass where they can share it), spend a
 global FLOP budget on the criterion's scores rank-matched to Fisher's loss scale, rearrange each
 layer's mask to lower its Fisher loss estimate, prune physically, then refit the kept units'
-output projections by least squares against the dense model.
+output projections by least squares against the dense model ("one-shot"). Or, with
+`method="iterative"`, keep the search's per-layer counts but choose the units bottom-up by the output
+error they leave, refitting each sublayer before the next is chosen (`pruning.iterative`).
 """
 from __future__ import annotations
 
@@ -14,13 +16,17 @@ import torch
 from torch import nn
 
 from .flops import encoder_flops
-from .errors import DeepCutsError
+from .errors import DeepCutsError, suggest
 from .planning import Plan, plan, rearrange as rearrange_plan
 from .pruning import prune, reconstruct as reconstruct_slim
+from .pruning.iterative import SELECTIONS, iterative_prune
 from .scoring import Scores, score_many
 from .scoring.criteria import get_criterion
 
 FISHER = "fisher"
+
+METHODS = ("one-shot", "iterative")
+"""`prune_without_retraining`'s methods: one-shot (search, rearrange, prune, refit) or iterative."""
 
 
 def prune_without_retraining(
@@ -39,6 +45,8 @@ def prune_without_retraining(
     seed: int = 0,
     progress: bool = False,
     scores: Mapping[str, Scores] | None = None,
+    method: str = "one-shot",
+    selection: str = "output",
 ) -> tuple[nn.Module, Plan, dict]:
     """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
 
@@ -47,7 +55,18 @@ def prune_without_retraining(
     autocast only where the model's device runs it natively; see `deepcuts_fast.precision`).
     `scores` ({criterion name: unit Scores}, Fisher's included) skips the scoring pass, so several
     budgets or criteria can share one (`score_many(..., granularity="unit")`); its time is then 0.
+
+    `method` "one-shot" (the default) rearranges the searched mask against Fisher and refits the pruned
+    model's output projections at the end (`rearrange=` / `reconstruct=` switch those steps off).
+    "iterative" keeps the search's number of heads and neurons per layer but chooses which ones bottom-up,
+    sublayer by sublayer, on the partly pruned model: by the output error their removal leaves after a
+    least-squares refit (group OBS, `selection="output"`), or by the criterion's unit scores
+    (`selection="criterion"`); each output projection is refit before the next sublayer is chosen (on
+    `reconstruct_batches` when given). It always refits and never rearranges, so `rearrange=False` or
+    `reconstruct=False` with it is an error rather than silently ignored. `info["timings"]` has the
+    iterative steps (forward, grams, select, refit) in place of rearrange and reconstruct.
     """
+    _check_method(method, selection, rearrange, reconstruct)
     batch_list = list(batches)
     name = get_criterion(criterion).name
     timings: dict[str, float] = {}
@@ -65,20 +84,30 @@ def prune_without_retraining(
     search_plan = plan(model, scores[name], keep_flops=keep_flops, seq_len=seq_len, reference=reference,
                        min_heads=min_heads, min_neurons=min_neurons)
     timings["search"] = _lap(t)
-    t = time.perf_counter()
-    final_plan = rearrange_plan(search_plan, fisher) if rearrange else search_plan
-    timings["rearrange"] = _lap(t)
-    t = time.perf_counter()
-    slim = prune(model, final_plan)
-    timings["prune"] = _lap(t)
-    if reconstruct:
+
+    def refit_on() -> list:  # the refit data, drawn only when a refit runs
+        return batch_list if reconstruct_batches is None else list(reconstruct_batches)
+
+    if method == "iterative":
+        slim, final_plan, steps = iterative_prune(model, refit_on(), search_plan, selection=selection,
+                                                  scores=scores[name], dtype=dtype)
+        timings.update(steps)
+    else:
         t = time.perf_counter()
-        refit_on = batch_list if reconstruct_batches is None else list(reconstruct_batches)
-        slim = reconstruct_slim(slim, model, refit_on, dtype=dtype)
-        timings["reconstruct"] = _lap(t)
+        final_plan = rearrange_plan(search_plan, fisher) if rearrange else search_plan
+        timings["rearrange"] = _lap(t)
+        t = time.perf_counter()
+        slim = prune(model, final_plan)
+        timings["prune"] = _lap(t)
+        if reconstruct:
+            t = time.perf_counter()
+            slim = reconstruct_slim(slim, model, refit_on(), dtype=dtype)
+            timings["reconstruct"] = _lap(t)
     timings["total"] = _lap(start)
     info = {
         "criterion": name,
+        "method": method,
+        **({"selection": selection} if method == "iterative" else {}),
         "keep_flops": keep_flops,
         "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
         "heads": [len(h) for h in final_plan.heads],
@@ -87,6 +116,24 @@ def prune_without_retraining(
         "timings": timings,
     }
     return slim, final_plan, info
+
+
+def _check_method(method: str, selection: str, rearrange: bool, reconstruct: bool) -> None:
+    """Refuse an unknown method or selection, and one-shot switches given to the iterative method."""
+    if method not in METHODS:
+        raise DeepCutsError(f"unknown method {method!r}.{suggest(str(method), METHODS)} Choose one of: "
+                            f"{', '.join(METHODS)}")
+    if selection not in SELECTIONS:
+        raise DeepCutsError(f"unknown selection {selection!r}.{suggest(str(selection), SELECTIONS)} Choose one of: "
+                            f"{', '.join(SELECTIONS)}")
+    if method == "one-shot" and selection != "output":
+        raise DeepCutsError(f"selection={selection!r} chooses units inside method='iterative'; the one-shot method "
+                            "keeps the searched (and rearranged) units")
+    if method == "iterative" and not (rearrange and reconstruct):
+        off = " and ".join(f"{flag}=False" for flag, on in (("rearrange", rearrange), ("reconstruct", reconstruct))
+                           if not on)
+        raise DeepCutsError(f"method='iterative' chooses units by their output error and always refits, so {off} "
+                            "does not apply to it; drop it, or use method='one-shot'")
 
 
 def _check_given(scores: Mapping[str, Scores], wanted: list[str]) -> None:

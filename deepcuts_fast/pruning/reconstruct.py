@@ -56,12 +56,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
         raise DeepCutsError(f"the slim model is on {model_device(slim)} and the dense one on {device}; "
                             "move both to one device first")
     autocast_dtype = choose("infer", device, dtype).autocast_dtype
-    batch_list = [to_device({k: v for k, v in b.items() if k != "labels"}, device) for b in batches]
-    if not batch_list:
-        raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
-    if all("attention_mask" in b and not bool(b["attention_mask"].any()) for b in batch_list):
-        raise DeepCutsError("the reconstruction batches hold no real token (every attention_mask is 0), so there "
-                            "is nothing to fit; pass batches of real text")
+    batch_list = _model_inputs(batches, device)
     slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
     if len(slim_layers) != len(dense_layers):
         raise DeepCutsError(f"slim model has {len(slim_layers)} layers, the dense one {len(dense_layers)}")
@@ -84,6 +79,17 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     return refit
 
 
+
+
+def _model_inputs(batches: Iterable[Mapping[str, torch.Tensor]], device) -> list[dict]:
+    """The batches without labels, on `device`; refused when empty or without a single real token."""
+    batch_list = [to_device({k: v for k, v in b.items() if k != "labels"}, device) for b in batches]
+    if not batch_list:
+        raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
+    if all("attention_mask" in b and not bool(b["attention_mask"].any()) for b in batch_list):
+        raise DeepCutsError("the reconstruction batches hold no real token (every attention_mask is 0), so there "
+                            "is nothing to fit; pass batches of real text")
+    return batch_list
 
 
 def _first_layer_calls(model: nn.Module, batches: list) -> list[_LayerCall]:
@@ -172,14 +178,26 @@ def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCa
 def _solve_into(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> None:
     """Write the ridge least-squares solution into `linear` (the bias is not regularised)."""
     k = linear.in_features
-    scale = float(gram.diagonal()[:k].mean()) if k else 0.0
-    reg = torch.zeros(k + 1, dtype=torch.float64)
-    reg[:k] = ridge * max(scale, 1e-12)
-    try:
-        solution = torch.linalg.solve(gram + torch.diag(reg), cross)  # (k + 1, out)
-    except torch.linalg.LinAlgError as e:
-        raise DeepCutsError(f"the least-squares refit of {linear.in_features} inputs is singular ({first_line(e)}); "
-                            "reconstruct on more (or more varied) calibration examples") from e
+    solution = ridge_solution(gram, cross, ridge)  # (k + 1, out)
     linear.weight.copy_(solution[:k].T.to(linear.weight.dtype))
     if linear.bias is not None:
         linear.bias.copy_(solution[k].to(linear.bias.dtype))
+
+
+def ridge_regularised(gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """`gram` (inputs plus a last ones column) with `ridge` times its mean input diagonal added to the inputs'
+    diagonal; the bias is not regularised."""
+    k = gram.shape[0] - 1
+    scale = float(gram.diagonal()[:k].mean()) if k else 0.0
+    reg = torch.zeros(k + 1, dtype=gram.dtype, device=gram.device)
+    reg[:k] = ridge * max(scale, 1e-12)
+    return gram + torch.diag(reg)
+
+
+def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The ridge least-squares weights (k + 1, out) of the normal equations `gram`, `cross` (last row: bias)."""
+    try:
+        return torch.linalg.solve(ridge_regularised(gram, ridge), cross)
+    except torch.linalg.LinAlgError as e:
+        raise DeepCutsError(f"the least-squares refit of {gram.shape[0] - 1} inputs is singular ({first_line(e)}); "
+                            "reconstruct on more (or more varied) calibration examples") from e
