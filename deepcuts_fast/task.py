@@ -2,10 +2,11 @@
 
 The embedded default `minilm-rt` is the packaged MiniLM-L6 fine-tuned on the packaged Rotten
 Tomatoes reviews. A bare encoder (no task head) is either fine-tuned first with the same recipe
-on the given data (AdamW, lr 1e-4 decaying linearly over one epoch, batch 32, length 64, examples
-grouped by length within pools of 50 batches so little compute goes to padding, seed 0, precision
-as `deepcuts_fast.precision` decides), so the pre-fine-tuning weights can be rebuilt exactly for
-lottery-ticket rewinding, or given a fresh seeded head: the caller chooses (`on_bare`).
+on the given data (AdamW, lr 1e-4 decaying linearly over one epoch, batch 32, length 64 tokens unless
+the caller asks for another, examples grouped by length within pools of 50 batches so little compute
+goes to padding, seed 0, precision as `deepcuts_fast.precision` decides), so the pre-fine-tuning
+weights can be rebuilt exactly for lottery-ticket rewinding, or given a fresh seeded head: the
+caller chooses (`on_bare`).
 
 Class-name labels are numbered in sorted order over all splits of the data for such a fine-tune, and
 the fine-tuned model carries those names (`config.id2label`), so every later use maps them alike.
@@ -43,6 +44,7 @@ class TaskModel:
     data: str | None = None
     cached: bool = False
     finetune_info: dict | None = None  # the fine-tune's cache metadata: precision, seconds, steps
+    max_length: int = FINETUNE["max_length"]  # tokens per example of the fine-tune (and of `train_batches`)
 
     @property
     def can_rewind(self) -> bool:
@@ -73,33 +75,58 @@ class TaskModel:
     def train_batches(self) -> Sequence[dict]:
         """The fine-tuning batches (shuffled, seeded, labels as this model numbers them), reused for
         recovery fine-tuning."""
-        return _train_batches(encode_labels(load_dataset(self.data, "train"), self.model.config), self.tokenizer)
+        return _train_batches(encode_labels(load_dataset(self.data, "train"), self.model.config), self.tokenizer,
+                              self.max_length)
 
 
 _BATCHING = ("batch_size", "max_length", "length_pool")
 
 
-def _train_batches(dataset: TextDataset, tokenizer) -> list[dict]:
-    """The recipe's shuffled, length-pooled batches of an encoded train split."""
-    return make_batches(dataset, tokenizer, shuffle=True, seed=FINETUNE["seed"], **{k: FINETUNE[k] for k in _BATCHING})
+def _train_batches(dataset: TextDataset, tokenizer, max_length: int = FINETUNE["max_length"]) -> list[dict]:
+    """The recipe's shuffled, length-pooled batches of an encoded train split, texts cut to `max_length` tokens."""
+    return make_batches(dataset, tokenizer, shuffle=True, seed=FINETUNE["seed"],
+                        **{**{k: FINETUNE[k] for k in _BATCHING}, "max_length": max_length})
 
 
 def finetuned_task_model(base: str, data: str, num_labels: int | None = None, progress: bool = True,
-                         dtype: str | torch.dtype | None = "auto") -> TaskModel:
+                         dtype: str | torch.dtype | None = "auto", max_length: int | None = None) -> TaskModel:
     """`base` fine-tuned on the train split of `data` with the recipe above, from the cache when possible;
-    the head has `num_labels` outputs (None: as the data needs), class names numbered in sorted order."""
+    the head has `num_labels` outputs (None: as the data needs), class names numbered in sorted order;
+    texts are cut to `max_length` tokens (None: the recipe's 64), which must fit the model's positions."""
+    from transformers import AutoConfig
+
+    if max_length is not None:
+        check_max_length(max_length, AutoConfig.from_pretrained(resolve_model_path(base)), base)
+    max_length = FINETUNE["max_length"] if max_length is None else max_length
     tokenizer = load_tokenizer(base)
     train = load_dataset(data, "train")
     num_labels = train.num_labels if num_labels is None else num_labels
     encoded = encode_labels(train, num_labels)  # sorted class names; fails before any training if they do not fit
     settings = TrainSettings(**{k: v for k, v in FINETUNE.items() if k not in _BATCHING}, dtype=dtype)
-    batching = {k: FINETUNE[k] for k in _BATCHING}
+    batching = {**{k: FINETUNE[k] for k in _BATCHING}, "max_length": max_length}
     tuned = finetuned_model(
-        base, tokenizer, lambda tok: _train_batches(encoded, tok), num_labels=num_labels, label_names=train.classes,
-        key_fields={"data": _data_id(encoded), "split": "train", **batching}, provenance={"data": data},
-        settings=settings, progress=progress,
+        base, tokenizer, lambda tok: _train_batches(encoded, tok, max_length), num_labels=num_labels,
+        label_names=train.classes, key_fields={"data": _data_id(encoded), "split": "train", **batching},
+        provenance={"data": data}, settings=settings, progress=progress,
     )
-    return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata)
+    return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata,
+                     max_length=max_length)
+
+
+def max_positions(config) -> int | None:
+    """The longest token sequence a model config's position embeddings allow (None when it does not say)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and getattr(config, "model_type", None) == "roberta":
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # RoBERTa positions start after the padding index
+    return limit
+
+
+def check_max_length(max_length: int, config, name: str) -> None:
+    """Refuse a token length the model `name` (its `config`) has no positions for, before any work."""
+    limit = max_positions(config)
+    if limit is not None and max_length > limit:
+        raise DeepCutsError(f"--max-length {max_length} is longer than model {name!r} can read ({limit} tokens); "
+                            f"pass --max-length {limit} or less")
 
 
 def _data_id(dataset: TextDataset) -> str:
@@ -118,14 +145,16 @@ def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None =
 
 
 def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = None, num_labels: int | None = None,
-               progress: bool = True, dtype: str | torch.dtype | None = "auto") -> TaskModel:
+               progress: bool = True, dtype: str | torch.dtype | None = "auto",
+               max_length: int | None = None) -> TaskModel:
     """The classifier `name` stands for: `minilm-rt` (fine-tuned, cached), a saved classifier or slim
     folder as is, or a bare encoder (`minilm`, any BERT-family folder or hub name without a task head).
 
     A bare encoder is fine-tuned on the train split of `data` first (cached; `dtype` "auto" as
     `deepcuts_fast.precision` decides) when `on_bare="fine-tune"`, or gets a fresh head seeded 0 when
     `on_bare="random-head"`; either head has `num_labels` outputs (None: as the data needs for a fine-tune,
-    2 for a random head).
+    2 for a random head). `max_length`: the tokens per example the caller will use, checked against the
+    model's positions, and the fine-tune's length (None: the recipe's 64; `minilm-rt` is always made at 64).
     """
     from transformers import AutoConfig
 
@@ -134,15 +163,20 @@ def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = N
     if on_bare not in ON_BARE:
         raise DeepCutsError(f"unknown on_bare {on_bare!r}; choose one of {', '.join(ON_BARE)}")
     if name == TASK_MODEL_ALIAS:
+        if max_length is not None:  # checked on its base's config, before any fine-tune
+            check_max_length(max_length, AutoConfig.from_pretrained(resolve_model_path("minilm")), name)
         return embedded_task_model(progress=progress, dtype=dtype)
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as e:
         raise DeepCutsError(f"cannot load model {name!r}: {first_line(e)}") from e
+    if max_length is not None:
+        check_max_length(max_length, config, name)
     if has_classifier_head(config):
         return TaskModel(from_pretrained(name), load_tokenizer(name), data=data)
     if on_bare == "random-head":
         return TaskModel(load_model(name, num_labels=num_labels), load_tokenizer(name), data=data)
     if data is None:
         raise DeepCutsError(f"{name!r} has no task head, and fine-tuning one needs data; pass data=")
-    return finetuned_task_model(name, data, num_labels=num_labels, progress=progress, dtype=dtype)
+    return finetuned_task_model(name, data, num_labels=num_labels, progress=progress, dtype=dtype,
+                                max_length=max_length)

@@ -3,6 +3,7 @@ labels become the class ids of a model head (`encode_labels`, `check_labels`).""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -164,6 +165,26 @@ def check_labels(dataset: TextDataset, model: Any) -> None:
             f"dataset {dataset.name!r} has {what} but the model head has {num_labels} classes "
             f"(0..{num_labels - 1}); use a model with {max(high + 1, 2)} labels or fix the labels"
         )
+
+
+def check_seen(dataset: TextDataset, train: TextDataset) -> None:
+    """Fail when `dataset` (a held-out split) has a class its `train` split lacks: a model fine-tuned on that
+    split never learns to predict it, so every such row would count as an error the pruning is not to blame for."""
+    if dataset.is_regression or train.is_regression:
+        return
+    seen = {_class_key(label) for label in train.labels}
+    unseen = Counter(_class_key(label) for label in dataset.labels if _class_key(label) not in seen)
+    if unseen:
+        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in sorted(unseen.items(), key=str))
+        raise DeepCutsError(
+            f"dataset {dataset.name!r} has labels the train split ({train.name!r}) never has: {listed}; a model "
+            "fine-tuned on that split cannot predict them. Add training examples of them or remove those rows"
+        )
+
+
+def _class_key(label) -> str | int:
+    """A label as its class: a name stripped, an id as it is."""
+    return label.strip() if isinstance(label, str) else label
 
 
 # --- columns -> TextDataset ----------------------------------------------------------------------
