@@ -16,10 +16,8 @@ torch fp32 of the same run. Accuracy: the 2,000 embedded test reviews (sequence 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,23 +31,9 @@ import deepcuts_fast as dc  # noqa: E402
 from deepcuts_fast.data import encode_labels, load_dataset, make_batches  # noqa: E402
 from deepcuts_fast.machine import describe_cpu  # noqa: E402
 from deepcuts_fast.precision import choose  # noqa: E402
-from deepcuts_fast.pruning.onnx_export import OnnxClassifier  # noqa: E402
-from deepcuts_fast.train import evaluate  # noqa: E402
+from deepcuts_fast.benchmarking.deployment import compare_deployment, deployment_table  # noqa: E402
 
 KEEP = 0.5
-
-
-class Bf16Copy(nn.Module):
-    """A bf16 copy of a model that `dc.benchmark`'s fp32 cast leaves in bf16 (the copy is not a registered
-    submodule), so bf16 rows are timed in the same run as the fp32 ones."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self._inner = [copy.deepcopy(model).to(torch.bfloat16).eval()]
-        self.config = model.config
-
-    def forward(self, **inputs):
-        return self._inner[0](**inputs)
 
 
 def main(argv=None) -> None:
@@ -59,51 +43,19 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="folder for the ONNX files (default: a temp folder)")
     args = ap.parse_args(argv)
     bf16 = choose("infer", torch.device("cpu"), "auto").name == "bf16"
-    print(f"machine: {describe_cpu()}, {torch.get_num_threads()} threads; bf16 native: {bf16}", flush=True)
-    out = args.out or Path(tempfile.mkdtemp(prefix="deploy-"))
-    out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {describe_cpu()}; bf16 native: {bf16}", flush=True)
     for family in args.families.split(","):
         dense, slim, tok, test = FAMILIES[family]()
-        variants = onnx_variants(dense, slim, tok, out / family)
-        models = {"dense torch fp32": dense, **{f"dense {k}": v for k, v in variants["dense"].items()},
-                  "slim torch fp32": slim, **{f"slim {k}": v for k, v in variants["slim"].items()}}
-        flops_like = [dense, dense, dense, slim, slim, slim]
-        if bf16:
-            models.update({"dense torch bf16": Bf16Copy(dense), "slim torch bf16": Bf16Copy(slim)})
-            flops_like += [dense, slim]
-        report = dc.benchmark(list(models.values()), batch_sizes=(1, 32), seq_lens=(128,), dtype="fp32",
-                              names=list(models), repeats=args.repeats, warmup=2, flops_like=flops_like)
-        print(f"\n## {family}\n\n{report.table()}\n", flush=True)
-        if test is not None:
-            print(accuracy_table(models, test, tok), flush=True)
-
-
-def onnx_variants(dense: nn.Module, slim: nn.Module, tok, folder: Path) -> dict[str, dict[str, Path]]:
-    """Optimized fp32 and int8 ONNX files of the dense and the slim model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, dict[str, Path]] = {}
-    for name, model in (("dense", dense), ("slim", slim)):
-        out[name] = {}
-        for label, quantize in (("ORT fp32", None), ("ORT int8", "int8")):
-            path = folder / f"{name}-{label.split()[1]}.onnx"
-            result = dc.export(model, path, tok, optimize=True, quantize=quantize)
-            print(f"{name} {label}: {result.summary()}", flush=True)
-            out[name][label] = Path(path)
-    return out
-
-
-def accuracy_table(models: dict, test: list, tok) -> str:
-    """Test accuracy of every variant (torch in its dtype, ONNX files under onnxruntime)."""
-    lines = ["| variant | test accuracy |", "|---|---|"]
-    for name, model in models.items():
-        if isinstance(model, Path):
-            acc = OnnxClassifier(model).evaluate(test).accuracy
-        elif isinstance(model, Bf16Copy):
-            acc = evaluate(model._inner[0], test, dtype=torch.bfloat16).accuracy
-        else:
-            acc = evaluate(model, test).accuracy
-        lines.append(f"| {name} | {acc:.4f} |")
-    return "\n".join(lines) + "\n"
+        print(f"{family} slim: heads per layer {slim.config.deepcuts_heads}, "
+              f"FFN neurons per layer {slim.config.deepcuts_ffn}", flush=True)
+        folder = None if args.out is None else args.out / family
+        result = compare_deployment(dense, slim, tok, folder, test=test, batch_sizes=(1, 32), seq_len=128,
+                                    repeats=args.repeats, bf16=bf16, log=lambda m: print(m, flush=True))
+        print(f"\n## {family}\n", flush=True)
+        for batch in (1, 32):
+            print("\n".join(deployment_table(result, batch)) + "\n", flush=True)
+        for w in result["benchmark"]["warnings"]:
+            print(f"Warning: {w}.")
 
 
 def minilm() -> tuple[nn.Module, nn.Module, object, list]:
