@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     add_bench_command(sub)
     _add_run(sub)
+    _add_make_data(sub)
     return parser
 
 
@@ -108,6 +109,24 @@ def _criterion_help(what: str) -> str:
     return f"{what}; one of: {', '.join(CRITERIA)} (any case; '_' works for '-')"
 
 
+def _add_noise_flags(p, reference: bool = False, std_help: str | None = None) -> None:
+    """--noise-scale and --noise-std of the smooth criteria (both default None: the library's defaults, or the
+    job's; `std_help` says what --noise-std defaults to where that is not the library's)."""
+    from .scoring.options import DEFAULT_NOISE_STD
+
+    rel, ab = DEFAULT_NOISE_STD["relative"], DEFAULT_NOISE_STD["absolute"]
+    p.add_argument("--noise-scale", choices=("relative", "absolute"), default=None,
+                   help="smooth criteria's noise on each prunable Linear's output (default relative"
+                        + (", absolute with --reference" if reference else "") + "): relative: standard deviation "
+                        "--noise-std times that output's own standard deviation over the real tokens (SmoothGrad's "
+                        "10-20%%); absolute: --noise-std itself (the paper's 1e-3 leaves Smooth-Cut with the "
+                        "gradient criterion's masks)")
+    p.add_argument("--noise-std", type=float, default=None,
+                   help="the noise's standard deviation, relative or absolute ("
+                        + (std_help or f"default {rel:g} relative, {ab:g} absolute")
+                        + "); relative must be > 0, absolute >= 0")
+
+
 def _add_score(sub) -> None:
     s = sub.add_parser("score", help="score every prunable head and FFN neuron (or weight) with a criterion; "
                                      "writes a safetensors file")
@@ -123,11 +142,11 @@ def _add_score(sub) -> None:
                         "gradients)")
     s.add_argument("--batches", type=int, default=8, help="number of calibration batches")
     s.add_argument("--noise-samples", type=int, default=10, help="noisy copies per batch (smooth criteria)")
-    s.add_argument("--noise-std", type=float, default=1e-3,
-                   help="standard deviation of the noise added to the prunable outputs (smooth criteria)")
+    _add_noise_flags(s, reference=True)
     s.add_argument("--seed", type=int, default=0, help="seed of the batch order and the noise")
     s.add_argument("--reference", action="store_true",
-                   help="reproduce the original code: train mode, sequential noise passes, padding included")
+                   help="reproduce the original code: train mode, sequential noise passes, padding included, "
+                        "absolute noise unless --noise-scale says otherwise")
     s.add_argument("--device", default="cpu",
                    help="cpu or cuda (under torchrun, cuda means each rank's cuda:LOCAL_RANK)")
     s.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
@@ -207,6 +226,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--no-reconstruct", action="store_true",
                    help="skip the least-squares refit of each layer's output projections on --data (done by "
                         "default whenever --data is given)")
+    p.add_argument("--method", choices=("one-shot", "iterative"), default="one-shot",
+                   help="pipeline: one-shot = search, rearrange, prune, then refit; iterative = keep the search's "
+                        "per-layer counts, choose the units bottom-up by the output error they leave and refit each "
+                        "sublayer before the next (not with --no-rearrange / --no-reconstruct)")
     p.add_argument("--calibration-examples", type=int, default=512, metavar="N",
                    help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -263,7 +286,26 @@ def _add_run(sub) -> None:
                    help="batch size of the latency measurements")
     r.add_argument("--latency-seq", type=int, default=full.latency_seq,
                    help="sequence length of the latency measurements and of the FLOP budgets")
+    _add_noise_flags(r, std_help=f"default {full.noise_std:g} with the job's {full.noise_scale} noise, else "
+                                 "the scale's library default")
     r.add_argument("--fresh", action="store_true", help="recompute every step instead of reusing finished ones")
+
+
+def _add_make_data(sub) -> None:
+    from .data.synthetic import FORMATS, KINDS, MINORITY, SIZES
+
+    m = sub.add_parser("make-data", help="write a small synthetic data set (train / validation / test files) of one "
+                                         "kind into a folder, to try the commands on: " + ", ".join(KINDS))
+    m.add_argument("kind", choices=list(KINDS),
+                   help="multiclass: 6 topics, string labels, texts of 130-180 words; pairs: text + text_pair, "
+                        "entailment / neutral / contradiction; imbalanced: routine / urgent, 90 / 10")
+    m.add_argument("out", help="folder to write <split>.csv (or .jsonl) into; new or empty")
+    for split, n in SIZES.items():
+        m.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"rows of the {split} split (0: none)")
+    m.add_argument("--seed", type=int, default=0, help="the same kind, sizes and seed always give the same files")
+    m.add_argument("--format", choices=FORMATS, default="csv", help="file format of the splits")
+    m.add_argument("--minority", type=float, default=MINORITY, help="share of `urgent` rows of the imbalanced kind")
+    m.add_argument("--overwrite", action="store_true", help="replace the split files of an earlier make-data")
 
 
 def _size(text: str) -> int:
@@ -299,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         from .benchmarking import run_bench_command
 
         commands = {"score": cmd_score, "eval": cmd_eval, "prune": cmd_prune, "bench": run_bench_command,
-                    "run": cmd_run, "export": cmd_export}
+                    "run": cmd_run, "export": cmd_export, "make-data": cmd_make_data}
         return commands[args.command](args)
     except DeepCutsError as e:
         if args.debug:
@@ -351,6 +393,10 @@ def check_flags(args: argparse.Namespace) -> None:
             raise DeepCutsError(f"{_flag(dest)} must be an integer >= {least}, got {given[dest]}")
     if "noise_std" in given and not (math.isfinite(given["noise_std"]) and given["noise_std"] >= 0):
         raise DeepCutsError(f"--noise-std must be a finite number >= 0, got {given['noise_std']:g}")
+    scale = given.get("noise_scale") or ("absolute" if given.get("reference") else "relative")
+    if given.get("noise_std") == 0 and scale == "relative":
+        raise DeepCutsError("--noise-std must be > 0 with --noise-scale relative (a fraction of each output's "
+                            "standard deviation, e.g. 0.15); for no noise pass --noise-scale absolute --noise-std 0")
 
 
 def _flag(dest: str) -> str:
@@ -401,7 +447,8 @@ def cmd_score(args) -> int:
     check_output(out, inputs, overwrite=args.overwrite)
     criterion = get_criterion(args.criterion)  # fail on a misspelt name or a bad option before loading anything
     options = ScoreOptions(granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
-                           noise_std=args.noise_std, dtype=args.dtype, seed=args.seed, reference=args.reference,
+                           noise_std=args.noise_std, noise_scale=args.noise_scale, dtype=args.dtype, seed=args.seed,
+                           reference=args.reference,
                            max_memory=args.max_memory, progress=not args.quiet)
     options.check_criteria([criterion])
     checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
@@ -502,7 +549,9 @@ def _print_eval(args: argparse.Namespace, result, dtype: str) -> None:
     if args.json:
         print(json.dumps({**result.to_dict(), "dtype": dtype}))
     else:
-        metrics = {**{k: v for k, v in result.to_dict().items() if v is not None}, "dtype": dtype}
+        per_example = ("predictions", "labels")  # in the JSON form only
+        metrics = {**{k: v for k, v in result.to_dict().items() if v is not None and k not in per_example},
+                   "dtype": dtype}
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
 
@@ -616,6 +665,9 @@ def _prune_path(args: argparse.Namespace) -> str:
         if args.criterion is not None:
             raise DeepCutsError("--criterion picks what the pipeline scores with, but --scores FILE already holds "
                                 "scores; drop --criterion, or drop --scores to run the pipeline")
+        if args.method != "one-shot":
+            raise DeepCutsError(f"--method {args.method} is a method of the retraining-free pipeline (--data without "
+                                "--scores); drop --scores to run it, or drop --method")
         exclusive = [b for b in budgets if b in ("--keep-flops", "--keep-params")]
         if exclusive and len(budgets) > 1:
             raise DeepCutsError(f"give one budget, not {' and '.join(budgets)}")
@@ -629,6 +681,11 @@ def _prune_path(args: argparse.Namespace) -> str:
         raise DeepCutsError(f"the retraining-free pipeline (--data without --scores) spends one global --keep-flops "
                             f"budget and does not take {', '.join(scores_only)}; for those, plan from a scores "
                             "file: `deepcuts score --granularity unit ... --out S`, then `deepcuts prune --scores S`")
+    switches = (("--no-rearrange", args.no_rearrange), ("--no-reconstruct", args.no_reconstruct))
+    one_shot_only = [flag for flag, on in switches if on]
+    if args.method == "iterative" and one_shot_only:
+        raise DeepCutsError(f"--method iterative chooses units by their output error and always refits, so "
+                            f"{' and '.join(one_shot_only)} does not apply to it; drop it, or use --method one-shot")
     return "pipeline"
 
 
@@ -661,8 +718,11 @@ def _prune_pipeline(args: argparse.Namespace, model, batches: list) -> tuple:
     slim, plan, info = prune_without_retraining(
         model, batches, args.keep_flops, criterion=args.criterion or FISHER, seq_len=args.seq_len,
         rearrange=not args.no_rearrange, reconstruct=not args.no_reconstruct, dtype=args.dtype,
-        min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet)
-    return slim, plan, {"path": "pipeline", "criterion": info["criterion"], "rearranged": not args.no_rearrange,
+        min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet,
+        method=args.method)
+    iterative = args.method == "iterative"
+    return slim, plan, {"path": "pipeline", "criterion": info["criterion"], "method": args.method,
+                        "rearranged": not (args.no_rearrange or iterative),
                         "reconstructed": not args.no_reconstruct, "timings": info["timings"]}
 
 
@@ -707,6 +767,7 @@ def _prune_summary(args: argparse.Namespace, model, slim, plan, ran: dict, batch
     return {
         "out": str(args.out),
         **{k: ran[k] for k in ("path", "criterion")},
+        "method": ran.get("method"),
         "allocation": plan.target.get("allocation"),
         "scores": args.scores,
         "data": args.data,
@@ -730,7 +791,10 @@ def _prune_line(s: dict) -> str:
     """The text summary of a `deepcuts prune` run: which path ran, its steps, what it kept, and its timings."""
     if s["path"] == "pipeline":
         how = f"retraining-free pipeline ({s['criterion']} scores, Fisher-referenced allocation"
-        how += ", rearranged" if s["rearranged"] else ", not rearranged"
+        if s.get("method") == "iterative":
+            how += ", units chosen iteratively by output error"
+        else:
+            how += ", rearranged" if s["rearranged"] else ", not rearranged"
     else:
         how = f"plan from {s['scores']} ({s['criterion']} scores"
     how += f", reconstructed on {s['data']})" if s["reconstructed"] else ", not reconstructed)"
@@ -768,18 +832,27 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         overrides["calibration_batches"] = _positive(args.calibration_batches, "--calibration-batches")
     if args.recovery_epochs is not None:
         overrides["structured_recovery_epochs"] = _positive(args.recovery_epochs, "--recovery-epochs", zero=True)
+    if args.noise_scale is not None or args.noise_std is not None:  # e.g. the paper's: --noise-scale absolute
+        from .scoring.options import DEFAULT_NOISE_STD
+
+        overrides["noise_scale"] = args.noise_scale or JobConfig().noise_scale
+        overrides["noise_std"] = (DEFAULT_NOISE_STD[overrides["noise_scale"]] if args.noise_std is None
+                                  else args.noise_std)
     config = (JobConfig.quick if args.quick else JobConfig.full)(**overrides)
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     dataset = load_dataset(args.data, "train")
     # The fine-tune of a bare encoder follows "auto" (or $DEEPCUTS_PRECISION), not --dtype, so every
     # command that names it (score, eval, prune, run) sees the same cached model.
+    # A bare encoder is fine-tuned at --max-length (the recipe's 64 by default), so long texts train as they are scored.
     task = task_model(args.model, on_bare="fine-tune", data=args.data, num_labels=dataset.num_labels,
-                      progress=not args.quiet)
+                      progress=not args.quiet, max_length=config.max_length)
+    _note_truncation(dataset, task.tokenizer, config.max_length, log)
+    train = dataset
     dataset = encode_labels(dataset, task.model.config)
     draw = lambda seed: make_batches(  # noqa: E731
         dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,
         limit=max(config.reconstruction_examples, config.calibration_batches * config.batch_size))
-    evaluation = _held_out(args.data, task, config.max_length, log)
+    evaluation = _held_out(args.data, task, config.max_length, log, train=train if task.base is not None else None)
     if args.fresh:
         shutil.rmtree(out / "steps", ignore_errors=True)
     job = MainJob(task, draw, evaluation, config, out, args.data, progress=not args.quiet, log=log)
@@ -792,23 +865,58 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _held_out(data: str, task, max_length: int, log):
+def _held_out(data: str, task, max_length: int, log, train=None):
     """The job's test batches (reported on) and validation batches (chosen on; None when the data has no
-    validation split apart from its test split, e.g. a single file)."""
-    from .data import encode_labels, load_dataset, make_batches
+    validation split apart from its test split, e.g. a single file). With `train` (the split the task model
+    was fine-tuned on here), a held-out class that split lacks is an error."""
+    from .data import check_seen, encode_labels, load_dataset, make_batches
     from .job.held_out import HeldOut
 
-    def batches(split: str) -> list:
-        dataset = encode_labels(load_dataset(data, split), task.model.config)
+    def batches(dataset) -> list:
+        if train is not None:
+            check_seen(dataset, train)
+        dataset = encode_labels(dataset, task.model.config)
         return make_batches(dataset, task.tokenizer, batch_size=64, max_length=max_length, sort_by_length=True)
 
     validation = None
     if not Path(data).is_file():  # a single file is every split at once
         try:
-            validation = batches("validation")
-        except DeepCutsError as e:
+            validation = load_dataset(data, "validation")
+        except DeepCutsError as e:  # only a missing split falls back; bad labels in one stop the run
             log(f"note: no validation split ({first_line(str(e))}); best / winner choices use the test split")
-    return HeldOut(test=batches("test"), validation=validation)
+    return HeldOut(test=batches(load_dataset(data, "test")),
+                   validation=None if validation is None else batches(validation))
+
+
+def cmd_make_data(args) -> int:
+    """`deepcuts make-data KIND OUT`: a synthetic data set's split files, and what each holds."""
+    from .data.synthetic import SPLITS, describe, make_task_data
+
+    for split in SPLITS:
+        if getattr(args, split) < 0:
+            raise DeepCutsError(f"--{split} must be an integer >= 0, got {getattr(args, split)}")
+    files = make_task_data(args.kind, args.out, sizes={split: getattr(args, split) for split in SPLITS},
+                           seed=args.seed, fmt=args.format, minority=args.minority, overwrite=args.overwrite)
+    summary = describe(files)
+    if args.json:
+        print(json.dumps({"kind": args.kind, "out": str(args.out), "splits": summary}))
+    else:
+        for split, s in summary.items():
+            counts = ", ".join(f"{label} {n}" for label, n in s["labels"].items())
+            print(f"{s['file']}: {s['rows']} rows ({counts})")
+        print(f"use it with: deepcuts run --quick --model minilm --data {args.out}"
+              + (" --max-length 256" if args.kind == "multiclass" else ""))
+    return 0
+
+
+def _note_truncation(dataset, tokenizer, max_length: int, log) -> None:
+    """Say when --max-length cuts many training examples, and what length would keep most of them whole."""
+    from .data import truncation
+
+    share, whole = truncation(dataset, tokenizer, max_length)
+    if share >= 0.1:
+        log(f"note: {share:.0%} of the train examples are longer than --max-length {max_length} tokens and are cut "
+            f"to it; --max-length {whole} would keep 95% of them whole (at most the model's positions)")
 
 
 def _positive(value: float, flag: str, zero: bool = False) -> float:

@@ -20,6 +20,7 @@ REQUIRED = {  # the least each command needs to parse
     "prune": ["--data", "d.csv", "--keep-flops", "0.5", "--out", "slim"],
     "bench": ["--model", "m"],
     "run": [],
+    "make-data": ["multiclass", "out"],
 }
 GLOBAL = ("debug", "json", "quiet")
 
@@ -78,8 +79,9 @@ def test_help_of_every_command_shows_defaults(command, capsys, monkeypatch):
                           "42 MB"],
                 "eval": ["--batch-size BATCH_SIZE", "(default: 16)", "(default: test)"],
                 "prune": ["(default: fisher", "(default: 512)", "(default: 128)", "--no-rearrange",
-                          "--no-reconstruct"],
-                "bench": ["(default: 20)"], "run": ["(default: rotten_tomatoes)"]}[command]
+                          "--no-reconstruct", "--method {one-shot,iterative}"],
+                "bench": ["(default: 20)"], "run": ["(default: rotten_tomatoes)"],
+                "make-data": ["multiclass: 6 topics", "(default: csv)"]}[command]
     assert all(piece in text for piece in expected), [p for p in expected if p not in text]
 
 

@@ -20,7 +20,8 @@ from conftest import tiny_model
 
 TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",
             "paper_rewind", "structured_mode", "latency", "structured_recovery", "mask_analysis", "goals",
-            "verdicts", "steps", "wall_seconds", "retraining_free", "retraining_free_summary", "precision"}
+            "verdicts", "steps", "wall_seconds", "retraining_free", "retraining_free_summary", "precision",
+            "deployment", "comparisons"}
 CRITERIA = ["magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
             "smooth-cam-cut-shift", "random"]
 
@@ -61,7 +62,8 @@ def test_full_run_writes_every_artefact(full_run):
     assert {p["dtype"] for step, p in results["precision"].items() if step != "latency"} == {"fp32"}
     assert all(p["reason"] for p in results["precision"].values())
     assert [g["met"] in (True, False) for g in results["goals"]] == [True] * 6  # every goal was measured
-    pipeline = ("fisher", "cam-cut", "smooth-cut", "gradient", "magnitude")
+    criteria = ("fisher", "cam-cut", "smooth-cut", "gradient", "magnitude")
+    pipeline = (*criteria, *(f"{c} (iterative)" for c in criteria))  # both methods, one row label each
     assert sorted((r["criterion"], r["keep_flops"], r["seed"]) for r in results["retraining_free"]) == sorted(
         (c, k, s) for c in pipeline for k in (0.75, 0.5, 0.33) for s in (0, 1, 2))
     for r in results["retraining_free"]:
@@ -91,6 +93,16 @@ def test_full_run_writes_every_artefact(full_run):
         slim = dc.from_pretrained(out / r["saved_to"])
         assert sum(p.numel() for p in slim.parameters()) < sum(
             p.numel() for p in dc.from_pretrained(out / "slim-keep0.75").parameters()) or r["keep_flops"] == 0.75
+    deploy = results["deployment"]
+    assert (deploy["keep_flops"], deploy["folder"]) == (0.5, "slim-keep0.5")
+    by = {r["variant"]: r for r in deploy["rows"]}
+    assert set(by) == {f"{m} {v}" for m in ("dense", "slim") for v in ("torch fp32", "ORT fp32", "ORT int8")}
+    assert all(r["median_ms"] > 0 and r["batch"] == 2 and 0 <= r["accuracy"] <= 1 for r in by.values())
+    assert by["dense torch fp32"]["speedup"] == 1.0 and by["slim ORT int8"]["size_mib"] < by["dense ORT int8"]["size_mib"]
+    assert by["slim torch fp32"]["accuracy"] == results["structured_recovery"][1]["accuracy"]
+    for model in ("dense", "slim"):  # the fp32 ONNX file gives torch's predictions (one borderline example at most)
+        assert abs(by[f"{model} ORT fp32"]["accuracy"] - by[f"{model} torch fp32"]["accuracy"]) <= 1 / results["dense"]["n"]
+    assert "## Deployment" in report and "| slim ORT int8 |" in report
     assert not list(out.glob(".*tmp*")) and not list((out / "steps").glob(".*"))
 
 
@@ -113,6 +125,9 @@ def test_results_json_has_the_documented_schema(full_run):
                           ("`structured_mode` rows", results["structured_mode"])):
         assert rows and all(keys[section] <= set(r) for r in rows), section
     assert keys["`mask_analysis`"] == set(results["mask_analysis"])
+    assert results["comparisons"] and all(keys["`comparisons` entries"] == set(c) for c in results["comparisons"])
+    n = results["dense"]["n"]
+    assert len(results["dense"]["labels"]) == n and all(len(r["predictions"]) == n for r in results["paper_mode"])
     validation = {"validation_accuracy", "validation_accuracy_mean"}  # only where the data has a validation split
     for section, rows in (("`retraining_free` rows", results["retraining_free"]),
                           ("`retraining_free_summary` entries", results["retraining_free_summary"])):
@@ -130,7 +145,7 @@ def test_rerun_reuses_every_finished_step(full_run, capsys):
     after = json.loads((out / "results.json").read_text())
     assert after["steps"]["computed"] == ["paper-cam-cut-c3"]
     assert len(after["steps"]["reused"]) == len(before["steps"]["computed"]) - 1
-    for key in ("dense", "paper_mode", "paper_recovery", "paper_rewind", "structured_mode", "retraining_free",
+    for key in ("dense", "paper_mode", "paper_recovery", "paper_rewind", "structured_mode", "deployment", "retraining_free",
                 "retraining_free_summary", "mask_analysis"):
         assert after[key] == before[key]
 
@@ -218,6 +233,60 @@ def test_pipeline_summary_averages_over_draws_and_names_one_winner_per_budget():
     assert [e["winner"] for e in summary] == [True, False, False]  # a tie goes to the first criterion
     assert (summary[2]["accuracy_min"], summary[2]["accuracy_max"]) == (0.6, 0.9)
     assert summary[0]["drop_points_mean"] == pytest.approx(5.0)
+
+
+def test_comparisons_carry_intervals_and_name_a_winner_only_when_significant():
+    """1,000 examples, all of class 0; each model is wrong on the first k of them, so every discordant pair favours
+    the model with the smaller k, and the p-values are binomial tails: 10 discordant pairs give p = 2 / 2^10."""
+    from deepcuts_fast.job import report
+    from deepcuts_fast.job.significance import comparisons
+    from deepcuts_fast.stats import encode_ids
+
+    n = 1000
+
+    def row(wrong: int, **fields) -> dict:
+        pred = [1] * wrong + [0] * (n - wrong)
+        return {"accuracy": 1 - wrong / n, "macro_f1": 0.5, "predictions": encode_ids(pred), **fields}
+
+    dense = {**row(100), "labels": "0" * n, "n": n}
+    paper = [row(w, criterion=c, compression=x) for x, ws in ((2.0, (140, 150)), (4.0, (152, 150)))
+             for c, w in zip(("magnitude", "cam-cut"), ws)]
+    structured = [{**row(w, criterion=c, keep_flops=0.5),
+                   **{f"{k}_reconstructed": v for k, v in row(r).items()}}
+                  for c, w, r in (("magnitude", 300, 200), ("gradient", 120, 118), ("cam-cut", 110, 105))]
+    pipeline = [row(w, criterion=c, keep_flops=0.5, seed=s)
+                for c, ws in (("fisher", (100, 102)), ("cam-cut", (200, 210))) for s, w in enumerate(ws)]
+    results = {"dense": dense, "paper_mode": paper, "structured_mode": structured, "structured_recovery": [],
+               "retraining_free": pipeline}
+    results["retraining_free_summary"] = summary = pipeline_summary(pipeline, dense)
+    fisher, cam = summary
+    assert fisher["winner"] and fisher["drop_points_mean"] == pytest.approx(0.1)
+    assert fisher["p_vs_dense"] == 0.5 and fisher["drop_points_ci"][0] <= 0.1 <= fisher["drop_points_ci"][1]
+    assert cam["p_vs_dense"] < 1e-6 and cam["drop_points_ci"][0] > 5 and cam["macro_f1_mean"] == 0.5
+
+    v = verdicts(results)
+    assert v["paper_mode"].startswith("Does not hold here") and "Tie (no significant difference) at 4" in v["paper_mode"]
+    assert "baseline is significantly better at 2" in v["paper_mode"] and ": magnitude)" in v["paper_mode"]
+    assert v["structured_mode"].startswith("Holds: a DeepCuts criterion is significantly better")
+    assert "cam-cut 0.8900 vs gradient 0.8800 (+0.0100, 95% CI [" in v["structured_mode"]
+    assert v["structured_mode_reconstructed"].startswith("Holds:")  # cam-cut vs gradient: 13 pairs, p = 2 / 2^13
+    results["comparisons"] = cmps = comparisons(results)
+    by = {(c["section"], c["setting"], c["what"]): c for c in cmps}
+    single = by[("structured_mode", "keep_flops 0.5", "best DeepCuts vs best baseline, single shot")]
+    assert (single["a"], single["b"], single["verdict"]) == ("cam-cut", "gradient", "cam-cut")
+    assert single["p"] == pytest.approx(2 / 2 ** 10, rel=1e-3) and 0 < single["ci_low"] < 0.01 < single["ci_high"]
+    refit = by[("structured_mode", "keep_flops 0.5", "cam-cut reconstructed vs dense")]
+    assert refit["verdict"] == "tie" and refit["p"] == pytest.approx(2 / 2 ** 5)  # 5 discordant pairs
+    runner = by[("retraining_free", "keep_flops 0.5", "chosen criterion vs runner-up (pooled over draws)")]
+    assert (runner["verdict"], runner["draws"], runner["diff"]) == ("fisher", [2, 2], pytest.approx(0.104))
+    goals = quality_goals(results)
+    assert goals[0]["ci"][0] <= goals[0]["measured"] <= goals[0]["ci"][1] and goals[0]["p"] == pytest.approx(1 / 2 ** 9, rel=1e-3)
+    text = "\n".join(report._comparisons_section(results) + report._goals_table({"goals": goals}))
+    assert "| tie |" in text and "| **cam-cut** |" in text and "| +1.00 [+" in text
+    assert "fisher vs cam-cut +10.40 [" in report._pipeline_winners(results, [fisher])
+    assert report._acc(results, dense) == "0.9000"  # one class in the labels: no macro-F1 beside accuracy
+    three = {"dense": {**dense, "labels": "012" * 4}}
+    assert report._acc(three, structured[0], "accuracy_reconstructed") == "0.8000 (F1 0.5000)"
 
 
 def test_verdict_says_where_the_paper_claim_holds():

@@ -23,8 +23,9 @@ class HeldOut:
     validation: list | None = None
 
     def metrics(self, model: nn.Module) -> dict:
-        """Test metrics (accuracy, loss, ...) plus `validation_accuracy` where there is a validation split."""
-        out = {k: v for k, v in evaluate(model, self.test).to_dict().items() if v is not None}
+        """Test metrics (accuracy, loss, macro_f1, the per-example `predictions`, ...) plus `validation_accuracy`
+        where there is a validation split. The test labels are left out: the dense evaluation records them once."""
+        out = {k: v for k, v in evaluate(model, self.test).to_dict().items() if v is not None and k != "labels"}
         if self.validation is not None:
             out[PREFIX + "accuracy"] = evaluate(model, self.validation).accuracy
         return out

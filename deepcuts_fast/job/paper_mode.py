@@ -1,6 +1,11 @@
 """Paper mode: unstructured masks from each criterion (layer scope, as the paper), evaluated single
 shot, after a short recovery fine-tune with the mask held fixed, and with lottery-ticket rewinding
-(the surviving weights reset to their pre-fine-tuning values, then the original fine-tune rerun)."""
+(the surviving weights reset to their pre-fine-tuning values, then the original fine-tune rerun).
+
+The smooth criteria's noise is the job's (`JobConfig.noise_scale`, `noise_std`, recorded in results.json's
+settings and every score's meta): by default 0.15 of each prunable output's standard deviation, not the
+paper's absolute sigma 1e-3, which at these activations' scale leaves Smooth-Cut's masks equal to the
+gradient criterion's; `deepcuts run --noise-scale absolute --noise-std 1e-3` reproduces the paper's setting."""
 from __future__ import annotations
 
 import copy

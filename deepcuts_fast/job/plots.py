@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic import atomic_path
-from .goals import ANCHOR_DROP
+from .goals import ANCHOR_DATA, ANCHOR_DROP
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # keep_flops 0.5, 0.05 at 0.75), measured in benchmarks/RESULTS.md, "Retraining-free structured pruning".
 # goals.py quotes the same numbers.
 KWON_ANCHOR_DROP: dict[float, float] = ANCHOR_DROP
-KWON_ANCHOR_DATA = "rotten_tomatoes"  # the only data they hold for: other runs get no marker
+KWON_ANCHOR_DATA = ANCHOR_DATA  # the only data they hold for: other runs get no marker
 KWON_ANCHOR_LABEL = "Kwon et al. 2022 code, same split (benchmarks/RESULTS.md)"
 
 _BUDGET_MARKERS = "os^vDPX"  # one marker shape per FLOP budget

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_text
+from .significance import format_p, multi_class, p_text, points
+from ..benchmarking.deployment import deployment_table
 
 PIPELINE_PLOT = "retraining_free.png"  # shown in the retraining-free section, not under Plots
 PLOT_CAPTIONS = {
@@ -30,21 +32,32 @@ def _f(value, fmt: str = "{:.4f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
+def _acc(results: dict, row: dict, key: str = "accuracy") -> str:
+    """A row's accuracy, with its macro-F1 beside it on data of more than two classes: '0.8123 (F1 0.7990)'."""
+    text = f"{row[key]:.4f}"
+    f1 = row.get(key.replace("accuracy", "macro_f1"))
+    return text + (f" (F1 {f1:.4f})" if f1 is not None and multi_class(results) else "")
+
+
+def _ci(low: float | None, high: float | None, fmt: str = "{:+.4f}") -> str:
+    return "" if low is None else f" [{fmt.format(low)}, {fmt.format(high)}]"
+
+
 def _paper_table(results: dict) -> list[str]:
     comps = results["settings"]["compressions"]
-    rec = {(r["criterion"], r["compression"]): r["accuracy"] for r in results["paper_recovery"]}
-    rew = {(r["criterion"], r["compression"]): r["accuracy"] for r in results["paper_rewind"]}
+    rec = {(r["criterion"], r["compression"]): r for r in results["paper_recovery"]}
+    rew = {(r["criterion"], r["compression"]): r for r in results["paper_rewind"]}
     lines = ["| criterion | " + " | ".join(f"c={c:g}" for c in comps) + " |", "|---" * (len(comps) + 1) + "|",
-             f"| dense | {results['dense']['accuracy']:.4f} |" + " |" * (len(comps) - 1)]
+             f"| dense | {_acc(results, results['dense'])} |" + " |" * (len(comps) - 1)]
     for crit in results["settings"]["criteria"]:
         cells = []
         for c in comps:
             row = next(r for r in results["paper_mode"] if r["criterion"] == crit and r["compression"] == c)
-            cell = f"{row['accuracy']:.4f}"
+            cell = _acc(results, row)
             if (crit, c) in rec:
-                cell += f" / {rec[(crit, c)]:.4f}"
+                cell += f" / {_acc(results, rec[(crit, c)])}"
             if (crit, c) in rew:
-                cell += f" / rewound {rew[(crit, c)]:.4f}"
+                cell += f" / rewound {_acc(results, rew[(crit, c)])}"
             cells.append(cell)
         lines.append(f"| {crit} | " + " | ".join(cells) + " |")
     return lines
@@ -55,8 +68,8 @@ def _structured_table(results: dict) -> list[str]:
     lines = ["| criterion | keep_flops | single shot | reconstructed | params | FLOP ratio | "
              + " | ".join(f"speedup {t}" for t in tags) + " |", "|---" * (6 + len(tags)) + "|"]
     for r in results["structured_mode"]:
-        lines.append(f"| {r['criterion']} | {r['keep_flops']:g} | {r['accuracy']:.4f} | "
-                     f"{r['accuracy_reconstructed']:.4f} | {r['params']:,} | {r['flop_ratio']:.2f}x | "
+        lines.append(f"| {r['criterion']} | {r['keep_flops']:g} | {_acc(results, r)} | "
+                     f"{_acc(results, r, 'accuracy_reconstructed')} | {r['params']:,} | {r['flop_ratio']:.2f}x | "
                      + " | ".join(_f(r.get(f'speedup_{t}'), "{:.2f}x") for t in tags) + " |")
     return lines
 
@@ -84,23 +97,34 @@ def _pipeline_section(results: dict) -> list[str]:
     out = ["### Retraining-free pipeline", "",
            "`dc.prune_without_retraining`: the criterion's unit scores rank-matched to Fisher inside each layer, "
            "one global FLOP search, Fisher mask rearrangement, physical pruning, layer-wise least-squares "
-           "reconstruction. " + (f"Each calibration draw (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1
+           "reconstruction (the one-shot method)"
+           + ("; rows marked (iterative) use `method=\"iterative\"` instead: the search's per-layer counts, each "
+              "sublayer's units chosen bottom-up on the partly pruned model and its output projection refit before "
+              "the next" if any(r.get("method", "one-shot") != "one-shot" for r in rows) else "")
+           + ". " + (f"Each calibration draw (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1
                                  else f"The calibration draw (seed {seeds[0]})") + " takes its own "
            f"{s['reconstruction_examples_used']} training examples (the first {s['calibration_examples']} score, "
            "all of them reconstruct); one unit-scoring pass per draw serves every criterion. Accuracy over the "
-           "draws: mean [min, max]; in bold the winner per budget, the best mean on the "
-           f"{s.get('selection_split', 'test')} split.", "",
-           "| keep_flops | criterion | draws | accuracy | below dense (points, mean) |", "|---|---|---|---|---|"]
+           "draws: mean [min, max]" + (" (F1: mean macro-F1)" if multi_class(results) else "") + "; below dense: the "
+           "mean drop in points with its 95% paired-bootstrap interval over the test examples and McNemar's p, each "
+           "example's correctness averaged over the draws (pooled). In bold the criterion chosen per budget, the best "
+           f"mean on the {s.get('selection_split', 'test')} split.", "",
+           "| keep_flops | criterion | draws | accuracy | below dense (points, mean [95% CI], p) |",
+           "|---|---|---|---|---|"]
     for e in summary:
         cell = f"{e['accuracy_mean']:.4f} [{e['accuracy_min']:.4f}, {e['accuracy_max']:.4f}]"
+        if e.get("macro_f1_mean") is not None and multi_class(results):
+            cell += f" (F1 {e['macro_f1_mean']:.4f})"
         name = f"**{e['criterion']}**" if e["winner"] else e["criterion"]
-        out.append(f"| {e['keep_flops']:g} | {name} | {e['draws']} | {cell} | {e['drop_points_mean']:+.2f} |")
+        ci = e.get("drop_points_ci")
+        drop = f"{e['drop_points_mean']:+.2f}" + (_ci(*ci, fmt="{:+.2f}") + f", {p_text(e['p_vs_dense'])}"
+                                                  if ci else "")
+        out.append(f"| {e['keep_flops']:g} | {name} | {e['draws']} | {cell} | {drop} |")
     winners = [e for e in summary if e["winner"]]
-    out += ["", "Winner per budget: " + "; ".join(f"{e['keep_flops']:g}: {e['criterion']} "
-                                                  f"({e['drop_points_mean']:+.2f} points)" for e in winners) + ".", ""]
+    out += ["", _pipeline_winners(results, winners), ""]
     first = [r for r in rows if r["seed"] == seeds[0] and any(
         e["winner"] and (e["keep_flops"], e["criterion"]) == (r["keep_flops"], r["criterion"]) for e in winners)]
-    out += [f"Kept units of the winners (seed {seeds[0]}):", "", "| keep_flops | criterion | heads per layer | "
+    out += [f"Kept units of the chosen criteria (seed {seeds[0]}):", "", "| keep_flops | criterion | heads per layer | "
             "FFN per layer |", "|---|---|---|---|"]
     out += [f"| {r['keep_flops']:g} | {r['criterion']} | {r['heads']} | {r['ffn']} |" for r in first]
     scoring: dict[int, float] = {}
@@ -112,6 +136,74 @@ def _pipeline_section(results: dict) -> list[str]:
             + ", ".join(f"{v:.0f} s (seed {k})" for k, v in scoring.items()) + "; search, rearrangement, pruning "
             f"and reconstruction took a median {per_cell[len(per_cell) // 2]:.1f} s per (criterion, budget, draw).", ""]
     return out
+
+
+def _deployment_section(results: dict) -> list[str]:
+    """The saved slim model against the dense one under torch and ONNX Runtime, fp32 and int8."""
+    d = results.get("deployment")
+    if not d:
+        return []
+    if "skipped" in d:
+        return ["## Deployment", "", f"Skipped: {d['skipped']}.", ""]
+    rows = d["rows"]
+    warnings = d["benchmark"].get("warnings") or []
+    return ["## Deployment", "",
+            f"The saved slim model `{d['folder']}` ({d['criterion']}, keep_flops {d['keep_flops']:g}) against the "
+            "dense model, run by torch and by ONNX Runtime (`dc.export(..., optimize=True)`, int8: dynamic "
+            "quantization per channel), all timed in one benchmark run on this machine "
+            f"at batch {rows[0]['batch']}, sequence {rows[0]['seq']}; torch bf16 rows only where this machine runs "
+            "bf16 natively. Accuracy on the test split (ONNX files under onnxruntime). Ship the slim int8 file with "
+            f"`deepcuts export --model {d['folder']} --out slim.onnx --optimize --quantize int8`.", "",
+            *deployment_table(d), *([""] + [f"Warning: {w}." for w in warnings] if warnings else []), ""]
+
+
+def _pipeline_winners(results: dict, chosen: list[dict]) -> str:
+    """Per budget: the chosen criterion against the runner-up, named the winner only where significantly better."""
+    cmps = {c["setting"]: c for c in results.get("comparisons") or []
+            if c["section"] == "retraining_free" and c["what"].startswith("chosen criterion vs runner-up")}
+    parts = []
+    for e in chosen:
+        c = cmps.get(f"keep_flops {e['keep_flops']:g}")
+        if c is None:  # no runner-up, or no per-example predictions to test with
+            parts.append(f"{e['keep_flops']:g}: {e['criterion']} ({e['drop_points_mean']:+.2f} points below dense)")
+        else:
+            who = c["verdict"] if c["verdict"] != "tie" else f"tie ({c['a']} chosen)"
+            parts.append(f"{e['keep_flops']:g}: {who}, {c['a']} vs {c['b']} {points(c)}")
+    return "Winner per budget (the chosen criterion vs the runner-up; a winner only where significant at 0.05): " \
+        + "; ".join(parts) + "."
+
+
+SECTION_NAMES = {"paper_mode": "paper mode", "structured_mode": "structured",
+                 "structured_recovery": "structured, recovered", "retraining_free": "retraining-free"}
+
+
+def _comparisons_section(results: dict) -> list[str]:
+    """One compact table of the run's paired comparisons: difference, 95% interval, p and verdict."""
+    cmps = results.get("comparisons") or []
+    if not cmps:
+        return []
+    n = cmps[0]["n"]
+    lines = ["## Paired comparisons (test split)", "",
+             f"Each row compares two models on the same {n:,} test examples: A - B in accuracy points with its 95% "
+             "paired-bootstrap interval (2,000 resamples of the examples) and McNemar's exact p-value; the verdict "
+             "names the better model only where p < 0.05 and the interval excludes 0, otherwise it is a tie. Rows "
+             "over calibration draws average each example's correctness over the draws first (pooled over draws).",
+             "", "| section | setting | comparison | A | B | A - B (points) [95% CI] | p | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cmps:
+        diff = f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+        verdict = "tie" if c["verdict"] == "tie" else f"**{c['verdict']}**"
+        lines.append(f"| {SECTION_NAMES.get(c['section'], c['section'])} | {c['setting']} | {c['what']} | "
+                     f"{c['a']} {c['value_a']:.4f} | "
+                     f"{c['b']} {c['value_b']:.4f} | {diff} | {format_p(c['p'])} | {verdict} |")
+    return [*lines, ""]
+
+
+def _sigma(settings: dict) -> str:
+    """The Smooth-Cut noise level as set: '0.15 x each layer's output std' or '0.001 (absolute)'."""
+    if settings.get("noise_scale", "absolute") == "relative":
+        return f"{settings['noise_std']:g} x each layer's output std"
+    return f"{settings['noise_std']:g} (absolute)"
 
 
 def _finetune_note(settings: dict) -> str:
@@ -133,10 +225,13 @@ def _precision_table(results: dict) -> list[str]:
 
 
 def _goals_table(results: dict) -> list[str]:
-    lines = ["| goal | target | measured | result | detail |", "|---|---|---|---|---|"]
+    lines = ["| goal | target | measured [95% CI] | p | result | detail |", "|---|---|---|---|---|---|"]
     for g in results["goals"]:
         verdict = {True: "met", False: "**missed**", None: "not measured"}[g["met"]]
-        lines.append(f"| {g['goal']} | {g['target']} | {_f(g['measured'])} | {verdict} | {g['detail']} |")
+        ci = g.get("ci") or (None, None)
+        p = "" if g.get("p") is None else format_p(g["p"])
+        lines.append(f"| {g['goal']} | {g['target']} | {_f(g['measured'])}{_ci(*ci)} | {p} | {verdict} | "
+                     f"{g['detail']} |")
     return lines
 
 
@@ -162,7 +257,7 @@ def render(results: dict, plots: list[str]) -> str:
            f"deepcuts-fast {results['version']} · data `{s['data']}` · {s['evaluation_examples']:,} held-out test "
            "examples" + _selection_note(s) + f" · calibration {s['calibration_examples']} examples "
            f"({s['calibration_batches']} batches of {s['batch_size']}, length {s['max_length']}), reconstruction "
-           f"on {s['reconstruction_examples_used']} examples · noise N={s['noise_samples']}, sigma={s['noise_std']:g} · seed {s['seed']}", "",
+           f"on {s['reconstruction_examples_used']} examples · noise N={s['noise_samples']}, sigma={_sigma(s)} · seed {s['seed']}", "",
            f"Machine: {m['processor']} ({m.get('isa', 'ISA not recorded')}), {m['logical_cpus']} logical CPUs "
            f"({m['threads']} torch threads), torch {m['torch']}, {m['platform']}"
            + (f", GPU {s['gpu']}" if s.get("gpu") else ", no GPU") + ".", "",
@@ -170,8 +265,9 @@ def render(results: dict, plots: list[str]) -> str:
            f"Wall time {results['wall_seconds']:.0f} s in this invocation ({len(steps['computed'])} steps computed, "
            f"{len(steps['reused'])} reused from an earlier run); scoring all criteria took "
            f"{results['scoring_seconds']['all']:.1f} s; the steps took {sum(steps['seconds'].values()):.0f} s in all.",
-           "", f"Dense fine-tuned model: accuracy **{d['accuracy']:.4f}**, loss {d['loss']:.4f}" + _finetune_note(s)
-           + ".", "",
+           "", f"Dense fine-tuned model: accuracy **{d['accuracy']:.4f}**"
+           + (f", macro-F1 {d['macro_f1']:.4f}" if d.get("macro_f1") is not None and multi_class(results) else "")
+           + f", loss {d['loss']:.4f}" + _finetune_note(s) + ".", "",
            "## Paper mode", "",
            "Unstructured masks, top fraction of every prunable tensor (layer scope), compression counted over "
            "the encoder parameters. Cells: single shot"
@@ -196,13 +292,15 @@ def render(results: dict, plots: list[str]) -> str:
             out += [f"Best slim model per FLOP budget (chosen by reconstructed accuracy on the "
                     f"{s.get('selection_split', 'test')} split; saved next to this report):", "",
                     "| keep_flops | criterion | recovery epochs | accuracy | folder |", "|---|---|---|---|---|"]
-            out += [f"| {r['keep_flops']:g} | {r['criterion']} | {r['epochs']:g} | {r['accuracy']:.4f} | "
+            out += [f"| {r['keep_flops']:g} | {r['criterion']} | {r['epochs']:g} | {_acc(results, r)} | "
                     f"`{r['saved_to']}` |" for r in results["structured_recovery"]]
             out.append("")
+        out += _deployment_section(results)
         out += _pipeline_section(results) + (_plot_lines(PIPELINE_PLOT) if PIPELINE_PLOT in plots else [])
         v = results["verdicts"]
         out += [f"**Does the paper's claim hold (structured mode, single shot)?** {v['structured_mode']}", "",
                 f"After reconstruction: {v['structured_mode_reconstructed']}", ""]
+    out += _comparisons_section(results)
     out += ["## Quality goals (test split; the best criterion chosen on the "
             f"{s.get('selection_split', 'test')} split)", "", *_goals_table(results), ""]
     a = results["mask_analysis"]

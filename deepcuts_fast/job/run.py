@@ -16,11 +16,12 @@ import torch
 
 from .._version import __version__
 from ..atomic import write_text
+from ..benchmarking.deployment import compare_deployment, onnx_ready
 from ..benchmarking.runners import max_seq_len
 from ..hashing import model_fingerprint
 from ..machine import machine_info
 from ..planning import Plan
-from ..pruning import save_pretrained
+from ..pruning import from_pretrained, save_pretrained
 from ..scoring import Scores, score_many
 from ..scoring.layout import model_layout
 from ..task import TaskModel
@@ -31,6 +32,7 @@ from .goals import quality_goals, verdicts
 from .plots import write_plots
 from .report import write_report
 from .pipeline_summary import pipeline_summary
+from .significance import comparisons
 from .step_precision import latency_dtypes, step_precisions
 from .steps import StepStore, source_fingerprint
 
@@ -70,7 +72,8 @@ class MainJob:
             c = self.config
             start = time.perf_counter()
             self._scores = score_many(self.model, self.calibration, list(c.criteria), noise_samples=c.noise_samples,
-                                      noise_std=c.noise_std, seed=c.seed, dtype=c.dtype, progress=self.progress)
+                                      noise_std=c.noise_std, noise_scale=c.noise_scale, seed=c.seed, dtype=c.dtype,
+                                      progress=self.progress)
             self.scoring_seconds = round(time.perf_counter() - start, 2)
             self.log(f"scored {len(c.criteria)} criteria in {self.scoring_seconds:.1f} s")
         return self._scores
@@ -178,7 +181,9 @@ class MainJob:
 
             def compute(best=best, folder=folder, recover=recover):
                 slim = structured_mode.rebuild(self.model, best, self.reconstruction, self.reconstruct_dtype)
-                result = {"accuracy": best["accuracy_reconstructed"], "epochs": 0.0}
+                result = {"accuracy": best["accuracy_reconstructed"], "epochs": 0.0,
+                          "macro_f1": best.get("macro_f1_reconstructed"),
+                          "predictions": best.get("predictions_reconstructed")}
                 if recover:
                     result = structured_mode.recover(slim, self.train_batches(), self.evaluation,
                                                      c.structured_recovery_epochs, c.recovery_lr, c.seed,
@@ -194,9 +199,38 @@ class MainJob:
                      f"after {r['epochs']:g} epochs of recovery -> {folder}")
         return out
 
+    def deployment(self, saved: list[dict]) -> dict:
+        """The saved slim model of `deploy_keep` against the dense one: torch and ONNX Runtime, fp32 and int8 (and
+        torch bf16 where native), timed in one benchmark run at the latency batch, each with its test accuracy."""
+        c = self.config
+        if c.deploy_keep is None:
+            return {"skipped": "the run was configured without a deployment comparison (deploy_keep None)"}
+        row = next((r for r in saved if r["keep_flops"] == c.deploy_keep), None)
+        if row is None:
+            return {"skipped": f"no slim model saved at keep_flops {c.deploy_keep} (the run's budgets: "
+                               f"{', '.join(f'{k:g}' for k in c.keep_flops)})"}
+        missing = onnx_ready()
+        if missing:
+            self.log(f"deployment comparison skipped: {missing}")
+            return {"skipped": missing}
+
+        def compute() -> dict:
+            slim = from_pretrained(self.out / row["saved_to"])
+            result = compare_deployment(self.model, slim, self.task.tokenizer, test=self.evaluation.test,
+                                        batch_sizes=(c.latency_batch,), seq_len=self.seq_len,
+                                        repeats=c.latency_repeats, log=self.log)
+            return {"keep_flops": c.deploy_keep, "criterion": row["criterion"], "folder": row["saved_to"], **result}
+
+        result = self.store.run(f"deployment-k{c.deploy_keep:g}", compute, saved=row, batch=c.latency_batch,
+                                seq=self.seq_len)
+        best = min(result["rows"], key=lambda r: r["median_ms"])
+        self.log(f"deployment: fastest is {best['variant']}, {best['speedup']:.2f}x dense torch fp32")
+        return result
+
     def pipeline(self) -> list[dict]:
-        """`dc.prune_without_retraining` (criterion + Fisher, global search, rearrangement, reconstruction) per
-        calibration draw, FLOP budget and criterion; one shared unit-scoring pass per draw serves them all."""
+        """`dc.prune_without_retraining` per calibration draw, FLOP budget, method and criterion (one-shot: global
+        search, rearrangement, reconstruction; iterative: the search's counts, units chosen and refit bottom-up);
+        one shared unit-scoring pass per draw serves them all."""
         c = self.config
         rows = []
         for seed in range(c.seed, c.seed + c.pipeline_draws):
@@ -204,15 +238,17 @@ class MainJob:
             shared = _SharedScores(self.model, batches[:c.calibration_batches], [*c.pipeline_criteria, "fisher"],
                                    c, seed, self.progress)
             for keep in c.keep_flops:
-                for crit in c.pipeline_criteria:
-                    r = self.store.run(f"pipeline-{crit}-k{keep:g}-seed{seed}", lambda: {
-                        **structured_mode.retraining_free(
-                            self.model, crit, keep, self.seq_len, shared.scores(), batches, self.evaluation,
-                            self.reconstruction[:structured_mode.ERROR_BATCHES], self.reference(),
-                            self.reconstruct_dtype),
-                        "score_seconds": shared.seconds})
-                    rows.append({"criterion": crit, "keep_flops": keep, "seed": seed, **r})
-                    self.log(f"pipeline  {crit:>22s}  keep_flops={keep:<4g} seed {seed}  accuracy {r['accuracy']:.4f}")
+                for crit, method in ((x, m) for m in c.pipeline_methods for x in c.pipeline_criteria):
+                    one_shot = method == "one-shot"
+                    r = self.store.run(f"pipeline-{crit}-k{keep:g}-seed{seed}" + ("" if one_shot else f"-{method}"),
+                                       lambda: {**structured_mode.retraining_free(
+                                           self.model, crit, keep, self.seq_len, shared.scores(), batches,
+                                           self.evaluation, self.reconstruction[:structured_mode.ERROR_BATCHES],
+                                           self.reference(), self.reconstruct_dtype, method),
+                                           "score_seconds": shared.seconds})
+                    label = crit if one_shot else f"{crit} ({method})"
+                    rows.append({"criterion": label, "method": method, "keep_flops": keep, "seed": seed, **r})
+                    self.log(f"pipeline  {label:>22s}  keep_flops={keep:<4g} seed {seed}  accuracy {r['accuracy']:.4f}")
         return rows
 
     def mask_analysis(self, rows: list[dict]) -> dict:
@@ -247,12 +283,14 @@ class MainJob:
         results["latency"] = self.latency(rows)
         results["structured_mode"] = rows
         results["structured_recovery"] = self.structured_recovery(rows)
+        results["deployment"] = self.deployment(results["structured_recovery"])
         results["retraining_free"] = self.pipeline()
-        results["retraining_free_summary"] = pipeline_summary(results["retraining_free"], results["dense"]["accuracy"])
+        results["retraining_free_summary"] = pipeline_summary(results["retraining_free"], results["dense"])
         results["mask_analysis"] = self.mask_analysis(rows)
         results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()})
         results["goals"] = quality_goals(results)
         results["verdicts"] = verdicts(results)
+        results["comparisons"] = comparisons(results)
         results["steps"] = {"reused": self.store.reused, "computed": self.store.computed,
                             "seconds": self.store.seconds}
         results["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -297,7 +335,7 @@ class _SharedScores:
             start = time.perf_counter()
             self._scores = score_many(self.model, self.batches, list(dict.fromkeys(self.criteria)), granularity="unit",
                                       noise_samples=self.config.noise_samples, noise_std=self.config.noise_std,
-                                      seed=self.seed, dtype=self.config.dtype, progress=self.progress)
+                                      noise_scale=self.config.noise_scale, seed=self.seed, dtype=self.config.dtype, progress=self.progress)
             self.seconds = round(time.perf_counter() - start, 2)
         return self._scores
 

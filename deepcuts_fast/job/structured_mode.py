@@ -22,8 +22,10 @@ ERROR_BATCHES = 8  # calibration batches on which the layer-output error is repo
 
 
 def _accuracy(model: nn.Module, evaluation: HeldOut) -> dict:
-    """Test accuracy and loss, and validation accuracy where there is a validation split."""
-    return {k: v for k, v in evaluation.metrics(model).items() if k in ("accuracy", "loss", PREFIX + "accuracy")}
+    """Test accuracy, loss, macro-F1 and per-example predictions, and validation accuracy where there is a
+    validation split."""
+    keys = ("accuracy", "loss", "macro_f1", "predictions", PREFIX + "accuracy")
+    return {k: v for k, v in evaluation.metrics(model).items() if k in keys}
 
 
 def prune_and_evaluate(model: nn.Module, scores: Scores, keep: float, seq_len: int, reconstruction: list,
@@ -67,11 +69,11 @@ def output_error(slim: nn.Module, reference: list[torch.Tensor], batches: list) 
 
 def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, scores: dict[str, Scores],
                     reconstruction: list, evaluation: HeldOut, probe: list, reference: list[torch.Tensor],
-                    dtype: str) -> dict:
-    """`dc.prune_without_retraining` at `keep` on shared unit scores: accuracy, kept units, plan, timings.
-    The output error is taken on `probe` (the same batches for every draw) against `reference`."""
+                    dtype: str, method: str = "one-shot") -> dict:
+    """`dc.prune_without_retraining` at `keep` on shared unit scores with `method`: accuracy, kept units, plan,
+    timings. The output error is taken on `probe` (the same batches for every draw) against `reference`."""
     slim, plan, info = prune_without_retraining(model, reconstruction, keep, criterion=criterion, seq_len=seq_len,
-                                                scores=scores, dtype=dtype)
+                                                scores=scores, dtype=dtype, method=method)
     return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
             "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
             "output_error": output_error(slim, reference, probe), "timings": info["timings"],
