@@ -94,7 +94,7 @@ def quality_goals(results: dict) -> list[dict]:
 
 def embedded(results: dict) -> bool:
     """Whether the run is on the embedded reviews, the only data the published anchors were measured on."""
-    return results["settings"].get("data") == ANCHOR_DATA
+    return results.get("settings", {}).get("data") == ANCHOR_DATA
 
 
 def _margins(results: dict, rows: list[dict], group: str, key: str) -> list[tuple]:

@@ -153,7 +153,7 @@ def output_std(rows: torch.Tensor, mask: torch.Tensor, samples: int) -> torch.Te
     their share varies from batch to batch (with `include_padding` the mask is all ones, and so is this).
     Measured on the output before its own noise is added (upstream noise included: that is its input)."""
     with torch.no_grad():
-        y = rows.float().reshape(samples, -1, rows.shape[-1])
+        y = rows.float().reshape(samples, rows.shape[0] // samples, rows.shape[-1])  # a pruned-away Linear: 0 wide
         m = mask.float().reshape(samples, -1, 1)
         count = (m.sum((1, 2)) * rows.shape[-1]).clamp_min_(1)
         mean = (y * m).sum((1, 2)) / count
