@@ -230,6 +230,10 @@ def _add_prune(sub) -> None:
                    help="pipeline: one-shot = search, rearrange, prune, then refit; iterative = keep the search's "
                         "per-layer counts, choose the units bottom-up by the output error they leave and refit each "
                         "sublayer before the next (not with --no-rearrange / --no-reconstruct)")
+    p.add_argument("--selection", choices=("output", "criterion", "output-heads"), default="output",
+                   help="pipeline, --method iterative: which units each sublayer keeps: by the output error their "
+                        "removal leaves, by --criterion's scores, or heads by output error and FFN neurons by "
+                        "--criterion's scores")
     p.add_argument("--calibration-examples", type=int, default=512, metavar="N",
                    help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -683,6 +687,9 @@ def _prune_path(args: argparse.Namespace) -> str:
                             "file: `deepcuts score --granularity unit ... --out S`, then `deepcuts prune --scores S`")
     switches = (("--no-rearrange", args.no_rearrange), ("--no-reconstruct", args.no_reconstruct))
     one_shot_only = [flag for flag, on in switches if on]
+    if args.method != "iterative" and args.selection != "output":
+        raise DeepCutsError(f"--selection {args.selection} chooses units inside --method iterative; add "
+                            "--method iterative, or drop --selection")
     if args.method == "iterative" and one_shot_only:
         raise DeepCutsError(f"--method iterative chooses units by their output error and always refits, so "
                             f"{' and '.join(one_shot_only)} does not apply to it; drop it, or use --method one-shot")
@@ -719,10 +726,10 @@ def _prune_pipeline(args: argparse.Namespace, model, batches: list) -> tuple:
         model, batches, args.keep_flops, criterion=args.criterion or FISHER, seq_len=args.seq_len,
         rearrange=not args.no_rearrange, reconstruct=not args.no_reconstruct, dtype=args.dtype,
         min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet,
-        method=args.method)
+        method=args.method, selection=args.selection)
     iterative = args.method == "iterative"
     return slim, plan, {"path": "pipeline", "criterion": info["criterion"], "method": args.method,
-                        "rearranged": not (args.no_rearrange or iterative),
+                        "selection": info.get("selection"), "rearranged": not (args.no_rearrange or iterative),
                         "reconstructed": not args.no_reconstruct, "timings": info["timings"]}
 
 
@@ -767,7 +774,7 @@ def _prune_summary(args: argparse.Namespace, model, slim, plan, ran: dict, batch
     return {
         "out": str(args.out),
         **{k: ran[k] for k in ("path", "criterion")},
-        "method": ran.get("method"),
+        "method": ran.get("method"), "selection": ran.get("selection"),
         "allocation": plan.target.get("allocation"),
         "scores": args.scores,
         "data": args.data,
@@ -792,7 +799,10 @@ def _prune_line(s: dict) -> str:
     if s["path"] == "pipeline":
         how = f"retraining-free pipeline ({s['criterion']} scores, Fisher-referenced allocation"
         if s.get("method") == "iterative":
-            how += ", units chosen iteratively by output error"
+            how += {"output": ", units chosen iteratively by output error",
+                    "criterion": f", units chosen iteratively by {s['criterion']} scores",
+                    "output-heads": f", heads chosen iteratively by output error, neurons by {s['criterion']} scores",
+                    }[s.get("selection") or "output"]
         else:
             how += ", rearranged" if s["rearranged"] else ", not rearranged"
     else:

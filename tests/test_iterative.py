@@ -188,3 +188,10 @@ def test_cli_prune_method_iterative(model_dir, data_csv, tmp_path, capsys):
     code, _, err = run(prune_argv(model_dir, data_csv, tmp_path / "u", "--method", "iterative", "--no-rearrange"),
                        capsys)
     assert code != 0 and "--no-rearrange does not apply" in err
+    code, stdout, _ = run(prune_argv(model_dir, data_csv, tmp_path / "v", "--method", "iterative", "--selection",
+                                     "criterion", "--criterion", "cam-cut"), capsys)
+    s = json.loads(stdout)
+    assert code == 0 and (s["method"], s["selection"], s["criterion"]) == ("iterative", "criterion", "cam-cut")
+    code, _, err = run(prune_argv(model_dir, data_csv, tmp_path / "w", "--selection", "criterion"), capsys)
+    assert code == 2 and "--selection criterion chooses units inside --method iterative" in err and not (
+        tmp_path / "w").exists()
