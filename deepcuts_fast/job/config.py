@@ -1,7 +1,7 @@
 """What one main-job run does: the criteria, the grids and the budgets of each stage.
 
-`JobConfig.quick()` is the reduced grid of `deepcuts run --quick` (under 10 minutes on 2 CPU
-cores); `JobConfig.full()` is the whole comparison (under an hour there).
+`JobConfig.quick()` is the reduced grid of `deepcuts run --quick` (minutes on 2 CPU cores);
+`JobConfig.full()` is the whole comparison (about an hour there; README gives measured times).
 """
 from __future__ import annotations
 
