@@ -30,28 +30,23 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
+from benchmarks.model_families import (add_family_args, check_family_args, comma_list,  # noqa: E402
+                                       dense_model)
 from deepcuts_fast.benchmarking import BenchmarkReport, benchmark  # noqa: E402
 from deepcuts_fast.precision import distinct  # noqa: E402
 
 TARGET = 0.9  # measured speedup >= 0.9 x theoretical FLOP reduction
-FAMILIES = ("minilm", "bert-base")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    def items(cast):
-        return lambda text: [cast(v) for v in text.split(",") if v.strip()]
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", type=items(str), default=list(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
-    ap.add_argument("--batch-sizes", type=items(int), default=[1, 32])
+    add_family_args(ap)
+    ap.add_argument("--batch-sizes", type=comma_list(int), default=[1, 32])
     ap.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOP targets and the timing")
-    ap.add_argument("--dtypes", type=items(str), default=["fp32", "auto"],
-                    help="fp32, bf16, fp16 or auto (the fastest native dtype); duplicates once resolved run once")
-    ap.add_argument("--keep", type=items(float), default=[0.75, 0.5, 0.33], help="keep_flops fractions")
+    ap.add_argument("--keep", type=comma_list(float), default=[0.75, 0.5, 0.33], help="keep_flops fractions")
     ap.add_argument("--repeats", type=int, default=20, help="at least this many timed runs per model and grid point")
     ap.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds per grid point")
     ap.add_argument("--warmup", type=int, default=3)
@@ -60,29 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--multiple-of", type=int, default=1, help="round FFN widths to a multiple (64 for GPUs)")
     ap.add_argument("--out", type=Path, default=None, help="folder for bench.json / bench.csv / bench.png")
     args = ap.parse_args(argv)
-    unknown = sorted(set(args.models) - set(FAMILIES))
-    if unknown:
-        ap.error(f"unknown models {unknown}; choose from {', '.join(FAMILIES)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():  # before "auto" asks the GPU its name
-        ap.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu")
+    check_family_args(ap, args)
     return args
 
-
-def dense_model(family: str) -> nn.Module:
-    """The dense model of a family (random weights for bert-base, seeded). Where the packaged MiniLM is
-    not installed (the GPU image), a random model of the same shape stands in: latency depends on shapes."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    if family == "minilm":
-        try:
-            return dc.load_model("minilm")
-        except dc.DeepCutsError:
-            print("packaged MiniLM not installed: timing a random-weight model of its shape", file=sys.stderr)
-            config = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536, num_hidden_layers=6)
-    else:
-        config = BertConfig()
-    torch.manual_seed(0)
-    return BertForSequenceClassification(config).eval()
 
 
 def slim_models(model: nn.Module, keeps: list[float], seq_len: int, multiple_of: int = 1) -> dict[float, nn.Module]:

@@ -33,27 +33,23 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
+from benchmarks.model_families import (add_family_args, check_family_args, comma_list,  # noqa: E402
+                                       dense_model)
 from deepcuts_fast.machine import describe_cpu, machine_info  # noqa: E402
 from deepcuts_fast.planning import latency_table  # noqa: E402
 from deepcuts_fast.precision import choose, distinct  # noqa: E402
 
 TARGET = 0.10  # measured speedup within 10% of the asked one (at batch 32)
 TARGET_BATCH = 32
-FAMILIES = ("minilm", "bert-base")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    def items(cast):
-        return lambda text: [cast(v) for v in text.split(",") if v.strip()]
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", type=items(str), default=list(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
-    ap.add_argument("--batch-sizes", type=items(int), default=[32, 1])
+    add_family_args(ap)
+    ap.add_argument("--batch-sizes", type=comma_list(int), default=[32, 1])
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--dtypes", type=items(str), default=["fp32", "auto"],
-                    help="fp32, bf16, fp16 or auto (the fastest native dtype); duplicates once resolved run once")
-    ap.add_argument("--speedups", type=items(float), default=[1.5, 2.0, 3.0])
+    ap.add_argument("--speedups", type=comma_list(float), default=[1.5, 2.0, 3.0])
     ap.add_argument("--repeats", type=int, default=7, help="at least this many timed runs per model")
     ap.add_argument("--min-time", type=float, default=0.0, help="and at least this many seconds per batch size")
     ap.add_argument("--warmup", type=int, default=2)
@@ -64,30 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="read latency tables from the deepcuts cache instead of measuring them afresh")
     ap.add_argument("--out", type=Path, default=None, help="write the rows, machine and tables as JSON here")
     args = ap.parse_args(argv)
-    unknown = sorted(set(args.models) - set(FAMILIES))
-    if unknown:
-        ap.error(f"unknown models {unknown}; choose from {', '.join(FAMILIES)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu")
+    check_family_args(ap, args)
     return args
 
-
-def dense_model(family: str) -> nn.Module:
-    """The dense model of a family: the packaged MiniLM with a random 2-class head, or a seeded BERT-base."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    if family == "minilm":
-        try:
-            return dc.load_model("minilm", num_labels=2).eval()
-        except dc.DeepCutsError:  # not installed (e.g. a GPU image): latency depends on shapes only
-            print("packaged MiniLM not installed: timing a random-weight model of its shape", file=sys.stderr)
-            config = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536, num_hidden_layers=6,
-                                num_labels=2)
-    else:
-        config = BertConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12,
-                            num_labels=2)
-    torch.manual_seed(0)
-    return BertForSequenceClassification(config).eval()
 
 
 def plans(model: nn.Module, scores: dc.Scores, speedups: list[float], batch: int, dtype: str,
