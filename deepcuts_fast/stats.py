@@ -228,3 +228,23 @@ def compare(a, b, labels=None, names: tuple[str, str] = ("a", "b"), metric: str 
     return Comparison(a=names[0], b=names[1], metric=metric, value_a=va, value_b=vb, diff=diff, ci_low=float(low),
                       ci_high=float(high), p=p, test=test, verdict=verdict, n=int(lab.size),
                       draws=(int(pa.shape[0]), int(pb.shape[0])))
+
+
+# -- text of a comparison (`Comparison.to_dict()`), as reports and benchmark tables print it -----------------
+
+
+def points(c: dict | None) -> str:
+    """'+1.20 [+0.35, +2.05] points, p=0.006' (the difference a - b); '' without a test."""
+    if c is None:
+        return ""
+    return f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] points, {p_text(c['p'])}"
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table cell: '0.012', or '<0.001'."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_text(p: float) -> str:
+    """A p-value in a sentence: 'p=0.012', or 'p<0.001'."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"

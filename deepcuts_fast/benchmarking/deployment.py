@@ -19,7 +19,7 @@ from torch import nn
 
 from ..pruning.onnx_export import OnnxClassifier, export
 from ..precision import choose
-from ..stats import compare
+from ..stats import compare, points
 from ..train import EvalResult, evaluate
 from .latency import benchmark
 
@@ -119,7 +119,7 @@ def deployment_table(result: dict, batch: int | None = None) -> list[str]:
     by_name = {r["variant"]: r for r in rows}
     int8 = by_name.get("dense ORT int8")
     lines = [f"| variant | median ms (batch {batch}, seq {rows[0]['seq']}) | IQR ms | speedup vs dense torch fp32 "
-             "| speedup vs dense ORT int8 | test accuracy | vs dense torch fp32: points [95% CI], p | file MiB |",
+             "| speedup vs dense ORT int8 | test accuracy | vs dense torch fp32 [95% CI], p | file MiB |",
              "|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         vs_int8 = f"{int8['median_ms'] / r['median_ms']:.2f}x" if int8 else ""
@@ -132,9 +132,8 @@ def deployment_table(result: dict, batch: int | None = None) -> list[str]:
 
 
 def _versus(c: dict | None) -> str:
-    """'-1.10 [-1.95, -0.30], p=0.008, dense better' or '... tie' (a - b, in accuracy points)."""
+    """'-1.10 [-2.20, -0.05] points, p=0.061, tie' (a - b, in accuracy points), or 'dense better' / 'better'."""
     if c is None:
         return ""
-    p = "p<0.001" if c["p"] < 0.001 else f"p={c['p']:.3f}"
     verdict = "tie" if c["verdict"] == "tie" else ("better" if c["verdict"] == c["a"] else "dense better")
-    return f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}], {p}, {verdict}"
+    return f"{points(c)}, {verdict}"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .config import BASELINE_CRITERIA, DEEPCUTS_CRITERIA
 from .held_out import best
-from .significance import DENSE, claim_comparison, compare_rows, p_text, pipeline_groups
+from ..stats import p_text
+from .significance import DENSE, claim_comparison, compare_rows, pipeline_groups
 
 GOAL_KEEP = 0.5
 PIPELINE_GOALS = ((0.5, 0.01), (0.75, 0.002))  # (keep_flops, largest drop from dense) of the pipeline's goals

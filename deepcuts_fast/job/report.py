@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_text
-from .significance import format_p, multi_class, p_text, points
+from ..stats import format_p, p_text, points
+from .significance import multi_class
 from ..benchmarking.deployment import deployment_table
 
 PIPELINE_PLOT = "retraining_free.png"  # shown in the retraining-free section, not under Plots

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..stats import decode_ids, compare
+from ..stats import compare, decode_ids
 from .config import BASELINE_CRITERIA, DEEPCUTS_CRITERIA
 from .held_out import best
 
@@ -59,23 +59,6 @@ def compare_rows(results: dict, a: dict | Sequence[dict], b: dict | Sequence[dic
     if labels is None or pa is None or pb is None or pa.shape[1] != labels.size or pb.shape[1] != labels.size:
         return None
     return compare(pa, pb, labels, names=names).to_dict()
-
-
-def points(c: dict | None) -> str:
-    """'+1.20 [+0.35, +2.05] points, p=0.006' (the difference a - b); '' without a test."""
-    if c is None:
-        return ""
-    return f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] points, {p_text(c['p'])}"
-
-
-def format_p(p: float) -> str:
-    """A p-value for a table cell: '0.012', or '<0.001'."""
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def p_text(p: float) -> str:
-    """A p-value in a sentence: 'p=0.012', or 'p<0.001'."""
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def _entry(section: str, setting: str, what: str, c: dict | None) -> dict | None:
