@@ -179,6 +179,14 @@ def has_classifier_head(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
 
 
+def max_positions(config) -> int | None:
+    """The longest token sequence a model config's position embeddings allow (None when it does not say)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and getattr(config, "model_type", None) == "roberta":
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # RoBERTa positions start after the padding index
+    return limit
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameter-free module)."""
     param = next(model.parameters(), None)

@@ -26,7 +26,7 @@ from .errors import DeepCutsError, first_line
 from .finetune_cache import finetuned_model
 from .hashing import content_hash
 from .train import TrainSettings
-from .models import has_classifier_head, load_model, load_tokenizer, resolve_model_path
+from .models import has_classifier_head, load_model, load_tokenizer, max_positions, resolve_model_path
 
 TASK_MODEL_ALIAS = "minilm-rt"
 OnBare = Literal["fine-tune", "random-head"]
@@ -111,14 +111,6 @@ def finetuned_task_model(base: str, data: str, num_labels: int | None = None, pr
     )
     return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata,
                      max_length=max_length)
-
-
-def max_positions(config) -> int | None:
-    """The longest token sequence a model config's position embeddings allow (None when it does not say)."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and getattr(config, "model_type", None) == "roberta":
-        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # RoBERTa positions start after the padding index
-    return limit
 
 
 def check_max_length(max_length: int, config, name: str) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import DeepCutsError, first_line
 from ..flops import encoder_flops
+from ..models import max_positions
 from ..precision import NAMES
 from . import memory
 
@@ -42,11 +43,7 @@ def flops_or_none(model: nn.Module | None, seq_len: int) -> int | None:
 
 def max_seq_len(model: nn.Module) -> int | None:
     """Longest sequence the model's position embeddings allow (None when the config does not say)."""
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and getattr(config, "model_type", None) == "roberta":
-        limit -= (config.pad_token_id or 0) + 1  # RoBERTa positions start after the padding index
-    return limit
+    return max_positions(getattr(model, "config", None))
 
 
 def onnx_quantized(path: str | os.PathLike) -> bool:
