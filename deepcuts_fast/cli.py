@@ -179,7 +179,9 @@ def _add_eval(sub) -> None:
 
 
 def _add_prune(sub) -> None:
+    from .pipeline import METHODS
     from .precision import CHOICES as DTYPE_CHOICES
+    from .pruning.iterative import SELECTIONS
     from .task import TASK_MODEL_ALIAS
 
     p = sub.add_parser("prune", help="prune heads and FFN neurons without retraining (the whole pipeline on --data, "
@@ -226,11 +228,11 @@ def _add_prune(sub) -> None:
     p.add_argument("--no-reconstruct", action="store_true",
                    help="skip the least-squares refit of each layer's output projections on --data (done by "
                         "default whenever --data is given)")
-    p.add_argument("--method", choices=("one-shot", "iterative"), default="one-shot",
+    p.add_argument("--method", choices=METHODS, default="one-shot",
                    help="pipeline: one-shot = search, rearrange, prune, then refit; iterative = keep the search's "
                         "per-layer counts, choose the units bottom-up by the output error they leave and refit each "
                         "sublayer before the next (not with --no-rearrange / --no-reconstruct)")
-    p.add_argument("--selection", choices=("output", "criterion", "output-heads"), default="output",
+    p.add_argument("--selection", choices=SELECTIONS, default="output",
                    help="pipeline, --method iterative: which units each sublayer keeps: by the output error their "
                         "removal leaves, by --criterion's scores, or heads by output error and FFN neurons by "
                         "--criterion's scores")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -22,6 +22,13 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_choice(what: str, value, choices: Sequence[str]) -> None:
+    """Refuse a `value` outside `choices`: 'unknown WHAT 'x'. Did you mean 'y'? Choose one of: a, b'."""
+    if value not in choices:
+        raise DeepCutsError(f"unknown {what} {value!r}.{suggest(str(value), choices)} Choose one of: "
+                            f"{', '.join(choices)}")
 
 
 _REPR = reprlib.Repr()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .flops import encoder_flops
-from .errors import DeepCutsError, suggest
+from .errors import DeepCutsError, check_choice
 from .planning import Plan, plan, rearrange as rearrange_plan
 from .pruning import prune, reconstruct as reconstruct_slim
 from .pruning.iterative import SELECTIONS, iterative_prune
@@ -120,12 +120,8 @@ def prune_without_retraining(
 
 def _check_method(method: str, selection: str, rearrange: bool, reconstruct: bool) -> None:
     """Refuse an unknown method or selection, and one-shot switches given to the iterative method."""
-    if method not in METHODS:
-        raise DeepCutsError(f"unknown method {method!r}.{suggest(str(method), METHODS)} Choose one of: "
-                            f"{', '.join(METHODS)}")
-    if selection not in SELECTIONS:
-        raise DeepCutsError(f"unknown selection {selection!r}.{suggest(str(selection), SELECTIONS)} Choose one of: "
-                            f"{', '.join(SELECTIONS)}")
+    check_choice("method", method, METHODS)
+    check_choice("selection", selection, SELECTIONS)
     if method == "one-shot" and selection != "output":
         raise DeepCutsError(f"selection={selection!r} chooses units inside method='iterative'; the one-shot method "
                             "keeps the searched (and rearranged) units")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..arch import encoder_layers
-from ..errors import DeepCutsError, first_line, suggest
+from ..errors import DeepCutsError, check_choice, first_line
 from ..models import model_device
 from ..planning.plan import Plan
 from ..precision import autocast, choose
@@ -200,9 +200,7 @@ def _refit_columns(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, c
 
 
 def _check_selection(selection: str, scores: Scores | None) -> None:
-    if selection not in SELECTIONS:
-        raise DeepCutsError(f"unknown selection {selection!r}.{suggest(str(selection), SELECTIONS)} Choose one of: "
-                            f"{', '.join(SELECTIONS)}")
+    check_choice("selection", selection, SELECTIONS)
     if selection in ("criterion", "output-heads") and scores is None:
         raise DeepCutsError(f"selection={selection!r} picks units by the criterion's scores; pass scores= "
                             "(the criterion's unit Scores of the dense model)")
