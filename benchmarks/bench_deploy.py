@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import deepcuts_fast as dc  # noqa: E402
+from benchmarks.model_families import dense_model  # noqa: E402
 from deepcuts_fast.data import encode_labels, load_dataset, make_batches  # noqa: E402
 from deepcuts_fast.machine import describe_cpu  # noqa: E402
 from deepcuts_fast.precision import choose  # noqa: E402
@@ -72,13 +73,7 @@ def minilm() -> tuple[nn.Module, nn.Module, object, list]:
 
 
 def bert_base() -> tuple[nn.Module, nn.Module, object, None]:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    tok = dc.load_tokenizer("minilm")
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, num_labels=2)
-    model = BertForSequenceClassification(config).eval()
+    model, tok = dense_model("bert-base"), dc.load_tokenizer("minilm")  # BERT's 30,522-token vocabulary, as MiniLM's
     scores = dc.score(model, None, "magnitude", granularity="unit", progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # magnitude scores have no Fisher estimate: normalised per layer

@@ -1,5 +1,5 @@
 """What the latency benchmarks share: the model families they time, their dense models, and the command-line
-flags that pick them (`bench_latency.py`, `bench_speedup_plan.py`)."""
+flags that pick them (`bench_latency.py`, `bench_speedup_plan.py`; `bench_deploy.py` takes its random BERT-base)."""
 from __future__ import annotations
 
 import argparse
