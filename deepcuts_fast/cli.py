@@ -285,6 +285,9 @@ def _add_run(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of the calibration draws and fine-tunes")
     r.add_argument("--calibration-batches", type=int, default=None,
                    help=f"default {quick.calibration_batches} (--quick) or {full.calibration_batches}")
+    r.add_argument("--pipeline-examples", type=int, default=None,
+                   help="training examples of each retraining-free pipeline draw, all of which score and refit; "
+                        f"default {quick.pipeline_examples} (--quick) or {full.pipeline_examples}")
     r.add_argument("--recovery-epochs", type=float, default=None,
                    help="recovery fine-tuning of the best slim model per FLOP budget (default "
                         f"{quick.structured_recovery_epochs:g} with --quick, else {full.structured_recovery_epochs:g})")
@@ -842,6 +845,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
                  "latency_seq": int(_positive(args.latency_seq, "--latency-seq"))}
     if args.calibration_batches is not None:
         overrides["calibration_batches"] = _positive(args.calibration_batches, "--calibration-batches")
+    if args.pipeline_examples is not None:
+        overrides["pipeline_examples"] = _positive(args.pipeline_examples, "--pipeline-examples")
     if args.recovery_epochs is not None:
         overrides["structured_recovery_epochs"] = _positive(args.recovery_epochs, "--recovery-epochs", zero=True)
     if args.noise_scale is not None or args.noise_std is not None:  # e.g. the paper's: --noise-scale absolute
@@ -861,9 +866,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     _note_truncation(dataset, task.tokenizer, config.max_length, log)
     train = dataset
     dataset = encode_labels(dataset, task.model.config)
-    draw = lambda seed: make_batches(  # noqa: E731
+    draw = lambda seed, examples: make_batches(  # noqa: E731
         dataset, task.tokenizer, batch_size=config.batch_size, max_length=config.max_length, shuffle=True, seed=seed,
-        limit=max(config.reconstruction_examples, config.calibration_batches * config.batch_size))
+        limit=examples)
     evaluation = _held_out(args.data, task, config.max_length, log, train=train if task.base is not None else None)
     if args.fresh:
         shutil.rmtree(out / "steps", ignore_errors=True)

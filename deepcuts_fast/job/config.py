@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, replace
 QUICK_CRITERIA = ("magnitude", "gradient", "cam-cut", "smooth-cut")
 FULL_CRITERIA = ("magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
                  "smooth-cam-cut-shift", "random")
+PIPELINE_METHODS = {"one-shot": ("one-shot", "output"), "iterative": ("iterative", "output"),
+                    "iterative-criterion": ("iterative", "criterion")}
+"""The job's pipeline methods: (`method`, `selection`) of `dc.prune_without_retraining`."""
 DEEPCUTS_CRITERIA = ("cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut", "smooth-cam-cut-shift")
 BASELINE_CRITERIA = ("magnitude", "gradient")
 
@@ -44,7 +47,16 @@ class JobConfig:
     structured_recovery_keeps: tuple[float, ...] = (0.5,)
     pipeline_criteria: tuple[str, ...] = ("fisher", "cam-cut", "smooth-cut", "gradient", "magnitude")
     pipeline_draws: int = 3  # dc.prune_without_retraining per criterion and budget on seeds seed, seed+1, ...
-    pipeline_methods: tuple[str, ...] = ("one-shot", "iterative")  # its methods; rows "<criterion> (iterative)"
+    # Each pipeline draw's own training examples: all of them score and refit, as dc.prune_without_retraining does
+    # with the batches it is given (2,048: the calibration set its quality targets are stated for).
+    pipeline_examples: int = 2048
+    pipeline_keep_flops: tuple[float, ...] = (0.5, 0.33, 0.25)  # the pipeline's FLOP budgets
+    # The pipeline's methods, each a row "<criterion> (<method>)" (one-shot rows: just the criterion). "one-shot" runs
+    # every pipeline criterion. "iterative" (units chosen by output error) runs once, as Fisher: its per-layer counts
+    # are the Fisher-referenced search's, the same for every criterion, so its result does not depend on the
+    # criterion. "iterative-criterion" (units chosen by the criterion's ranking) runs `iterative_ranked`.
+    pipeline_methods: tuple[str, ...] = ("one-shot", "iterative", "iterative-criterion")
+    iterative_ranked: tuple[str, ...] = ("cam-cut",)  # the DeepCuts criterion that leads the one-shot method at 0.33
     latency_batch: int = 32
     latency_seq: int = 128
     dtype: str = "auto"  # fine-tunes, scoring, reconstruction; "auto": as deepcuts_fast.precision decides
@@ -60,11 +72,19 @@ class JobConfig:
 
     @classmethod
     def quick(cls, **overrides) -> "JobConfig":
-        """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning."""
+        """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning, one pipeline draw of
+        512 examples."""
         quick = cls(criteria=QUICK_CRITERIA, keep_flops=(0.5,), calibration_batches=8, recovery_criteria=(),
                     recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0,
-                    pipeline_criteria=("fisher",), pipeline_draws=1)
+                    pipeline_criteria=("fisher",), pipeline_draws=1, pipeline_examples=512,
+                    pipeline_keep_flops=(0.5,), pipeline_methods=("one-shot", "iterative"))
         return replace(quick, **overrides)
+
+    def pipeline_runs(self) -> list[tuple[str, str]]:
+        """(criterion, job method) of every pipeline row per budget and draw, in report order."""
+        chosen = {"one-shot": self.pipeline_criteria, "iterative": ("fisher",),
+                  "iterative-criterion": tuple(c for c in self.iterative_ranked if c in self.pipeline_criteria)}
+        return [(crit, method) for method in self.pipeline_methods for crit in chosen[method]]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -95,23 +95,35 @@ def _pipeline_section(results: dict) -> list[str]:
         return []
     s = results["settings"]
     seeds = sorted({r["seed"] for r in rows})
+    examples = rows[0].get("calibration_examples")  # older results: the reconstruction draw's size
+    examples_text = (f"{examples:,} training examples (all of them score and reconstruct)" if examples else
+                     f"{s['reconstruction_examples_used']} training examples (the first {s['calibration_examples']} "
+                     "score, all of them reconstruct)")
+    compared = any(e.get("vs_fisher") or e.get("vs_one_shot") for e in summary)
     out = ["### Retraining-free pipeline", "",
            "`dc.prune_without_retraining`: the criterion's unit scores rank-matched to Fisher inside each layer, "
            "one global FLOP search, Fisher mask rearrangement, physical pruning, layer-wise least-squares "
            "reconstruction (the one-shot method)"
            + ("; rows marked (iterative) use `method=\"iterative\"` instead: the search's per-layer counts, each "
-              "sublayer's units chosen bottom-up on the partly pruned model and its output projection refit before "
-              "the next" if any(r.get("method", "one-shot") != "one-shot" for r in rows) else "")
+              "sublayer's units chosen bottom-up on the partly pruned model by the output error their removal leaves "
+              "and its output projection refit before the next (the counts are the Fisher-referenced search's for "
+              "every criterion, so this method runs once, as Fisher); rows marked (iterative-criterion) choose the "
+              "units by the criterion's own ranking instead (`selection=\"criterion\"`)"
+              if any(r.get("method", "one-shot") != "one-shot" for r in rows) else "")
            + ". " + (f"Each calibration draw (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1
-                                 else f"The calibration draw (seed {seeds[0]})") + " takes its own "
-           f"{s['reconstruction_examples_used']} training examples (the first {s['calibration_examples']} score, "
-           "all of them reconstruct); one unit-scoring pass per draw serves every criterion. Accuracy over the "
+                                 else f"The calibration draw (seed {seeds[0]})") + f" takes its own {examples_text}"
+           "; one unit-scoring pass per draw serves every criterion. Accuracy over the "
            "draws: mean [min, max]" + (" (F1: mean macro-F1)" if multi_class(results) else "") + "; below dense: the "
            "mean drop in points with its 95% paired-bootstrap interval over the test examples and McNemar's p, each "
-           "example's correctness averaged over the draws (pooled). In bold the criterion chosen per budget, the best "
+           "example's correctness averaged over the draws (pooled)"
+           + ("; vs Fisher (one-shot Fisher for one-shot rows, Fisher's iterative row for iterative ones) and iterative "
+              "vs one-shot (the same criterion): the difference in "
+              "points, pooled the same way, named better only where significant at 0.05, else a tie" if compared
+              else "") + ". In bold the row chosen per budget, the best "
            f"mean on the {s.get('selection_split', 'test')} split.", "",
-           "| keep_flops | criterion | draws | accuracy | below dense (points, mean [95% CI], p) |",
-           "|---|---|---|---|---|"]
+           "| keep_flops | criterion | draws | accuracy | below dense (points, mean [95% CI], p) |"
+           + (" vs Fisher | iterative vs one-shot |" if compared else ""),
+           "|---|---|---|---|---|" + ("---|---|" if compared else "")]
     for e in summary:
         cell = f"{e['accuracy_mean']:.4f} [{e['accuracy_min']:.4f}, {e['accuracy_max']:.4f}]"
         if e.get("macro_f1_mean") is not None and multi_class(results):
@@ -120,7 +132,9 @@ def _pipeline_section(results: dict) -> list[str]:
         ci = e.get("drop_points_ci")
         drop = f"{e['drop_points_mean']:+.2f}" + (_ci(*ci, fmt="{:+.2f}") + f", {p_text(e['p_vs_dense'])}"
                                                   if ci else "")
-        out.append(f"| {e['keep_flops']:g} | {name} | {e['draws']} | {cell} | {drop} |")
+        out.append(f"| {e['keep_flops']:g} | {name} | {e['draws']} | {cell} | {drop} |"
+                   + (f" {_versus_cell(e.get('vs_fisher'))} | {_versus_cell(e.get('vs_one_shot'))} |" if compared
+                      else ""))
     winners = [e for e in summary if e["winner"]]
     out += ["", _pipeline_winners(results, winners), ""]
     first = [r for r in rows if r["seed"] == seeds[0] and any(
@@ -137,6 +151,14 @@ def _pipeline_section(results: dict) -> list[str]:
             + ", ".join(f"{v:.0f} s (seed {k})" for k, v in scoring.items()) + "; search, rearrangement, pruning "
             f"and reconstruction took a median {per_cell[len(per_cell) // 2]:.1f} s per (criterion, budget, draw).", ""]
     return out
+
+
+def _versus_cell(c: dict | None) -> str:
+    """'+1.20 [+0.35, +2.05], p=0.006, **cam-cut better**' (points, a - b), or '-' where nothing was compared."""
+    if c is None:
+        return "-"
+    return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}], {p_text(c['p'])}, "
+            + ("tie" if c["verdict"] == "tie" else f"**{c['verdict']} better**"))
 
 
 def _deployment_section(results: dict) -> list[str]:

@@ -40,16 +40,18 @@ from .steps import StepStore, source_fingerprint
 class MainJob:
     """One run of the main job on a task model and its data, writing into `out`."""
 
-    def __init__(self, task: TaskModel, draw: Callable[[int], list], evaluation: held_out.HeldOut,
+    def __init__(self, task: TaskModel, draw: Callable[[int, int], list], evaluation: held_out.HeldOut,
                  config: JobConfig, out: Path, data_name: str, progress: bool = True,
                  log: Callable[[str], None] = print):
-        """`draw(seed)`: shuffled labelled training batches; the first `calibration_batches` of a draw score,
-        all of it reconstructs. `config.seed`'s draw serves every stage, further seeds the pipeline's spread.
+        """`draw(seed, examples)`: that many shuffled labelled training examples, in batches. `config.seed`'s draw of
+        `reconstruction_examples` serves paper and structured mode (its first `calibration_batches` score, all of it
+        reconstructs); the pipeline takes draws of `pipeline_examples` on seeds `seed`, `seed + 1`, ...
         `evaluation`: the test batches every number is reported on, and the validation batches every choice
         is made on."""
         self.task, self.model, self.config, self.out = task, task.model, config, Path(out)
         self.draw = draw
-        self.reconstruction = draw(config.seed)
+        self.reconstruction = draw(config.seed, max(config.reconstruction_examples,
+                                                    config.calibration_batches * config.batch_size))
         self.calibration, self.evaluation = self.reconstruction[:config.calibration_batches], evaluation
         self.progress, self.log = progress, log
         self.data_name = data_name
@@ -234,11 +236,15 @@ class MainJob:
         c = self.config
         rows = []
         for seed in range(c.seed, c.seed + c.pipeline_draws):
-            batches = self.reconstruction if seed == c.seed else self.draw(seed)
-            shared = _SharedScores(self.model, batches[:c.calibration_batches], [*c.pipeline_criteria, "fisher"],
-                                   c, seed, self.progress)
-            for keep in c.keep_flops:
-                for crit, method in ((x, m) for m in c.pipeline_methods for x in c.pipeline_criteria):
+            batches = self.draw(seed, c.pipeline_examples)
+            drawn = sum(len(b["labels"]) for b in batches)
+            if seed == c.seed and drawn < c.pipeline_examples and c.pipeline_draws > 1:
+                self.log(f"note: the training split has {drawn:,} examples, fewer than the {c.pipeline_examples:,} "
+                         "of a pipeline draw: every draw takes all of them, so the draws' range shows no calibration "
+                         "spread (lower --pipeline-examples for distinct draws)")
+            shared = _SharedScores(self.model, batches, [*c.pipeline_criteria, "fisher"], c, seed, self.progress)
+            for keep in c.pipeline_keep_flops:
+                for crit, method in c.pipeline_runs():
                     one_shot = method == "one-shot"
                     r = self.store.run(f"pipeline-{crit}-k{keep:g}-seed{seed}" + ("" if one_shot else f"-{method}"),
                                        lambda: {**structured_mode.retraining_free(
@@ -247,7 +253,8 @@ class MainJob:
                                            self.reference(), self.reconstruct_dtype, method),
                                            "score_seconds": shared.seconds})
                     label = crit if one_shot else f"{crit} ({method})"
-                    rows.append({"criterion": label, "method": method, "keep_flops": keep, "seed": seed, **r})
+                    rows.append({"criterion": label, "method": method, "keep_flops": keep, "seed": seed,
+                                 "calibration_examples": drawn, **r})
                     self.log(f"pipeline  {label:>22s}  keep_flops={keep:<4g} seed {seed}  accuracy {r['accuracy']:.4f}")
         return rows
 

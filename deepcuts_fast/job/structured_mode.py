@@ -16,6 +16,7 @@ from ..planning import Plan
 from ..pruning import prune, reconstruct
 from ..scoring import Scores
 from ..train import finetune
+from .config import PIPELINE_METHODS
 from .held_out import PREFIX, HeldOut
 
 ERROR_BATCHES = 8  # calibration batches on which the layer-output error is reported
@@ -70,10 +71,13 @@ def output_error(slim: nn.Module, reference: list[torch.Tensor], batches: list) 
 def retraining_free(model: nn.Module, criterion: str, keep: float, seq_len: int, scores: dict[str, Scores],
                     reconstruction: list, evaluation: HeldOut, probe: list, reference: list[torch.Tensor],
                     dtype: str, method: str = "one-shot") -> dict:
-    """`dc.prune_without_retraining` at `keep` on shared unit scores with `method`: accuracy, kept units, plan,
-    timings. The output error is taken on `probe` (the same batches for every draw) against `reference`."""
+    """`dc.prune_without_retraining` at `keep` on shared unit scores with the job's `method` (`PIPELINE_METHODS`):
+    accuracy, kept units, plan, timings. The output error is taken on `probe` (the same batches for every draw)
+    against `reference`."""
+    pipeline_method, selection = PIPELINE_METHODS[method]
     slim, plan, info = prune_without_retraining(model, reconstruction, keep, criterion=criterion, seq_len=seq_len,
-                                                scores=scores, dtype=dtype, method=method)
+                                                scores=scores, dtype=dtype, method=pipeline_method,
+                                                selection=selection)
     return {**_accuracy(slim, evaluation), "heads": info["heads"], "ffn": info["neurons"],
             "flop_ratio": 1 / info["flops_kept"], "params": sum(p.numel() for p in slim.parameters()),
             "output_error": output_error(slim, reference, probe), "timings": info["timings"],
