@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-dtype", choices=("fp32", "bf16", "auto"), default="fp32",
                     help="precision of the test evaluation (auto: bf16 only where this machine runs it natively)")
     ap.add_argument("--time-criterion", default="fisher", help="criterion of the timed whole-pipeline run ('' skips)")
+    ap.add_argument("--time-methods", default="one-shot,iterative",
+                    help="methods of the timed runs, comma-separated (one-shot first gives the iterative/one-shot ratio)")
     ap.add_argument("--pipeline-dtype", choices=("fp32", "bf16", "auto"), default="fp32",
                     help="precision of the scoring and reconstruction forwards (grid and timed pipeline; auto: bf16 "
                          "only where this machine runs it natively)")
@@ -282,21 +284,47 @@ def summarise(paths: list[Path]) -> None:
     print_table(results, dense.pop(), labels, keeps, criteria, stages)
 
 
+def forward_backward(model, batches: list, dtype: str) -> float:
+    """Seconds of one forward+backward pass with weight gradients over `batches` in the pipeline's precision: the
+    floor of any gradient-based pruning method (gradients are cleared afterwards)."""
+    from deepcuts_fast.precision import autocast, choose
+
+    autocast_dtype = choose("score", "cpu", dtype).autocast_dtype
+    start = time.perf_counter()
+    for b in batches:
+        with autocast("cpu", autocast_dtype):
+            loss = model(**b).loss
+        loss.backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
 def time_pipeline(model, train, tok, args, accuracy, emit) -> None:
-    """Whole pipeline (scores + plan + rearrange + prune + reconstruction) at keep_flops 0.5, seed 0,
-    then the accuracy of its slim model (and the dense one, same evaluation) outside the timing."""
+    """At keep_flops 0.5, seed 0, in one run: one forward+backward pass over the calibration set (after a short
+    warm-up), then the whole pipeline (scores + plan + ... + refit) with each of --time-methods; their wall times,
+    the ratios to that pass and to the one-shot method, and each slim model's accuracy (outside the timing)."""
     calibration, refit_on = [make_batches(train, tok, batch_size=args.batch_size, max_length=args.seq_len,
                                           shuffle=True, seed=0, limit=n, sort_by_length=True)
                              for n in (args.calibration, args.reconstruct_examples)]
-    start, cpu = time.perf_counter(), time.process_time()
-    slim, _, info = dc.prune_without_retraining(model, calibration, keep_flops=0.5, criterion=args.time_criterion,
-                                             seq_len=args.seq_len, reconstruct_batches=refit_on,
-                                             dtype=args.pipeline_dtype)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    emit({"pipeline_criterion": args.time_criterion, "pipeline_dtype": args.pipeline_dtype,
-          "pipeline_wall_s": round(wall, 1), "pipeline_cpu_s": round(cpu, 1), **info["timings"],
-          "threads": torch.get_num_threads(), "accuracy": accuracy(slim).accuracy,
-          "dense_accuracy": accuracy(model).accuracy})
+    forward_backward(model, calibration[:2], args.pipeline_dtype)  # warm-up: one-time kernel and allocator setup
+    floor = forward_backward(model, calibration, args.pipeline_dtype)
+    emit({"forward_backward_s": round(floor, 1), "examples": sum(len(b["labels"]) for b in calibration),
+          "pipeline_dtype": args.pipeline_dtype, "threads": torch.get_num_threads()})
+    walls = {}
+    for method in [m.strip() for m in args.time_methods.split(",") if m.strip()]:
+        start, cpu = time.perf_counter(), time.process_time()
+        slim, _, info = dc.prune_without_retraining(model, calibration, keep_flops=0.5, criterion=args.time_criterion,
+                                                 seq_len=args.seq_len, reconstruct_batches=refit_on,
+                                                 dtype=args.pipeline_dtype, method=method)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        walls[method] = wall
+        emit({"pipeline_criterion": args.time_criterion, "method": method, "pipeline_dtype": args.pipeline_dtype,
+              "pipeline_wall_s": round(wall, 1), "pipeline_cpu_s": round(cpu, 1),
+              "x_forward_backward": round(wall / floor, 2),
+              **({"x_one_shot": round(wall / walls["one-shot"], 2)} if "one-shot" in walls and method != "one-shot"
+                 else {}),
+              **info["timings"], "threads": torch.get_num_threads(), "accuracy": accuracy(slim).accuracy})
 
 
 if __name__ == "__main__":
