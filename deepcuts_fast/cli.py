@@ -285,6 +285,10 @@ def _add_run(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of the calibration draws and fine-tunes")
     r.add_argument("--calibration-batches", type=int, default=None,
                    help=f"default {quick.calibration_batches} (--quick) or {full.calibration_batches}")
+    r.add_argument("--full-pipeline", action="store_true",
+                   help="with --quick: the full run's retraining-free pipeline (its criteria and methods, keep_flops "
+                        f"{', '.join(f'{k:g}' for k in full.pipeline_keep_flops)}, {full.pipeline_draws} draws of "
+                        f"{full.pipeline_examples:,} examples) with the quick grid elsewhere")
     r.add_argument("--pipeline-examples", type=int, default=None,
                    help="training examples of each retraining-free pipeline draw, all of which score and refit; "
                         f"default {quick.pipeline_examples} (--quick) or {full.pipeline_examples}")
@@ -835,6 +839,7 @@ def cmd_run(args) -> int:
 def _run(args: argparse.Namespace, out: Path) -> int:
     """`deepcuts run` once its --out folder is checked and locked."""
     import shutil
+    from dataclasses import replace
 
     from .data import encode_labels, load_dataset, make_batches
     from .job import JobConfig, MainJob
@@ -856,6 +861,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         overrides["noise_std"] = (DEFAULT_NOISE_STD[overrides["noise_scale"]] if args.noise_std is None
                                   else args.noise_std)
     config = (JobConfig.quick if args.quick else JobConfig.full)(**overrides)
+    if args.full_pipeline:
+        config = replace(config.with_full_pipeline(), **{k: v for k, v in overrides.items() if k.startswith("pipeline_")})
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     dataset = load_dataset(args.data, "train")
     # The fine-tune of a bare encoder follows "auto" (or $DEEPCUTS_PRECISION), not --dtype, so every

@@ -344,3 +344,23 @@ def test_one_resolver_fine_tunes_a_bare_encoder_or_gives_it_a_random_head(encode
         task_model(str(encoder_dir), on_bare="fine-tune")
     with pytest.raises(DeepCutsError, match="on_bare"):
         task_model(str(encoder_dir), on_bare="train")
+
+
+def test_quick_run_with_the_full_pipeline(encoder_dir, data_csv, tmp_path, monkeypatch):
+    """`--quick --full-pipeline`: the quick grid for paper and structured mode, the full run's pipeline grid."""
+    from deepcuts_fast.job import JobConfig
+
+    monkeypatch.setenv("DEEPCUTS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["run", "--quick", "--full-pipeline", "--pipeline-examples", "16", "--model", str(encoder_dir),
+                 "--data", str(data_csv), "--out", str(out), "--batch-size", "4", "--calibration-batches", "2",
+                 "--latency-batch", "2", "--latency-seq", "16", "--quiet", "--json"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    settings, quick, full = results["settings"], JobConfig.quick(), JobConfig.full()
+    assert settings["criteria"] == list(quick.criteria) and settings["keep_flops"] == list(quick.keep_flops)
+    assert settings["pipeline_examples"] == 16  # the flag still wins over the full grid's 2,048
+    assert settings["pipeline_keep_flops"] == list(full.pipeline_keep_flops)
+    assert settings["pipeline_draws"] == full.pipeline_draws and settings["pipeline_methods"] == list(
+        full.pipeline_methods)
+    assert {(r["criterion"], r["keep_flops"]) for r in results["retraining_free"]} == {
+        (c if m == "one-shot" else f"{c} ({m})", k) for c, m in full.pipeline_runs() for k in full.pipeline_keep_flops}

@@ -80,6 +80,14 @@ class JobConfig:
                     pipeline_keep_flops=(0.5,), pipeline_methods=("one-shot", "iterative"))
         return replace(quick, **overrides)
 
+    def with_full_pipeline(self) -> "JobConfig":
+        """This config with the full grid's retraining-free pipeline (criteria, methods, budgets, draws, examples):
+        `deepcuts run --quick --full-pipeline` measures the pipeline as the full run does, in far less time."""
+        full = JobConfig()
+        fields = ("pipeline_criteria", "pipeline_draws", "pipeline_examples", "pipeline_keep_flops", "pipeline_methods",
+                  "iterative_ranked")
+        return replace(self, **{f: getattr(full, f) for f in fields})
+
     def pipeline_runs(self) -> list[tuple[str, str]]:
         """(criterion, job method) of every pipeline row per budget and draw, in report order."""
         chosen = {"one-shot": self.pipeline_criteria, "iterative": ("fisher",),
