@@ -1,7 +1,8 @@
 """What one main-job run does: the criteria, the grids and the budgets of each stage.
 
 `JobConfig.quick()` is the reduced grid of `deepcuts run --quick` (minutes on 2 CPU cores);
-`JobConfig.full()` is the whole comparison (about an hour there; README gives measured times).
+`JobConfig.full()` is the whole comparison (about two hours there, estimated from its steps' times;
+`with_full_pipeline()` on the quick grid, an hour; README gives measured times).
 """
 from __future__ import annotations
 
