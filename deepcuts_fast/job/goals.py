@@ -16,9 +16,9 @@ from .significance import DENSE, claim_comparison, compare_rows, pipeline_groups
 
 GOAL_KEEP = 0.5
 PIPELINE_GOALS = ((0.5, 0.004), (0.33, 0.01))  # (keep_flops, largest mean drop from dense) of the pipeline's goals
-# Published retraining-free pruners' code run on the embedded task's split (each on its own fine-tune and 2,048
-# calibration reviews): points below dense.
 ANCHOR_DROP = {0.5: 0.0135, 0.75: 0.0005}  # Kwon et al.'s code, as a fraction (the plot's marker)
+# Published retraining-free pruners' code run on the embedded task's split (each on its own fine-tune and 2,048
+# calibration reviews), quoted next to the pipeline goals.
 ANCHORS = {0.5: "Kwon et al. 2022's code 1.35 points below, K-prune's (Park et al. 2024) 1.15",
            0.33: "K-prune's code 2.45 points below"}
 ANCHOR_DATA = "rotten_tomatoes"  # the only data those numbers hold for
