@@ -154,11 +154,10 @@ def _pipeline_section(results: dict) -> list[str]:
 
 
 def _versus_cell(c: dict | None) -> str:
-    """'+1.20 [+0.35, +2.05], p=0.006, **cam-cut better**' (points, a - b), or '-' where nothing was compared."""
+    """'+1.20 [+0.35, +2.05] points, p=0.006, **cam-cut better**' (a - b), or '-' where nothing was compared."""
     if c is None:
         return "-"
-    return (f"{100 * c['diff']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}], {p_text(c['p'])}, "
-            + ("tie" if c["verdict"] == "tie" else f"**{c['verdict']} better**"))
+    return f"{points(c)}, " + ("tie" if c["verdict"] == "tie" else f"**{c['verdict']} better**")
 
 
 def _deployment_section(results: dict) -> list[str]:

@@ -237,7 +237,7 @@ class MainJob:
         rows = []
         for seed in range(c.seed, c.seed + c.pipeline_draws):
             batches = self.draw(seed, c.pipeline_examples)
-            drawn = sum(len(b["labels"]) for b in batches)
+            drawn = _examples(batches)
             if seed == c.seed and drawn < c.pipeline_examples and c.pipeline_draws > 1:
                 self.log(f"note: the training split has {drawn:,} examples, fewer than the {c.pipeline_examples:,} "
                          "of a pipeline draw: every draw takes all of them, so the draws' range shows no calibration "
@@ -309,12 +309,11 @@ class MainJob:
         return self.scoring_seconds
 
     def _settings(self) -> dict:
-        examples = lambda batches: sum(len(b["labels"]) for b in batches)  # noqa: E731
         return {**self.config.to_dict(), "data": self.data_name, "model_can_rewind": self.task.can_rewind,
-                "calibration_examples": examples(self.calibration),
-                "reconstruction_examples_used": examples(self.reconstruction),
-                "evaluation_examples": examples(self.evaluation.test),
-                "validation_examples": None if self.evaluation.validation is None else examples(
+                "calibration_examples": _examples(self.calibration),
+                "reconstruction_examples_used": _examples(self.reconstruction),
+                "evaluation_examples": _examples(self.evaluation.test),
+                "validation_examples": None if self.evaluation.validation is None else _examples(
                     self.evaluation.validation),
                 "selection_split": self.evaluation.selection_split, "seq_len_flops": self.seq_len,
                 "scope_paper": "layer", "params_counted": "encoder", "scope_structured": "global",
@@ -326,6 +325,11 @@ class MainJob:
         write_text(self.out / "results.json", json.dumps(results, indent=1))
         plots = write_plots(results, self.out)
         write_report(results, [p.name for p in plots], self.out / "report.md")
+
+
+def _examples(batches: list) -> int:
+    """Labelled examples in a list of batches."""
+    return sum(len(b["labels"]) for b in batches)
 
 
 class _SharedScores:
