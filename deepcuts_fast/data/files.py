@@ -1,0 +1,176 @@
+"""Reading one local data file (CSV, TSV, JSON, JSON lines) into named columns, strictly: a row whose fields do not
+match the header, a repeated column name or JSON key, or a line that is not valid is refused by its line, never
+guessed at, because a guess silently shifts texts and labels."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeepCutsError
+from .dataset import row_name
+
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+# Characters one CSV/TSV field may hold (the csv module's default is 131,072). Long texts are fine, tokenization
+# cuts them; a field longer than this is more likely an unclosed quote that swallowed the rest of the file.
+FIELD_LIMIT = 16 * 1024 * 1024
+
+
+def read_columns(path: Path) -> tuple[dict[str, list], list[int] | None]:
+    """The columns of a data file with at least one row, and the file line each row starts on (None for a JSON
+    list, whose rows are named by number only)."""
+    rows, lines = _read_rows(path)
+    if not rows:
+        raise DeepCutsError(f"data file {str(path)!r} has no rows; add rows with a text and a label")
+    return _to_columns(rows, lines, str(path)), lines
+
+
+def _read_rows(path: Path) -> tuple[list, list[int] | None]:
+    """The file's rows (column -> value) in file order, with the line each starts on."""
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DeepCutsError(f"data file {str(path)!r} is not UTF-8 text; save it as UTF-8") from e
+    if not content.strip():
+        raise DeepCutsError(f"data file {str(path)!r} is empty; it needs a `text` and a `label` column")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return _read_delimited(content, str(path), tsv=suffix == ".tsv")
+    if suffix == ".json":
+        return _read_json(content, str(path))
+    return _read_json_lines(content, str(path))
+
+
+def _read_delimited(content: str, name: str, tsv: bool) -> tuple[list[dict[str, str]], list[int]]:
+    """CSV (quoted fields allowed, strictly), or TSV read literally as GLUE ships it; the first non-blank line is
+    the header, blank lines are skipped, and every other line must have one field per header column."""
+    csv.field_size_limit(FIELD_LIMIT)  # a process-wide setting, raised from the default
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    reader = csv.reader(io.StringIO(content), strict=True, **options)
+    header: list[str] | None = None
+    rows, lines, end = [], [], 0
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader, None)
+        except csv.Error as e:
+            raise DeepCutsError(_csv_error(name, start, str(e), tsv)) from e
+        end = reader.line_num
+        if fields is None:
+            return rows, lines
+        if not fields:
+            continue
+        if header is None:
+            header = _header(fields, name, start)
+            continue
+        if len(fields) != len(header):
+            raise DeepCutsError(_field_count_error(name, start, len(fields), header, tsv))
+        rows.append(dict(zip(header, fields)))
+        lines.append(start)
+
+
+def _header(fields: list[str], name: str, line: int) -> list[str]:
+    """The header's column names, none of them repeated (a repeated name would hide one column's values)."""
+    repeated = [column for column, n in Counter(fields).items() if n > 1]
+    if repeated:
+        raise DeepCutsError(f"{name}: line {line} (the header) repeats the column {', '.join(map(repr, repeated))}; "
+                            "rename or remove the repeated column so each name is used once")
+    return fields
+
+
+def _field_count_error(name: str, line: int, count: int, header: list[str], tsv: bool) -> str:
+    """What is wrong with a row of `count` fields under `header`, and how to fix it."""
+    if count > len(header):
+        fix = "TSV is read literally, so remove the tabs inside texts" if tsv else "quote fields that contain commas"
+    else:
+        fix = "add the missing fields" + ("" if tsv else ", quote a text that spans lines,") + " or remove the line"
+    fields = f"{count} {'TSV' if tsv else 'CSV'} field{'s' * (count != 1)}"
+    return f"{name}: line {line} has {fields} but the header has {len(header)} ({', '.join(header)}); {fix}"
+
+
+def _csv_error(name: str, line: int, problem: str, tsv: bool) -> str:
+    """A csv module error at the row starting on `line`, in words that say what to fix."""
+    if problem.startswith("field larger than field limit"):
+        hint = "" if tsv else ", or close the quote left open on or after that line"
+        return (f"{name}: line {line} has a field of over {FIELD_LIMIT:,} characters, more than a data file may "
+                f"hold; shorten that text (only its first --max-length tokens are read){hint}")
+    if problem == "unexpected end of data":
+        return (f"{name}: the row from line {line} opens a quoted field that is never closed; close that quote, and "
+                'double each quote inside a quoted field ("")')
+    return (f"{name}: line {line} is not valid {'TSV' if tsv else 'CSV'} ({problem}); put fields that contain "
+            'commas, quotes or line breaks in double quotes, and double each quote inside them ("")')
+
+
+class _RepeatedKeys(dict):
+    """A JSON object that repeats a key (the json module silently keeps the last value); refused as a row."""
+
+    repeated: list[str]
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict, marked as `_RepeatedKeys` when a key occurs twice (json's object_pairs_hook)."""
+    repeated = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
+    if not repeated:
+        return dict(pairs)
+    marked = _RepeatedKeys(pairs)
+    marked.repeated = repeated
+    return marked
+
+
+def _read_json(content: str, name: str) -> tuple[list, list[int] | None]:
+    """A JSON list of row objects, or one row object; a file that is not one JSON value is read as JSON lines
+    (unless it opens a list, whose error is then named by its line)."""
+    try:
+        data = json.loads(content, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        if content.lstrip().startswith("["):
+            raise DeepCutsError(f"{name}: line {e.lineno} is not valid JSON ({e.msg}); fix the list there") from e
+        return _read_json_lines(content, name)
+    if isinstance(data, list):
+        return data, None
+    if isinstance(data, dict):
+        _check_unwrapped(data, name)
+    return [data], None
+
+
+def _check_unwrapped(data: dict, name: str) -> None:
+    """Refuse one object that holds the rows under a key (`{"data": [{...}, ...]}`) rather than being a row."""
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            raise DeepCutsError(
+                f"{name}: holds one object whose {key!r} is a list of objects, not the rows themselves; "
+                'write the file as a JSON list of rows ([{"text": ..., "label": ...}, ...]) or one row per line'
+            )
+
+
+def _read_json_lines(content: str, name: str) -> tuple[list, list[int]]:
+    """One JSON object per line; blank lines are skipped. Lines end at newlines only: a JSON string may hold other
+    line separators (U+2028, ...) unescaped."""
+    rows, lines = [], []
+    for number, line in enumerate(content.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line, object_pairs_hook=_unique_keys))
+        except json.JSONDecodeError as e:
+            raise DeepCutsError(f"{name}: line {number} is not valid JSON ({e.msg}); fix or remove that line") from e
+        lines.append(number)
+    return rows, lines
+
+
+def _to_columns(rows: list, lines: list[int] | None, name: str) -> dict[str, list]:
+    """Column name -> values (None where a row lacks the column); every row must be an object without repeated
+    keys."""
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DeepCutsError(
+                f'{name}: {row_name(index, lines)} is not an object; write each row as {{"text": ..., "label": ...}}'
+            )
+        if isinstance(row, _RepeatedKeys):
+            raise DeepCutsError(f"{name}: {row_name(index, lines)} repeats the key "
+                                f"{', '.join(map(repr, row.repeated))}; keep one value per key")
+    names = dict.fromkeys(key for row in rows for key in row)
+    return {key: [row.get(key) for row in rows] for key in names}
