@@ -36,7 +36,7 @@ def update_with_tensors(h: Any, named: Iterable[tuple[str, torch.Tensor]]) -> No
     """Feed each (name, tensor) to hash `h`: name, shape, dtype and the raw bytes of its values."""
     for name, t in named:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # its buffer: no copy
 
 
 def model_fingerprint(model: nn.Module, digest_size: int = 8) -> str:

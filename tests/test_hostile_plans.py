@@ -1,6 +1,7 @@
 """Hostile inputs to scoring, planning, masks, pruning and export: NaN / inf / all-zero scores, budgets that the
-min_* and multiple_of options override, hand-edited plan JSON, foreign masks, mistyped options and arguments.
-Each is refused with a DeepCutsError saying what to pass, or (budgets) recorded in the plan and warned about."""
+min_* and multiple_of options override, hand-edited plan JSON and scores files, foreign masks, mistyped options and
+arguments. Each is refused with a DeepCutsError saying what to pass, or (budgets, degenerate scores) recorded in the
+plan and warned about."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,11 @@ import warnings
 import pytest
 import torch
 from conftest import TINY, tiny_batches, tiny_model
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import deepcuts_fast as dc
+from deepcuts_fast.cli import main
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.flops import encoder_flops, encoder_unit_params
 from deepcuts_fast.scoring.layout import model_layout
@@ -382,3 +386,139 @@ def test_export_refuses_bf16_models_and_bad_arguments(bert, tmp_path):
     with pytest.raises(DeepCutsError, match="export takes a torch model"):
         dc.export(None, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())  # nothing written by a refused export
+
+
+# -- 7. hostile scores files: converted, hand-edited, degenerate -------------------------------------------------
+
+
+def read_scores_file(path):
+    """(metadata, tensors) of a safetensors scores file."""
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def edited(source, target, edit):
+    """Write `source`'s tensors, changed by `edit(tensors)`, to `target` with the same metadata; `target`."""
+    meta, tensors = read_scores_file(source)
+    edit(tensors)
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(target), metadata=meta)
+    return target
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """(tiny BERT, the path of its gradient scores with Fisher's, as `deepcuts score` writes them)."""
+    model = tiny_model("bert")
+    path = tmp_path_factory.mktemp("scores") / "gradient.safetensors"
+    dc.score(model, tiny_batches(), "gradient", progress=False).save(path)
+    return model, path
+
+
+def degenerate_warnings(messages):
+    return [m for m in messages if "check how they were made" in m]
+
+
+def test_fp16_scores_file_is_refused_by_the_cli(model_dir, data_csv, tmp_path, capsys):
+    """Fisher's scores (~1e-8 here) underflow in float16, and the plan kept far fewer neurons; bfloat16 is fine."""
+    f32 = tmp_path / "scores.safetensors"
+    assert main(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", "gradient",
+                 "--batches", "2", "--batch-size", "8", "--out", str(f32), "--quiet"]) == 0
+    cast = lambda dtype: lambda t: t.update({k: v.to(dtype) for k, v in t.items()})  # noqa: E731
+    f16 = edited(f32, tmp_path / "f16.safetensors", cast(torch.float16))
+    assert not read_scores_file(f16)[1]["fisher/units/heads/0"].any()  # the harm: every Fisher head score is 0
+    capsys.readouterr()
+    prune = ["prune", "--model", str(model_dir), "--keep-flops", "0.5", "--quiet", "--scores"]
+    assert main([*prune, str(f16), "--out", str(tmp_path / "p16")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "deepcuts: error:" in err
+    assert "is float16, whose range (6.1e-05 to 65504) is narrower than float32's" in err and "score again" in err
+    assert not (tmp_path / "p16").exists()
+    bf16 = edited(f32, tmp_path / "bf16.safetensors", cast(torch.bfloat16))
+    assert main([*prune, str(bf16), "--out", str(tmp_path / "pbf16")]) == 0
+    assert {t.dtype for t in dc.Scores.load(bf16).to_tensors().values()} == {torch.float32}
+
+
+def _set(key, value):
+    """An edit setting tensor `key` to `value(its current tensor, or None)`."""
+    return lambda t: t.__setitem__(key, value(t.get(key)))
+
+
+def _add_layer_7(t):
+    t.update({k.replace(".layer.1.", ".layer.7."): v for k, v in list(t.items()) if ".layer.1." in k})
+
+
+QUERY = "weights/bert.encoder.layer.0.attention.self.query.weight"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("units/heads/0", lambda v: v > v.median()), "tensor 'units/heads/0' is bool, not a floating-point type"),
+    (_set("units/neurons/1", lambda v: torch.full_like(v, 2**62, dtype=torch.int64)),
+     "tensor 'units/neurons/1' is int64, not a floating-point type"),
+    (_set(QUERY, lambda v: v.to(torch.int32)), f"tensor '{QUERY}' is int32"),
+    (_add_layer_7, r"holds a tensor 'weights/bert\.encoder\.layer\.7\..*' that fits none of the 2 encoder layers"),
+    (_set("units/heads/7", lambda v: torch.ones(4)), "holds a tensor 'units/heads/7' that fits none"),
+    (_set("units/color/0", lambda v: torch.ones(4)), "holds a tensor 'units/color/0'"),
+    (_set("units/heads/1", lambda v: v.view(2, 2)), r"unit scores of layer 1 are shaped \(2, 2\) \(heads\)"),
+    (_set(QUERY, lambda v: v[:10]), r"scores of bert\.encoder\.layer\.0\.attention\.self\.query\.weight are "
+                                   r"shaped \(10, 32\).*4 heads of 8"),
+    (lambda t: t.pop(QUERY), r"query\.weight are missing"),
+    (_set("fisher/units/neurons/0", lambda v: v[:40]), "the Fisher scores of layer 0 cover 4 heads / 40 FFN neurons, "
+                                                      "the gradient scores 4 / 48"),
+])
+def test_hand_edited_scores_files_are_refused_by_name(scored, tmp_path, edit, message):
+    _, path = scored
+    with pytest.raises(DeepCutsError, match=message) as refused:
+        dc.Scores.load(edited(path, tmp_path / "edited.safetensors", edit))
+    assert "\n" not in str(refused.value) and "score again with `deepcuts score`" in str(refused.value)
+
+
+@pytest.mark.parametrize("dtype, message", [(torch.int64, "layer 0 heads are int64, not a floating-point type"),
+                                            (torch.float16, "layer 0 heads are float16, whose range"),
+                                            (torch.bool, "layer 0 heads are bool")])
+def test_unit_scores_that_are_not_float32_are_refused_by_plan(dtype, message):
+    model = tiny_model("bert")
+    units = random_scores(model).unit_scores()
+    heads = [(units["heads"][0] * 10).to(dtype), units["heads"][1]]
+    scores = dc.Scores({}, model_layout(model), {"criterion": "hand-made"}, heads=heads, neurons=units["neurons"])
+    with pytest.raises(DeepCutsError, match=f"the hand-made scores of {message}"):
+        dc.plan(model, scores, keep_flops=0.5, allocation="raw")
+    dc.plan(model, random_scores(model), keep_flops=0.5, allocation="raw")  # float32 and float64 are fine
+    dc.plan(model, dc.Scores({}, model_layout(model), {}, heads=[h.double() for h in units["heads"]],
+                             neurons=units["neurons"]), keep_flops=0.5, allocation="raw")
+
+
+def test_scores_of_another_model_are_refused_after_loading(scored):
+    _, path = scored
+    with pytest.raises(DeepCutsError, match=r"gradient scores were computed on .*, not on this model.*score the model"):
+        dc.plan(tiny_model("bert", seed=1), dc.Scores.load(path), keep_flops=0.5)
+
+
+@pytest.mark.parametrize("key", ["units/neurons/1", "fisher/units/neurons/1"])
+def test_scores_beyond_any_criterion_are_warned_about_in_one_line(scored, tmp_path, key):
+    model, path = scored
+    _, messages = quiet_plan(model, dc.Scores.load(path), keep_flops=0.5)
+    assert not degenerate_warnings(messages)  # real scores: no warning
+    huge = edited(path, tmp_path / "huge.safetensors", _set(key, lambda v: v.index_fill(0, torch.tensor([3]), 2.0**62)))
+    plan, messages = quiet_plan(model, dc.Scores.load(huge), keep_flops=0.5)
+    [warning] = degenerate_warnings(messages)
+    assert "\n" not in warning and "as large as 4.61e+18 in layer 1 FFN neurons, beyond the 1e+15" in warning
+    assert ("Fisher scores" in warning) == key.startswith("fisher/")
+    assert key.startswith("fisher/") or 3 in plan.neurons[1]  # the warning's point: the edited neuron ranks first
+
+
+def test_constant_scores_are_warned_about_and_ties_go_by_position(scored, tmp_path):
+    model, path = scored
+    all_ones = lambda t: t.update({k: torch.ones_like(v) for k, v in t.items()})  # noqa: E731
+    ones = edited(path, tmp_path / "ones.safetensors", all_ones)
+    plan, messages = quiet_plan(model, dc.Scores.load(ones), keep_flops=0.5)
+    warnings_ = degenerate_warnings(messages)
+    assert len(warnings_) == 2 and all("\n" not in w for w in warnings_)  # the criterion's and Fisher's
+    assert warnings_[0].startswith("the gradient scores are constant over layer 0 heads, layer 0 FFN neurons, "
+                                   "layer 1 heads, layer 1 FFN neurons")
+    assert "ties by unit position, not importance" in warnings_[0]
+    assert [] in plan.heads  # nothing to rank by: a layer loses every head
+    plan, messages = quiet_plan(model, unit_scores(model, [1.0, 2.0], [3.0, 4.0]), keep_heads=0.5, keep_neurons=0.25,
+                                scope="layer", allocation="raw")
+    assert plan.heads == [[0, 1], [0, 1]] and plan.neurons == [list(range(12))] * 2  # the lower indices first
+    [warning] = degenerate_warnings(messages)
+    assert "the fuzz scores are constant over layer 0 heads" in warning

@@ -8,6 +8,8 @@ from test_pruning import logits, random_plan
 
 import deepcuts_fast as dc
 from deepcuts_fast.errors import DeepCutsError
+from deepcuts_fast.pruning.iterative import select_and_refit
+from deepcuts_fast.pruning.slicing import LINEAGE
 
 
 def hidden_error(model, dense, batches):
@@ -71,6 +73,49 @@ def test_reconstruction_refuses_models_on_two_devices():
     slim = dc.prune(dense, random_plan(dense, 0)).to("meta")
     with pytest.raises(DeepCutsError, match="one device"):
         dc.reconstruct(slim, dense, tiny_batches(n_batches=1))
+
+
+def test_reconstruction_refuses_a_dense_model_the_slim_one_was_not_pruned_from():
+    dense, other = tiny_model("bert", seed=0), tiny_model("bert", seed=1)  # same shapes, other weights
+    calibration = tiny_batches(n_batches=2, seed=1)
+    slim = dc.prune(dense, random_plan(dense, 0))
+    wrong = r"slim model was not pruned from this dense model \(weights \w+\) but from one with weights \w+; pass " \
+            r"the dense model dc\.prune cut it from, unchanged"
+    with pytest.raises(DeepCutsError, match=wrong):
+        dc.reconstruct(slim, other, calibration)
+    dc.reconstruct(slim, dense, calibration)  # its own dense model is fine
+    layers = dc.arch.encoder_layers(slim)
+    halves = dc.Plan([list(range(la.num_heads)) for la in layers], [list(range(la.ffn_width // 2)) for la in layers],
+                     [la.num_heads for la in layers], [la.ffn_width for la in layers])
+    twice = dc.prune(slim, halves)
+    dc.reconstruct(twice, dense, calibration)  # as is any model it descends from
+    dc.reconstruct(twice, slim, calibration)
+    saved = type(slim.config).from_dict(slim.config.to_dict())  # the record travels in config.json
+    assert getattr(saved, LINEAGE) == getattr(slim.config, LINEAGE) != []
+    with torch.no_grad():
+        dense.classifier.weight.add_(1.0)  # changed after pruning: no longer the reference it was
+    with pytest.raises(DeepCutsError, match=wrong):
+        dc.reconstruct(slim, dense, calibration)
+    slim.config.deepcuts_pruned_from = "not a list"
+    with pytest.raises(DeepCutsError, match="deepcuts_pruned_from = 'not a list', not a list of weights hashes"):
+        dc.reconstruct(slim, dense, calibration)
+
+
+def test_the_iterative_method_and_the_pipeline_refuse_counts_and_scores_of_another_model():
+    dense, other = tiny_model("bert", seed=0), tiny_model("bert", seed=1)
+    calibration = tiny_batches(n_batches=2, seed=1)
+    scores = dc.score(dense, calibration, "fisher", "unit", progress=False)
+    counts = dc.plan(dense, scores, keep_heads=0.5, keep_neurons=0.5, scope="layer")
+    masked, plan, _ = select_and_refit(dense, calibration, counts, selection="criterion", scores=scores)
+    dc.reconstruct(dc.prune(masked, plan), dense, calibration)  # the masked copy records the dense model it came from
+    with pytest.raises(DeepCutsError, match=r"the plan's unit counts were made on a model with weights \w+, not on "
+                                            r"this dense model"):
+        select_and_refit(other, calibration, counts)
+    unrecorded = dc.Plan(counts.heads, counts.neurons, counts.num_heads, counts.ffn_widths)
+    with pytest.raises(DeepCutsError, match="the fisher scores were made on a model with weights"):
+        select_and_refit(other, calibration, unrecorded, selection="criterion", scores=scores)
+    with pytest.raises(DeepCutsError, match="fisher scores were computed on .*, not on this model"):
+        dc.prune_without_retraining(other, calibration, 0.5, seq_len=10, scores={"fisher": scores})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -77,12 +77,13 @@ def plan(
     mean there, "raw" compares them as they are (a baseline); "auto" is "fisher" where Fisher's
     scores are at hand and "normalized" otherwise (with a warning).
 
-    Scores must be finite (NaN would rank first), and a layer whose scores are all zero carries no
-    information to choose its units by: `plan` refuses it unless `min_heads` / `min_neurons` keep units
-    there. What the plan keeps is recorded in `plan.target["achieved"]` (`Plan.achieved`): the fraction of
-    the dense encoder's FLOPs at `seq_len`, unit parameters, heads and neurons. `min_heads`, `min_neurons`
-    and `multiple_of` are constraints that win over the budget, so `plan` never refuses a budget they
-    override; it warns instead (a UserWarning with target, achieved and each constraint's share) whenever
+    Scores must be floating-point with float32's range and finite (NaN would rank first), and a layer whose
+    scores are all zero carries no information to choose its units by: `plan` refuses it unless `min_heads` /
+    `min_neurons` keep units there. Scores constant over a layer's heads or neurons (ties, broken by unit
+    position) or beyond `checks.IMPLAUSIBLE` are warned about. What the plan keeps is recorded in
+    `plan.target["achieved"]` (`Plan.achieved`): the fraction of the dense encoder's FLOPs at `seq_len`, unit
+    parameters, heads and neurons. `min_heads`, `min_neurons` and `multiple_of` are constraints that win over
+    the budget, so `plan` never refuses a budget they override; it warns instead (a UserWarning with target, achieved and each constraint's share) whenever
     they push the plan above an asked budget by any amount, and whenever a plan misses an asked budget by
     more than `TOLERANCE` (2% of the dense cost) in either direction for any reason.
 
@@ -419,7 +420,7 @@ def _top_fraction(scores: list[torch.Tensor], fraction: float | None, scope: str
         flat = torch.cat(scores)
         k = round(fraction * flat.numel())
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
-        keep[torch.topk(flat, k).indices] = True
+        keep[_ranked(flat)[:k]] = True
         counts = [int(c.sum()) for c in keep.split([s.numel() for s in scores])]
     return [_top(s, max(c, min(minimum, s.numel()))) for s, c in zip(scores, counts)]
 
@@ -467,8 +468,15 @@ def _knapsack(model, head_scores, neuron_scores, fraction, budget_kind, seq_len,
     return [k[0] for k in kept], [k[1] for k in kept]
 
 
+def _ranked(scores: torch.Tensor) -> torch.Tensor:
+    """Unit indices from the highest score down, equal scores by position (the lower index first), so that ties,
+    which a warning reports for constant scores, are broken the same way on every machine."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
 def _top(scores: torch.Tensor, k: int) -> list[int]:
-    return sorted(torch.topk(scores, k).indices.tolist()) if k else []
+    """The sorted indices of the `k` highest scores (`_ranked`)."""
+    return sorted(_ranked(scores)[:k].tolist()) if k else []
 
 
 def _round_width(scores: torch.Tensor, k: int, multiple: int, minimum: int = 0) -> list[int]:

@@ -29,13 +29,15 @@ from torch import nn
 
 from ..arch import encoder_layers
 from ..errors import DeepCutsError, check_choice, first_line
+from ..hashing import model_fingerprint
 from ..models import model_device
+from ..planning.checks import check_layout
 from ..planning.plan import Plan
 from ..precision import autocast, choose
 from ..scoring.scores import Scores
 from .reconstruct import (_advance, _dense_targets, _first_layer_calls, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
-from .slicing import prune
+from .slicing import record_cut, shrink
 
 SELECTIONS = ("output", "criterion", "output-heads")
 """How the iterative method picks the kept units of a sublayer: by the output error their removal leaves
@@ -55,12 +57,13 @@ def iterative_prune(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
                     selection: str = "output", scores: Scores | None = None, ridge: float = 1e-4,
                     dtype: str | torch.dtype | None = "auto",
                     neuron_steps: int = NEURON_STEPS) -> tuple[nn.Module, Plan, dict[str, float]]:
-    """(slim model, its plan, timings in seconds): `select_and_refit`, then the physical `prune`."""
+    """(slim model, its plan, timings in seconds): `select_and_refit`, then the physical pruning of its masked copy
+    (in place: the copy is ours), which keeps the copy's record of being cut from `dense`."""
     masked, plan, timings = select_and_refit(dense, batches, counts, selection, scores, ridge, dtype, neuron_steps)
     start = time.perf_counter()
-    slim = prune(masked, plan)
+    shrink(masked, plan.heads, plan.neurons)
     timings["prune"] = round(time.perf_counter() - start, 3)
-    return slim, plan, timings
+    return masked, plan, timings
 
 
 def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], counts: Plan,
@@ -73,11 +76,13 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     `counts` gives how many heads and neurons each layer keeps (its kept sets are not used); `selection`
     "output" picks them by group OBS on the output error, "criterion" as the top of `scores` (unit scores of
     `dense`). `batches` are the calibration data (labels ignored); `dtype` the precision of the layer forwards
-    ("auto": bf16 autocast only where the device runs it natively). `dense` is left untouched."""
+    ("auto": bf16 autocast only where the device runs it natively). `dense` is left untouched; `counts` and
+    `scores` must have been made on it where they record a weights hash, and the copy records being cut from it."""
     _check_selection(selection, scores)
     if not isinstance(counts, Plan):
         raise DeepCutsError(f"the iterative method takes the unit counts as a dc.Plan, got {type(counts).__name__}")
     counts.check_model(dense)
+    fingerprint = _check_made_on(dense, counts, scores)
     if neuron_steps < 1:
         raise DeepCutsError(f"neuron_steps is how many chunks FFN neurons are removed in, at least 1; got "
                             f"{neuron_steps}")
@@ -85,6 +90,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     autocast_dtype = choose("infer", device, dtype).autocast_dtype
     batch_list = _model_inputs(batches, device)
     work = copy.deepcopy(dense).eval()
+    record_cut(work, dense, fingerprint)
     timings = dict.fromkeys(STEPS, 0.0)
     kept: dict[str, list[list[int]]] = {"heads": [], "neurons": []}
     was_training = dense.training
@@ -197,6 +203,23 @@ def _refit_columns(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, c
     linear.weight.copy_(weight)
     if linear.bias is not None:
         linear.bias.copy_(solution[-1].to(linear.bias.dtype))
+
+
+def _check_made_on(dense: nn.Module, counts: Plan, scores: Scores | None) -> str:
+    """`dense`'s weights hash, after refusing counts or scores recorded as made on other weights (their layers and
+    units describe another model then, and so would the units chosen here)."""
+    if scores is not None:
+        check_layout(dense, scores)
+    fingerprint = model_fingerprint(dense)
+    recorded = {"the plan's unit counts": counts.target.get("model_fingerprint")}
+    if scores is not None:
+        recorded[f"the {scores.criterion} scores"] = scores.model_fingerprint
+    for what, made_on in recorded.items():
+        if made_on is not None and made_on != fingerprint:
+            raise DeepCutsError(f"{what} were made on a model with weights {made_on}, not on this dense model "
+                                f"(weights {fingerprint}); pass the dense model they were made on, or plan and "
+                                "score this one")
+    return fingerprint
 
 
 def _check_selection(selection: str, scores: Scores | None) -> None:

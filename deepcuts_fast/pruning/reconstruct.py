@@ -24,8 +24,10 @@ from torch import nn
 
 from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError, first_line
+from ..hashing import model_fingerprint
 from ..precision import autocast, choose
 from ..models import model_device, to_device
+from .slicing import lineage
 
 REFIT_ROLES = OUTPUT_ROLES  # the block outputs: their inputs are what pruning removed
 
@@ -50,7 +52,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
 
     Both models must be on the same device; batches are moved there. `dtype` is the precision of the
     layer forwards ("auto": bf16 autocast only where the device runs it natively; the fits always
-    stay in float32 / float64)."""
+    stay in float32 / float64). `dense` must be a model `slim` was pruned from (`check_source`)."""
     device = model_device(dense)
     if model_device(slim) != device:
         raise DeepCutsError(f"the slim model is on {model_device(slim)} and the dense one on {device}; "
@@ -60,6 +62,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
     if len(slim_layers) != len(dense_layers):
         raise DeepCutsError(f"slim model has {len(slim_layers)} layers, the dense one {len(dense_layers)}")
+    check_source(slim, dense)
     refit = copy.deepcopy(slim).eval()
     was_training = dense.training
     dense.eval()
@@ -79,6 +82,18 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     return refit
 
 
+def check_source(slim: nn.Module, dense: nn.Module) -> None:
+    """Refuse a `dense` reference whose weights are none of those `slim` records being cut from (`slicing.lineage`):
+    a refit to another model's outputs would silently make the slim model imitate that one. Models pruned before
+    the record existed carry none and are taken as they are."""
+    cut_from = lineage(slim)
+    if not cut_from:
+        return
+    current = model_fingerprint(dense)
+    if current not in cut_from:
+        raise DeepCutsError(f"the slim model was not pruned from this dense model (weights {current}) but from one "
+                            f"with weights {cut_from[-1]}; pass the dense model dc.prune cut it from, unchanged, as "
+                            "the reference to refit against")
 
 
 def _model_inputs(batches: Iterable[Mapping[str, torch.Tensor]], device) -> list[dict]:

@@ -3,7 +3,8 @@
 Driven by the per-architecture description (`arch.ArchSpec`): the same code serves BERT, RoBERTa,
 ELECTRA and DistilBERT. A layer left with no heads gets an attention module that returns an empty
 context (its block then adds only the output bias); a layer with no FFN neurons keeps zero-width
-Linears, which PyTorch runs as a bias-only output.
+Linears, which PyTorch runs as a bias-only output. A pruned model's config records the weights hashes of the
+models it was cut from (`LINEAGE`), the only dense references `reconstruct` takes for it.
 """
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ import torch
 from torch import nn
 
 from ..arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, arch_spec, base_model
-from ..errors import DeepCutsError
+from ..errors import DeepCutsError, short_repr
+from ..hashing import model_fingerprint
 from ..planning.plan import Plan
 from .modeling_deepcuts_slim import NoHeads, no_heads_class  # the one definition, shared with slim folders
+
+LINEAGE = "deepcuts_pruned_from"
+"""The config attribute where a pruned model records the weights hashes (`hashing.model_fingerprint`) of the models it
+was cut from, oldest first: `reconstruct` takes no other dense reference."""
 
 
 def prune(model: nn.Module, plan: Plan) -> nn.Module:
@@ -30,7 +36,25 @@ def prune(model: nn.Module, plan: Plan) -> nn.Module:
     plan.check_model(model)
     slim = copy.deepcopy(model)
     shrink(slim, plan.heads, plan.neurons)
+    record_cut(slim, model)
     return slim
+
+
+def lineage(model: nn.Module) -> list[str]:
+    """The weights hashes of the models `model` was cut from, oldest first (empty for a model not made by pruning)."""
+    value = getattr(model.config, LINEAGE, None)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DeepCutsError(f"the model's config records {LINEAGE} = {short_repr(value)}, not a list of weights "
+                            f"hashes; remove {LINEAGE} from its config.json, or prune the dense model again")
+    return list(value)
+
+
+def record_cut(child: nn.Module, parent: nn.Module, fingerprint: str | None = None) -> None:
+    """Record on `child`'s config that it was cut from `parent` (whose weights hash is `fingerprint`, computed when
+    not given), after the models `parent` itself was cut from."""
+    setattr(child.config, LINEAGE, [*lineage(parent), fingerprint or model_fingerprint(parent)])
 
 
 def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[Sequence[int]]) -> None:

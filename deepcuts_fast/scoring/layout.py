@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import ROLES, UNIT_AXIS, encoder_layers
+from ..arch import HEAD_ROLES, ROLES, UNIT_AXIS, encoder_layers
+from ..errors import DeepCutsError
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,11 @@ class LayerLayout:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LayerLayout":
-        return cls(names={r: d["names"][r] for r in ROLES}, head_dim=int(d["head_dim"]))
+        """The layout `to_dict` wrote; KeyError / ValueError when a role or a positive head_dim is missing."""
+        head_dim = int(d["head_dim"])
+        if head_dim < 1:
+            raise ValueError(f"head_dim {head_dim}")
+        return cls(names={r: d["names"][r] for r in ROLES}, head_dim=head_dim)
 
 
 def model_layout(model: nn.Module) -> list[LayerLayout]:
@@ -58,3 +63,32 @@ def _row_sums(score: Mapping[str, torch.Tensor], module: str) -> torch.Tensor:
     rows = score[module + ".weight"].sum(1)
     bias = score.get(module + ".bias")
     return rows if bias is None else rows + bias
+
+
+def check_layer_shapes(i: int, layer: LayerLayout, units: tuple[torch.Tensor, torch.Tensor],
+                       weights: Mapping[str, torch.Tensor], interactions: tuple[torch.Tensor, torch.Tensor] | None,
+                       source: str) -> None:
+    """Refuse score tensors of layer `i` whose shapes do not fit together: unit scores are vectors, each per-weight
+    tensor (when there are any) has head_dim rows or columns per head and one per neuron along its unit axis, and
+    interaction matrices are square over the units. `source` names the scores in messages."""
+    heads, neurons = units
+    if heads.dim() != 1 or neurons.dim() != 1:
+        raise DeepCutsError(f"{source}: the unit scores of layer {i} are shaped {tuple(heads.shape)} (heads) and "
+                            f"{tuple(neurons.shape)} (FFN neurons), not one score per unit; score again with "
+                            "`deepcuts score`")
+    for role, module in layer.names.items() if weights else ():
+        width = heads.numel() * layer.head_dim if role in HEAD_ROLES else neurons.numel()
+        weight, bias = weights.get(f"{module}.weight"), weights.get(f"{module}.bias")
+        axis = 0 if UNIT_AXIS[role] == "rows" else 1
+        if weight is None or weight.dim() != 2 or weight.shape[axis] != width or (
+                bias is not None and tuple(bias.shape) != (weight.shape[0],)):
+            got = "missing" if weight is None else f"shaped {tuple(weight.shape)}"
+            got += "" if bias is None else f" (bias {tuple(bias.shape)})"
+            raise DeepCutsError(f"{source}: the scores of {module}.weight are {got}, which does not fit layer {i}'s "
+                                f"{heads.numel()} heads of {layer.head_dim} and {neurons.numel()} FFN neurons "
+                                f"({width} {'rows' if axis == 0 else 'columns'}); score again with `deepcuts score`")
+    for unit_type, matrix, n in zip(("heads", "FFN neurons"), interactions or (), (heads.numel(), neurons.numel())):
+        if tuple(matrix.shape) != (n, n):
+            raise DeepCutsError(f"{source}: the {unit_type} interactions of layer {i} are shaped "
+                                f"{tuple(matrix.shape)}, not ({n}, {n}) for its {n} {unit_type}; score again with "
+                                "`deepcuts score`")
