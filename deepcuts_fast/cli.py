@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import check_output, output_lock, same_path
 from .errors import DeepCutsError, first_line
+from .locks import output_lock
+from .outputs import check_file, check_folder, open_folder, same_path
 
 DTYPE_HELP = ("precision: auto (default) = the fastest dtype this machine runs natively (bf16 on GPUs and CPUs "
               "with native bf16, else fp32), as deepcuts_fast.precision decides; $DEEPCUTS_PRECISION overrides it")
@@ -379,11 +380,6 @@ def _report_error(args: argparse.Namespace, message: str, code: int, line: str |
     return code
 
 
-# What an earlier output folder of prune / run holds (one group of names), so --overwrite or a rerun may replace
-# or resume it; any other non-empty folder is left alone.
-SLIM_OUTPUT = (("config.json", "deepcuts_plan.json"),)
-RUN_OUTPUT = (("results.json",), ("steps",))
-
 CALIBRATION_BATCH = 16  # prune's --batch-size for the calibration draw when not given
 LATENCY_BATCH = 32  # prune's --batch-size for a --speedup plan's latency when not given
 
@@ -410,6 +406,10 @@ def check_flags(args: argparse.Namespace) -> None:
     if given.get("noise_std") == 0 and scale == "relative":
         raise DeepCutsError("--noise-std must be > 0 with --noise-scale relative (a fraction of each output's "
                             "standard deviation, e.g. 0.15); for no noise pass --noise-scale absolute --noise-std 0")
+    if "seed" in given:
+        from .scoring.options import check_seed
+
+        check_seed(given["seed"], "--seed")
 
 
 def _flag(dest: str) -> str:
@@ -425,25 +425,24 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def _classifier(args, num_labels: int | None):
-    """(model, tokenizer) for the --model of score, eval and prune: a bare encoder gets a fresh random head
-    with `num_labels` outputs (2 when None), unlike `deepcuts run`, which fine-tunes it first."""
-    from .task import TASK_MODEL_ALIAS, task_model
+def _classifier(args, num_labels: int | None, head_free: bool = False):
+    """(model, tokenizer) for the --model of score, eval, prune and export, --max-length checked against its
+    positions: a bare encoder is refused (`deepcuts run` fine-tunes it first), unless what follows reads no head
+    (`head_free`: data-free scores), when it gets a fresh head with `num_labels` outputs (2 when None)."""
+    from .task import task_model
 
-    if args.model == "minilm":
-        print("deepcuts: note: the packaged MiniLM has no task head, so a random one is used; "
-              f"use --model {TASK_MODEL_ALIAS} for the fine-tuned model", file=sys.stderr)
-    task = task_model(args.model, on_bare="random-head", num_labels=num_labels, progress=not args.quiet)
+    task = task_model(args.model, on_bare="random-head" if head_free else "refuse", num_labels=num_labels,
+                      progress=not args.quiet, max_length=getattr(args, "max_length", None))
     return task.model, task.tokenizer
 
 
-def _model_and_data(args, split: str):
+def _model_and_data(args, split: str, head_free: bool = False):
     """(model, tokenizer, dataset) for the --model / --data of a command, labels checked and numbered as
-    the model's head numbers them (its named labels, else sorted class names)."""
+    the model's head numbers them (its named labels, else sorted class names); `head_free` as in `_classifier`."""
     from .data import encode_labels, load_dataset
 
     dataset = load_dataset(args.data, split)
-    model, tokenizer = _classifier(args, dataset.num_labels)
+    model, tokenizer = _classifier(args, dataset.num_labels, head_free)
     return model, tokenizer, encode_labels(dataset, model.config)
 
 
@@ -452,12 +451,13 @@ def cmd_score(args) -> int:
     from dataclasses import replace
 
     from .data import make_batches
+    from .models import has_classifier_head
     from .scoring import ScoreOptions, get_criterion, score_run
     from .scoring.distributed import main_first, process_group
 
     out = Path(args.out)
     inputs = {"--model": args.model, "--data": args.data}
-    check_output(out, inputs, overwrite=args.overwrite)
+    check_file(out, inputs, overwrite=args.overwrite, name="--out", flag="--overwrite")
     criterion = get_criterion(args.criterion)  # fail on a misspelt name or a bad option before loading anything
     options = ScoreOptions(granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
                            noise_std=args.noise_std, noise_scale=args.noise_scale, dtype=args.dtype, seed=args.seed,
@@ -470,7 +470,9 @@ def cmd_score(args) -> int:
     with process_group(args.device) as world, _output_locks([out, checkpoint], world.is_main):
         device = _score_device(args.device, world.size)
         with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
-            model, tokenizer, dataset = _model_and_data(args, args.split)
+            model, tokenizer, dataset = _model_and_data(args, args.split, head_free=not criterion.uses_gradient)
+        if not has_classifier_head(model.config):  # a bare encoder's data-free scores: no Fisher via its random head
+            options = replace(options, with_fisher=False)
         model.to(device)
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                                shuffle=True, seed=args.seed, limit=args.batches * args.batch_size)
@@ -483,7 +485,7 @@ def cmd_score(args) -> int:
         if not world.is_main:
             return 0
         scores = run.scores[criterion.name]
-        scores.save(out)
+        scores.save(out, overwrite=args.overwrite)
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     summary = {"out": str(out), "criterion": scores.criterion, "granularity": scores.granularity,
@@ -514,7 +516,7 @@ def _check_checkpoint(checkpoint: str, out: Path, inputs: dict) -> None:
     if same_path(checkpoint, out):
         raise DeepCutsError(f"--checkpoint {checkpoint} is the --out file, and the checkpoint is deleted once the "
                             "scores are written: give another --checkpoint path (default: OUT.ckpt)")
-    check_output(checkpoint, inputs, overwrite=True, name="--checkpoint")
+    check_file(checkpoint, inputs, overwrite=True, name="--checkpoint")
 
 
 @contextlib.contextmanager
@@ -596,7 +598,7 @@ def _eval_onnx(args: argparse.Namespace) -> int:
 def cmd_export(args) -> int:
     """`deepcuts export`: the model as an .onnx file (checked against torch) and its FILE.d folder (config and
     tokenizer); prints what was written, what fused, and how far the logits are from torch's."""
-    from .pruning.onnx_export import SIDE_FOLDER, side_folder
+    from .pruning.onnx_export import SIDE_FOLDER_KIND, side_folder
 
     out = Path(args.out)
     if out.suffix != ".onnx" or _is_onnx_file(args.model):
@@ -604,9 +606,9 @@ def cmd_export(args) -> int:
                             f"{args.out}) and --model a model folder or alias (got {args.model})")
     folder = side_folder(out)
     inputs = {"--model": args.model}
-    check_output(out, inputs, overwrite=args.overwrite)
-    check_output(folder, inputs, folder=True, overwrite=args.overwrite, previous=SIDE_FOLDER,
-                 name="the folder beside --out")
+    check_file(out, inputs, overwrite=args.overwrite, name="--out", flag="--overwrite")
+    check_folder(folder, inputs, overwrite=args.overwrite, kind=SIDE_FOLDER_KIND, name="the folder beside --out",
+                 flag="--overwrite")
     with _output_locks([out, folder], held=True):
         return _export(args, out)
 
@@ -616,7 +618,8 @@ def _export(args: argparse.Namespace, out: Path) -> int:
     from .pruning.onnx_export import export
 
     model, tokenizer = _classifier(args, None)
-    result = export(model.float(), out, tokenizer, optimize=args.optimize, quantize=args.quantize)
+    result = export(model.float(), out, tokenizer, optimize=args.optimize, quantize=args.quantize,
+                    overwrite=args.overwrite)
     print(json.dumps(result.to_dict()) if args.json else result.summary())
     return 0
 
@@ -625,9 +628,11 @@ def cmd_prune(args) -> int:
     """`deepcuts prune`: the retraining-free pipeline on --data (criterion + Fisher scores, Fisher-referenced
     global FLOP allocation, mask rearrangement, least-squares reconstruction), or a plan from a --scores file
     (reconstructed on --data when given); writes the slim folder and prints which path ran."""
+    from .pruning.io import MODEL_FOLDER_KIND
+
     out = Path(args.out)
-    check_output(out, {"--model": args.model, "--scores": args.scores, "--data": args.data}, folder=True,
-                 overwrite=args.overwrite, previous=SLIM_OUTPUT)
+    check_folder(out, {"--model": args.model, "--scores": args.scores, "--data": args.data},
+                 overwrite=args.overwrite, kind=MODEL_FOLDER_KIND, name="--out", flag="--overwrite")
     with output_lock(out):
         return _prune(args, out)
 
@@ -830,9 +835,11 @@ def cmd_run(args) -> int:
     """`deepcuts run`: the main job on --model (a bare encoder is fine-tuned first) and --data, into --out
     (new, empty or an earlier run's folder, which it resumes)."""
     out = Path(args.out or ("runs/quick" if args.quick else "runs/full"))
-    check_output(out, {"--model": args.model, "--data": args.data}, folder=True, overwrite=True,
-                 previous=RUN_OUTPUT)
-    with output_lock(out):
+    from .job import RUN_FOLDER_KIND
+
+    inputs = {"--model": args.model, "--data": args.data}
+    check_folder(out, inputs, overwrite=True, kind=RUN_FOLDER_KIND, name="--out")  # before anything loads
+    with output_lock(out), open_folder(out, kind=RUN_FOLDER_KIND, inputs=inputs, name="--out"):
         return _run(args, out)
 
 
@@ -919,8 +926,9 @@ def cmd_make_data(args) -> int:
     for split in SPLITS:
         if getattr(args, split) < 0:
             raise DeepCutsError(f"--{split} must be an integer >= 0, got {getattr(args, split)}")
-    files = make_task_data(args.kind, args.out, sizes={split: getattr(args, split) for split in SPLITS},
-                           seed=args.seed, fmt=args.format, minority=args.minority, overwrite=args.overwrite)
+    with output_lock(args.out):
+        files = make_task_data(args.kind, args.out, sizes={split: getattr(args, split) for split in SPLITS},
+                               seed=args.seed, fmt=args.format, minority=args.minority, overwrite=args.overwrite)
     summary = describe(files)
     if args.json:
         print(json.dumps({"kind": args.kind, "out": str(args.out), "splits": summary}))

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .atomic import atomic_folder
 from .cache import cache_dir
 from .errors import DeepCutsError
 from .hashing import cache_key, canonical_json, files_fingerprint
 from .models import TOKENIZER_FILES, WEIGHTS_FILE, load_model, resolve_model_path
+from .outputs import write_folder
 from .precision import choose
 from .train import Batch, TrainSettings, finetune, num_steps
 
@@ -148,7 +148,8 @@ def _write_entry(entry: Path, model: nn.Module, tokenizer: Any, metadata: dict[s
     """Save model, tokenizer and metadata as the cache entry `entry`, atomically. An incomplete entry
     is replaced; a complete one that another process published meanwhile is kept (the same model)."""
     key = metadata["key"]
-    with atomic_folder(entry, overwrite=True, keep_existing=lambda existing: _is_complete(existing, key)) as tmp:
+    with write_folder(entry, kind="fine-tune cache", overwrite=True, name="fine-tune cache entry",
+                      keep_existing=lambda existing: _is_complete(existing, key)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")

@@ -165,11 +165,11 @@ def measured_bf16_speedup() -> float:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     speedup = _measure_speedup()
-    from .atomic import write_text
+    from .outputs import write_text
 
     with contextlib.suppress(OSError, DeepCutsError):  # a read-only cache only costs a re-measurement
         write_text(path, json.dumps({"speedup": speedup, "cpu": cpu_model(), "isa": cpu_isa(),
-                                     "torch": torch.__version__}))
+                                     "torch": torch.__version__}), overwrite=True)
     return speedup
 
 

@@ -1,12 +1,13 @@
 """Task models: the classifier a `--model` value names, ready to score.
 
 The embedded default `minilm-rt` is the packaged MiniLM-L6 fine-tuned on the packaged Rotten
-Tomatoes reviews. A bare encoder (no task head) is either fine-tuned first with the same recipe
+Tomatoes reviews. A bare encoder (no task head) is fine-tuned first with the same recipe
 on the given data (AdamW, lr 1e-4 decaying linearly over one epoch, batch 32, length 64 tokens unless
 the caller asks for another, examples grouped by length within pools of 50 batches so little compute
 goes to padding, seed 0, precision as `deepcuts_fast.precision` decides), so the pre-fine-tuning
-weights can be rebuilt exactly for lottery-ticket rewinding, or given a fresh seeded head: the
-caller chooses (`on_bare`).
+weights can be rebuilt exactly for lottery-ticket rewinding; or refused, where scores with data, pruning or
+evaluation would go through an untrained head; or given a fresh seeded head, for what reads no head (data-free
+scores): the caller chooses (`on_bare`).
 
 Class-name labels are numbered in sorted order over all splits of the data for such a fine-tune, and
 the fine-tuned model carries those names (`config.id2label`), so every later use maps them alike.
@@ -22,15 +23,16 @@ from torch import nn
 
 from .data import EMBEDDED, TextDataset, encode_labels, load_dataset, make_batches
 from .data.sources import EMBEDDED_CLASSES
-from .errors import DeepCutsError, first_line
+from .errors import DeepCutsError
 from .finetune_cache import finetuned_model
 from .hashing import content_hash
 from .train import TrainSettings
-from .models import has_classifier_head, load_model, load_tokenizer, max_positions, resolve_model_path
+from .models import (MODEL_ALIASES, check_task_head, check_vocabulary, has_classifier_head, load_config, load_model,
+                     load_tokenizer, max_positions)
 
 TASK_MODEL_ALIAS = "minilm-rt"
-OnBare = Literal["fine-tune", "random-head"]
-ON_BARE: tuple[OnBare, ...] = ("fine-tune", "random-head")
+OnBare = Literal["fine-tune", "refuse", "random-head"]
+ON_BARE: tuple[OnBare, ...] = ("fine-tune", "refuse", "random-head")
 FINETUNE = dict(epochs=1.0, lr=1e-4, batch_size=32, max_length=64, length_pool=50, seed=0)
 
 
@@ -93,12 +95,12 @@ def finetuned_task_model(base: str, data: str, num_labels: int | None = None, pr
     """`base` fine-tuned on the train split of `data` with the recipe above, from the cache when possible;
     the head has `num_labels` outputs (None: as the data needs), class names numbered in sorted order;
     texts are cut to `max_length` tokens (None: the recipe's 64), which must fit the model's positions."""
-    from transformers import AutoConfig
-
+    config = load_config(base)
     if max_length is not None:
-        check_max_length(max_length, AutoConfig.from_pretrained(resolve_model_path(base)), base)
+        check_max_length(max_length, config, base)
     max_length = FINETUNE["max_length"] if max_length is None else max_length
     tokenizer = load_tokenizer(base)
+    check_vocabulary(config, tokenizer, base)
     train = load_dataset(data, "train")
     num_labels = train.num_labels if num_labels is None else num_labels
     encoded = encode_labels(train, num_labels)  # sorted class names; fails before any training if they do not fit
@@ -111,6 +113,17 @@ def finetuned_task_model(base: str, data: str, num_labels: int | None = None, pr
     )
     return TaskModel(tuned.model, tokenizer, base=base, data=data, cached=tuned.cached, finetune_info=tuned.metadata,
                      max_length=max_length)
+
+
+def _no_head_message(name: str) -> str:
+    """Why the bare encoder `name` is refused, and how to fine-tune it: a randomly initialized head's
+    predictions, losses and gradients say nothing about the model."""
+    packaged = (f" (or use --model {TASK_MODEL_ALIAS}, the packaged MiniLM already fine-tuned on the embedded data)"
+                if name.lower() in MODEL_ALIASES else "")
+    return (f"model {name!r} has no trained task head (it is a bare encoder), and scoring it with data, "
+            "pruning, evaluating or exporting it would go through a randomly initialized classifier; fine-tune it "
+            f"first, e.g. with `deepcuts run --model {name} --data DATA`, which fine-tunes a bare encoder before "
+            f"pruning{packaged}; only the data-free criteria (magnitude, random) score it as it is")
 
 
 def check_max_length(max_length: int, config, name: str) -> None:
@@ -143,31 +156,32 @@ def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = N
     folder as is, or a bare encoder (`minilm`, any BERT-family folder or hub name without a task head).
 
     A bare encoder is fine-tuned on the train split of `data` first (cached; `dtype` "auto" as
-    `deepcuts_fast.precision` decides) when `on_bare="fine-tune"`, or gets a fresh head seeded 0 when
-    `on_bare="random-head"`; either head has `num_labels` outputs (None: as the data needs for a fine-tune,
-    2 for a random head). `max_length`: the tokens per example the caller will use, checked against the
-    model's positions, and the fine-tune's length (None: the recipe's 64; `minilm-rt` is always made at 64).
+    `deepcuts_fast.precision` decides) when `on_bare="fine-tune"`, refused when `on_bare="refuse"`, or gets a
+    fresh head seeded 0 when `on_bare="random-head"` (only for what reads no head: data-free scores); either
+    head has `num_labels` outputs (None: as the data needs for a fine-tune, 2 for a random head).
+    `max_length`: the tokens per example the caller will use, checked against the model's positions, and the
+    fine-tune's length (None: the recipe's 64; `minilm-rt` is always made at 64). The tokenizer must not know
+    more tokens than the model embeds.
     """
-    from transformers import AutoConfig
-
     from .pruning import from_pretrained
 
     if on_bare not in ON_BARE:
         raise DeepCutsError(f"unknown on_bare {on_bare!r}; choose one of {', '.join(ON_BARE)}")
     if name == TASK_MODEL_ALIAS:
         if max_length is not None:  # checked on its base's config, before any fine-tune
-            check_max_length(max_length, AutoConfig.from_pretrained(resolve_model_path("minilm")), name)
+            check_max_length(max_length, load_config("minilm"), name)
         return embedded_task_model(progress=progress, dtype=dtype)
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(name))
-    except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load model {name!r}: {first_line(e)}") from e
+    config = load_config(name)
+    check_task_head(config, name)
     if max_length is not None:
         check_max_length(max_length, config, name)
-    if has_classifier_head(config):
-        return TaskModel(from_pretrained(name), load_tokenizer(name), data=data)
-    if on_bare == "random-head":
-        return TaskModel(load_model(name, num_labels=num_labels), load_tokenizer(name), data=data)
+    if has_classifier_head(config) or on_bare == "random-head":
+        model = from_pretrained(name) if has_classifier_head(config) else load_model(name, num_labels=num_labels)
+        tokenizer = load_tokenizer(name)
+        check_vocabulary(config, tokenizer, name)
+        return TaskModel(model, tokenizer, data=data)
+    if on_bare == "refuse":
+        raise DeepCutsError(_no_head_message(name))
     if data is None:
         raise DeepCutsError(f"{name!r} has no task head, and fine-tuning one needs data; pass data=")
     return finetuned_task_model(name, data, num_labels=num_labels, progress=progress, dtype=dtype,

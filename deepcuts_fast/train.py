@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DeepCutsError
-from .models import model_device, to_device
+from .models import check_token_ids, model_device, to_device
 from .precision import autocast, choose
 from .stats import encode_ids, macro_f1
 
@@ -199,11 +199,13 @@ class EvalResult:
 def _logits_and_labels(
     model: nn.Module, batches: Iterable[Batch], dtype: torch.dtype | None, progress: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per batch: fp32 logits (B, C) and labels on the CPU, computed without gradients."""
+    """Per batch: fp32 logits (B, C) and labels on the CPU, computed without gradients; token ids the model
+    cannot embed are an error, not an IndexError from inside it."""
     device = model_device(model)
-    for batch in tqdm(batches, desc="evaluate", disable=not progress):
+    for i, batch in enumerate(tqdm(batches, desc="evaluate", disable=not progress)):
         if "labels" not in batch:
             raise DeepCutsError("evaluation batches need 'labels'")
+        check_token_ids(model, batch, f"evaluation batch {i}")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         with autocast(device, dtype):
             logits = model(**to_device(inputs, device)).logits

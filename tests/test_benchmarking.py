@@ -24,6 +24,7 @@ from deepcuts_fast.benchmarking.runners import OnnxRunner, TorchRunner, onnx_qua
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.flops import encoder_flops
 from deepcuts_fast.machine import machine_info
+from deepcuts_fast.outputs import MANIFEST, read_manifest
 from deepcuts_fast.precision import choose, distinct
 
 FAST = dict(warmup=1, repeats=3, threads=1, min_time=None)
@@ -109,6 +110,39 @@ def test_caption_names_the_cpu_isa_threads_and_dtype(report):
 def test_plot_is_a_png(report, tmp_path):
     assert report.plot(tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
+
+
+def _plotted_title(report: BenchmarkReport, path: Path, monkeypatch) -> str:
+    """The title `report.plot` gives bench.png (the figure is caught as it is saved), its wrapped lines joined."""
+    from matplotlib.figure import Figure
+
+    seen = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (seen.append(fig), save(fig, *a, **k))[1])
+    report.plot(path)
+    (fig,) = seen
+    return " ".join(fig.get_suptitle().split())
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
+def test_plot_title_names_the_machine_threads_and_dtype(report, tmp_path, monkeypatch):
+    info = machine_info()
+    title = _plotted_title(report, tmp_path / "p.png", monkeypatch)
+    assert title == report.plot_caption()
+    assert info["processor"] in title and info["isa"] in title and "1 threads" in title
+    assert "dtype fp32" in title and f"torch {torch.__version__}" in title
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
+def test_plot_title_names_the_gpu_and_every_dtype_of_the_rows(report, tmp_path, monkeypatch):
+    """A GPU run names the GPU; rows of several dtypes are all named; a report without the one-line description
+    (an older bench.json) is named from its recorded CPU facts."""
+    gpu = BenchmarkReport(rows=[{**report.rows[0], "dtype": "bf16"}, {**report.rows[1], "dtype": "fp32"}],
+                          machine={"device_name": "NVIDIA H200", "threads": 16, "torch": "2.5.1"})
+    title = _plotted_title(gpu, tmp_path / "gpu.png", monkeypatch)
+    assert title == "Median latency on NVIDIA H200, 16 CPU threads; dtype bf16, fp32; torch 2.5.1"
+    old = BenchmarkReport(rows=report.rows, machine={"processor": "AMD EPYC", "isa": "AVX2", "threads": 2})
+    assert old.plot_caption() == "Median latency on AMD EPYC (AVX2), 2 threads; dtype fp32"
 
 
 def test_save_without_matplotlib_keeps_the_numbers(report, tmp_path, monkeypatch, capsys):
@@ -378,7 +412,8 @@ def test_cli_writes_json_csv_png_and_prints_json(model_dirs, tmp_path, capsys):
     auto = choose("infer", "cpu", "auto")
     assert (data["settings"]["dtype"], data["settings"]["dtype_reason"]) == (auto.name, auto.reason)
     assert data["settings"]["threads"] == 1 and data["settings"]["min_time"] == 0
-    assert sorted(p.name for p in out.iterdir()) == OUT_FILES
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == OUT_FILES
+    assert read_manifest(out)["files"] == OUT_FILES
 
 
 def test_cli_prints_the_table_and_reads_slim_folders(pair, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """`deepcuts` flags: global flags on either side of the command, --version, help with defaults, early value
-checks in flag names, JSON errors, and `deepcuts prune` through the retraining-free pipeline (tiny models)."""
+checks in flag names (every command's --seed), data-free scores per weight, noise too large for the model, JSON
+errors, and `deepcuts prune` through the retraining-free pipeline (tiny models)."""
 from __future__ import annotations
 
 import json
@@ -135,6 +136,11 @@ SCORE = ["score", "--data", "d.csv"]
     (SCORE + ["--noise-std=-1e-3"], "--noise-std must be a finite number >= 0, got -0.001"),
     (SCORE + ["--noise-std", "inf"], "--noise-std must be a finite number >= 0, got inf"),
     (SCORE + ["--noise-std", "nan"], "--noise-std must be a finite number >= 0, got nan"),
+    (SCORE + ["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (SCORE + ["--seed", str(2**64)], "--seed must be below 2**64"),
+    (PRUNE + ["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (["prune", "--scores", "s", "--keep-flops", "0.5", "--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (["run", "--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
     (["eval", "--data", "d.csv", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     (["eval", "--data", "d.csv", "--limit", "0"], "--limit must be an integer >= 1, got 0"),
     (["prune", "--keep-flops", "0.5"], "give --data DATA"),
@@ -154,6 +160,53 @@ def test_bad_flags_fail_at_once_in_flag_names(argv, message, tmp_path, no_loadin
     assert code == 2 and stdout == "" and not out.exists()
     assert err.startswith("deepcuts: error: ") and err.count("\n") == 1 and message in err, err
     assert "keep_" not in err and "Traceback" not in err
+
+
+def test_make_data_refuses_a_negative_seed(tmp_path, capsys):
+    out = tmp_path / "data"
+    code, stdout, err = run(["make-data", "imbalanced", str(out), "--seed", "-1"], capsys)
+    assert code == 2 and stdout == "" and not out.exists()
+    assert err == "deepcuts: error: --seed must be a whole number >= 0, got -1\n"
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "random"])
+def test_data_free_weight_scores_for_the_paper_masks(criterion, model_dir, data_csv, tmp_path, capsys):
+    """`--granularity weight` with a data-free criterion used to fail asking Fisher for weight scores."""
+    out = tmp_path / "w.safetensors"
+    code, stdout, err = run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion", criterion,
+                             "--granularity", "weight", "--batch-size", "4", "--batches", "2", "--out", str(out),
+                             "--quiet", "--json"], capsys)
+    assert code == 0 and err == "" and json.loads(stdout)["granularity"] == "weight"
+    got = dc.Scores.load(out)
+    want = dc.score(dc.load_model(str(model_dir)), None, criterion, granularity="weight")
+    assert got.granularity == "weight" and set(got.keys()) == set(want.keys())
+    assert all(torch.equal(got[k], want[k]) for k in want.keys())
+    assert got.fisher is not None and got.fisher.granularity == "unit"  # Fisher of the labelled data, per unit
+    masks = got.masks(1.5, params="encoder")
+    assert set(masks) == set(want.keys()) and any(not m.all() for m in masks.values())
+
+
+def test_too_large_noise_is_blamed_on_the_noise(model_dir, data_csv, tmp_path, capsys):
+    """Noise that makes the loss non-finite used to be reported as a problem of the model weights and labels."""
+    out = tmp_path / "s.safetensors"
+    for scale, default in (("absolute", "0.001"), ("relative", "0.15")):
+        code, stdout, err = run(["score", "--model", str(model_dir), "--data", str(data_csv), "--criterion",
+                                 "smooth-cut", "--noise-scale", scale, "--noise-std", "1e30", "--batches", "1",
+                                 "--batch-size", "4", "--noise-samples", "2", "--out", str(out), "--quiet"], capsys)
+        assert code == 2 and stdout == "" and err.count("\n") == 1 and not out.exists()
+        assert f"noise is too large for this model: with noise_std=1e+30 ({scale})" in err
+        assert "without the noise it is finite" in err and "lower --noise-std" in err and default in err
+        assert "model weights" not in err
+
+
+def test_a_non_finite_loss_without_noise_is_still_blamed_on_the_model_or_labels():
+    from conftest import tiny_batches, tiny_model
+
+    batches = tiny_batches(1, num_labels=1)
+    batches[0]["labels"][0] = float("inf")
+    with pytest.raises(dc.DeepCutsError, match=r"non-finite loss \(inf\) on calibration batch 0; check the model "
+                                               "weights and labels"):
+        dc.score(tiny_model(num_labels=1), batches, "smooth-cut", noise_samples=2, with_fisher=False, progress=False)
 
 
 def test_the_issue_example_message_is_exact(tmp_path, no_loading, capsys):

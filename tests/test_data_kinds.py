@@ -15,6 +15,7 @@ from deepcuts_fast.cli import main
 from deepcuts_fast.data import TextDataset, check_seen, load_dataset, make_batches, make_task_data, truncation
 from deepcuts_fast.data.synthetic import KINDS, make_rows
 from deepcuts_fast.errors import DeepCutsError
+from deepcuts_fast.outputs import MANIFEST
 
 SMALL = {"train": 40, "validation": 12, "test": 5}  # a test split of 5 misses classes of the 6-class kind
 
@@ -94,12 +95,14 @@ def test_make_data_command_and_its_refusals(tmp_path, capsys):
     assert code == 0
     summary = json.loads(stdout)["splits"]
     assert set(summary) == {"train", "test"} and summary["train"]["rows"] == 12
-    assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "test.csv", "train.csv"]
     code, _, err = _run(["make-data", "multiclass", str(out)], capsys)  # never over existing data unasked
     assert code == 2 and "--overwrite" in err
-    code, _, _ = _run(["make-data", "pairs", str(out), "--overwrite", "--format", "jsonl", "--train", "8",
-                       "--quiet"], capsys)
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
+    code, _, err = _run(["make-data", "pairs", str(out), "--overwrite", "--format", "jsonl", "--train", "8",
+                         "--quiet"], capsys)  # the earlier csv splits would go stale beside the new jsonl ones
+    assert code == 2 and "test.csv, train.csv" in err and "does not write again" in err
+    code, _, _ = _run(["make-data", "pairs", str(out), "--overwrite", "--train", "8", "--quiet"], capsys)
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == [MANIFEST, "test.csv", "train.csv", "validation.csv"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     code, _, err = _run(["make-data", "pairs", str(tmp_path / "mine"), "--overwrite"], capsys)

@@ -2,6 +2,7 @@
 traceback (unless --debug), and no partial output survives a failure or Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_no_output(model_dir, data_csv, tmp
 def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
     import os
 
-    from deepcuts_fast.atomic import write_text
+    from deepcuts_fast.outputs import write_text
 
     old = os.umask(0o022)
     try:
@@ -137,12 +138,12 @@ def test_atomic_folders_get_the_permissions_of_makedirs(tmp_path, umask):
 
     from conftest import tiny_model
 
-    from deepcuts_fast.atomic import atomic_folder
+    from deepcuts_fast.outputs import write_folder
 
     old = os.umask(umask)
     try:
         os.makedirs(tmp_path / "plain")
-        with atomic_folder(tmp_path / "atomic") as folder:
+        with write_folder(tmp_path / "atomic", kind="test") as folder:
             (folder / "x.txt").write_text("x")
         dc.save_pretrained(tiny_model("bert"), tmp_path / "slim")
     finally:
@@ -151,43 +152,73 @@ def test_atomic_folders_get_the_permissions_of_makedirs(tmp_path, umask):
     assert mode("atomic") == mode("slim") == mode("plain") == 0o777 & ~umask
 
 
-def test_atomic_folder_replaces_safely_and_leaves_nothing_on_failure(tmp_path):
-    from deepcuts_fast.atomic import atomic_folder
+def test_write_folder_replaces_safely_and_leaves_nothing_on_failure(tmp_path):
+    from deepcuts_fast.outputs import MANIFEST, read_manifest, write_folder
 
     target = tmp_path / "out"
-    with atomic_folder(target) as folder:
+    with write_folder(target, kind="test") as folder:
         (folder / "old.txt").write_text("old")
+    assert read_manifest(target)["files"] == ["old.txt"] and read_manifest(target)["kind"] == "test"
     with pytest.raises(DeepCutsError, match="already exists"):
-        with atomic_folder(target):
+        with write_folder(target, kind="test"):
             pytest.fail("the block must not run when the folder exists and overwrite is off")
+    with pytest.raises(DeepCutsError, match="holds a deepcuts test output, not a other one"):
+        with write_folder(target, kind="other", overwrite=True):
+            pytest.fail("the block must not run over another kind of output")
     with pytest.raises(RuntimeError, match="disk full"):
-        with atomic_folder(target, overwrite=True) as folder:
-            (folder / "new.txt").write_text("new")
+        with write_folder(target, kind="test", overwrite=True) as folder:
+            (folder / "old.txt").write_text("new")
             raise RuntimeError("disk full")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["old.txt"]
-    with atomic_folder(target, overwrite=True) as folder:
-        (folder / "new.txt").write_text("new")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in target.iterdir()) == [MANIFEST, "old.txt"] and (target / "old.txt").read_text() == "old"
+    with write_folder(target, kind="test", overwrite=True) as folder:
+        (folder / "old.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "old.txt").read_text() == "new"
+
+
+def test_write_folder_puts_everything_back_when_a_move_fails(tmp_path, monkeypatch):
+    """A failure halfway through swapping an earlier output's files for the new ones restores the earlier ones."""
+    from deepcuts_fast import outputs
+
+    target = tmp_path / "out"
+    with outputs.write_folder(target, kind="test") as folder:
+        for name in ("a", "b"):
+            (folder / name).write_text(f"old {name}")
+    (target / "notes.txt").write_text("mine")
+    real, calls = outputs._move, []
+
+    def flaky(source, dest, moved):
+        calls.append(source.name)
+        if len(calls) == 4:  # both old entries moved aside, one new one in
+            raise OSError("disk full")
+        real(source, dest, moved)
+
+    monkeypatch.setattr(outputs, "_move", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        with outputs.write_folder(target, kind="test", overwrite=True) as folder:
+            for name in ("a", "b"):
+                (folder / name).write_text(f"new {name}")
+    assert {p.name: p.read_text() for p in target.iterdir() if p.name != outputs.MANIFEST} == {
+        "a": "old a", "b": "old b", "notes.txt": "mine"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 @pytest.mark.parametrize("theirs_complete", [True, False])
-def test_atomic_folder_keeps_a_complete_folder_published_meanwhile(tmp_path, theirs_complete):
-    """The fine-tune cache's race: another process publishes the same entry while this one writes it."""
-    from deepcuts_fast.atomic import atomic_folder
+def test_write_folder_keeps_a_complete_folder_published_meanwhile(tmp_path, theirs_complete):
+    """The fine-tune cache's race: another process publishes the same entry while this one writes it. A
+    folder that appeared meanwhile without deepcuts' manifest is not ours to replace."""
+    from deepcuts_fast.outputs import write_folder
 
     target = tmp_path / "entry"
     complete = lambda folder: (folder / "done").is_file()  # noqa: E731
-    with atomic_folder(target, overwrite=True, keep_existing=complete) as folder:
-        (folder / "done").write_text("ours")
-        target.mkdir()
-        (target / ("done" if theirs_complete else "partial")).write_text("theirs")
+    context = contextlib.nullcontext() if theirs_complete else pytest.raises(DeepCutsError, match="did not write")
+    with context:
+        with write_folder(target, kind="test", overwrite=True, keep_existing=complete) as folder:
+            (folder / "done").write_text("ours")
+            target.mkdir()
+            (target / ("done" if theirs_complete else "partial")).write_text("theirs")
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
-    assert (target / "done").read_text() == ("theirs" if theirs_complete else "ours")
-    with pytest.raises(DeepCutsError, match="overwrite=True"):
-        with atomic_folder(tmp_path / "other") as folder:
-            (tmp_path / "other").mkdir()
-            (tmp_path / "other" / "theirs").write_text("x")
-    assert not list(folder.parent.glob(".other*"))
+    assert sorted(p.name for p in target.iterdir()) == ["done" if theirs_complete else "partial"]
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")

@@ -1,5 +1,7 @@
 """Model folders that would load wrong without a word: weights that do not fill the model, missing tokenizer
-files, a fine-tune cache fooled by files changed in place, and symlink loops given as --model."""
+files, a fine-tune cache fooled by files changed in place, symlink loops given as --model, and models nothing may
+be computed through (a bare encoder's random head, truncated or integer weights, a tokenizer the embeddings do not
+fit, ids or lengths beyond the model's)."""
 from __future__ import annotations
 
 import csv
@@ -307,3 +309,160 @@ def test_reconstruction_on_padding_only_is_a_clear_error():
                    ffn_widths=[layer.ffn_width for layer in dc.arch.encoder_layers(model)])
     with pytest.raises(DeepCutsError, match="no real token"):
         dc.reconstruct(dc.prune(model, plan), model, batches)
+
+
+# --- 5. nothing computed through a random head, unreadable or rounded weights, ids the model cannot embed ----
+
+
+def cli(argv: list, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `deepcuts ARGV --quiet` (what the test printed before is dropped)."""
+    capsys.readouterr()
+    code = main([*argv, "--quiet"])
+    return code, capsys.readouterr().err
+
+
+def assert_refused(code: int, err: str, *words: str) -> None:
+    """One `deepcuts: error:` line, exit status 2, every one of `words` in it."""
+    assert code == 2 and err.startswith("deepcuts: error: ") and err.count("\n") == 1, err
+    assert all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("command", ["score", "eval", "prune-data", "prune-scores", "export"])
+def test_a_bare_encoder_is_refused_wherever_its_head_would_be_read(command, encoder_dir, data_csv, tmp_path, capsys):
+    """Scores with data, pruning, evaluation and export of a bare encoder used to go through a random head."""
+    scores = tmp_path / "magnitude.safetensors"  # data-free scores of the encoder itself, for prune --scores
+    dc.score(dc.load_model(str(encoder_dir)), None, "magnitude", granularity="unit").save(scores)
+    data = ["--data", str(data_csv)]
+    argv = {"score": ["score", *data, "--criterion", "gradient", "--batches", "1", "--batch-size", "4"],
+            "eval": ["eval", *data],
+            "prune-data": ["prune", *data, "--keep-flops", "0.5", "--calibration-examples", "8"],
+            "prune-scores": ["prune", "--scores", str(scores), "--keep-flops", "0.5"],
+            "export": ["export"]}[command]
+    out = tmp_path / ("out.onnx" if command == "export" else "out")
+    code, err = cli([*argv, "--model", str(encoder_dir), *(["--out", str(out)] if command != "eval" else [])], capsys)
+    assert_refused(code, err, "has no trained task head", "randomly initialized", "fine-tune it first",
+                   f"deepcuts run --model {encoder_dir} --data DATA", "magnitude, random")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["magnitude.safetensors"]
+
+
+def test_the_packaged_encoder_is_refused_with_its_fine_tuned_alias_named():
+    with pytest.raises(DeepCutsError, match="'minilm' has no trained task head.*--model minilm-rt"):
+        task_model("minilm", on_bare="refuse")
+
+
+@pytest.mark.parametrize("granularity", ["unit", "weight"])
+def test_data_free_scores_of_a_bare_encoder_read_no_head(granularity, encoder_dir, data_csv, tmp_path, capsys):
+    """Magnitude needs no head, and no Fisher is computed through a random one."""
+    out = tmp_path / "s.safetensors"
+    code, err = cli(["score", "--model", str(encoder_dir), "--data", str(data_csv), "--criterion", "magnitude",
+                     "--granularity", granularity, "--batch-size", "4", "--out", str(out)], capsys)
+    assert code == 0 and err == ""
+    got = dc.Scores.load(out)
+    want = dc.score(dc.load_model(str(encoder_dir)), None, "magnitude", granularity=granularity)
+    assert got.fisher is None and got.granularity == granularity and got.meta["batches"] == 0
+    for name, value in want.items():
+        assert torch.equal(got[name], value)
+    assert all(torch.equal(got.heads(i), want.heads(i)) for i in range(2))
+
+
+def test_a_bare_encoder_is_fine_tuned_not_refused_by_default(encoder_dir, tmp_path):
+    with pytest.raises(DeepCutsError, match="fine-tuning one needs data"):
+        task_model(str(encoder_dir))
+
+
+def test_integer_weights_are_refused_at_load(model_dir, data_csv, tmp_path, capsys):
+    """Every float tensor cast to int32 used to be cast back to float by transformers and evaluated."""
+    folder = copy_folder(model_dir, tmp_path / "int")
+    rewrite_weights(folder, lambda s: {k: (v * 100).to(torch.int32) if v.is_floating_point() else v
+                                       for k, v in s.items()})
+    for load in (dc.load_model, dc.from_pretrained, lambda p: task_model(p).model):
+        with pytest.raises(DeepCutsError, match=r"model\.safetensors holds weights that are not floating point "
+                                                r"\(bert\..* is I32, and \d+ more\).*re-save the model"):
+            load(str(folder))
+    code, err = cli(["eval", "--model", str(folder), "--data", str(data_csv)], capsys)
+    assert_refused(code, err, f"{folder / WEIGHTS} holds weights that are not floating point")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001])
+def test_a_truncated_weights_file_is_named(keep, model_dir, data_csv, tmp_path, capsys):
+    folder = copy_folder(model_dir, tmp_path / "truncated")
+    data = (folder / WEIGHTS).read_bytes()
+    (folder / WEIGHTS).write_bytes(data[:max(4, int(len(data) * keep))])
+    with pytest.raises(DeepCutsError, match=r"model\.safetensors is truncated or corrupt \(.*\); re-save the model"):
+        dc.load_model(str(folder))
+    out = tmp_path / "s.safetensors"
+    code, err = cli(["score", "--model", str(folder), "--data", str(data_csv), "--criterion", "magnitude",
+                     "--out", str(out)], capsys)
+    assert_refused(code, err, f"{folder / WEIGHTS} is truncated or corrupt", "download or copy it again")
+    assert "SafetensorError" not in err and not out.exists()
+
+
+@pytest.fixture
+def small_vocab_dir(model_dir, tmp_path):
+    """A classifier whose embeddings have 100 rows, with the MiniLM tokenizer of 30522 tokens."""
+    folder = tmp_path / "small_vocab"
+    tiny_model("bert").save_pretrained(folder)
+    dc.load_tokenizer(str(model_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["eval", "score"])
+def test_a_tokenizer_larger_than_the_embeddings_is_refused(command, small_vocab_dir, data_csv, tmp_path, capsys):
+    """Used to end in `IndexError: index out of range in self` inside the embedding."""
+    out = tmp_path / "s.safetensors"
+    code, err = cli([command, "--model", str(small_vocab_dir), "--data", str(data_csv),
+                     *(["--out", str(out)] if command == "score" else [])], capsys)
+    assert_refused(code, err, "has 30522 tokens but the model embeds only 100",
+                   "use the tokenizer the model was trained with")
+    assert not out.exists()
+
+
+def test_evaluation_checks_the_token_ids_and_lengths(model_dir):
+    from deepcuts_fast.train import evaluate
+
+    model = dc.load_model(str(model_dir))
+    ok = {"input_ids": torch.tensor([[101, 2000, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+          "labels": torch.tensor([1])}
+    assert evaluate(model, [ok]).n == 1
+    too_large = {**ok, "input_ids": torch.tensor([[101, 999_999, 102]])}
+    with pytest.raises(DeepCutsError, match=r"evaluation batch 1 has token ids 101\.\.999999, outside the model's "
+                                            r"vocabulary \(0\.\.30521\)"):
+        evaluate(model, [ok, too_large])
+    long = {"input_ids": torch.full((1, 65), 2000), "attention_mask": torch.ones(1, 65, dtype=torch.long),
+            "labels": torch.tensor([1])}
+    with pytest.raises(DeepCutsError, match="sequences of 65 tokens, longer than the model's 64 positions"):
+        evaluate(model, [long])
+
+
+@pytest.mark.parametrize("command", ["eval", "score"])
+def test_max_length_beyond_the_positions_is_refused(command, model_dir, data_csv, tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    code, err = cli([command, "--model", str(model_dir), "--data", str(data_csv), "--max-length", "65",
+                     *(["--out", str(out)] if command == "score" else [])], capsys)
+    assert_refused(code, err, f"--max-length 65 is longer than model {str(model_dir)!r} can read (64 tokens)",
+                   "pass --max-length 64 or less")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("head", ["BertForQuestionAnswering", "BertForTokenClassification"])
+def test_a_question_answering_or_token_folder_is_never_turned_into_a_classifier(head, data_csv, tmp_path, capsys):
+    """Such a folder used to load as a sequence classifier: its trained head dropped, a random one added, and
+    `prune` / `eval` exited 0 on meaningless scores and accuracy."""
+    import transformers
+    from transformers import BertConfig
+
+    tokenizer = dc.load_tokenizer("minilm")
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_attention_heads=4, intermediate_size=48,
+                        num_hidden_layers=2, max_position_embeddings=64)
+    folder = tmp_path / "task"
+    getattr(transformers, head)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    kind = "an extractive question-answering" if "Question" in head else "a token-classification"
+    for argv in (["eval", "--data", str(data_csv)],
+                 ["prune", "--data", str(data_csv), "--keep-flops", "0.5", "--calibration-examples", "8",
+                  "--out", str(tmp_path / "slim")]):
+        code, err = cli([*argv, "--model", str(folder)], capsys)
+        assert_refused(code, err, f"is {kind} model ({head})", "random one")
+    with pytest.raises(DeepCutsError, match=f"is {kind} model"):
+        dc.from_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]

@@ -1,6 +1,6 @@
-"""Hostile output paths for every command that writes: an input is never overwritten, an existing file or folder
-is never replaced without --overwrite (a folder only when an earlier run of the same command wrote it), symbolic
-links are resolved before deciding, and a second writer of the same output is refused.
+"""Hostile output paths for every command that writes: nothing is written through a symbolic link, an input is
+never overwritten, an existing file is never replaced without --overwrite, a folder only holds what deepcuts wrote
+there (its manifest) and --overwrite removes only that, and a second writer of the same output is refused.
 
 The cases run the real CLI on the tiny model of tests/conftest.py against private copies of the inputs, and
 compare every input byte for byte afterwards; refusals happen before any model loads, so they are quick. A new
@@ -9,6 +9,7 @@ command that writes files joins the suite with one `COMMANDS` entry.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ from pathlib import Path
 import pytest
 
 import deepcuts_fast as dc
-from deepcuts_fast.atomic import atomic_path, check_output, output_lock
+from deepcuts_fast.locks import output_lock
+from deepcuts_fast.outputs import MANIFEST, check_file, read_manifest, write_file
 from deepcuts_fast.cli import main
 from deepcuts_fast.errors import DeepCutsError
 
@@ -40,7 +42,7 @@ class Inputs:
 class Command:
     """How to call a command that writes `--out`, and what kind of output it writes."""
     argv: Callable[[Inputs, str], list[str]]
-    folder: bool  # --out is a folder (prune and run replace or resume it; bench writes its files into it)
+    folder: bool  # --out is a folder (prune, bench and make-data write it, run resumes it)
     overwrite: bool  # it takes --overwrite
 
 
@@ -53,10 +55,10 @@ COMMANDS = {
                                      "--repeats", "1", "--min-time", "0", "--warmup", "0", "--out", out], True, True),
     "run": Command(lambda i, out: ["run", "--quick", "--model", str(i.model), "--data", str(i.data), "--batch-size",
                                    "4", "--out", out], True, False),
+    "export": Command(lambda i, out: ["export", "--model", str(i.model), "--out", out], False, True),
+    "make-data": Command(lambda i, out: ["make-data", "imbalanced", out, "--train", "20", "--validation", "10",
+                                         "--test", "10"], True, True),
 }
-# An earlier output of each command, which --overwrite (run: a rerun) may replace: (name, contents) pairs.
-EARLIER = {"score": None, "prune": ["config.json", "deepcuts_plan.json"], "bench": ["bench.json"],
-           "run": ["results.json"]}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,55 @@ def with_overwrite(name: str, argv: list[str]) -> list[str]:
     return argv + ["--overwrite"] if COMMANDS[name].overwrite else argv
 
 
+# --- nothing is written through a symbolic link ------------------------------------------------------------------
+
+def victim(tmp_path: Path, folder: bool) -> Path:
+    """A file (or a folder holding one) that belongs to somebody else, for a link to point at."""
+    if folder:
+        (tmp_path / "theirs").mkdir()
+        (tmp_path / "theirs" / "config.json").write_text("precious")
+        (tmp_path / "theirs" / "deepcuts_plan.json").write_text("{}")
+        return tmp_path / "theirs"
+    (tmp_path / "theirs.txt").write_text("precious")
+    return tmp_path / "theirs.txt"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_output_that_is_a_link_is_refused(name, inputs, tmp_path, capsys):
+    """The reported bug: score / prune / export --overwrite wrote THROUGH a link into the file or folder it named."""
+    target = victim(tmp_path, COMMANDS[name].folder)
+    link = tmp_path / ("out.onnx" if name == "export" else "out")
+    link.symlink_to(target)
+    before = snapshot(tmp_path)
+    refused(capsys, with_overwrite(name, COMMANDS[name].argv(inputs, str(link))), "is a symbolic link",
+            str(target.name))
+    assert snapshot(tmp_path) == before
+
+
+def test_a_link_inside_an_earlier_output_is_replaced_not_followed(inputs, tmp_path, capsys):
+    """bench --overwrite into its own earlier folder, where bench.json was swapped for a link to someone's file."""
+    out = tmp_path / "bench"
+    argv = COMMANDS["bench"].argv(inputs, str(out)) + ["--quiet"]
+    assert run(argv, capsys)[0] == 0
+    target = victim(tmp_path, folder=False)
+    (out / "bench.json").unlink()
+    (out / "bench.json").symlink_to(target)
+    assert run(argv + ["--overwrite"], capsys)[0] == 0
+    assert target.read_text() == "precious" and not (out / "bench.json").is_symlink()
+    assert json.loads((out / "bench.json").read_text())["rows"]
+
+
+def test_a_path_through_a_linked_folder_is_judged_where_it_lands(inputs, tmp_path, capsys):
+    """A link among the parent folders is followed to decide: into the model folder is into an input."""
+    into_model = tmp_path / "linked"
+    into_model.symlink_to(inputs.model)
+    before = snapshot(inputs.root)
+    for name in set(COMMANDS) - {"make-data"}:  # the one command without inputs
+        out = into_model / ("out.onnx" if name == "export" else "out")
+        refused(capsys, with_overwrite(name, COMMANDS[name].argv(inputs, str(out))), "--model folder")
+    assert snapshot(inputs.root) == before
+
+
 # --- an input is never overwritten -----------------------------------------------------------------------------
 
 HOSTILE_TARGETS = [  # (command, --out relative to the inputs' folder, what the error names)
@@ -126,10 +177,11 @@ HOSTILE_TARGETS = [  # (command, --out relative to the inputs' folder, what the 
     ("prune", "model/slim", "--model folder"),
     ("prune", ".", "contains the --model input"),
     ("prune", "scores.safetensors", "is a file"),
-    ("bench", "model", "--model folder"),
+    ("bench", "model", "--model input"),
     ("run", "model", "--model input"),
     ("run", "model/run", "--model folder"),
     ("run", ".", "contains the --model input"),
+    ("export", "model/x.onnx", "--model folder"),
 ]
 
 
@@ -139,19 +191,6 @@ def test_an_input_is_never_overwritten(name, target, message, inputs, capsys):
     argv = COMMANDS[name].argv(inputs, str(inputs.root / target))
     refused(capsys, with_overwrite(name, argv), message)
     assert snapshot(inputs.root) == before
-
-
-@pytest.mark.parametrize("name", COMMANDS)
-def test_symlinks_are_resolved_before_deciding(name, inputs, tmp_path, capsys):
-    """A link to an input, or a path through a linked folder into an input, is that input."""
-    before = snapshot(inputs.root)
-    into_model = tmp_path / "linked"
-    into_model.symlink_to(inputs.model)
-    link = tmp_path / "link"
-    link.symlink_to(inputs.model if COMMANDS[name].folder else inputs.data)
-    for out in (link, into_model / "out"):
-        refused(capsys, with_overwrite(name, COMMANDS[name].argv(inputs, str(out))), "input")
-    assert snapshot(inputs.root) == before and into_model.is_symlink() and link.is_symlink()
 
 
 def test_the_checkpoint_is_neither_the_output_nor_an_input(inputs, tmp_path, capsys):
@@ -166,32 +205,107 @@ def test_the_checkpoint_is_neither_the_output_nor_an_input(inputs, tmp_path, cap
     assert snapshot(inputs.root) == before and not out.exists()
 
 
-# --- an existing file or folder is never replaced without --overwrite -------------------------------------------
-
-@pytest.mark.parametrize("name", COMMANDS)
-def test_an_existing_output_is_not_replaced_without_overwrite(name, inputs, tmp_path, capsys):
-    out = tmp_path / "out"
-    if COMMANDS[name].folder:
-        out.mkdir()
-        for entry in EARLIER[name] if name == "bench" else ["notes.txt"]:
-            (out / entry).write_text("mine")
-    else:
-        out.write_text("mine")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # data-free scores, a budget kept whole units miss
+def test_the_api_never_saves_over_the_folder_a_model_came_from(model_dir, tmp_path):
+    """The reported bug: from_pretrained(D), prune, save_pretrained(slim, D, overwrite=True) replaced the only
+    copy of the dense weights (D was an earlier deepcuts output, so its manifest alone would allow it)."""
+    dense = tmp_path / "dense"
+    dc.save_pretrained(dc.from_pretrained(model_dir), dense)
     before = snapshot(tmp_path)
-    words = ("already exists", "--overwrite") if COMMANDS[name].overwrite else ("left alone",)
-    refused(capsys, COMMANDS[name].argv(inputs, str(out)), *words)
+    model = dc.from_pretrained(dense)
+    slim = dc.prune(model, dc.plan(model, dc.score(model, None, "magnitude", granularity="unit", progress=False),
+                                   keep_flops=0.5, seq_len=16))
+    with pytest.raises(DeepCutsError, match="is the model source input .* itself"):
+        dc.save_pretrained(slim, dense, overwrite=True)
+    with pytest.raises(DeepCutsError, match="is inside the model source folder"):
+        dc.export(slim, dense / "model.onnx", overwrite=True)
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("name", ["prune", "run"])
-def test_a_folder_we_did_not_write_is_never_deleted(name, inputs, tmp_path, capsys):
+# --- existing outputs: replaced only when asked, and only what deepcuts wrote ------------------------------------
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_folder_we_did_not_write_is_never_written(name, inputs, tmp_path, capsys):
+    """A non-empty folder without deepcuts' manifest is refused, --overwrite or not, whatever it looks like."""
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "thesis.tex").write_text("years of work")
-    (out / "config.json").write_text("{}")  # looks a bit like a model folder, but prune wrote no plan there
+    for entry in ("config.json", "deepcuts_plan.json", "bench.json", "results.json", "train.csv"):
+        (out / entry).write_text("{}")  # names an earlier output of each command would have
+    if name in ("score", "export"):
+        out = out / ("s.safetensors" if name == "score" else "x.onnx")
+        (out.parent / "x.onnx").write_text("old")
+        if name == "export":  # the side folder x.onnx.d is not deepcuts'
+            (out.parent / "x.onnx.d").mkdir()
+            (out.parent / "x.onnx.d" / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)
-    refused(capsys, with_overwrite(name, COMMANDS[name].argv(inputs, str(out))), "does not look like", "left alone")
+    words = {"score": (), "export": ("did not write",)}.get(name, ("did not write", "left alone"))
+    if name == "score":  # a file: it is theirs, and --overwrite would replace it; without it, refused
+        (out).write_text("mine")
+        before = snapshot(tmp_path)
+        refused(capsys, COMMANDS[name].argv(inputs, str(out)), "already exists", "--overwrite")
+    else:
+        refused(capsys, with_overwrite(name, COMMANDS[name].argv(inputs, str(out))), *words)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["prune", "bench", "export", "make-data"])
+def test_overwrite_replaces_only_what_deepcuts_wrote(name, inputs, tmp_path, capsys):
+    """--overwrite replaces the earlier output's own files; the user's files beside them stay; without
+    --overwrite the earlier output is refused."""
+    out = tmp_path / ("out.onnx" if name == "export" else "out")
+    folder = out.with_name(out.name + ".d") if name == "export" else out
+    argv = COMMANDS[name].argv(inputs, str(out)) + ["--quiet"]
+    assert run(argv, capsys)[0] == 0
+    written = read_manifest(folder)["files"]
+    (folder / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    refused(capsys, argv, "already exists", "--overwrite")
+    assert snapshot(tmp_path) == before
+    assert run(argv + ["--overwrite"], capsys)[0] == 0
+    assert (folder / "notes.txt").read_text() == "mine" and read_manifest(folder)["files"] == written
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*written, MANIFEST, "notes.txt"])
+    assert not list(tmp_path.glob("**/*.lock")) and not list(tmp_path.glob(".*"))  # no lock or temporary left
+
+
+def test_overwrite_never_drops_earlier_files_it_does_not_rewrite(tmp_path, capsys):
+    """The reported bug: make-data --validation 0 --test 0 --overwrite deleted the earlier validation and test
+    splits. An earlier file the new output would not write again is neither deleted nor left stale: refused."""
+    out = tmp_path / "d2"
+    assert run(COMMANDS["make-data"].argv(None, str(out)), capsys)[0] == 0
+    before = snapshot(tmp_path)
+    refused(capsys, ["make-data", "imbalanced", str(out), "--train", "20", "--validation", "0", "--test", "0",
+                     "--overwrite"], "validation.csv", "test.csv", "does not write again")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_never_replaces_a_name_deepcuts_did_not_write(tmp_path):
+    """An earlier model folder saved without a tokenizer, where the user then put their own tokenizer.json: a new
+    save with a tokenizer would replace it, so it is refused, naming the file."""
+    from conftest import tiny_model
+
+    out = tmp_path / "slim"
+    dc.save_pretrained(tiny_model("bert"), out)
+    (out / "tokenizer.json").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(DeepCutsError, match="holds tokenizer.json, which deepcuts did not write"):
+        dc.save_pretrained(tiny_model("bert"), out, tokenizer=dc.load_tokenizer("minilm"), overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_the_api_replaces_an_existing_file_only_with_overwrite(model_dir, tmp_path):
+    """The reported bug: dc.export replaced an existing file with no overwrite flag."""
+    model = dc.from_pretrained(model_dir)
+    out = tmp_path / "e8.onnx"
+    out.write_text("old")
+    with pytest.raises(DeepCutsError, match="already exists.*overwrite=True"):
+        dc.export(model, out)
+    scores = dc.score(model, None, "magnitude", granularity="unit", progress=False)
+    with pytest.raises(DeepCutsError, match="already exists.*overwrite=True"):
+        scores.save(out)
+    assert out.read_text() == "old"
+    dc.export(model, out, overwrite=True)
+    assert out.read_bytes()[:8] != b"old\n"
 
 
 @pytest.mark.parametrize("name", ["prune", "run"])
@@ -209,24 +323,13 @@ def test_the_current_folder_its_parents_and_the_root_are_never_replaced(name, wh
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # data-free scores, a budget kept whole units miss
-def test_overwrite_replaces_only_earlier_outputs(inputs, tmp_path, capsys):
-    """--overwrite works: score replaces a file, prune its own earlier folder, bench its files in a folder."""
-    out = tmp_path / "s.safetensors"
-    out.write_text("old")
-    assert run(with_overwrite("score", COMMANDS["score"].argv(inputs, str(out))) + ["--quiet"], capsys)[0] == 0
-    assert dc.Scores.load(out).criterion == "magnitude"
-    slim = tmp_path / "slim"
-    for _ in range(2):
-        assert run(with_overwrite("prune", COMMANDS["prune"].argv(inputs, str(slim))) + ["--quiet"], capsys)[0] == 0
-    assert dc.from_pretrained(slim) is not None
-    bench = tmp_path / "bench"
-    bench.mkdir()
-    (bench / "bench.json").write_text("old")
-    (bench / "notes.txt").write_text("mine")
-    assert run(with_overwrite("bench", COMMANDS["bench"].argv(inputs, str(bench))) + ["--quiet"], capsys)[0] == 0
-    assert (bench / "bench.json").read_text() != "old" and (bench / "notes.txt").read_text() == "mine"
-    assert not list(tmp_path.glob("**/*.lock"))  # every lock file is removed afterwards
+def test_a_run_resumes_only_its_own_folder(inputs, tmp_path, capsys):
+    """run reuses a folder marked as a run's, and refuses another command's output."""
+    out = tmp_path / "out"
+    assert run(COMMANDS["prune"].argv(inputs, str(out)) + ["--quiet"], capsys)[0] == 0
+    before = snapshot(tmp_path)
+    refused(capsys, COMMANDS["run"].argv(inputs, str(out)), "holds a deepcuts model output", "choose")
+    assert snapshot(tmp_path) == before
 
 
 # --- links, devices and fifos ---------------------------------------------------------------------------------
@@ -234,9 +337,10 @@ def test_overwrite_replaces_only_earlier_outputs(inputs, tmp_path, capsys):
 @pytest.mark.parametrize("kind,message", [
     ("fifo", "is a fifo"),
     ("device", "is a device"),
-    ("link to a device", "is a device"),
-    ("dangling link", "dangling symbolic link"),
-    ("link loop", "symbolic link loop"),
+    ("link to a device", "is a symbolic link"),
+    ("dangling link", "is a symbolic link"),
+    ("link loop", "is a symbolic link"),
+    ("dangling link among the folders", "dangling symbolic link"),
 ])
 def test_devices_fifos_and_broken_links_are_refused(kind, message, inputs, tmp_path, capsys):
     out = tmp_path / "out.safetensors"
@@ -248,49 +352,36 @@ def test_devices_fifos_and_broken_links_are_refused(kind, message, inputs, tmp_p
         out.symlink_to(os.devnull)
     elif kind == "dangling link":
         out.symlink_to(tmp_path / "nowhere" / "x.safetensors")
-    else:
+    elif kind == "link loop":
         out.symlink_to(tmp_path / "loop")
         (tmp_path / "loop").symlink_to(out)
+    else:
+        (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+        out = tmp_path / "gone" / "out.safetensors"
     refused(capsys, with_overwrite("score", COMMANDS["score"].argv(inputs, str(out))), message)
     assert not (tmp_path / "nowhere").exists()
     if kind == "fifo":
         assert not out.is_file() and out.exists()
 
 
-def test_atomic_writes_never_replace_a_fifo(tmp_path):
+def test_writes_never_replace_a_fifo(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(DeepCutsError, match="is a fifo"):
-        with atomic_path(fifo):
+        with write_file(fifo, overwrite=True):
             pytest.fail("must refuse before writing")
     assert not fifo.is_file() and [p.name for p in tmp_path.iterdir()] == ["fifo"]
-
-
-def test_save_pretrained_replaces_only_a_model_folder(tmp_path):
-    from conftest import tiny_model
-
-    model = tiny_model("bert")
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
-    with pytest.raises(DeepCutsError, match="left alone"):
-        dc.save_pretrained(model, other, overwrite=True)
-    assert (other / "notes.txt").read_text() == "mine"
-    dc.save_pretrained(model, tmp_path / "slim")
-    dc.save_pretrained(model, tmp_path / "slim", overwrite=True)  # its own earlier output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "slim"]
 
 
 # --- one writer per output -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_a_concurrent_writer_of_the_same_output_is_refused(name, inputs, tmp_path, capsys):
-    out = tmp_path / "out"
-    locked = out / "bench.json" if name == "bench" else out
-    with output_lock(locked) as lock:
+    out = tmp_path / ("out.onnx" if name == "export" else "out")
+    with output_lock(out) as lock:
         assert lock.read_text() == f"deepcuts output lock, pid {os.getpid()}\n"
         refused(capsys, COMMANDS[name].argv(inputs, str(out)), "another deepcuts process", f"pid {os.getpid()}")
-    assert not lock.exists() and not (out / "bench.json" if name == "bench" else out).exists()
+    assert not lock.exists() and not out.exists()
 
 
 def test_a_file_named_like_the_lock_is_left_alone(inputs, tmp_path, capsys):
@@ -305,7 +396,7 @@ def test_the_lock_holds_across_processes(inputs, tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from deepcuts_fast.atomic import output_lock
+        from deepcuts_fast.locks import output_lock
         with output_lock({str(out)!r}):
             print("locked", flush=True)
             sys.stdin.readline()
@@ -329,8 +420,8 @@ def test_absurd_memory_caps_are_clear_errors(size, capsys):
     assert exit_.value.code == 2 and "memory cap must be a finite size" in err and "Traceback" not in err
 
 
-def test_check_output_names_the_flag_and_the_input(tmp_path):
+def test_check_file_names_the_output_and_the_input(tmp_path):
     data = tmp_path / "data.csv"
     data.write_text("text,label\n")
     with pytest.raises(DeepCutsError, match=r"--report .*is the --data input .* itself.*choose"):
-        check_output(data, {"--data": data, "--model": "a-hub-name"}, overwrite=True, name="--report")
+        check_file(data, {"--data": data, "--model": "a-hub-name"}, overwrite=True, name="--report")

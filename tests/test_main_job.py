@@ -165,14 +165,15 @@ def test_rerun_reuses_every_finished_step(full_run, capsys):
 
 def test_step_store_recomputes_when_what_it_depends_on_changes(tmp_path):
     calls = []
+    code = ("deepcuts_fast.errors",)  # tests/test_steps.py checks how the code a step declares keys it
     store = StepStore(tmp_path, {"model": "a"}, log=lambda m: None)
-    assert store.run("x", lambda: calls.append(1) or {"v": 1}, k=1) == {"v": 1}
-    assert store.run("x", lambda: calls.append(1) or {"v": 2}, k=1) == {"v": 1} and len(calls) == 1
-    assert store.run("x", lambda: calls.append(1) or {"v": 3}, k=2) == {"v": 3} and len(calls) == 2
+    assert store.run("x", lambda: calls.append(1) or {"v": 1}, code=code, k=1) == {"v": 1}
+    assert store.run("x", lambda: calls.append(1) or {"v": 2}, code=code, k=1) == {"v": 1} and len(calls) == 1
+    assert store.run("x", lambda: calls.append(1) or {"v": 3}, code=code, k=2) == {"v": 3} and len(calls) == 2
     other = StepStore(tmp_path, {"model": "b"}, log=lambda m: None)
-    assert other.run("x", lambda: {"v": 4}, k=2) == {"v": 4}
+    assert other.run("x", lambda: {"v": 4}, code=code, k=2) == {"v": 4}
     (tmp_path / "steps" / "x.json").write_text("{half")  # a corrupt step file is recomputed, not trusted
-    assert other.run("x", lambda: {"v": 5}, k=2) == {"v": 5}
+    assert other.run("x", lambda: {"v": 5}, code=code, k=2) == {"v": 5}
 
 
 def test_model_fingerprint_sees_a_single_changed_weight():

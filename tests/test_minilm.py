@@ -58,13 +58,16 @@ def test_paper_ratios_need_the_encoder_count_on_minilm(minilm):
 
 
 def test_cli_scores_the_packaged_model(tmp_path, capsys):
+    """The packaged encoder has no task head: data scores are refused (naming the fine-tuned alias), data-free
+    ones read no head."""
     out = tmp_path / "minilm.safetensors"
-    code = main(["score", "--model", "minilm", "--data", "rotten_tomatoes", "--criterion", "smooth-cut",
-                 "--granularity", "unit", "--batches", "1", "--batch-size", "4", "--noise-samples", "2",
-                 "--out", str(out), "--quiet"])
-    assert code == 0
+    argv = ["score", "--model", "minilm", "--data", "rotten_tomatoes", "--granularity", "unit", "--batches", "1",
+            "--batch-size", "4", "--out", str(out), "--quiet"]
+    assert main(argv + ["--criterion", "smooth-cut", "--noise-samples", "2"]) == 2
+    assert "--model minilm-rt" in capsys.readouterr().err and not out.exists()
+    assert main(argv + ["--criterion", "magnitude"]) == 0
     s = dc.Scores.load(out)
-    assert s.granularity == "unit" and s.heads(5).shape == (12,) and s.neurons(0).shape == (1536,)
+    assert s.granularity == "unit" and s.heads(5).shape == (12,) and s.neurons(0).shape == (1536,) and s.fisher is None
     assert all(torch.isfinite(s.heads(i)).all() and (s.heads(i) > 0).any() for i in range(6))
 
 

@@ -198,7 +198,7 @@ def test_saved_scores_record_the_scale_and_old_files_read_as_absolute(tmp_path):
     scores.save(path)
     assert dc.Scores.load(path).meta["noise_scale"] == "absolute"
     relative = _scores()
-    relative.save(path)
+    relative.save(path, overwrite=True)
     assert dc.Scores.load(path).meta["noise_scale"] == "relative"
     # a file written before the field existed: its noise was absolute
     with safe_open(str(path), framework="pt") as f:

@@ -37,7 +37,7 @@ def test_round_trip_is_exact(slim_and_plan, tmp_path):
 
 def test_refuses_to_overwrite_and_leaves_nothing_on_failure(slim_and_plan, tmp_path):
     slim, plan = slim_and_plan
-    (tmp_path / "taken").mkdir()
+    dc.save_pretrained(slim, tmp_path / "taken")
     with pytest.raises(DeepCutsError, match="already exists"):
         dc.save_pretrained(slim, tmp_path / "taken")
     with pytest.raises(DeepCutsError, match="cannot write"):
@@ -58,7 +58,7 @@ def test_corrupt_or_partial_folders_are_clear_errors(slim_and_plan, tmp_path):
     weights = path / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DeepCutsError, match="corrupt or partial"):
+    with pytest.raises(DeepCutsError, match="is truncated or corrupt"):
         dc.from_pretrained(path)
     weights.unlink()
     with pytest.raises(DeepCutsError, match="model.safetensors is missing"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, tiny_batches, tiny_model
 
-from deepcuts_fast import atomic, finetune_cache, train
+from deepcuts_fast import finetune_cache, outputs, train
 from deepcuts_fast.cache import cache_dir
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.finetune_cache import finetuned_model
@@ -342,7 +342,7 @@ def test_crash_while_saving_leaves_nothing(base, cache, monkeypatch):
     def crash(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(atomic, "_publish", crash)
+    monkeypatch.setattr(outputs, "_publish", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         run_cached(base)
     assert list(cache.iterdir()) == []

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ..atomic import check_output, check_writable, output_lock
+from ..locks import output_lock
+from ..outputs import check_folder, write_folder
 from ..precision import CHOICES
 from .latency import benchmark
 
 Loader = Callable[[str], nn.Module]
-OUTPUTS = ("bench.json", "bench.csv", "bench.png")  # what `--out FOLDER` receives
+BENCH_FOLDER_KIND = "bench"  # the manifest kind of an --out folder (bench.json, bench.csv, bench.png)
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,18 +47,14 @@ def run_bench_command(args: argparse.Namespace, load: Loader | None = None) -> i
     out = Path(args.out) if args.out else None
     if out is None:
         return _bench(args, load, None)
-    _check_outputs(args, out)
-    with output_lock(out / OUTPUTS[0]):
+    check_folder(out, _inputs(args), overwrite=args.overwrite, kind=BENCH_FOLDER_KIND, name="--out",
+                 flag="--overwrite")  # before any model loads
+    with output_lock(out):
         return _bench(args, load, out)
 
 
-def _check_outputs(args: argparse.Namespace, out: Path) -> None:
-    """Refuse, before any model loads, an --out folder whose bench files would replace an input or an existing
-    file without --overwrite (the folder itself may exist: the files are written into it)."""
-    check_writable(out, folder=True)
-    inputs = {"--model": args.model, "--baseline": args.baseline}
-    for name in OUTPUTS:
-        check_output(out / name, inputs, overwrite=getattr(args, "overwrite", False), name="--out file")
+def _inputs(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"--model": args.model, "--baseline": args.baseline}
 
 
 def _bench(args: argparse.Namespace, load: Loader | None, out: Path | None) -> int:
@@ -68,7 +65,11 @@ def _bench(args: argparse.Namespace, load: Loader | None, out: Path | None) -> i
     report = benchmark(models, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens, device=args.device,
                        dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, min_time=args.min_time,
                        names=_names(paths), threads=args.threads, progress=not (args.quiet or args.json))
-    written = report.save(out) if out is not None else []
+    written = []
+    if out is not None:
+        with write_folder(out, kind=BENCH_FOLDER_KIND, overwrite=args.overwrite, inputs=_inputs(args),
+                          name="--out", flag="--overwrite") as tmp:
+            written = [out / p.name for p in report.save(tmp)]
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_path, write_text
 from ..errors import DeepCutsError
+from ..outputs import write_file, write_text
 
 _COLUMNS = ("model", "batch", "seq", "dtype", "median ms", "IQR ms", "p90 ms", "p99 ms", "runs", "seq/s", "speedup",
             "FLOP ratio", "peak mem MB")
@@ -76,30 +76,50 @@ class BenchmarkReport:
             lines += [""] + [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
-    def save(self, folder: str | os.PathLike) -> list[Path]:
-        """Write bench.json, bench.csv and bench.png into `folder`; the plot is skipped, with a note on
-        stderr, where matplotlib is missing (e.g. a bare GPU image), so the numbers are never lost."""
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+        """Write bench.json, bench.csv and bench.png into `folder` (files already there only with `overwrite`);
+        the plot is skipped, with a note on stderr, where matplotlib is missing (e.g. a bare GPU image), so the
+        numbers are never lost."""
         folder = Path(folder)
-        written = [self.to_json(folder / "bench.json"), self.to_csv(folder / "bench.csv")]
+        written = [self.to_json(folder / "bench.json", overwrite), self.to_csv(folder / "bench.csv", overwrite)]
         if importlib.util.find_spec("matplotlib") is None:
             print("deepcuts: note: matplotlib is not installed, so bench.png was not written", file=sys.stderr)
         else:
-            written.append(self.plot(folder / "bench.png"))
+            written.append(self.plot(folder / "bench.png", overwrite))
         return written
 
-    def to_json(self, path: str | os.PathLike) -> Path:
-        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return Path(path)
+    def to_json(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n", overwrite=overwrite)
 
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+    def to_csv(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        with write_file(path, overwrite=overwrite) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else [])
             writer.writeheader()
             writer.writerows(self.rows)
         return Path(path)
 
-    def plot(self, path: str | os.PathLike) -> Path:
-        """PNG: median latency vs batch size, one line per model (and dtype), one panel per sequence length."""
+    def plot_caption(self) -> str:
+        """The plot's title: the machine (CPU model, ISA and threads, or the GPU), the dtypes of the rows and torch,
+        e.g. 'Median latency on AMD EPYC (AVX-512 BF16, no AMX), 2 threads; dtype fp32; torch 2.5.1'. Built from
+        the recorded machine facts where the one-line description is missing (reports of older versions)."""
+        m = self.machine
+        where = m.get("description")
+        if not where and m.get("device_name"):
+            where = f"{m['device_name']}" + (f", {m['threads']} CPU threads" if m.get("threads") else "")
+        elif not where and m.get("processor"):
+            where = m["processor"] + (f" ({m['isa']})" if m.get("isa") else "")
+            where += f", {m['threads']} threads" if m.get("threads") else ""
+        dtypes = sorted({r["dtype"] for r in self.rows}) or [self.settings.get("dtype")]
+        parts = [f"Median latency on {where or 'an unrecorded machine'}",
+                 "dtype " + ", ".join(d for d in dtypes if d) if any(dtypes) else None,
+                 f"torch {m['torch']}" if m.get("torch") else None]
+        return "; ".join(p for p in parts if p)
+
+    def plot(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """PNG: median latency vs batch size, one line per model (and dtype), one panel per sequence length, titled
+        with the machine and dtype (`plot_caption`), since no latency means anything without them."""
+        import textwrap
+
         try:
             from matplotlib import ticker
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -130,7 +150,8 @@ class BenchmarkReport:
             ax.set(title=f"seq {seq}", xlabel="batch size", ylabel="median latency (ms)")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize="small")
-        with atomic_path(path) as tmp:
+        fig.suptitle(textwrap.fill(self.plot_caption(), width=12 * 5 * max(len(seqs), 1)), fontsize=10)
+        with write_file(path, overwrite=overwrite) as tmp:
             fig.savefig(tmp, format="png", dpi=120)
         return Path(path)
 

@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ..atomic import check_output, write_text
 from ..errors import DeepCutsError, suggest
+from ..outputs import write_folder
 
 SPLITS = ("train", "validation", "test")
 SIZES = {"train": 2000, "validation": 300, "test": 300}
@@ -192,7 +192,8 @@ def make_task_data(kind: str, folder: str | Path, *, sizes: dict[str, int] | Non
                    fmt: str = "csv", minority: float = MINORITY, overwrite: bool = False) -> dict[str, Path]:
     """Write the `train`, `validation` and `test` splits of `kind` into `folder` as `<split>.csv` (or `.jsonl`);
     returns split -> file. `sizes` overrides rows per split (default `SIZES`; a split of 0 rows is not
-    written). An existing folder is refused unless it is empty or, with `overwrite`, holds earlier splits."""
+    written). An existing folder is refused unless it is empty or, with `overwrite`, an earlier make-data folder
+    whose files this run writes again (see `outputs.write_folder`)."""
     _kind(kind)
     if fmt not in FORMATS:
         raise DeepCutsError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -204,17 +205,11 @@ def make_task_data(kind: str, folder: str | Path, *, sizes: dict[str, int] | Non
         raise DeepCutsError(f"unknown split {sorted(unknown)[0]!r}; the splits are: {', '.join(SPLITS)}")
     if sizes["train"] < 1:
         raise DeepCutsError("the train split needs at least 1 row")
-    previous = [(f"{split}.{f}",) for split in SPLITS for f in FORMATS]
-    empty = Path(folder).is_dir() and not any(Path(folder).iterdir())
-    folder = check_output(folder, folder=True, overwrite=overwrite or empty, previous=previous, name="the data folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for split in SPLITS:
-        for f in FORMATS:  # a stale file of the other format would shadow or join this one
-            (folder / f"{split}.{f}").unlink(missing_ok=True)
-        if sizes[split] > 0:
-            written[split] = folder / f"{split}.{fmt}"
-            write_text(written[split], _format(make_rows(kind, sizes[split], seed, split, minority), fmt))
+    written = {split: Path(folder) / f"{split}.{fmt}" for split in SPLITS if sizes[split] > 0}
+    with write_folder(folder, kind="data", overwrite=overwrite, name="the data folder", flag="--overwrite") as tmp:
+        for split, path in written.items():
+            rows = make_rows(kind, sizes[split], seed, split, minority)
+            (tmp / path.name).write_text(_format(rows, fmt), encoding="utf-8", newline="")
     return written
 
 

@@ -2,4 +2,6 @@
 from .config import BASELINE_CRITERIA, DEEPCUTS_CRITERIA, FULL_CRITERIA, QUICK_CRITERIA, JobConfig
 from .run import MainJob
 
-__all__ = ["BASELINE_CRITERIA", "DEEPCUTS_CRITERIA", "FULL_CRITERIA", "JobConfig", "MainJob", "QUICK_CRITERIA"]
+RUN_FOLDER_KIND = "run"  # the manifest kind of a run folder, which a rerun resumes
+
+__all__ = ["BASELINE_CRITERIA", "DEEPCUTS_CRITERIA", "FULL_CRITERIA", "JobConfig", "MainJob", "QUICK_CRITERIA", "RUN_FOLDER_KIND"]

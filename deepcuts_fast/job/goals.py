@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .config import BASELINE_CRITERIA, DEEPCUTS_CRITERIA
 from .held_out import best
+from ..data.sources import EMBEDDED_ALIASES
 from ..stats import p_text
 from .significance import DENSE, claim_comparison, compare_rows, pipeline_groups
 
@@ -100,7 +101,7 @@ def quality_goals(results: dict) -> list[dict]:
 
 def embedded(results: dict) -> bool:
     """Whether the run is on the embedded reviews, the only data the published anchors were measured on."""
-    return results.get("settings", {}).get("data") == ANCHOR_DATA
+    return str(results.get("settings", {}).get("data", "")).lower() in EMBEDDED_ALIASES  # `--data rt` too
 
 
 def _margins(results: dict, rows: list[dict], group: str, key: str) -> list[tuple]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import write_text
+from ..outputs import write_text
 from ..stats import format_p, p_text, points
 from .significance import multi_class
 from ..benchmarking.deployment import deployment_table
@@ -14,9 +14,12 @@ PLOT_CAPTIONS = {
     "paper_accuracy.png": "Paper mode: test accuracy vs compression per criterion; hollow markers: after recovery "
                           "fine-tuning or lottery-ticket rewinding, where run.",
     "structured_speedup.png": "Structured mode: test accuracy after reconstruction vs measured speedup, one panel "
-                              "per latency setting (its title names the machine and dtype); stars: recovery "
-                              "fine-tuned slim models.",
-    "kept_units.png": "Heads and FFN neurons each criterion's global plan keeps per layer.",
+                              "per latency setting (its title names the machine and dtype), the x axis from 1x "
+                              "(dense); the grey band around each budget's median is the timing noise, so points "
+                              "inside it are ties; stars: recovery fine-tuned slim models.",
+    "kept_units.png": "Heads and FFN neurons the global plans keep per layer; criteria that keep the same counts "
+                      "(the default allocation takes every criterion's counts from Fisher) share one bar, and the "
+                      "mark shows how many of the same heads they all keep.",
     PIPELINE_PLOT: "Retraining-free pipeline: test accuracy vs FLOPs kept, mean over the calibration draws with "
                    "min-max bars; on Rotten Tomatoes a black dash marks Kwon et al. 2022's code on the same split.",
     "mask_iou.png": "IoU of the kept weights between criteria (paper mode).",
@@ -271,8 +274,17 @@ def _selection_note(settings: dict) -> str:
     return " (no validation split: best / winner choices are made on the test split, so they are optimistic)"
 
 
-def render(results: dict, plots: list[str]) -> str:
-    """The report as markdown text."""
+def _failed_plots(failed: dict[str, str]) -> list[str]:
+    """One line naming each plot that raised while drawn, with why, so a reader knows it is missing for a reason."""
+    if not failed:
+        return []
+    return ["**Plots not drawn:** " + "; ".join(f"`{name}` ({why})" for name, why in failed.items())
+            + ". Their numbers are in the tables below and in results.json.", ""]
+
+
+def render(results: dict, plots: list[str], failed: dict[str, str] | None = None) -> str:
+    """The report as markdown text; `failed`: the plots that raised (file name -> the error's first line)."""
+    failed = failed or {}
     s, m, d = results["settings"], results["machine"], results["dense"]
     steps = results["steps"]
     out = ["# deepcuts run report", "",
@@ -283,6 +295,7 @@ def render(results: dict, plots: list[str]) -> str:
            f"Machine: {m['processor']} ({m.get('isa', 'ISA not recorded')}), {m['logical_cpus']} logical CPUs "
            f"({m['threads']} torch threads), torch {m['torch']}, {m['platform']}"
            + (f", GPU {s['gpu']}" if s.get("gpu") else ", no GPU") + ".", "",
+           *_failed_plots(failed),
            *_precision_table(results),
            f"Wall time {results['wall_seconds']:.0f} s in this invocation ({len(steps['computed'])} steps computed, "
            f"{len(steps['reused'])} reused from an earlier run); scoring all criteria took "
@@ -339,12 +352,12 @@ def render(results: dict, plots: list[str]) -> str:
         out.append("")
     if plots:
         out += ["## Plots", ""] + [line for p in plots if p != PIPELINE_PLOT for line in _plot_lines(p)]
-    else:
+    elif not failed:
         out += ["(Plots skipped: matplotlib is not installed.)", ""]
     return "\n".join(out)
 
 
-def write_report(results: dict, plots: list[str], path: Path) -> Path:
-    """Write report.md atomically."""
-    write_text(path, render(results, plots))
+def write_report(results: dict, plots: list[str], path: Path, failed: dict[str, str] | None = None) -> Path:
+    """Write report.md atomically; `failed` names the plots that could not be drawn (see `render`)."""
+    write_text(path, render(results, plots, failed), overwrite=True)
     return path

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
-from ..atomic import write_text
 from ..benchmarking.deployment import compare_deployment, onnx_ready
 from ..benchmarking.runners import max_seq_len
+from ..code_fingerprint import code_fingerprint
 from ..hashing import model_fingerprint
 from ..machine import machine_info
+from ..outputs import write_text
 from ..planning import Plan
 from ..pruning import from_pretrained, save_pretrained
 from ..scoring import Scores, score_many
@@ -34,7 +35,7 @@ from .report import write_report
 from .pipeline_summary import pipeline_summary
 from .significance import comparisons
 from .step_precision import latency_dtypes, step_precisions
-from .steps import StepStore, source_fingerprint
+from .steps import StepStore
 
 
 class MainJob:
@@ -61,7 +62,7 @@ class MainJob:
         self.reconstruct_dtype = self.precision["reconstruction"]["dtype"]
         context = {"model": model_fingerprint(self.model), "data": data_name, "config": config.to_dict(),
                    "precision": {step: p["dtype"] for step, p in self.precision.items()},  # reasons: report only
-                   "code": source_fingerprint()}
+                   "data_code": code_fingerprint(("deepcuts_fast.data", "deepcuts_fast.models"))}  # makes the batches
         self.store = StepStore(self.out, context, log)
         self._scores: dict[str, Scores] | None = None
         self._train_batches: list | None = None
@@ -96,7 +97,8 @@ class MainJob:
 
     def dense(self) -> dict:
         result = self.store.run("dense", lambda: evaluate(self.model, self.evaluation.test,
-                                                          progress=self.progress).to_dict())
+                                                          progress=self.progress).to_dict(),
+                                code=("deepcuts_fast.train",))
         self.log(f"dense accuracy {result['accuracy']:.4f} on {result['n']} examples")
         return result
 
@@ -105,7 +107,8 @@ class MainJob:
         for crit in self.config.criteria:
             for c in self.config.compressions:
                 r = self.store.run(f"paper-{crit}-c{c:g}", lambda: paper_mode.single_shot(
-                    self.model, self.scores()[crit], c, self.evaluation))
+                    self.model, self.scores()[crit], c, self.evaluation),
+                    code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring"))
                 rows.append({"criterion": crit, "compression": c, **r})
                 self.log(f"paper     {crit:>22s}  c={c:<4g} accuracy {r['accuracy']:.4f}")
         return rows
@@ -117,7 +120,8 @@ class MainJob:
             for comp in c.recovery_compressions:
                 r = self.store.run(f"recovery-{crit}-c{comp:g}", lambda: paper_mode.recovered(
                     self.model, self.scores()[crit], comp, self.train_batches(), self.evaluation,
-                    c.recovery_epochs, c.recovery_lr, c.seed, self.train_dtype, self.progress))
+                    c.recovery_epochs, c.recovery_lr, c.seed, self.train_dtype, self.progress),
+                    code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring", "deepcuts_fast.task"))
                 rows.append({"criterion": crit, "compression": comp, **r})
                 self.log(f"recovered {crit:>22s}  c={comp:<4g} accuracy {r['accuracy']:.4f}")
         return rows
@@ -135,7 +139,8 @@ class MainJob:
         for crit in crits:
             r = self.store.run(f"rewind-{crit}-c{c.rewind_compression:g}", lambda: paper_mode.rewound(
                 self.task.initial_model(), self.scores()[crit], c.rewind_compression, self.train_batches(),
-                self.evaluation, settings, self.progress))
+                self.evaluation, settings, self.progress),
+                code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring", "deepcuts_fast.task"))
             rows.append({"criterion": crit, "compression": c.rewind_compression, **r})
             self.log(f"rewound   {crit:>22s}  c={c.rewind_compression:<4g} accuracy {r['accuracy']:.4f}")
         return rows
@@ -146,7 +151,8 @@ class MainJob:
             for keep in self.config.keep_flops:
                 r = self.store.run(f"structured-{crit}-k{keep:g}", lambda: structured_mode.prune_and_evaluate(
                     self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation,
-                    self.reference(), self.reconstruct_dtype))
+                    self.reference(), self.reconstruct_dtype),
+                    code=("deepcuts_fast.job.structured_mode", "deepcuts_fast.scoring"))
                 rows.append({"criterion": crit, "keep_flops": keep, **r})
                 self.log(f"structured {crit:>21s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f}, "
                          f"reconstructed {r['accuracy_reconstructed']:.4f}")
@@ -164,7 +170,7 @@ class MainJob:
                 tag = dtype if device == "cpu" else f"{device}_{dtype}"
                 out[tag] = self.store.run(f"latency-{tag}", lambda: structured_mode.latency(
                     self.model, rows, device, dtype, c.latency_batch, self.seq_len, c.latency_repeats),
-                    plans=plans, batch=c.latency_batch, seq=self.seq_len)
+                    code=("deepcuts_fast.job.structured_mode",), plans=plans, batch=c.latency_batch, seq=self.seq_len)
                 for row, measured in zip(rows, out[tag][1:]):
                     row[f"latency_ms_{tag}"] = measured["median_ms"]
                     row[f"speedup_{tag}"] = measured["speedup"]
@@ -194,7 +200,9 @@ class MainJob:
                                 overwrite=True)
                 return result
 
-            r = self.store.run(f"slim-keep{keep:g}", compute, plan=best["plan"], recover=recover)
+            r = self.store.run(f"slim-keep{keep:g}", compute, code=(
+                "deepcuts_fast.job.structured_mode", "deepcuts_fast.planning", "deepcuts_fast.pruning",
+                "deepcuts_fast.task"), plan=best["plan"], recover=recover)
             out.append({"criterion": best["criterion"], "keep_flops": keep, "saved_to": folder.name,
                         "speedup_fp32": best.get("speedup_fp32"), **r})
             self.log(f"best slim at keep_flops={keep:g}: {best['criterion']}, accuracy {r['accuracy']:.4f} "
@@ -223,8 +231,9 @@ class MainJob:
                                         repeats=c.latency_repeats, log=self.log)
             return {"keep_flops": c.deploy_keep, "criterion": row["criterion"], "folder": row["saved_to"], **result}
 
-        result = self.store.run(f"deployment-k{c.deploy_keep:g}", compute, saved=row, batch=c.latency_batch,
-                                seq=self.seq_len)
+        result = self.store.run(f"deployment-k{c.deploy_keep:g}", compute,
+                                code=("deepcuts_fast.benchmarking", "deepcuts_fast.pruning"), saved=row,
+                                batch=c.latency_batch, seq=self.seq_len)
         best = min(result["rows"], key=lambda r: r["median_ms"])
         self.log(f"deployment: fastest is {best['variant']}, {best['speedup']:.2f}x dense torch fp32")
         return result
@@ -251,7 +260,9 @@ class MainJob:
                                            self.model, crit, keep, self.seq_len, shared.scores(), batches,
                                            self.evaluation, self.reconstruction[:structured_mode.ERROR_BATCHES],
                                            self.reference(), self.reconstruct_dtype, method),
-                                           "score_seconds": shared.seconds})
+                                           "score_seconds": shared.seconds},
+                                       code=("deepcuts_fast.job.structured_mode", "deepcuts_fast.pipeline",
+                                             "deepcuts_fast.scoring"))
                     label = crit if one_shot else f"{crit} ({method})"
                     rows.append({"criterion": label, "method": method, "keep_flops": keep, "seed": seed,
                                  "calibration_examples": drawn, **r})
@@ -266,7 +277,8 @@ class MainJob:
             masks = {crit: paper_mode.paper_masks(self.scores()[crit], c.iou_compression) for crit in crits}
             return analysis.weight_mask_iou(masks, model_layout(self.model))
 
-        pairwise = self.store.run(f"iou-c{c.iou_compression:g}", weights)
+        pairwise = self.store.run(f"iou-c{c.iou_compression:g}", weights, code=(
+            "deepcuts_fast.job.analysis", "deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring"))
         plans = {r["criterion"]: r["plan"] for r in rows if r["keep_flops"] == c.iou_keep_flops}
         plan_pairs = analysis.plan_iou(plans) if len(plans) == len(crits) else {}
         return {"criteria": crits, "compression": c.iou_compression, "weight_iou": pairwise,
@@ -294,7 +306,8 @@ class MainJob:
         results["retraining_free"] = self.pipeline()
         results["retraining_free_summary"] = pipeline_summary(results["retraining_free"], results["dense"])
         results["mask_analysis"] = self.mask_analysis(rows)
-        results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()})
+        results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()},
+                                                    code=("deepcuts_fast.scoring",))
         results["goals"] = quality_goals(results)
         results["verdicts"] = verdicts(results)
         results["comparisons"] = comparisons(results)
@@ -321,10 +334,13 @@ class MainJob:
                 "finetune": _finetune_summary(self.task)}
 
     def write(self, results: dict) -> None:
-        """results.json, the plots and report.md under `out` (each written atomically)."""
-        write_text(self.out / "results.json", json.dumps(results, indent=1))
+        """results.json first, then the plots and report.md under `out` (each written atomically); a plot that
+        raises is logged and named in the report, never fatal to it."""
+        write_text(self.out / "results.json", json.dumps(results, indent=1), overwrite=True)
         plots = write_plots(results, self.out)
-        write_report(results, [p.name for p in plots], self.out / "report.md")
+        for name, why in plots.failed.items():
+            self.log(f"plot {name} skipped: {why}")
+        write_report(results, [p.name for p in plots.written], self.out / "report.md", plots.failed)
 
 
 def _examples(batches: list) -> int:

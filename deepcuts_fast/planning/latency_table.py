@@ -121,10 +121,10 @@ def table_for(model: nn.Module, seq_len: int, batch_size: int, device: str | tor
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, DeepCutsError):
         return LatencyTable.from_dict(json.loads(path.read_text(encoding="utf-8")))
     table = measure(model, shapes, seq_len, batch_size, torch_device, precision, key)
-    from ..atomic import write_text
+    from ..outputs import write_text
 
     with contextlib.suppress(OSError, DeepCutsError):  # a read-only cache only costs a re-measurement
-        write_text(path, json.dumps(table.to_dict(), indent=1))
+        write_text(path, json.dumps(table.to_dict(), indent=1), overwrite=True)
     return table
 
 

@@ -20,7 +20,7 @@ from ..precision import autocast
 from ..models import model_device, to_device
 from .criteria import Criterion
 from .layout import LayerLayout
-from .options import ScoreOptions
+from .options import DEFAULT_NOISE_STD, ScoreOptions
 from .probes import Chunk, LinearProbe, PassContext, attached
 from .routes import Route, RouteSetup, route_for
 from .scores import Scores
@@ -40,7 +40,8 @@ class ScoringPass:
         self.dtype, self.backend = dtype, backend
         self.device = model_device(model)
         self.weight_grads = not options.first_order and any(c.weight_saliency for c in self.criteria)
-        context = PassContext(seed=options.seed, backend=backend, noise_std=options.noise_std if noisy else 0.0,
+        self.noise_std = options.noise_std if noisy else 0.0
+        context = PassContext(seed=options.seed, backend=backend, noise_std=self.noise_std,
                               relative_noise=options.relative_noise)
         self.probes = self._make_probes(context)
 
@@ -139,10 +140,26 @@ class ScoringPass:
             with autocast(self.device, self.dtype):
                 logits = self.model(**inputs).logits
             loss = _summed_sample_loss(logits.float(), labels, batch_size)
-            if not torch.isfinite(loss):
-                raise DeepCutsError(f"non-finite loss ({loss.item()}) on calibration batch {b}; "
-                                    "check the model weights and labels")
-            loss.backward()
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+        if not finite:  # with the probes (and their noise) detached
+            raise self._loss_error(b, inputs, labels, batch_size, loss.item())
+
+    def _loss_error(self, b: int, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, batch_size: int,
+                    loss: float) -> DeepCutsError:
+        """The error for a non-finite loss on batch `b`: the noise's fault when the same inputs give a finite loss
+        without it (probes detached, so no noise), else the model's weights' or the labels'."""
+        if self.noise_std:
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                clean = _summed_sample_loss(self.model(**inputs).logits.float(), labels, batch_size)
+            if torch.isfinite(clean):
+                scale = self.options.noise_scale
+                return DeepCutsError(
+                    f"the smooth criteria's noise is too large for this model: with noise_std={self.noise_std:g} "
+                    f"({scale}) the loss on calibration batch {b} is {loss}, without the noise it is finite; lower "
+                    f"--noise-std (noise_std), e.g. to the {scale} default {DEFAULT_NOISE_STD[scale]:g}")
+        return DeepCutsError(f"non-finite loss ({loss}) on calibration batch {b}; check the model weights and labels")
 
     @torch.no_grad()
     def _epilogue(self, b: int, routes: Iterable[Route]) -> None:

@@ -99,7 +99,7 @@ class ScoreOptions:
         normal = dict(noise_samples=whole_number("noise_samples", self.noise_samples, minimum=1),
                       noise_std=_noise_std(self.noise_std, self.noise_scale),
                       shift=real_number("shift", self.shift),
-                      seed=_seed(self.seed),
+                      seed=check_seed(self.seed),
                       max_memory=None if self.max_memory is None else whole_number("max_memory", self.max_memory,
                                                                                    minimum=1),
                       dtype="auto" if requested is None else NAMES[requested])
@@ -192,11 +192,12 @@ def _noise_std(value, scale: str) -> float:
     return number
 
 
-def _seed(value) -> int:
-    """The seed as an int in [0, 2**64), the range of the 64-bit noise and torch seeds."""
-    seed = whole_number("seed", value, minimum=0)
+def check_seed(value, name: str = "seed") -> int:
+    """The seed as an int in [0, 2**64), the range of the 64-bit noise and torch seeds (`name` says where it came
+    from, e.g. a flag); every command's --seed is checked here too, so none reaches torch negative."""
+    seed = whole_number(name, value, minimum=0)
     if seed >= 2**64:
-        raise DeepCutsError(f"seed must be below 2**64 (noise seeds are 64-bit), got {seed}")
+        raise DeepCutsError(f"{name} must be below 2**64 (noise seeds are 64-bit), got {seed}")
     return seed
 
 

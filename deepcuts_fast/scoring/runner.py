@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
 from ..errors import DeepCutsError
 from ..hashing import update_with_tensors
+from ..outputs import write_file
 from ..precision import choose_for_scoring
 from ..models import model_device
 from .criteria import get_criterion
@@ -89,12 +89,13 @@ def score_run(
         torch.cuda.reset_peak_memory_stats()
     free = score_many(model, None, free_names, options=opts) if free_names else {}
     run = ScoreRun({}, 0, n, world_size=world.size)
-    # Fisher's loss estimate for data-free criteria comes from a pass of its own when no other needs one.
+    # Fisher's loss estimate for data-free criteria comes from a pass of its own when no other needs one; Fisher
+    # scores units only, whatever the granularity of the data-free scores (per weight for the paper's masks).
     fisher_only = opts.with_fisher and not grad_names and labelled(batch_list)
     segment_names = [FISHER] if fisher_only else grad_names
     if segment_names:
         _run_segments(model, batch_list, segment_names, run, every, checkpoint, until_stable, stable_keep, world,
-                      opts)
+                      replace(opts, granularity="unit") if fisher_only else opts)
     if opts.with_fisher and free and run.scores:
         donor = run.scores[FISHER] if FISHER in run.scores else next(iter(run.scores.values())).fisher
         attach_fisher(free.values(), donor)
@@ -247,7 +248,7 @@ def save_checkpoint(path, totals: Mapping[str, Scores], done: int, changes: list
         headers[name] = scores.header()
     header = {"format": FORMAT, "fingerprint": fingerprint, "done": str(done), "changes": json.dumps(changes),
               "scores": json.dumps(headers)}
-    with atomic_path(path) as tmp:
+    with write_file(path, overwrite=True, name="checkpoint") as tmp:
         save_file(tensors, str(tmp), metadata=header)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
 from ..errors import DeepCutsError
-from .layout import LayerLayout, reduce_to_units
+from ..outputs import write_file
+from .layout import LayerLayout, check_layer_shapes, reduce_to_units
 
 FORMAT = "deepcuts-scores/1"
 FISHER_PREFIX = "fisher/"  # where a file keeps the Fisher scores that came with the criterion's
@@ -141,13 +141,14 @@ class Scores(Mapping[str, torch.Tensor]):
         return masks_for_compression(self._weights, self.meta, compression, scope, params)
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the scores atomically as one safetensors file (metadata in its header)."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the scores atomically as one safetensors file (metadata in its header); an existing file is
+        replaced only with `overwrite`."""
         from safetensors.torch import save_file
 
         tensors = self.to_tensors()
         header = {"format": FORMAT, **self.header()}
-        with atomic_path(path) as tmp:
+        with write_file(path, overwrite=overwrite, name="scores file") as tmp:
             save_file(tensors, str(tmp), metadata=header)
 
     def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -193,7 +194,9 @@ class Scores(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scores":
-        """Read scores written by `save` (safetensors only)."""
+        """Read scores written by `save` (safetensors only), refusing what no scoring pass writes (a dtype without
+        float32's range, a tensor of no layer, shapes that do not fit together): an edited or converted file fails
+        here, by name, instead of planning silently wrong. bfloat16 tensors are read as float32."""
         p = Path(path)
         if not p.is_file():
             raise DeepCutsError(f"scores file {p} does not exist; create it with `deepcuts score`")
@@ -201,10 +204,13 @@ class Scores(Mapping[str, torch.Tensor]):
         if header.get("format") != FORMAT:
             raise DeepCutsError(f"{p} is not a deepcuts scores file (format {header.get('format')!r})")
         try:
-            return cls.from_tensors(tensors, header)
+            layout = [LayerLayout.from_dict(d) for d in json.loads(header["layout"])]
+            scores = cls.from_tensors(_checked_tensors(tensors, layout, "fisher_meta" in header, p), header)
         except (KeyError, ValueError, TypeError) as e:
             raise DeepCutsError(f"{p} is a damaged deepcuts scores file (missing or unreadable {e}); "
                                 "score again with `deepcuts score`") from e
+        _check_shapes(scores, p)
+        return scores
 
 
 def read_safetensors(path: str | os.PathLike, problem: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -216,3 +222,61 @@ def read_safetensors(path: str | os.PathLike, problem: str) -> tuple[dict[str, s
             return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise DeepCutsError(f"{path} {problem} ({e})") from e
+
+
+def dtype_problem(dtype: torch.dtype) -> str | None:
+    """Why tensors of `dtype` cannot hold scores (a phrase such as "bool, not a floating-point type"), or None:
+    scores need float32's range, which bfloat16 and float64 have and float16 (6.1e-05 to 65504) lacks."""
+    if not dtype.is_floating_point:
+        return f"{str(dtype).removeprefix('torch.')}, not a floating-point type"
+    info, single = torch.finfo(dtype), torch.finfo(torch.float32)
+    if info.max < single.max / 2 or info.tiny > single.tiny * 2:  # a binary exponent less at either end
+        return (f"{str(dtype).removeprefix('torch.')}, whose range ({info.tiny:.2g} to {info.max:.5g}) is narrower "
+                "than float32's: small scores such as Fisher's underflow to 0 there and change the plan")
+    return None
+
+
+def _file_keys(layout: list[LayerLayout], fisher: bool) -> set[str]:
+    """Every tensor name `to_tensors` may write for scores of `layout` (with Fisher's scores when `fisher`)."""
+    keys = set()
+    for prefix in ("", FISHER_PREFIX) if fisher else ("",):
+        for i, layer in enumerate(layout):
+            keys.update(f"{prefix}{kind}/{unit}/{i}" for kind in ("units", "interactions")
+                        for unit in ("heads", "neurons"))
+            keys.update(f"{prefix}weights/{module}.{p}" for module in layer.names.values() for p in ("weight", "bias"))
+    return keys
+
+
+def _checked_tensors(tensors: Mapping[str, torch.Tensor], layout: list[LayerLayout], fisher: bool,
+                     path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a scores file, bfloat16 ones as float32, after refusing a tensor that belongs to no layer of
+    the file's `layout` and one whose dtype cannot hold scores (`dtype_problem`)."""
+    known = _file_keys(layout, fisher)
+    out = {}
+    for key, t in tensors.items():
+        if key not in known:
+            raise DeepCutsError(f"{path} holds a tensor {key!r} that fits none of the {len(layout)} encoder layers "
+                                "its layout records (their prunable parameters, unit scores and interactions); the "
+                                "file was edited or mixed with another model's: score again with `deepcuts score`")
+        problem = dtype_problem(t.dtype)
+        if problem:
+            raise DeepCutsError(f"{path}: tensor {key!r} is {problem}; scores are float32 (bfloat16 is read as "
+                                "float32), so score again with `deepcuts score` rather than converting the file")
+        out[key] = t.float() if t.dtype == torch.bfloat16 else t
+    return out
+
+
+def _check_shapes(scores: Scores, path: Path) -> None:
+    """Refuse tensors of a scores file whose shapes do not fit together layer by layer (`check_layer_shapes`), and
+    Fisher scores that cover other unit counts than the criterion's."""
+    for s in (scores, scores.fisher):
+        if s is None:
+            continue
+        for i, layer in enumerate(s.layout):
+            interactions = None if s.interactions is None else s.interactions[i]
+            check_layer_shapes(i, layer, (s.heads(i), s.neurons(i)), s, interactions, f"{path} ({s.criterion})")
+            units = (scores.heads(i).numel(), scores.neurons(i).numel())
+            if (s.heads(i).numel(), s.neurons(i).numel()) != units:
+                raise DeepCutsError(f"{path}: the Fisher scores of layer {i} cover {s.heads(i).numel()} heads / "
+                                    f"{s.neurons(i).numel()} FFN neurons, the {scores.criterion} scores {units[0]} / "
+                                    f"{units[1]}; the file was edited: score again with `deepcuts score`")
