@@ -1,7 +1,7 @@
-"""Where the prunable modules of each supported encoder family live.
+"""The encoder layers of a model and their prunable Linears, for every supported family.
 
-One small `ArchSpec` per family replaces per-architecture copies of scoring and pruning code:
-everything else walks a model through `encoder_layers(model)`.
+Where a family keeps them is the family registry's business (`families`, one module per model type): everything
+else walks a model through `encoder_layers(model)` and names no family.
 """
 from __future__ import annotations
 
@@ -29,59 +29,6 @@ OUTPUT_ROLES = tuple(r for r in ROLES if UNIT_AXIS[r] == "cols")
 """The output projections of the attention and FFN blocks: units are their input columns."""
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """Module paths (relative to the base model / to one encoder layer) of one encoder family."""
-
-    embeddings: str
-    layers: str
-    attention: str  # module that owns the head count and head size
-    query: str
-    key: str
-    value: str
-    attn_out: str
-    ffn_in: str
-    ffn_out: str
-    heads_attr: str  # attribute of `attention` holding the number of heads
-    head_dim_attr: str  # attribute of `attention` holding the size of one head
-
-
-_BERT_LIKE = ArchSpec(
-    embeddings="embeddings",
-    layers="encoder.layer",
-    attention="attention.self",
-    query="attention.self.query",
-    key="attention.self.key",
-    value="attention.self.value",
-    attn_out="attention.output.dense",
-    ffn_in="intermediate.dense",
-    ffn_out="output.dense",
-    heads_attr="num_attention_heads",
-    head_dim_attr="attention_head_size",
-)
-
-_DISTILBERT = ArchSpec(
-    embeddings="embeddings",
-    layers="transformer.layer",
-    attention="attention",
-    query="attention.q_lin",
-    key="attention.k_lin",
-    value="attention.v_lin",
-    attn_out="attention.out_lin",
-    ffn_in="ffn.lin1",
-    ffn_out="ffn.lin2",
-    heads_attr="n_heads",
-    head_dim_attr="attention_head_size",
-)
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "distilbert": _DISTILBERT,
-}
-
-
 @dataclass
 class EncoderLayer:
     """The prunable Linears of one encoder layer, with their qualified names in the full model."""
@@ -102,15 +49,12 @@ class EncoderLayer:
         return self.linears["ffn_in"].out_features
 
 
-def arch_spec(model: nn.Module) -> ArchSpec:
-    """The ArchSpec of `model`, or an error listing the supported families."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ARCHITECTURES:
-        raise DeepCutsError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))} "
-            "(HF encoder models with the standard module layout)"
-        )
-    return ARCHITECTURES[model_type]
+def arch_spec(model: nn.Module):
+    """The `families.Family` of `model` (its module paths and facts), or an error: the reason for a refused family,
+    the supported list for an unknown one."""
+    from .families import family  # the registry's modules import this one
+
+    return family(model)
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -129,7 +73,7 @@ def _base_prefix(model: nn.Module) -> str:
 
 
 def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
-    """Describe every encoder layer of `model` (BERT, RoBERTa, DistilBERT, ELECTRA)."""
+    """Describe every encoder layer of `model` (any family of the registry, `families`)."""
     spec = arch_spec(model)
     base = base_model(model)
     prefix = _base_prefix(model)

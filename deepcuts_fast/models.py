@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import arch_spec
 from .errors import DeepCutsError, first_line
+from .families import family, find
 
 MODEL_ALIASES = ("minilm",)
 WEIGHTS_FILE = "model.safetensors"  # the weights of a saved model folder (transformers' SAFE_WEIGHTS_NAME)
@@ -20,6 +20,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 MIN_VOCAB = 16  # a real tokenizer has hundreds of tokens at least; one this small only knows its special tokens
 SHOWN_KEYS = 5  # weight names an error message lists before "..."
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")  # safetensors' names of floating-point dtypes
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -91,16 +92,17 @@ def load_model(
     classes for a bare encoder); `num_labels=1` makes a regression head (MSE loss). Weights that do not fill
     the model (missing, unexpected or of another shape) are an error, except the fresh head of a bare encoder.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification
 
     path = resolve_model_path(name_or_path)
     if not _is_local(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise DeepCutsError(f"cannot load model {name_or_path!r}: it is not a local folder and the hub is offline "
                             "(HF_HUB_OFFLINE=1); pass a model folder")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise DeepCutsError(f"cannot load a model config from {name_or_path!r}: {first_line(e)}") from e
+    if (Path(path) / WEIGHTS_FILE).is_file():
+        check_weights_file(Path(path) / WEIGHTS_FILE)
+    config = load_config(name_or_path)
+    check_task_head(config, name_or_path)
     if num_labels is None:
         num_labels = config.num_labels if has_classifier_head(config) else 2
     if getattr(config, "num_labels", None) != num_labels:
@@ -116,10 +118,43 @@ def load_model(
             model, info = AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
         except (OSError, ValueError) as e:
             raise DeepCutsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from e
-    arch_spec(model)  # fail early on unsupported architectures
+        except SafetensorError as e:  # a hub model's weights, which are not checked above
+            raise DeepCutsError(f"the weights of model {name_or_path!r} are truncated or corrupt ({first_line(e)}); "
+                                "re-save or re-download the model") from e
+    family(model)  # fail early on unsupported (or refused) families
     _check_loaded(model, info, name_or_path, fresh_head=not has_classifier_head(config))
     check_finite_weights(model, name_or_path)
     return model.eval()
+
+
+def load_config(name_or_path: str):
+    """The transformers config of a model folder, alias or hub name, or one clear error."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    except (OSError, ValueError) as e:
+        raise DeepCutsError(f"cannot load a model config from {name_or_path!r}: {first_line(e)}") from e
+
+
+def check_weights_file(path: Path) -> None:
+    """Fail on a safetensors weights file that is truncated or corrupt, or whose weights are not floating point:
+    transformers would raise a bare SafetensorError on the first, and silently cast integers to floats on the
+    second (a model whose every weight was rounded, evaluated as if nothing happened)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise DeepCutsError(f"{path} is truncated or corrupt ({first_line(e)}); re-save the model, or download or "
+                            "copy it again") from e
+    bad = [key for key, dtype in dtypes.items() if key.endswith((".weight", ".bias")) and dtype not in FLOAT_DTYPES]
+    if bad:
+        raise DeepCutsError(f"{path} holds weights that are not floating point ({bad[0]} is {dtypes[bad[0]]}"
+                            f"{f', and {len(bad) - 1} more' if len(bad) > 1 else ''}), which no trained model "
+                            "has and which loading would silently cast to float; re-save the model from its "
+                            "floating-point weights")
 
 
 def check_finite_weights(model: nn.Module, name: str) -> None:
@@ -174,6 +209,23 @@ def weight_problems(**kinds: Collection[str]) -> str:
     return ", ".join(parts)
 
 
+OTHER_TASK_HEADS = {"ForQuestionAnswering": "an extractive question-answering", "ForTokenClassification":
+                    "a token-classification", "ForMultipleChoice": "a multiple-choice"}
+"""Task heads this package does not carry through yet: loading such a folder as a classifier would drop its head."""
+
+
+def check_task_head(config, name: str) -> None:
+    """Refuse a model saved with a task head other than sequence classification: loaded as a classifier it would
+    silently lose that head (QA outputs, token logits) and gain a random one, and every score or metric made
+    through it would be meaningless."""
+    for arch in getattr(config, "architectures", None) or []:
+        kind = next((what for suffix, what in OTHER_TASK_HEADS.items() if arch.endswith(suffix)), None)
+        if kind is not None:
+            raise DeepCutsError(f"model {name!r} is {kind} model ({arch}); deepcuts-fast prunes sequence classifiers "
+                                "(and bare encoders) only so far, and loading it as one would replace its trained head "
+                                "with a random one: give a sequence-classification model or a bare encoder")
+
+
 def has_classifier_head(config) -> bool:
     """Whether a saved model's config says it was saved with a sequence-classification head."""
     return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
@@ -181,10 +233,8 @@ def has_classifier_head(config) -> bool:
 
 def max_positions(config) -> int | None:
     """The longest token sequence a model config's position embeddings allow (None when it does not say)."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and getattr(config, "model_type", None) == "roberta":
-        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # RoBERTa positions start after the padding index
-    return limit
+    known = find(config)  # a family may start its positions after the padding index
+    return known.max_positions(config) if known is not None else getattr(config, "max_position_embeddings", None)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -207,11 +257,25 @@ def check_token_ids(model: nn.Module, batch: Mapping[str, Any], what: str) -> No
                             "deepcuts_fast.data.make_batches and the model's tokenizer")
     if ids.shape[1] == 0:
         raise DeepCutsError(f"{what} has sequences of length 0; every example needs at least one token")
+    limit = max_positions(model.config)
+    if limit is not None and ids.shape[1] > limit:
+        raise DeepCutsError(f"{what} has sequences of {ids.shape[1]} tokens, longer than the model's {limit} "
+                            f"positions; cut them to at most {limit} tokens (max_length)")
     vocab = getattr(model.config, "vocab_size", None)
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or (vocab is not None and high >= vocab):
         raise DeepCutsError(f"{what} has token ids {low}..{high}, outside the model's vocabulary (0..{vocab - 1}); "
                             "tokenize with the model's own tokenizer")
+
+
+def check_vocabulary(config, tokenizer, name: str) -> None:
+    """Fail when the tokenizer of model `name` knows more tokens than its embeddings have rows (`config`): its
+    extra ids would stop evaluation or scoring with an IndexError deep inside the model."""
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise DeepCutsError(f"the tokenizer of {name!r} has {len(tokenizer)} tokens but the model embeds only {vocab} "
+                            "(its config's vocab_size), so some texts would get ids it cannot embed; use the "
+                            "tokenizer the model was trained with")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -18,38 +18,35 @@ if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter; 
 TINY = dict(hidden=32, heads=4, ffn=48, layers=2, vocab=100)
 
 
+FAMILIES = ["bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert"]
+"""Every supported family (one model type each), as the family-parametrized tests run them: adding a family to
+deepcuts_fast/families/ means adding it here (and to `_FAMILY_CONFIGS` below when it is not BERT-shaped)."""
+
+PAD_ONE = {"roberta", "xlm-roberta", "camembert"}  # families whose tokenizers pad with id 1 (RoBERTa-like)
+
+
+def pad_id(arch: str) -> int:
+    """The padding token id of the family's tiny model."""
+    return 1 if arch in PAD_ONE else 0
+
+
 def tiny_model(arch: str = "bert", num_labels: int = 2, attn: str = "eager", seed: int = 0):
-    """A tiny random-weight sequence classifier of the given family, in eval mode."""
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-        ElectraConfig,
-        ElectraForSequenceClassification,
-        RobertaConfig,
-        RobertaForSequenceClassification,
-    )
+    """A tiny random-weight sequence classifier of the given family (a model_type), in eval mode."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     common = dict(vocab_size=TINY["vocab"], max_position_embeddings=64, num_labels=num_labels,
                   attn_implementation=attn)
     if arch == "distilbert":
-        cfg = DistilBertConfig(dim=TINY["hidden"], n_heads=TINY["heads"], hidden_dim=TINY["ffn"],
-                               n_layers=TINY["layers"], **common)
-        model = DistilBertForSequenceClassification(cfg)
+        shape = dict(dim=TINY["hidden"], n_heads=TINY["heads"], hidden_dim=TINY["ffn"], n_layers=TINY["layers"])
     else:
-        cfg_cls, model_cls = {
-            "bert": (BertConfig, BertForSequenceClassification),
-            "roberta": (RobertaConfig, RobertaForSequenceClassification),
-            "electra": (ElectraConfig, ElectraForSequenceClassification),
-        }[arch]
-        extra = {"pad_token_id": 1} if arch == "roberta" else {}
-        if arch == "electra":
-            extra["embedding_size"] = TINY["hidden"]
-        cfg = cfg_cls(hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
-                      intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], **common, **extra)
-        model = model_cls(cfg)
+        shape = dict(hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"], intermediate_size=TINY["ffn"],
+                     num_hidden_layers=TINY["layers"])
+    extra = {"pad_token_id": pad_id(arch)} if arch in PAD_ONE else {}
+    if arch == "electra":
+        extra["embedding_size"] = TINY["hidden"]
+    cfg = AutoConfig.for_model(arch, **shape, **common, **extra)
+    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attn)
     if num_labels == 1:
         model.config.problem_type = "regression"
     return model.eval()

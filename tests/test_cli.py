@@ -77,7 +77,7 @@ def test_run_quick_writes_results(model_dir, data_csv, tmp_path, capsys):
     (["score", "--model", "{empty}"], "cannot load"),
     (["score", "--data", "{empty_csv}"], "no rows"),
     (["score", "--data", "{bad_labels}"], "label"),
-    (["score", "--model", "{gpt2}"], "supported: bert, distilbert, electra, roberta"),
+    (["score", "--model", "{gpt2}"], "supported: bert, camembert, distilbert, electra, roberta, xlm-roberta"),
 ])
 def test_errors_are_one_line_with_non_zero_exit_and_no_output_file(
         argv, message, model_dir, data_csv, tmp_path, capsys):
@@ -91,6 +91,7 @@ def test_errors_are_one_line_with_non_zero_exit_and_no_output_file(
     subs = {"{empty}": tmp_path / "empty", "{empty_csv}": tmp_path / "empty.csv", "{bad_labels}": tmp_path / "bad.csv",
             "{gpt2}": tmp_path / "gpt2"}
     argv = [str(subs.get(a, a)) for a in argv]
+    capsys.readouterr()  # drop the setup's output (transformers' progress bars, shown unless an earlier test hid them)
     out = tmp_path / "scores.safetensors"
     base = {"--model": str(model_dir), "--data": str(data_csv), "--out": str(out)}
     for flag, value in base.items():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
 from naive import naive_fisher
 from test_pruning import random_plan
 
@@ -15,10 +15,10 @@ def assert_close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()) + 1e-12)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
+@pytest.mark.parametrize("arch", FAMILIES)
 def test_fisher_matches_per_example_mask_gradients(arch):
     model = tiny_model(arch, seed=3)
-    batches = tiny_batches(n_batches=2, batch_size=5, seed=11, pad_id=1 if arch == "roberta" else 0)
+    batches = tiny_batches(n_batches=2, batch_size=5, seed=11, pad_id=pad_id(arch))
     got = dc.score(model, batches, "fisher", "unit", progress=False)
     want = naive_fisher(model, batches)
     for i, (heads, neurons) in enumerate(want):

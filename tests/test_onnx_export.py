@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, WORDS, tiny_model
+from conftest import FAMILIES, PAD_ONE, TINY, WORDS, tiny_model
 from test_pruning import random_plan
 
 import deepcuts_fast as dc
@@ -19,7 +19,6 @@ from deepcuts_fast.pruning import onnx_export as ox
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-FAMILIES = ["bert", "roberta", "distilbert", "electra"]
 TEXTS = ["good film", "boring plot great actor", "awful"]
 PAIRS = ["funny script", "dull", "moving film good plot"]
 INT8_ATOL = 5e-3  # int8 logits vs torch on the tiny models: measured up to 7e-4 (logits spread about 5e-3)
@@ -29,7 +28,7 @@ def family_tokenizer(arch: str, cls_name: str | None = None):
     """A tokenizer of the family's own class whose few ids fit the tiny models' 100-token vocabulary."""
     import transformers
 
-    if arch == "roberta":
+    if arch in PAD_ONE:  # RoBERTa-like: a byte-level BPE tokenizer with <pad> = 1 and no segments
         letters = list("abcdefghijklmnopqrstuvwxyz")
         tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "Ġ", *letters, *("Ġ" + c for c in letters)]
         tokenizer = transformers.RobertaTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
@@ -100,7 +99,7 @@ def test_a_left_padding_tokenizer_gets_a_fused_graph_that_reads_the_mask(arch, t
     assert (encoded["attention_mask"][:, 0] == 0).any()  # left padding indeed
     np.testing.assert_allclose(onnx_logits(path, encoded), torch_logits(model, encoded), atol=1e-4, rtol=1e-4)
     original = ox._optimize
-    monkeypatch.setattr(ox, "_optimize", lambda graph, out, names, left: original(graph, out, names, False))
+    monkeypatch.setattr(ox, "_optimize", lambda graph, out, names, left, kind: original(graph, out, names, False, kind))
     with pytest.raises(DeepCutsError, match="differ from torch's"):
         dc.export(model, tmp_path / "right-only.onnx", tokenizer, optimize=True)
 
@@ -114,7 +113,7 @@ def test_stock_optimizer_fuses_attention_of_the_plain_export(tmp_path):
     slim = dc.prune(dense, random_plan(dense, 3, empty_heads_layer=-1, empty_ffn_layer=-1))
     assert len({len(h) for h in random_plan(dense, 3, -1, -1).heads}) > 1  # the slim layers differ in head count
     for model in (dense, slim):
-        path = dc.export(model, tmp_path / "m.onnx")
+        path = dc.export(model, tmp_path / "m.onnx", overwrite=True)
         with ox._quiet_onnxruntime():
             optimized = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0)
         assert optimized.get_fused_operator_statistics()["Attention"] == TINY["layers"]
@@ -125,7 +124,7 @@ def test_optimize_reports_what_fused(arch, tmp_path):
     model = tiny_model(arch)
     slim = dc.prune(model, random_plan(model, 3, empty_heads_layer=1, empty_ffn_layer=0))
     for m, layers in ((model, TINY["layers"]), (slim, TINY["layers"] - 1)):
-        result = dc.export(m, tmp_path / "m.onnx", optimize=True)
+        result = dc.export(m, tmp_path / "m.onnx", optimize=True, overwrite=True)
         assert result.optimized and result.attention_layers == layers and result.fused_attention == layers
         assert f"{layers} of {layers} attention layers fused" in result.summary()
         assert result.max_abs_diff < 1e-4 and result.argmax_agreement == 1.0 and result.tolerance == 1e-4
@@ -158,8 +157,8 @@ def test_int8_is_smaller_and_close(tmp_path):
     rows = ox.sample_inputs(model, names, batch=128, seq_len=20, device=torch.device("cpu"), seed=5)
     want = ox._torch_logits(model, rows)
     for optimize in (False, True):
-        fp32 = dc.export(model, tmp_path / "fp32.onnx", tokenizer, optimize=optimize)
-        int8 = dc.export(model, tmp_path / "int8.onnx", tokenizer, optimize=optimize, quantize="int8")
+        fp32 = dc.export(model, tmp_path / "fp32.onnx", tokenizer, optimize=optimize, overwrite=True)
+        int8 = dc.export(model, tmp_path / "int8.onnx", tokenizer, optimize=optimize, quantize="int8", overwrite=True)
         assert int8.precision == "int8" and int8.per_channel and int8.tolerance is None
         assert int8.size_bytes < fp32.size_bytes and int8.path.stat().st_size == int8.size_bytes
         assert int8.max_abs_diff is not None and int8.max_abs_diff < INT8_ATOL  # reported, not enforced
@@ -197,7 +196,7 @@ def test_side_folder_holds_config_tokenizer_and_report(tmp_path):
     encoded = classifier.tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
     torch.testing.assert_close(classifier.logits(encoded), torch.from_numpy(torch_logits(back, encoded)),
                                atol=1e-4, rtol=1e-4)
-    again = dc.export(back, tmp_path / "slim.onnx", tokenizer, quantize="int8")  # replaces both
+    again = dc.export(back, tmp_path / "slim.onnx", tokenizer, quantize="int8", overwrite=True)  # replaces both
     assert json.loads((again.folder / ox.REPORT_FILE).read_text())["precision"] == "int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slim", "slim.onnx", "slim.onnx.d"]
 
@@ -205,8 +204,8 @@ def test_side_folder_holds_config_tokenizer_and_report(tmp_path):
 def test_export_leaves_an_unrelated_side_folder_alone(tmp_path):
     (tmp_path / "m.onnx.d").mkdir()
     (tmp_path / "m.onnx.d" / "notes.txt").write_text("mine")
-    with pytest.raises(DeepCutsError, match="not the folder of an earlier ONNX export"):
-        dc.export(tiny_model("bert"), tmp_path / "m.onnx")
+    with pytest.raises(DeepCutsError, match="deepcuts did not write .* left alone"):
+        dc.export(tiny_model("bert"), tmp_path / "m.onnx", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.d"]
 
 
@@ -270,7 +269,7 @@ def test_export_command_guards_its_outputs(model_dir, data_csv, tmp_path, capsys
     (tmp_path / "x.onnx.d").mkdir()
     (tmp_path / "x.onnx.d" / "notes.txt").write_text("mine")
     code, _, err = run([*base, "--out", str(tmp_path / "x.onnx"), "--overwrite"], capsys)
-    assert code == 2 and "does not look like an earlier output" in err and not (tmp_path / "x.onnx").exists()
+    assert code == 2 and "did not write" in err and not (tmp_path / "x.onnx").exists()
     assert not list(tmp_path.glob("*.lock"))
     code, _, err = run(["eval", "--model", str(out), "--data", str(data_csv), "--dtype", "bf16", "--quiet"], capsys)
     assert code == 2 and "--dtype bf16 does not apply to an ONNX file" in err

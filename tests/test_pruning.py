@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
 
 import deepcuts_fast as dc
 from deepcuts_fast.arch import encoder_layers
 from deepcuts_fast.errors import DeepCutsError
 
-ARCHS = ["bert", "roberta", "distilbert", "electra"]
+ARCHS = FAMILIES
 
 
 def random_plan(model, seed, empty_heads_layer=0, empty_ffn_layer=1):
@@ -62,7 +62,7 @@ def test_pruned_equals_dense_with_units_zeroed(arch, attn, seed):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = random_plan(model, seed, empty_heads_layer=seed, empty_ffn_layer=1 - seed)
     slim = dc.prune(model, plan)
-    for batch in tiny_batches(pad_id=1 if arch == "roberta" else 0, seed=seed):
+    for batch in tiny_batches(pad_id=pad_id(arch), seed=seed):
         torch.testing.assert_close(logits(slim, batch), logits(zero_dropped_units(model, plan), batch),
                                    rtol=1e-5, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched

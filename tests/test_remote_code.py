@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, tiny_batches, tiny_model
+from conftest import FAMILIES, TINY, tiny_batches, tiny_model
 
 import deepcuts_fast as dc
-from deepcuts_fast.arch import ARCHITECTURES, encoder_layers
+from deepcuts_fast.arch import encoder_layers
 from deepcuts_fast.errors import DeepCutsError
-from deepcuts_fast.pruning.remote_code import MODELING_FILE, TEMPLATE
+from deepcuts_fast.families import family
+from deepcuts_fast.pruning.remote_code import LAYOUT_KEY, MODELING_FILE, TEMPLATE
 
-ARCHS = ["bert", "roberta", "distilbert", "electra"]
+ARCHS = FAMILIES
 ATTNS = ["sdpa", "eager"]
 KEPT = {"uneven": ([3, 1], [40, 17]), "empty": ([2, 0], [0, 29])}  # heads / FFN neurons kept per layer
-CASES = [f"{arch}-{attn}-{kind}" for arch in ARCHS for attn in ATTNS for kind in KEPT]
-HUB_REPO, HUB_CASE = "deepcuts-test/slim-bert", "bert-sdpa-empty"
+CASES = [f"{arch}|{attn}|{kind}" for arch in ARCHS for attn in ATTNS for kind in KEPT]
+HUB_REPO, HUB_CASE = "deepcuts-test/slim-bert", "bert|sdpa|empty"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TEXTS = ["a good film with a moving script", "boring plot, awful actor"]
 TOL = 1e-6
@@ -100,8 +101,8 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("remote")
     paths = {}
     for case in CASES:
-        arch, attn, kind = case.split("-")
-        paths[case] = save_slim(tiny_model(arch, attn=attn), kind, root / case)
+        arch, attn, kind = case.split("|")
+        paths[case] = save_slim(tiny_model(arch, attn=attn), kind, root / case.replace("|", "-"))
     tokenizer = dc.load_tokenizer("minilm")
     # named like the job's outputs: transformers turns the dot and hyphen into a module name
     paths["pipeline"] = save_slim(vocab_bert(tokenizer), "empty", root / "slim-keep0.75", tokenizer=tokenizer)
@@ -114,8 +115,8 @@ def child(saved, tmp_path_factory):
     """What the deepcuts-free interpreter computed for every case (one subprocess for all)."""
     root = tmp_path_factory.mktemp("child")
     batch = tiny_batches(n_batches=1)[0]
-    job = {"cases": {case: [str(saved[case]), case.split("-")[1]] for case in CASES},
-           "encoder_case": "distilbert-eager-empty", "hub_repo": HUB_REPO, "resaved": str(root / "resaved"),
+    job = {"cases": {case: [str(saved[case]), case.split("|")[1]] for case in CASES},
+           "encoder_case": "distilbert|eager|empty", "hub_repo": HUB_REPO, "resaved": str(root / "resaved"),
            "pipeline_path": str(saved["pipeline"]),
            "texts": TEXTS, "input_ids": batch["input_ids"].tolist(), "attention_mask": batch["attention_mask"].tolist()}
     (root / "job.json").write_text(json.dumps(job))
@@ -138,9 +139,9 @@ def reference_logits(path, batch, attn: str | None = None, **kwargs) -> torch.Te
 @pytest.mark.parametrize("case", CASES)
 def test_stock_transformers_without_deepcuts_gives_the_same_logits(saved, child, case):
     results, batch = child
-    arch, attn, _ = case.split("-")
+    arch, attn, _ = case.split("|")
     got = results[case]
-    stem = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "electra": "Electra"}[arch]
+    stem = family({"model_type": arch}).class_stem
     assert (got["class"], got["attn"], got["training"]) == (f"DeepCuts{stem}ForSequenceClassification", attn, False)
     want = reference_logits(saved[case], batch, attn)
     torch.testing.assert_close(torch.tensor(got["logits"]), want, rtol=0, atol=TOL)
@@ -148,7 +149,7 @@ def test_stock_transformers_without_deepcuts_gives_the_same_logits(saved, child,
 
 def test_auto_model_hub_cache_and_pipeline_without_deepcuts(saved, child, monkeypatch):
     results, batch = child
-    encoder = dc.from_pretrained(saved["distilbert-eager-empty"], "eager").base_model
+    encoder = dc.from_pretrained(saved["distilbert|eager|empty"], "eager").base_model
     with torch.no_grad():
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     assert results["encoder"]["class"] == "DeepCutsDistilBertModel"
@@ -195,16 +196,31 @@ def test_dense_folders_stay_plain_and_stock_loading_refuses_slim_shapes(tmp_path
         AutoModelForSequenceClassification.from_pretrained(slim)
 
 
-def test_template_knows_every_family_where_arch_does():
-    from deepcuts_fast.pruning.modeling_deepcuts_slim import LAYOUTS
+def test_the_template_names_no_family_and_reads_the_layout_from_the_config(saved):
+    """The modeling file reads where the Linears are from config.json (written from the registry), so it holds no
+    table of families that could drift from deepcuts_fast/families/."""
+    import deepcuts_fast.pruning.modeling_deepcuts_slim as template
 
-    assert set(LAYOUTS) == set(ARCHITECTURES)
-    for family, spec in ARCHITECTURES.items():
-        layout = LAYOUTS[family]
-        assert layout["heads"] == (spec.query, spec.key, spec.value)
-        assert (layout["layers"], layout["attention"], layout["attn_out"], layout["ffn_in"], layout["ffn_out"],
-                layout["heads_attr"]) == (spec.layers, spec.attention, spec.attn_out, spec.ffn_in, spec.ffn_out,
-                                          spec.heads_attr)
+    assert not hasattr(template, "LAYOUTS")
+    for case in CASES:
+        arch = case.split("|")[0]
+        config = json.loads((saved[case] / "config.json").read_text())
+        assert config[LAYOUT_KEY] == family(config).layout() and config["model_type"] == arch
+    with pytest.raises(AttributeError):
+        template.DeepCutsNoSuchFamilyModel  # noqa: B018
+
+
+def test_an_older_folder_without_the_layout_still_loads_in_deepcuts(saved, tmp_path):
+    """Folders saved before `deepcuts_layout` carry their own (older) modeling file; dc.from_pretrained takes the
+    layout from the registry."""
+    old = tmp_path / "old"
+    shutil.copytree(saved["roberta|eager|empty"], old)
+    config = json.loads((old / "config.json").read_text())
+    del config[LAYOUT_KEY]
+    (old / "config.json").write_text(json.dumps(config))
+    batch = tiny_batches(n_batches=1)[0]
+    torch.testing.assert_close(reference_logits(old, batch), reference_logits(saved["roberta|eager|empty"], batch),
+                               rtol=0, atol=0)
 
 
 # --- dc.from_pretrained: hub names, revision, dtype, device_map -----------------------------------------
@@ -252,7 +268,7 @@ def test_hub_repo_with_only_pickled_weights_is_refused(hub, tmp_path, monkeypatc
 
 
 def test_dtype_and_device_map(saved):
-    path = saved["electra-sdpa-uneven"]
+    path = saved["electra|sdpa|uneven"]
     assert dc.from_pretrained(path).dtype == torch.float32
     assert dc.from_pretrained(path, dtype="bf16").dtype == torch.bfloat16
     assert dc.from_pretrained(path, dtype=torch.float16, device_map="cpu").dtype == torch.float16

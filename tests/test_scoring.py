@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
 from naive import naive_first_order, naive_scores
 
 import deepcuts_fast as dc
@@ -11,7 +11,7 @@ from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.scoring import ScoreOptions
 
 GRADIENT_CRITERIA = ["gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut", "smooth-cam-cut-shift"]
-ARCHS = ["bert", "roberta", "distilbert", "electra"]
+ARCHS = FAMILIES
 
 
 def assert_scores_close(actual, expected, rtol=1e-4):
@@ -23,7 +23,7 @@ def assert_scores_close(actual, expected, rtol=1e-4):
 
 
 def batches_for(arch, **kw):
-    return tiny_batches(pad_id=1 if arch == "roberta" else 0, **kw)
+    return tiny_batches(pad_id=pad_id(arch), **kw)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -245,5 +245,5 @@ def test_unsupported_architecture_lists_supported():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(DeepCutsError, match="supported: bert, distilbert, electra, roberta"):
+    with pytest.raises(DeepCutsError, match="supported: bert, camembert, distilbert, electra, roberta, xlm-roberta"):
         dc.score(model, None, "magnitude")

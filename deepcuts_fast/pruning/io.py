@@ -15,25 +15,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_folder, atomic_path, is_previous_output
 from ..errors import DeepCutsError, first_line
-from ..models import (TOKENIZER_FILES, WEIGHTS_FILE, check_finite_weights, load_model, model_device,
-                      resolve_model_path, weight_problems)
+from ..models import (TOKENIZER_FILES, WEIGHTS_FILE, check_finite_weights, check_weights_file, load_model,
+                      max_positions, model_device, resolve_model_path, weight_problems)
+from ..outputs import write_file, write_folder
 from ..planning.plan import Plan
 from .remote_code import add_remote_code
 from .slicing import shrink
 
 PLAN_FILE = "deepcuts_plan.json"
+MODEL_FOLDER_KIND = "model"  # the manifest kind of a folder save_pretrained writes
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, plan: Plan | None = None,
                     overwrite: bool = False) -> Path:
-    """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically; an existing
-    folder is replaced only with `overwrite`, and only when it is a model folder (has config.json) or empty,
-    so a folder of other files is never deleted. A slim model gets its modeling code too, so that stock
-    transformers loads the folder (trust_remote_code=True) where deepcuts-fast is not installed."""
+    """Write `model` (dense or slim) with its tokenizer and plan to folder `path`, atomically. An earlier model
+    folder written here is replaced only with `overwrite` (only its own files: others beside them stay); a
+    folder deepcuts did not write, and the folder the model was loaded from, are refused. A slim model gets its
+    modeling code too, so that stock transformers loads the folder (trust_remote_code=True) where deepcuts-fast
+    is not installed."""
     target = Path(path)
-    with atomic_folder(target, overwrite=overwrite, replaceable=_is_model_folder) as tmp:
+    with write_folder(target, kind=MODEL_FOLDER_KIND, overwrite=overwrite, inputs=model_source(model),
+                      name="the model folder") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         add_remote_code(tmp)  # a slim folder also loads in stock transformers with trust_remote_code=True
         if tokenizer is not None:
@@ -56,9 +59,10 @@ def _usual_permissions(folder: Path) -> None:
                     os.chmod(os.path.join(root, name), mode & ~umask)
 
 
-def _is_model_folder(folder: Path) -> bool:
-    """Whether `folder` is empty or a model folder (config.json), which `save_pretrained` may replace."""
-    return is_previous_output(folder, [("config.json",)])
+def model_source(model: nn.Module) -> dict[str, str | None]:
+    """The folder `model` (or the dense model it was cut from) was loaded from, as an input no output may
+    replace: saving a slim copy over it would destroy the only copy of the dense weights."""
+    return {"model source": getattr(getattr(model, "config", None), "_name_or_path", None) or None}
 
 
 def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None, *,
@@ -86,6 +90,7 @@ def _load_folder(folder: Path, attn_implementation: str | None) -> nn.Module:
     for name in ("config.json", WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise DeepCutsError(f"{folder} is not a complete model folder: {name} is missing")
+    check_weights_file(folder / WEIGHTS_FILE)
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as e:
@@ -237,15 +242,16 @@ def _is_tied(model: nn.Module, name: str) -> bool:
     return name in keys
 
 
-def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16) -> Path:
-    """Write a `torch.export` program (.pt2) with dynamic batch and sequence."""
+def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, *, overwrite: bool = False) -> Path:
+    """Write a `torch.export` program (.pt2) with dynamic batch and sequence (an existing file only with
+    `overwrite`)."""
     target = Path(path)
-    longest = int(getattr(model.config, "max_position_embeddings", 512))
+    longest = int(max_positions(model.config) or 512)  # the family's: some start positions after the padding
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=longest)
     with _LogitsOnly(model) as wrapped:
         program = torch.export.export(wrapped, _example_inputs(seq_len, model_device(model)),
                                       dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
-    with atomic_path(target) as tmp:
+    with write_file(target, overwrite=overwrite, inputs=model_source(model)) as tmp:
         torch.export.save(program, str(tmp))
     return target
 

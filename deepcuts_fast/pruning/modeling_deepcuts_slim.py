@@ -6,8 +6,11 @@ folder's config.json at it, so stock transformers loads a pruned model where dee
     AutoModelForSequenceClassification.from_pretrained(folder_or_hub_name, trust_remote_code=True)
     pipeline("text-classification", model=folder_or_hub_name, trust_remote_code=True)
 
-Each class is the family's own transformers class, built as usual and then narrowed layer by layer to the
-widths recorded in config.json (`deepcuts_heads`, `deepcuts_ffn`) before the weights are loaded. A layer with
+Each class is the family's own transformers class (`DeepCuts<Stem>Model` subclasses transformers' `<Stem>Model`;
+the classes are made on first use, for whichever family the config.json `auto_map` names), built as usual and
+then narrowed layer by layer to the widths recorded in config.json (`deepcuts_heads`, `deepcuts_ffn`) before the
+weights are loaded. Where a family keeps its layers' Linears is read from config.json too (`deepcuts_layout`,
+written by deepcuts-fast from its family registry), so this file knows no family. A layer with
 no heads contributes only its attention-output bias and a layer with no FFN neurons only its FFN-output bias,
 as in deepcuts-fast. Only torch and transformers are imported here.
 """
@@ -16,42 +19,8 @@ from __future__ import annotations
 import warnings
 
 import torch
+import transformers
 from torch import nn
-from transformers import (
-    BertForSequenceClassification,
-    BertModel,
-    DistilBertForSequenceClassification,
-    DistilBertModel,
-    ElectraForSequenceClassification,
-    ElectraModel,
-    RobertaForSequenceClassification,
-    RobertaModel,
-)
-
-_BERT_LIKE = {
-    "layers": "encoder.layer",
-    "attention": "attention.self",
-    "heads": ("attention.self.query", "attention.self.key", "attention.self.value"),
-    "attn_out": "attention.output.dense",
-    "ffn_in": "intermediate.dense",
-    "ffn_out": "output.dense",
-    "heads_attr": "num_attention_heads",
-}
-LAYOUTS = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "distilbert": {
-        "layers": "transformer.layer",
-        "attention": "attention",
-        "heads": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
-        "attn_out": "attention.out_lin",
-        "ffn_in": "ffn.lin1",
-        "ffn_out": "ffn.lin2",
-        "heads_attr": "n_heads",
-    },
-}
-"""Where each family keeps, per encoder layer, the Linears that the head count and FFN width size."""
 
 
 def narrow(model: nn.Module) -> None:
@@ -61,45 +30,46 @@ def narrow(model: nn.Module) -> None:
     heads, ffn = getattr(config, "deepcuts_heads", None), getattr(config, "deepcuts_ffn", None)
     if heads is None or ffn is None:
         return
-    layout = LAYOUTS[config.model_type]
+    layout = getattr(config, "deepcuts_layout", None)
+    if not isinstance(layout, dict):
+        raise ValueError("config.json records per-layer widths but no deepcuts_layout (where the layers' Linears "
+                         "are); the folder is damaged or older than this file: save the pruned model again")
     layers = model.base_model.get_submodule(layout["layers"])
     if len(heads) != len(layers) or len(ffn) != len(layers):
         raise ValueError(f"config.json records {len(heads)} head counts and {len(ffn)} FFN widths for a model with "
                          f"{len(layers)} layers; the folder is damaged: save the pruned model again")
     for layer, n_heads, width in zip(layers, heads, ffn):
-        _narrow_layer(layer, layout, int(n_heads), int(width))
+        narrow_layer(layer, layout, int(n_heads), int(width), _resized)
 
 
-def _narrow_layer(layer: nn.Module, layout: dict, n_heads: int, width: int) -> None:
-    """Give one encoder layer `n_heads` heads and `width` FFN neurons (new, uninitialised Linears)."""
+def narrow_layer(layer: nn.Module, layout: dict, n_heads: int, width: int, new_linear) -> None:
+    """Give one encoder layer `n_heads` heads and `width` FFN neurons. `layout` (a family's, see deepcuts-fast's
+    `families`) names the attention module, its head-count and head-size attributes, and for a head and for an FFN
+    neuron the (Linear path, axis) slices that make one unit; `new_linear(kind, old, axis, size)` returns the Linear
+    that replaces `old` with `size` rows (axis 0) or columns (axis 1): new ones here, slices of the dense ones in
+    deepcuts-fast's pruner, which calls this same function."""
     attention = layer.get_submodule(layout["attention"])
-    head_size = int(attention.attention_head_size)
-    for path in layout["heads"]:
-        _resize(layer, path, rows=n_heads * head_size)
-    _resize(layer, layout["attn_out"], cols=n_heads * head_size)
-    _resize(layer, layout["ffn_in"], rows=width)
-    _resize(layer, layout["ffn_out"], cols=width)
+    head_size = int(getattr(attention, layout["head_dim_attr"]))
+    for kind, size in (("heads", n_heads * head_size), ("neurons", width)):
+        for path, axis in layout[kind]:
+            old = layer.get_submodule(path)
+            parent, _, name = path.rpartition(".")
+            setattr(layer.get_submodule(parent) if parent else layer, name, new_linear(kind, old, int(axis), size))
     setattr(attention, layout["heads_attr"], n_heads)
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = n_heads * head_size
-    if n_heads == 0:
-        prefix = layout["attention"] + "."
-        inner = layout["attn_out"][len(prefix):] if layout["attn_out"].startswith(prefix) else None
+    if n_heads == 0 and not isinstance(attention, NoHeads):
         attention.__class__ = no_heads_class(type(attention))
-        attention._deepcuts_out = inner
+        attention._deepcuts_out = layout.get("attn_out_inside")
 
 
-def _resize(layer: nn.Module, path: str, rows: int | None = None, cols: int | None = None) -> None:
-    """Replace the Linear at `path` by one with `rows` outputs or `cols` inputs (same bias, device, dtype)."""
-    old = layer.get_submodule(path)
-    out_features = old.out_features if rows is None else rows
-    in_features = old.in_features if cols is None else cols
+def _resized(kind: str, old: nn.Linear, axis: int, size: int) -> nn.Linear:
+    """A new Linear like `old` (bias, device, dtype) with `size` outputs (axis 0) or inputs (axis 1)."""
+    out_features, in_features = (size, old.in_features) if axis == 0 else (old.out_features, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "initializing zero-element tensors is a no-op" for a pruned-away block
-        new = nn.Linear(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
-                        dtype=old.weight.dtype)
-    parent, _, name = path.rpartition(".")
-    setattr(layer.get_submodule(parent) if parent else layer, name, new)
+        return nn.Linear(in_features, out_features, bias=old.bias is not None, device=old.weight.device,
+                         dtype=old.weight.dtype)
 
 
 class NoHeads:
@@ -135,33 +105,18 @@ class _Slim:
         self.post_init()
 
 
-class DeepCutsBertModel(_Slim, BertModel):
-    """A BERT encoder with per-layer head counts and FFN widths."""
+_PREFIX = "DeepCuts"
+_TASKS = ("Model", "ForSequenceClassification")
 
 
-class DeepCutsBertForSequenceClassification(_Slim, BertForSequenceClassification):
-    """A BERT classifier with per-layer head counts and FFN widths."""
-
-
-class DeepCutsRobertaModel(_Slim, RobertaModel):
-    """A RoBERTa encoder with per-layer head counts and FFN widths."""
-
-
-class DeepCutsRobertaForSequenceClassification(_Slim, RobertaForSequenceClassification):
-    """A RoBERTa classifier with per-layer head counts and FFN widths."""
-
-
-class DeepCutsDistilBertModel(_Slim, DistilBertModel):
-    """A DistilBERT encoder with per-layer head counts and FFN widths."""
-
-
-class DeepCutsDistilBertForSequenceClassification(_Slim, DistilBertForSequenceClassification):
-    """A DistilBERT classifier with per-layer head counts and FFN widths."""
-
-
-class DeepCutsElectraModel(_Slim, ElectraModel):
-    """An ELECTRA encoder with per-layer head counts and FFN widths."""
-
-
-class DeepCutsElectraForSequenceClassification(_Slim, ElectraForSequenceClassification):
-    """An ELECTRA classifier with per-layer head counts and FFN widths."""
+def __getattr__(name: str) -> type:
+    """`DeepCuts<Stem>Model` / `DeepCuts<Stem>ForSequenceClassification`: `_Slim` in front of transformers'
+    `<Stem>Model` / `<Stem>ForSequenceClassification` (made once, on first use; PEP 562)."""
+    stock = name[len(_PREFIX):] if name.startswith(_PREFIX) and name.endswith(_TASKS) else None
+    base = getattr(transformers, stock, None) if stock else None
+    if not (isinstance(base, type) and issubclass(base, nn.Module)):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = type(name, (_Slim, base), {"__module__": __name__,
+                                      "__doc__": f"{stock} with per-layer head counts and FFN widths."})
+    globals()[name] = cls
+    return cls

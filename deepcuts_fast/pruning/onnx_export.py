@@ -27,14 +27,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_folder, atomic_path, is_previous_output
 from ..errors import DeepCutsError, first_line
-from ..models import model_device
+from ..families import family, find
+from ..models import max_positions, model_device
+from ..outputs import check_file, check_folder, write_file, write_folder
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what BERT-family tokenizers return
 SIDE_SUFFIX = ".d"
 REPORT_FILE = "deepcuts_export.json"
-SIDE_FOLDER = (("config.json", REPORT_FILE),)  # what an earlier export's side folder holds
+SIDE_FOLDER_KIND = "onnx side folder"  # the manifest kind of the folder beside an .onnx file
 QUANTIZE = ("int8",)
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "QAttention")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2}  # abs and rel tolerance of the check, by weight dtype
@@ -102,9 +103,9 @@ def side_folder(path: str | os.PathLike) -> Path:
 
 def export(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, optimize: bool = False,
            quantize: str | None = None, per_channel: bool = True, seq_len: int = 16, opset: int = 17,
-           check: bool = True) -> OnnxExport:
-    """Write `model` as ONNX at `path` (a .onnx file, replaced if there) plus the side folder `path.d`, checked
-    against torch first, so a deployment gets a file whose logits are known to match.
+           check: bool = True, overwrite: bool = False) -> OnnxExport:
+    """Write `model` as ONNX at `path` (a .onnx file; an existing one is replaced only with `overwrite`) plus the
+    side folder `path.d`, checked against torch first, so a deployment gets a file whose logits are known to match.
 
     The inputs are the tensors `tokenizer` returns (without one, those of the family's default tokenizer class),
     with dynamic batch and sequence axes. `optimize` writes ONNX Runtime's transformer-optimized graph (fused
@@ -119,8 +120,9 @@ def export(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, optimiz
     target = _onnx_path(path)
     seq_len, opset = _check_export(model, seq_len, opset)
     settings = _Settings(model_inputs(model, tokenizer), seq_len, opset, bool(optimize),
-                         _check_quantize(quantize, model), bool(per_channel), _pads_left(tokenizer))
-    _check_side_folder(side_folder(target))
+                         _check_quantize(quantize, model), bool(per_channel), _pads_left(tokenizer),
+                         family(model).onnx_model_type if optimize else None)
+    _check_outputs(target, model, overwrite)
     _require(["onnx"] + (["onnxruntime"] if check or optimize or quantize else []))
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as work:
@@ -131,7 +133,7 @@ def export(model: nn.Module, path: str | os.PathLike, tokenizer=None, *, optimiz
         result = OnnxExport(target, side_folder(target), settings.names, precision, settings.optimize,
                             settings.per_channel if settings.quantize else None, graph.stat().st_size,
                             tokenizer is not None, fused, _attention_layers(model), diff, agreement, tolerance)
-        _publish(graph, result, model, tokenizer)
+        _publish(graph, result, model, tokenizer, overwrite)
     return result
 
 
@@ -146,6 +148,7 @@ class _Settings:
     quantize: str | None
     per_channel: bool
     left_padding: bool  # the tokenizer pads on the left, so fused attention must read the raw mask
+    optimizer_type: str | None = None  # what onnxruntime's transformer optimizer calls the family (when optimizing)
 
 
 def _pads_left(tokenizer) -> bool:
@@ -158,16 +161,26 @@ def _build(model: nn.Module, settings: _Settings, work: Path) -> tuple[Path, dic
     graph, fused = work / "model.onnx", {}
     _trace(model, settings.names, settings.seq_len, settings.opset, graph)
     if settings.optimize:
-        graph, fused = _optimize(graph, work / "optimized.onnx", settings.names, settings.left_padding)
+        graph, fused = _optimize(graph, work / "optimized.onnx", settings.names, settings.left_padding,
+                                 settings.optimizer_type)
     if settings.quantize:
         graph = _quantize(graph, work / "int8.onnx", settings.per_channel)
     return graph, fused
 
 
-def _publish(graph: Path, result: OnnxExport, model: nn.Module, tokenizer) -> None:
+def _check_outputs(target: Path, model: nn.Module, overwrite: bool) -> None:
+    """Refuse, before any work, an .onnx path or side folder that the export may not write (see `outputs`)."""
+    from .io import model_source
+
+    check_file(target, model_source(model), overwrite=overwrite, name="the .onnx file")
+    check_folder(side_folder(target), model_source(model), overwrite=overwrite, kind=SIDE_FOLDER_KIND,
+                 name="the folder beside the .onnx file")
+
+
+def _publish(graph: Path, result: OnnxExport, model: nn.Module, tokenizer, overwrite: bool) -> None:
     """Write the side folder, then move the checked graph to its path (each atomically)."""
-    _write_side_folder(result.folder, model, tokenizer, result)
-    with atomic_path(result.path) as tmp:
+    _write_side_folder(result.folder, model, tokenizer, result, overwrite)
+    with write_file(result.path, overwrite=overwrite, name="the .onnx file") as tmp:
         shutil.copyfile(graph, tmp)
 
 
@@ -200,7 +213,7 @@ def _check_export(model: nn.Module, seq_len: int, opset: int) -> tuple[int, int]
     if dtypes:
         raise DeepCutsError(f"ONNX export takes fp32 or fp16 models, this one has {', '.join(map(str, dtypes))} "
                             "weights; cast it first (model.float(), or model.half() for an fp16 file)")
-    longest = int(getattr(getattr(model, "config", None), "max_position_embeddings", 512))
+    longest = int(max_positions(getattr(model, "config", None)) or 512)
     return whole_number("seq_len", seq_len, minimum=2, maximum=longest), whole_number("opset", opset, minimum=7)
 
 
@@ -218,18 +231,6 @@ def _check_quantize(quantize: str | None, model: nn.Module) -> str | None:
 def _weight_dtype(model: nn.Module) -> torch.dtype:
     """fp16 when any floating-point weight is fp16 (an fp16 export), else fp32."""
     return torch.float16 if any(p.dtype == torch.float16 for p in model.parameters()) else torch.float32
-
-
-def _check_side_folder(folder: Path) -> None:
-    """Refuse, before any work, a side folder path holding something other than an earlier export's files."""
-    if folder.is_symlink() or folder.exists() and not (folder.is_dir() and _is_side_folder(folder)):
-        raise DeepCutsError(f"{folder} exists and is not the folder of an earlier ONNX export (config.json + "
-                            f"{REPORT_FILE}), so it is left alone; move it away or export to another path")
-
-
-def _is_side_folder(folder: Path) -> bool:
-    """Whether `folder` is empty or an earlier export's side folder, which a new export may replace."""
-    return is_previous_output(folder, SIDE_FOLDER)
 
 
 def model_inputs(model: nn.Module, tokenizer=None) -> tuple[str, ...]:
@@ -253,10 +254,14 @@ def _tokenizer_outputs(tokenizer) -> set[str]:
 
 
 def _default_tokenizer_inputs(model: nn.Module) -> set[str]:
-    """`model_input_names` of the tokenizer class transformers picks for this model family."""
+    """What the family's tokenizer returns (its `inputs`); for a model outside the registry, the `model_input_names`
+    of the tokenizer class transformers picks for it."""
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
 
     config = getattr(model, "config", None)
+    known = find(config)
+    if known is not None:
+        return set(known.inputs)
     try:
         found = TOKENIZER_MAPPING[type(config)]
     except (KeyError, TypeError):
@@ -442,10 +447,12 @@ def _attention_layers(model: nn.Module) -> int:
 # Optimization and quantization
 
 
-def _optimize(graph: Path, out: Path, names: tuple[str, ...], left_padding: bool) -> tuple[Path, dict[str, int]]:
-    """ONNX Runtime's transformer optimizer on `graph` (head counts and hidden sizes read from the graph), written
-    to `out`; returns it with the counts of the operators it fused. Fused attention reads each row's length off
-    the mask (fastest, right padding only) unless `left_padding`, when it takes the mask itself."""
+def _optimize(graph: Path, out: Path, names: tuple[str, ...], left_padding: bool,
+              optimizer_type: str) -> tuple[Path, dict[str, int]]:
+    """ONNX Runtime's transformer optimizer on `graph` (head counts and hidden sizes read from the graph), run as
+    for its model type `optimizer_type` (the family's `onnx_model_type`), written to `out`; returns it with the
+    counts of the operators it fused. Fused attention reads each row's length off the mask (fastest, right padding
+    only) unless `left_padding`, when it takes the mask itself."""
     try:
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
@@ -454,9 +461,9 @@ def _optimize(graph: Path, out: Path, names: tuple[str, ...], left_padding: bool
                             "pip install onnxruntime") from e
     with _quiet_onnxruntime():
         # opt_level 0: only the Python fusions; onnxruntime applies its own graph optimizations at load time
-        options = FusionOptions("bert")
+        options = FusionOptions(optimizer_type)
         options.use_raw_attention_mask(left_padding)
-        optimized = optimize_model(str(graph), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+        optimized = optimize_model(str(graph), model_type=optimizer_type, num_heads=0, hidden_size=0, opt_level=0,
                                    optimization_options=options)
     _keep_inputs(optimized.model, names)  # the optimizer drops inputs nothing reads
     optimized.save_model_to_file(str(out))
@@ -514,7 +521,7 @@ def _check_against_torch(graph: Path, model: nn.Module, settings: _Settings,
                          tolerance: float | None) -> tuple[float, float]:
     """(max |logit difference|, argmax agreement) of `graph` and `model` on a fixed random batch padded as the
     tokenizer pads; an error when an enforced `tolerance` (abs and rel) is exceeded or an output is not finite."""
-    longest = int(getattr(getattr(model, "config", None), "max_position_embeddings", 512))
+    longest = int(max_positions(getattr(model, "config", None)) or 512)
     inputs = sample_inputs(model, settings.names, batch=CHECK_ROWS, seq_len=min(longest, 21),
                            device=model_device(model), seed=1, left_padding=settings.left_padding)
     optimized = settings.optimize
@@ -567,10 +574,11 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
 # The side folder, and evaluating an exported file
 
 
-def _write_side_folder(folder: Path, model: nn.Module, tokenizer, result: OnnxExport) -> None:
+def _write_side_folder(folder: Path, model: nn.Module, tokenizer, result: OnnxExport, overwrite: bool) -> None:
     """Write config.json, the tokenizer files and the export report to `folder` atomically (replacing an
-    earlier export's folder)."""
-    with atomic_folder(folder, overwrite=True, replaceable=_is_side_folder) as tmp:
+    earlier export's folder only with `overwrite`)."""
+    with write_folder(folder, kind=SIDE_FOLDER_KIND, overwrite=overwrite,
+                      name="the folder beside the .onnx file") as tmp:
         model.config.save_pretrained(tmp)
         _drop_auto_map(tmp / "config.json")
         if tokenizer is not None:

@@ -1,20 +1,21 @@
 """Make slim folders loadable by stock transformers (`trust_remote_code=True`), without deepcuts-fast.
 
 `dc.save_pretrained` copies `modeling_deepcuts_slim.py` (this package's template, which imports only torch and
-transformers) beside the weights and adds an `auto_map` to config.json naming its classes for the model's
-family. The config keeps the family's own class, so `AutoConfig` needs no remote code.
+transformers) beside the weights and adds to config.json an `auto_map` naming its classes for the model's family
+and that family's layer layout (`deepcuts_layout`), so the file itself knows no family. The config keeps the
+family's own class, so `AutoConfig` needs no remote code.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..errors import DeepCutsError
+from ..families import family
 
 MODELING_FILE = "modeling_deepcuts_slim.py"
 TEMPLATE = Path(__file__).with_name(MODELING_FILE)
-CLASS_STEMS = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "electra": "Electra"}
-"""model_type -> the family's name in the template's class names (DeepCuts<Stem>Model, ...)."""
+LAYOUT_KEY = "deepcuts_layout"
+"""The config.json key holding the family's layer layout (`families.Family.layout`), which the modeling file reads."""
 
 
 def is_slim(config: dict) -> bool:
@@ -22,15 +23,10 @@ def is_slim(config: dict) -> bool:
     return config.get("deepcuts_heads") is not None and config.get("deepcuts_ffn") is not None
 
 
-def auto_map(model_type: str) -> dict[str, str]:
-    """The config.json `auto_map` that sends AutoModel and AutoModelForSequenceClassification to the template."""
-    stem = CLASS_STEMS.get(model_type)
-    if stem is None:
-        raise DeepCutsError(f"slim {model_type!r} models cannot be saved with their modeling code (known families: "
-                            f"{', '.join(sorted(CLASS_STEMS))}); add the family to {MODELING_FILE} and CLASS_STEMS")
-    module = MODELING_FILE.removesuffix(".py")
-    return {"AutoModel": f"{module}.DeepCuts{stem}Model",
-            "AutoModelForSequenceClassification": f"{module}.DeepCuts{stem}ForSequenceClassification"}
+def auto_map(config: dict) -> dict[str, str]:
+    """The config.json `auto_map` that sends AutoModel and AutoModelForSequenceClassification to the template's
+    classes for the config's family."""
+    return family(config).auto_map(MODELING_FILE.removesuffix(".py"))
 
 
 def add_remote_code(folder: Path) -> bool:
@@ -40,7 +36,8 @@ def add_remote_code(folder: Path) -> bool:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if not is_slim(config):
         return False
-    config["auto_map"] = {**(config.get("auto_map") or {}), **auto_map(config.get("model_type"))}
+    config["auto_map"] = {**(config.get("auto_map") or {}), **auto_map(config)}
+    config[LAYOUT_KEY] = family(config).layout()
     (folder / MODELING_FILE).write_bytes(TEMPLATE.read_bytes())
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return True

@@ -1,9 +1,9 @@
 """Physically remove heads and FFN neurons: slice Linears into smaller dense ones.
 
-Driven by the per-architecture description (`arch.ArchSpec`): the same code serves BERT, RoBERTa,
-ELECTRA and DistilBERT. A layer left with no heads gets an attention module that returns an empty
-context (its block then adds only the output bias); a layer with no FFN neurons keeps zero-width
-Linears, which PyTorch runs as a bias-only output. A pruned model's config records the weights hashes of the
+Driven by the model's family (`families`): each layer is narrowed by the family's `narrow_layer`, the code the
+stock-loadable modeling file runs too, with slices of the dense Linears. A layer left with no heads gets an
+attention module that returns an empty context (its block then adds only the output bias); a layer with no FFN
+neurons keeps zero-width Linears, which PyTorch runs as a bias-only output. A pruned model's config records the weights hashes of the
 models it was cut from (`LINEAGE`), the only dense references `reconstruct` takes for it.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, arch_spec, base_model
+from ..arch import base_model
 from ..errors import DeepCutsError, short_repr
+from ..families import family
 from ..hashing import model_fingerprint
 from ..planning.plan import Plan
-from .modeling_deepcuts_slim import NoHeads, no_heads_class  # the one definition, shared with slim folders
 
 LINEAGE = "deepcuts_pruned_from"
 """The config attribute where a pruned model records the weights hashes (`hashing.model_fingerprint`) of the models it
@@ -35,8 +35,8 @@ def prune(model: nn.Module, plan: Plan) -> nn.Module:
                             f"{type(plan).__name__}")
     plan.check_model(model)
     slim = copy.deepcopy(model)
-    shrink(slim, plan.heads, plan.neurons)
     record_cut(slim, model)
+    shrink(slim, plan.heads, plan.neurons)
     return slim
 
 
@@ -59,19 +59,15 @@ def record_cut(child: nn.Module, parent: nn.Module, fingerprint: str | None = No
 
 def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[Sequence[int]]) -> None:
     """Slice every encoder layer of `model` in place to the given head and neuron indices."""
-    spec = arch_spec(model)
-    layers = base_model(model).get_submodule(spec.layers)
+    fam = family(model)
+    layers = base_model(model).get_submodule(fam.layers)
     for layer, kept_heads, kept_neurons in zip(layers, heads, neurons):
-        attention = layer.get_submodule(spec.attention)
-        head_dim = int(getattr(attention, spec.head_dim_attr))
-        head_index = torch.tensor([h * head_dim + j for h in kept_heads for j in range(head_dim)], dtype=torch.long)
-        neuron_index = torch.tensor(list(kept_neurons), dtype=torch.long)
-        for roles, index in ((HEAD_ROLES, head_index), (NEURON_ROLES, neuron_index)):
-            for role in roles:
-                path = getattr(spec, role)
-                dim = 0 if UNIT_AXIS[role] == "rows" else 1
-                _replace(layer, path, _slice(layer.get_submodule(path), index, dim=dim))
-        _set_head_count(attention, spec, len(kept_heads), head_dim)
+        head_dim = int(getattr(layer.get_submodule(fam.attention), fam.head_dim_attr))
+        head_rows = [h * head_dim + j for h in kept_heads for j in range(head_dim)]
+        index = {"heads": torch.tensor(head_rows, dtype=torch.long),
+                 "neurons": torch.tensor(list(kept_neurons), dtype=torch.long)}
+        fam.narrow_layer(layer, len(kept_heads), len(kept_neurons),
+                         lambda kind, old, axis, size: _slice(old, index[kind], dim=axis))
     model.config.deepcuts_heads = [len(h) for h in heads]
     model.config.deepcuts_ffn = [len(n) for n in neurons]
 
@@ -96,18 +92,3 @@ def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     if bias is not None:
         linear.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
     return linear
-
-
-def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
-
-
-def _set_head_count(attention: nn.Module, spec, heads: int, head_dim: int) -> None:
-    setattr(attention, spec.heads_attr, heads)
-    if hasattr(attention, "all_head_size"):
-        attention.all_head_size = heads * head_dim
-    if heads == 0 and not isinstance(attention, NoHeads):
-        inner_out = spec.attn_out[len(spec.attention) + 1:] if spec.attn_out.startswith(spec.attention + ".") else None
-        attention.__class__ = no_heads_class(type(attention))
-        attention._deepcuts_out = inner_out

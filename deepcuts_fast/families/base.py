@@ -1,0 +1,103 @@
+"""What one encoder family is: the `Family` record each module of this package declares.
+
+A family says where its encoder layers and their six prunable Linears live (module paths), which tensor slices
+make one prunable unit (`unit_slices`: a head owns `head_dim` rows of Q, K and V and as many columns of the
+attention output; an FFN neuron one row of the FFN input and one column of the FFN output, in the spirit of
+Torch-Pruning's dependency groups), how a layer is narrowed (`narrow_layer`, the one piece of code the pruner and
+the stock-loadable modeling file share), and its export facts (graph inputs, where its positions start, what
+ONNX Runtime's transformer optimizer calls it), in the spirit of Optimum's per-model-type OnnxConfig.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..arch import HEAD_ROLES, NEURON_ROLES, ROLES, UNIT_AXIS
+
+
+@dataclass(frozen=True)
+class Family:
+    """One supported encoder family (one transformers `model_type`)."""
+
+    model_type: str  # config.model_type
+    class_stem: str  # the transformers class names' stem: <stem>Model, <stem>ForSequenceClassification
+    # module paths, relative to the base model (embeddings, layers) or to one encoder layer (the rest)
+    embeddings: str
+    layers: str
+    attention: str  # the module that owns the head count and head size
+    query: str
+    key: str
+    value: str
+    attn_out: str
+    ffn_in: str
+    ffn_out: str
+    heads_attr: str  # attribute of `attention` holding the number of heads
+    head_dim_attr: str  # attribute of `attention` holding the size of one head
+    # export facts
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")  # what the family's tokenizer returns
+    positions_after_padding: bool = False  # RoBERTa-like: position ids start at pad_token_id + 1
+    onnx_model_type: str = "bert"  # what onnxruntime's transformer optimizer calls this graph layout
+
+    def layout(self) -> dict:
+        """The layer layout as the self-contained modeling file reads it (written to config.json as
+        `deepcuts_layout`): the layers, the attention module and its attributes, and each unit's tensor slices."""
+        slices = self.unit_slices()
+        prefix = self.attention + "."
+        return {"layers": self.layers, "attention": self.attention, "heads_attr": self.heads_attr,
+                "head_dim_attr": self.head_dim_attr,
+                "heads": [list(s) for s in slices["heads"]], "neurons": [list(s) for s in slices["neurons"]],
+                # where the attention module reaches its output Linear, if it owns it (DistilBERT)
+                "attn_out_inside": self.attn_out[len(prefix):] if self.attn_out.startswith(prefix) else None}
+
+    def unit_slices(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """The dependency groups: for a head and for an FFN neuron, the (Linear path in the layer, axis) pairs
+        whose slices make one unit (axis 0: output rows with their biases; 1: input columns)."""
+        def group(roles):
+            return tuple((self.path(r), 0 if UNIT_AXIS[r] == "rows" else 1) for r in roles)
+
+        return {"heads": group(HEAD_ROLES), "neurons": group(NEURON_ROLES)}
+
+    def path(self, role: str) -> str:
+        """The module path, relative to an encoder layer, of one of the six `arch.ROLES`."""
+        if role not in ROLES:
+            raise KeyError(role)
+        return getattr(self, role)
+
+    def narrow_layer(self, layer: nn.Module, heads: int, width: int,
+                     new_linear: Callable[[str, nn.Linear, int, int], nn.Linear]) -> None:
+        """Give one encoder layer `heads` heads and `width` FFN neurons; `new_linear(kind, old, axis, size)` makes
+        each narrowed Linear (kind "heads" or "neurons"). The modeling file's code: the pruner and stock loading
+        narrow a layer the same way."""
+        from ..pruning.modeling_deepcuts_slim import narrow_layer  # the file saved folders carry
+
+        narrow_layer(layer, self.layout(), heads, width, new_linear)
+
+    def max_positions(self, config) -> int | None:
+        """The longest token sequence `config`'s position embeddings allow (None when it does not say)."""
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and self.positions_after_padding:
+            limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+        return limit
+
+    def auto_map(self, module: str) -> dict[str, str]:
+        """The config.json `auto_map` naming the modeling file `module`'s classes for this family."""
+        return {"AutoModel": f"{module}.DeepCuts{self.class_stem}Model",
+                "AutoModelForSequenceClassification": f"{module}.DeepCuts{self.class_stem}ForSequenceClassification"}
+
+
+BERT_LAYOUT = dict(
+    embeddings="embeddings",
+    layers="encoder.layer",
+    attention="attention.self",
+    query="attention.self.query",
+    key="attention.self.key",
+    value="attention.self.value",
+    attn_out="attention.output.dense",
+    ffn_in="intermediate.dense",
+    ffn_out="output.dense",
+    heads_attr="num_attention_heads",
+    head_dim_attr="attention_head_size",
+)
+"""The module layout BERT set and its copies in transformers (RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT) share."""
