@@ -3,10 +3,11 @@ from ._version import __version__
 
 from .benchmarking import BenchmarkReport, benchmark
 from .errors import DeepCutsError
+from .export import export
 from .models import load_model, load_tokenizer
-from .pipeline import prune_without_retraining
+from .pipeline import prune_from_scores, prune_without_retraining
 from .planning import Plan, plan
-from .pruning import export, export_program, from_pretrained, prune, reconstruct, save_pretrained
+from .pruning import export_program, from_pretrained, prune, reconstruct, save_pretrained
 from .scoring import CRITERIA, ScoreOptions, ScoreRun, Scores, apply_masks, score, score_many, score_run
 from .task import TaskModel, task_model
 
@@ -29,6 +30,7 @@ __all__ = [
     "load_tokenizer",
     "plan",
     "prune",
+    "prune_from_scores",
     "prune_without_retraining",
     "reconstruct",
     "save_pretrained",

@@ -6,27 +6,41 @@ layer's mask to lower its Fisher loss estimate, prune physically, then refit the
 output projections by least squares against the dense model ("one-shot"). Or, with
 `method="iterative"`, keep the search's per-layer counts but choose the units bottom-up by the output
 error they leave, refitting each sublayer before the next is chosen (`pruning.iterative`).
+`prune_from_scores` is the other way to a slim model, from unit scores computed earlier (plan, prune,
+refit); `check_prune_options` says, before anything loads, which options each way takes.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from .flops import encoder_flops
 from .errors import DeepCutsError, check_choice
-from .planning import Plan, plan, rearrange as rearrange_plan
+from .planning import Plan, check_budget, plan, rearrange as rearrange_plan
+from .planning.planner import BUDGETS
 from .pruning import prune, reconstruct as reconstruct_slim
 from .pruning.iterative import SELECTIONS, iterative_prune
 from .scoring import Scores, score_many
 from .scoring.criteria import get_criterion
+from .scoring.options import Spelling, python_setting
 
 FISHER = "fisher"
 
 METHODS = ("one-shot", "iterative")
 """`prune_without_retraining`'s methods: one-shot (search, rearrange, prune, refit) or iterative."""
+
+SEARCH_HONOURS = {"keep_params": (None,), "keep_heads": (None,), "keep_neurons": (None,), "speedup": (None,),
+                  "scope": (None, "global"), "multiple_of": (None, 1), "allocation": (None, "auto")}
+"""`plan` options of `prune_from_scores` and the values `prune_without_retraining`'s search honours (None: not
+given): it spends one global keep_flops budget on whole units, allocated against Fisher."""
+
+SCORING_OPTIONS = {"criterion": (None,), "method": (None, "one-shot"), "selection": (None, "output")}
+"""Options of `prune_without_retraining` that `prune_from_scores` does not take, and the values it honours: its
+scores are given, so it scores with no criterion and plans in one shot."""
 
 
 def prune_without_retraining(
@@ -108,6 +122,8 @@ def prune_without_retraining(
         "criterion": name,
         "method": method,
         **({"selection": selection} if method == "iterative" else {}),
+        "rearranged": rearrange and method != "iterative",
+        "reconstructed": reconstruct,
         "keep_flops": keep_flops,
         "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
         "heads": [len(h) for h in final_plan.heads],
@@ -118,18 +134,87 @@ def prune_without_retraining(
     return slim, final_plan, info
 
 
-def _check_method(method: str, selection: str, rearrange: bool, reconstruct: bool) -> None:
+def prune_from_scores(
+    model: nn.Module,
+    scores: Scores,
+    batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    reconstruct: bool = True,
+    dtype: str | torch.dtype | None = "auto",
+    **plan_options: Any,
+) -> tuple[nn.Module, Plan, dict]:
+    """(slim model, its plan, info) from unit scores computed earlier (`score(..., granularity="unit")`): `plan`
+    with `plan_options` (any budget, scope, allocation, speedup, ...; `dtype` is also a speedup's precision),
+    `prune`, then the least-squares refit of the output projections on `batches` unless there are none or
+    `reconstruct` is False. No scoring, Fisher search or rearrangement: the scores decide. `info` has the scores'
+    criterion, whether the slim model was refit, the fraction of the encoder FLOPs kept (at the plan's seq_len) and
+    the timings in seconds (search, prune, reconstruct, total)."""
+    start = time.perf_counter()
+    chosen = plan(model, scores, dtype=dtype, **plan_options)
+    timings = {"search": _lap(start)}
+    t = time.perf_counter()
+    slim = prune(model, chosen)
+    timings["prune"] = _lap(t)
+    refit = batches is not None and reconstruct
+    if refit:
+        t = time.perf_counter()
+        slim = reconstruct_slim(slim, model, list(batches), dtype=dtype)
+        timings["reconstruct"] = _lap(t)
+    timings["total"] = _lap(start)
+    seq_len = plan_options.get("seq_len", 128)
+    return slim, chosen, {"criterion": scores.criterion, "rearranged": False, "reconstructed": refit,
+                          "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
+                          "timings": timings}
+
+
+def check_prune_options(from_scores: bool, spell: Spelling = python_setting, **options: Any) -> None:
+    """Refuse, before any model or data loads, options the chosen way of pruning cannot honour. `options` are
+    keyword arguments of `prune_from_scores` (`from_scores`) or `prune_without_retraining`: the first takes every
+    budget of `plan` but scores nothing (`SCORING_OPTIONS` do not apply); the second spends one global keep_flops
+    budget (`SEARCH_HONOURS`), and its method and selection must agree. Budgets are checked as `plan` checks them;
+    `spell` writes the options' names in the messages (the command line passes its flags' spelling)."""
+    if from_scores:
+        extra = _unhonoured(options, SCORING_OPTIONS)
+        if extra:
+            raise DeepCutsError(f"{' and '.join(spell(k, v) for k, v in extra)} belongs to the retraining-free "
+                                f"pipeline, which scores the model itself, not to a plan from given "
+                                f"{spell('scores')}; drop {' and '.join(spell(k) for k, _ in extra)}, or drop "
+                                f"{spell('scores')} to run the pipeline")
+        check_budget(*(options.get(n) for n in BUDGETS), speedup=options.get("speedup"), spell=spell)
+        return
+    extra = _unhonoured(options, SEARCH_HONOURS)
+    if extra:
+        raise DeepCutsError(f"the retraining-free pipeline ({spell('batches')} without {spell('scores')}) spends a "
+                            f"{spell('keep_flops')} budget over all layers and does not take "
+                            f"{', '.join(spell(k, v) for k, v in extra)}; for those, plan from unit scores computed "
+                            f"first ({spell('scores')})")
+    if options.get("keep_flops") is None:
+        raise DeepCutsError(f"give a budget: {spell('keep_flops')}, the fraction of the encoder's FLOPs the "
+                            f"retraining-free pipeline keeps (other budgets plan from unit scores: {spell('scores')})")
+    check_budget(keep_flops=options["keep_flops"], spell=spell)
+    get_criterion(options.get("criterion") or FISHER)
+    _check_method(options.get("method") or "one-shot", options.get("selection") or "output",
+                  options.get("rearrange", True), options.get("reconstruct", True), spell)
+
+
+def _unhonoured(options: Mapping[str, Any], honoured: Mapping[str, tuple]) -> list[tuple[str, Any]]:
+    """(name, value) of each option in `honoured` whose value is not one of the values listed there."""
+    return [(name, options.get(name)) for name, values in honoured.items() if options.get(name) not in values]
+
+
+def _check_method(method: str, selection: str, rearrange: bool, reconstruct: bool,
+                  spell: Spelling = python_setting) -> None:
     """Refuse an unknown method or selection, and one-shot switches given to the iterative method."""
-    check_choice("method", method, METHODS)
-    check_choice("selection", selection, SELECTIONS)
+    check_choice(spell("method"), method, METHODS)
+    check_choice(spell("selection"), selection, SELECTIONS)
     if method == "one-shot" and selection != "output":
-        raise DeepCutsError(f"selection={selection!r} chooses units inside method='iterative'; the one-shot method "
-                            "keeps the searched (and rearranged) units")
+        raise DeepCutsError(f"{spell('selection', selection)} chooses units inside {spell('method', 'iterative')}; the "
+                            f"one-shot method keeps the searched (and rearranged) units: add "
+                            f"{spell('method', 'iterative')}, or drop {spell('selection')}")
     if method == "iterative" and not (rearrange and reconstruct):
-        off = " and ".join(f"{flag}=False" for flag, on in (("rearrange", rearrange), ("reconstruct", reconstruct))
+        off = " and ".join(spell(name, False) for name, on in (("rearrange", rearrange), ("reconstruct", reconstruct))
                            if not on)
-        raise DeepCutsError(f"method='iterative' chooses units by their output error and always refits, so {off} "
-                            "does not apply to it; drop it, or use method='one-shot'")
+        raise DeepCutsError(f"{spell('method', 'iterative')} chooses units by their output error and always refits, "
+                            f"so {off} does not apply to it; drop it, or use {spell('method', 'one-shot')}")
 
 
 def _check_given(scores: Mapping[str, Scores], wanted: list[str]) -> None:

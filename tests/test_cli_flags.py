@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import deepcuts_fast as dc
-from deepcuts_fast import cli
 from deepcuts_fast._version import __version__
-from deepcuts_fast.cli import build_parser, main
+from deepcuts_fast.cli import build_parser, loading, main
 from deepcuts_fast.data import load_dataset, make_batches
 from deepcuts_fast.scoring.criteria import CRITERIA
 
@@ -49,7 +48,7 @@ def test_debug_after_the_command_shows_the_traceback(model_dir, data_csv, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(cli, "_classifier", broken)
+    monkeypatch.setattr(loading, "classifier", broken)
     argv = ["eval", "--model", str(model_dir), "--data", str(data_csv)]
     assert run(argv, capsys)[0] == 1
     with pytest.raises(RuntimeError, match="simulated failure"):
@@ -107,7 +106,7 @@ def no_loading(monkeypatch):
     def loaded(*args, **kwargs):
         pytest.fail("loaded a model or data before checking the flags")
 
-    for target in ("deepcuts_fast.cli._classifier", "deepcuts_fast.cli._model_and_data",
+    for target in ("deepcuts_fast.cli.loading.classifier", "deepcuts_fast.cli.loading.model_and_data",
                    "deepcuts_fast.task.task_model", "deepcuts_fast.data.load_dataset",
                    "deepcuts_fast.scoring.Scores.load"):
         monkeypatch.setattr(target, loaded)
@@ -224,7 +223,7 @@ def test_json_errors_are_one_object_with_the_same_exit_code(failure, code, where
         def fail(*args, **kwargs):
             raise failure
 
-        monkeypatch.setattr(cli, "_classifier", fail)
+        monkeypatch.setattr(loading, "classifier", fail)
     argv = ["eval", "--model", str(model_dir), "--data", str(data_csv), "--quiet"]
     if failure is None:
         argv = ["prune", "--data", str(data_csv), "--keep-flops", "50", "--out", str(tmp_path / "slim")]

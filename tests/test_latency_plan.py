@@ -298,7 +298,7 @@ def test_prune_speedup_flag_errors_come_before_loading(extra, message, tmp_path,
     def loaded(*args, **kwargs):
         pytest.fail("loaded a model or data before checking the flags")
 
-    for target in ("deepcuts_fast.cli._classifier", "deepcuts_fast.cli._model_and_data",
+    for target in ("deepcuts_fast.cli.loading.classifier", "deepcuts_fast.cli.loading.model_and_data",
                    "deepcuts_fast.scoring.Scores.load"):
         monkeypatch.setattr(target, loaded)
     code, _, err = run(["prune", *extra, "--out", str(tmp_path / "slim")], capsys)

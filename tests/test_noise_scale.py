@@ -13,7 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import deepcuts_fast as dc
-from deepcuts_fast.cli import build_parser, check_flags, main
+from deepcuts_fast.cli import build_parser, main
+from deepcuts_fast.cli.flags import check_flags
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.job.analysis import plan_iou
 from deepcuts_fast.kernels import add_noise, add_noise_reference, backends

@@ -2,6 +2,7 @@
 int8 quantization, the side folder, and `deepcuts export` / `deepcuts eval FILE.onnx` end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -14,7 +15,8 @@ from test_pruning import random_plan
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
 from deepcuts_fast.errors import DeepCutsError
-from deepcuts_fast.pruning import onnx_export as ox
+from deepcuts_fast.export import REPORT_FILE, OnnxClassifier, check, inputs, onnx_session, runtime, to_onnx
+from deepcuts_fast.families import FAMILIES as REGISTRY
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -32,6 +34,9 @@ def family_tokenizer(arch: str, cls_name: str | None = None):
         letters = list("abcdefghijklmnopqrstuvwxyz")
         tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "Ġ", *letters, *("Ġ" + c for c in letters)]
         tokenizer = transformers.RobertaTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+    elif arch == "deberta-v2" and cls_name is None:  # a SentencePiece (Unigram) vocabulary: (piece, score) pairs
+        specials = [("[PAD]", 0.0), ("[UNK]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[MASK]", 0.0)]
+        tokenizer = transformers.DebertaV2Tokenizer(vocab=specials + [("\u2581" + w, -1.0) for w in WORDS])
     else:
         cls_name = cls_name or {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer",
                                 "electra": "ElectraTokenizer"}[arch]
@@ -43,11 +48,11 @@ def family_tokenizer(arch: str, cls_name: str | None = None):
 
 def torch_logits(model, encoded) -> np.ndarray:
     with torch.no_grad():
-        return model(**{k: encoded[k] for k in ox.accepted_inputs(model, encoded)}).logits.numpy()
+        return model(**{k: encoded[k] for k in inputs.accepted_inputs(model, encoded)}).logits.numpy()
 
 
 def onnx_logits(path, feeds) -> np.ndarray:
-    return ox.onnx_session(path).run(None, {k: np.asarray(v) for k, v in feeds.items()})[0]
+    return onnx_session(path).run(None, {k: np.asarray(v) for k, v in feeds.items()})[0]
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -57,7 +62,7 @@ def test_every_family_exports_its_tokenizers_exact_inputs(arch, tmp_path):
     session = ort.InferenceSession(str(result), providers=["CPUExecutionProvider"])
     expected = set(tokenizer(TEXTS[0], PAIRS[0]))
     assert {i.name for i in session.get_inputs()} == expected == set(result.inputs)
-    assert ("token_type_ids" in expected) == (arch in ("bert", "electra"))
+    assert ("token_type_ids" in expected) == (arch in ("bert", "electra", "deberta-v2"))
     assert all(i.shape == ["batch", "sequence"] for i in session.get_inputs())
     assert session.get_outputs()[0].shape[0] == "batch"
 
@@ -83,7 +88,8 @@ def test_tokenizer_pairs_give_the_torch_logits(arch, slim, optimize, tmp_path):
     encoded = tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
     want = torch_logits(model, encoded)
     np.testing.assert_allclose(onnx_logits(path, encoded), want, atol=1e-4, rtol=1e-4)
-    if "token_type_ids" in encoded:  # the segments matter: without them the logits are others
+    # where the tokenizer returns segments and the model embeds them, they matter: without them, other logits
+    if "token_type_ids" in encoded and (model.config.type_vocab_size or 0) > 1:
         zeroed = {**encoded, "token_type_ids": torch.zeros_like(encoded["token_type_ids"])}
         assert not np.allclose(onnx_logits(path, zeroed), want, atol=1e-6, rtol=0)
 
@@ -98,8 +104,8 @@ def test_a_left_padding_tokenizer_gets_a_fused_graph_that_reads_the_mask(arch, t
     encoded = tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
     assert (encoded["attention_mask"][:, 0] == 0).any()  # left padding indeed
     np.testing.assert_allclose(onnx_logits(path, encoded), torch_logits(model, encoded), atol=1e-4, rtol=1e-4)
-    original = ox._optimize
-    monkeypatch.setattr(ox, "_optimize", lambda graph, out, names, left, kind: original(graph, out, names, False, kind))
+    original = to_onnx.fuse
+    monkeypatch.setattr(to_onnx, "fuse", lambda graph, out, names, left, kind: original(graph, out, names, False, kind))
     with pytest.raises(DeepCutsError, match="differ from torch's"):
         dc.export(model, tmp_path / "right-only.onnx", tokenizer, optimize=True)
 
@@ -114,20 +120,46 @@ def test_stock_optimizer_fuses_attention_of_the_plain_export(tmp_path):
     assert len({len(h) for h in random_plan(dense, 3, -1, -1).heads}) > 1  # the slim layers differ in head count
     for model in (dense, slim):
         path = dc.export(model, tmp_path / "m.onnx", overwrite=True)
-        with ox._quiet_onnxruntime():
+        with runtime.quiet_onnxruntime():
             optimized = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0)
         assert optimized.get_fused_operator_statistics()["Attention"] == TINY["layers"]
+
+
+ATTENTION_UNFUSED = {"mpnet"}  # optimized as BERT, whose attention fusion does not match their attention (MPNet's
+#                                scores also add the relative position bias): the LayerNorms and GELUs fuse
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_optimize_reports_what_fused(arch, tmp_path):
     model = tiny_model(arch)
     slim = dc.prune(model, random_plan(model, 3, empty_heads_layer=1, empty_ffn_layer=0))
+    known = REGISTRY[arch].onnx_model_type is not None
     for m, layers in ((model, TINY["layers"]), (slim, TINY["layers"] - 1)):
         result = dc.export(m, tmp_path / "m.onnx", optimize=True, overwrite=True)
-        assert result.optimized and result.attention_layers == layers and result.fused_attention == layers
-        assert f"{layers} of {layers} attention layers fused" in result.summary()
+        assert result.optimized == known and result.attention_layers == layers and (result.no_fusion is None) == known
+        fused = layers if known and arch not in ATTENTION_UNFUSED else 0
+        assert result.fused_attention == fused
+        assert (f"{fused} of {layers} attention layers fused" in result.summary()) == known
         assert result.max_abs_diff < 1e-4 and result.argmax_agreement == 1.0 and result.tolerance == 1e-4
+
+
+def test_a_family_the_optimizer_does_not_know_is_exported_unfused(tmp_path, monkeypatch):
+    """A family without an `onnx_model_type` gets no transformer-optimizer fusion: optimize=True writes the traced
+    graph (int8 still applies), checked against torch, and the summary says in one line why nothing fused."""
+    monkeypatch.setitem(REGISTRY, "bert", dataclasses.replace(REGISTRY["bert"], onnx_model_type=None))
+    monkeypatch.setattr(to_onnx, "fuse", lambda *args: pytest.fail("fused a layout the optimizer does not know"))
+    model, tokenizer = tiny_model("bert"), family_tokenizer("bert")
+    encoded = tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
+    for quantize, atol in ((None, 1e-4), ("int8", INT8_ATOL)):
+        result = dc.export(model, tmp_path / "m.onnx", tokenizer, optimize=True, quantize=quantize, overwrite=True)
+        assert not result.optimized and result.fused == {} and result.precision == (quantize or "fp32")
+        assert result.no_fusion == json.loads((result.folder / REPORT_FILE).read_text())["no_fusion"]
+        lines = result.summary().splitlines()
+        assert "no fusion: onnxruntime's optimizer does not know this model's layout" in lines
+        assert not any(line.startswith("optimized:") for line in lines)
+        np.testing.assert_allclose(onnx_logits(result, encoded), torch_logits(model, encoded), atol=atol, rtol=atol)
+    plain = dc.export(model, tmp_path / "plain.onnx", tokenizer)
+    assert plain.no_fusion is None and "no fusion" not in plain.summary()
 
 
 def test_export_refuses_a_graph_that_differs_from_torch(tmp_path, monkeypatch):
@@ -135,7 +167,7 @@ def test_export_refuses_a_graph_that_differs_from_torch(tmp_path, monkeypatch):
     import onnx
     from onnx import numpy_helper
 
-    trace = ox._trace
+    trace = to_onnx.trace
 
     def corrupted(model, names, seq_len, opset, out):
         trace(model, names, seq_len, opset, out)
@@ -144,7 +176,7 @@ def test_export_refuses_a_graph_that_differs_from_torch(tmp_path, monkeypatch):
         bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1e-3, bias.name))
         onnx.save(graph, str(out))
 
-    monkeypatch.setattr(ox, "_trace", corrupted)
+    monkeypatch.setattr(to_onnx, "trace", corrupted)
     for optimize, hint in ((False, "another opset"), (True, "without optimize=True")):
         with pytest.raises(DeepCutsError, match=rf"differ from torch's by up to 0.001 .*nothing was written.*{hint}"):
             dc.export(tiny_model("bert"), tmp_path / "m.onnx", optimize=optimize)
@@ -153,9 +185,9 @@ def test_export_refuses_a_graph_that_differs_from_torch(tmp_path, monkeypatch):
 
 def test_int8_is_smaller_and_close(tmp_path):
     model, tokenizer = tiny_model("bert"), family_tokenizer("bert")
-    names = ox.model_inputs(model, tokenizer)
-    rows = ox.sample_inputs(model, names, batch=128, seq_len=20, device=torch.device("cpu"), seed=5)
-    want = ox._torch_logits(model, rows)
+    names = inputs.model_inputs(model, tokenizer)
+    rows = inputs.sample_inputs(model, names, batch=128, seq_len=20, device=torch.device("cpu"), seed=5)
+    want = check.torch_logits(model, rows)
     for optimize in (False, True):
         fp32 = dc.export(model, tmp_path / "fp32.onnx", tokenizer, optimize=optimize, overwrite=True)
         int8 = dc.export(model, tmp_path / "int8.onnx", tokenizer, optimize=optimize, quantize="int8", overwrite=True)
@@ -188,16 +220,16 @@ def test_side_folder_holds_config_tokenizer_and_report(tmp_path):
     assert result.folder == tmp_path / "slim.onnx.d" and str(result) == str(tmp_path / "slim.onnx")
     config = json.loads((result.folder / "config.json").read_text())
     assert config["deepcuts_heads"] == back.config.deepcuts_heads and "auto_map" not in config
-    report = json.loads((result.folder / ox.REPORT_FILE).read_text())
+    report = json.loads((result.folder / REPORT_FILE).read_text())
     assert report["path"] == "slim.onnx" and report["folder"] == "slim.onnx.d" and report["versions"]["onnxruntime"]
     assert {k: v for k, v in report.items() if k not in ("path", "folder", "versions")} == \
         {k: v for k, v in json.loads(json.dumps(result.to_dict())).items() if k not in ("path", "folder")}
-    classifier = ox.OnnxClassifier(result.path)
+    classifier = OnnxClassifier(result.path)
     encoded = classifier.tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
     torch.testing.assert_close(classifier.logits(encoded), torch.from_numpy(torch_logits(back, encoded)),
                                atol=1e-4, rtol=1e-4)
     again = dc.export(back, tmp_path / "slim.onnx", tokenizer, quantize="int8", overwrite=True)  # replaces both
-    assert json.loads((again.folder / ox.REPORT_FILE).read_text())["precision"] == "int8"
+    assert json.loads((again.folder / REPORT_FILE).read_text())["precision"] == "int8"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slim", "slim.onnx", "slim.onnx.d"]
 
 

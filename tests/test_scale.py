@@ -220,9 +220,9 @@ def test_memory_cap_picks_smaller_chunks_and_out_of_memory_retries(bert, monkeyp
 @pytest.mark.parametrize("text,size", [("2GiB", 2 << 30), ("500MB", 500_000_000), ("1.5g", 1_500_000_000),
                                        ("4096", 4096)])
 def test_max_memory_sizes(text, size):
-    from deepcuts_fast.cli import _size
+    from deepcuts_fast.cli.parsing import parse_size
 
-    assert _size(text) == size
+    assert parse_size(text) == size
 
 
 def test_bad_max_memory_is_a_usage_error(capsys):

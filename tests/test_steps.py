@@ -9,7 +9,8 @@ import pytest
 from deepcuts_fast.code_fingerprint import PACKAGE_ROOT, code_fingerprint, module_closure
 from deepcuts_fast.job.steps import StepStore
 
-PRESENTATION = {"deepcuts_fast.job.report", "deepcuts_fast.job.plots", "deepcuts_fast.job.run", "deepcuts_fast.cli"}
+PRESENTATION = {"deepcuts_fast.job.report", "deepcuts_fast.job.plots", "deepcuts_fast.job.run", "deepcuts_fast.cli",
+                *(f"deepcuts_fast.cli.{p.stem}" for p in (PACKAGE_ROOT / "cli").glob("*.py"))}
 
 # A small package shaped like this one: its __init__ re-exports a presentation module, `core` imports `sub.lazy`
 # only inside a function, and `sub.lazy` takes a sibling module with `from .. import`.

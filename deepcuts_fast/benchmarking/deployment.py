@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..pruning.onnx_export import OnnxClassifier, export
+from ..export import OnnxClassifier, export
 from ..precision import choose
 from ..stats import compare, points
 from ..train import EvalResult, evaluate

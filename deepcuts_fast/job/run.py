@@ -232,8 +232,8 @@ class MainJob:
             return {"keep_flops": c.deploy_keep, "criterion": row["criterion"], "folder": row["saved_to"], **result}
 
         result = self.store.run(f"deployment-k{c.deploy_keep:g}", compute,
-                                code=("deepcuts_fast.benchmarking", "deepcuts_fast.pruning"), saved=row,
-                                batch=c.latency_batch, seq=self.seq_len)
+                                code=("deepcuts_fast.benchmarking", "deepcuts_fast.export", "deepcuts_fast.pruning"),
+                                saved=row, batch=c.latency_batch, seq=self.seq_len)
         best = min(result["rows"], key=lambda r: r["median_ms"])
         self.log(f"deployment: fastest is {best['variant']}, {best['speedup']:.2f}x dense torch fp32")
         return result

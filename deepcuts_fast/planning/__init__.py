@@ -2,8 +2,8 @@
 from .allocation import ALLOCATIONS
 from .checks import check_scores
 from .plan import Plan
-from .planner import plan
+from .planner import check_budget, plan
 from .rank_match import rank_match
 from .rearrange import rearrange
 
-__all__ = ["ALLOCATIONS", "Plan", "check_scores", "plan", "rank_match", "rearrange"]
+__all__ = ["ALLOCATIONS", "Plan", "check_budget", "check_scores", "plan", "rank_match", "rearrange"]

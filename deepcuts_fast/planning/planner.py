@@ -26,7 +26,7 @@ from torch import nn
 from ..arch import encoder_layers
 from ..errors import DeepCutsError, short_repr
 from ..flops import layer_costs
-from ..scoring.options import real_number, whole_number
+from ..scoring.options import Spelling, python_setting, whole_number
 from ..scoring.scores import Scores
 from . import latency_table
 from .allocation import comparable
@@ -96,10 +96,8 @@ def plan(
     FFN widths then default to multiples of SPEEDUP_MULTIPLE_OF: other widths run slower than the table's
     interpolation says (on an AVX-512 CPU, hidden 384 -> 1255 neurons took 12-29% longer than -> 1248)."""
     _check_inputs(model, scores, reference, scope)
-    speed = _asked_speedup(speedup, keep_flops=keep_flops, keep_params=keep_params, keep_heads=keep_heads,
-                           keep_neurons=keep_neurons)
-    asked = {} if speed is not None else _asked_budgets(keep_flops, keep_params, keep_heads, keep_neurons)
-    budget = "time" if speed is not None else _budget_kind(asked)
+    budget, asked = check_budget(keep_flops, keep_params, keep_heads, keep_neurons, speedup)
+    speed = asked["speedup"] if budget == "time" else None
     seq_len = whole_number("seq_len", seq_len, minimum=1)
     min_heads = whole_number("min_heads", min_heads, minimum=0)
     min_neurons = whole_number("min_neurons", min_neurons, minimum=0)
@@ -117,7 +115,6 @@ def plan(
                                         dtype)
         heads, rounded, timing = _speedup_select(model, head_scores, neuron_scores, table, speed, scope,
                                                  (min_heads, min_neurons, multiple_of))
-        asked = {"speedup": speed}
     else:
         select = partial(_select, model, head_scores, neuron_scores, asked, budget, seq_len, scope)
         heads, neurons = select(min_heads, min_neurons)
@@ -195,23 +192,43 @@ def _warn_if_missed(asked: dict[str, float], achieved: dict[str, float], stages:
                           UserWarning, stacklevel=3)
 
 
-def _asked_budgets(flops, params, heads, neurons) -> dict[str, float]:
+def check_budget(keep_flops: float | None = None, keep_params: float | None = None, keep_heads: float | None = None,
+                 keep_neurons: float | None = None, speedup: float | None = None,
+                 spell: Spelling = python_setting) -> tuple[str, dict[str, float]]:
+    """(kind, asked): the one budget of a plan, checked without a model, so a caller can refuse it before loading
+    anything. kind is "time" (`speedup`, a finite number >= 1, alone), "flops" or "params" (that fraction alone) or
+    "fraction" (keep_heads and / or keep_neurons); asked maps each given budget's name to its value. Every fraction
+    is in [0, 1]. `spell` writes the options' names in the messages (`python_setting`: the keywords)."""
+    budgets = {"keep_flops": keep_flops, "keep_params": keep_params, "keep_heads": keep_heads,
+               "keep_neurons": keep_neurons}
+    speed = _asked_speedup(speedup, spell, budgets)
+    if speed is not None:
+        return "time", {"speedup": speed}
+    asked = _asked_budgets(budgets, spell)
+    return _budget_kind(asked, spell), asked
+
+
+def _asked_budgets(budgets: dict[str, float | None], spell: Spelling) -> dict[str, float]:
     """The budgets given, by name, each checked to be a fraction in [0, 1]."""
-    given = {n: v for n, v in zip(BUDGETS, (flops, params, heads, neurons)) if v is not None}
+    given = {n: v for n, v in budgets.items() if v is not None}
     if not given:
-        raise DeepCutsError("give a target: keep_flops=, keep_params=, keep_heads= and/or keep_neurons=")
+        names = [spell(n) for n in BUDGETS]
+        raise DeepCutsError(f"give a target: {', '.join(names[:-1])} and/or {names[-1]} (or {spell('speedup')}, a "
+                            "budget of time)")
     for n, v in given.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
-            raise DeepCutsError(f"{n} is a fraction in [0, 1], got {short_repr(v)}; pass a float such as 0.5")
-    return {n: real_number(n, v, 0.0, 1.0) for n, v in given.items()}
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise DeepCutsError(f"{spell(n)} is a fraction in [0, 1], got {short_repr(v)}; pass a float such as 0.5")
+        if not 0 <= v <= 1:
+            raise DeepCutsError(f"{spell(n)} is a fraction in [0, 1], got {v:g}")
+    return {n: float(v) for n, v in given.items()}
 
 
-def _budget_kind(asked: dict[str, float]) -> str:
+def _budget_kind(asked: dict[str, float], spell: Spelling) -> str:
     """"flops", "params" or "fraction" (heads and / or neurons), refusing a mix of cost budgets."""
     costs = [n for n in ("keep_flops", "keep_params") if n in asked]
     if costs:
         if len(asked) > 1:
-            raise DeepCutsError(f"give one budget, not {' and '.join(asked)}")
+            raise DeepCutsError(f"give one budget, not {' and '.join(spell(n) for n in asked)}")
         return costs[0][len("keep_"):]
     return "fraction"
 
@@ -224,18 +241,18 @@ def _default_multiple(multiple_of: int | None, speed: float | None) -> int:
     return SPEEDUP_MULTIPLE_OF if speed is not None else 1
 
 
-def _asked_speedup(speedup, **budgets: float | None) -> float | None:
+def _asked_speedup(speedup, spell: Spelling, budgets: dict[str, float | None]) -> float | None:
     """`speedup` checked to be a finite number >= 1 and the only budget asked; None when it is not asked."""
     if speedup is None:
         return None
-    given = [name for name, value in budgets.items() if value is not None]
+    given = [spell(name) for name, value in budgets.items() if value is not None]
     if given:
-        raise DeepCutsError(f"give one budget, not speedup and {' and '.join(given)}: a speedup is itself a budget "
-                            "(of time); drop the others or the speedup")
+        raise DeepCutsError(f"give one budget, not {spell('speedup')} and {' and '.join(given)}: a speedup is itself "
+                            "a budget (of time); drop the others or the speedup")
     if (isinstance(speedup, bool) or not isinstance(speedup, numbers.Real) or not math.isfinite(speedup)
             or speedup < 1):
-        raise DeepCutsError(f"speedup is how many times faster than the dense model the slim one should run, a "
-                            f"finite number >= 1; got {short_repr(speedup)}; pass e.g. speedup=2.0")
+        raise DeepCutsError(f"{spell('speedup')} is how many times faster than the dense model the slim one should "
+                            f"run, a finite number >= 1; got {short_repr(speedup)}; pass e.g. {spell('speedup', 2.0)}")
     return float(speedup)
 
 

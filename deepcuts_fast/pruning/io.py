@@ -1,4 +1,4 @@
-"""Save, load and `torch.export` slim models (safetensors only; every write is atomic; ONNX: onnx_export.py).
+"""Save, load and `torch.export` slim models (safetensors only; every write is atomic; ONNX: the `export` package).
 
 A slim directory is an ordinary HF model folder (`config.json`, `model.safetensors`, tokenizer
 files) whose config also records the per-layer widths (`deepcuts_heads`, `deepcuts_ffn`), plus

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,6 +25,15 @@ NOISE_SCALES = ("relative", "absolute")
 DEFAULT_NOISE_STD = {"relative": 0.15, "absolute": 1e-3}  # SmoothGrad's 10-20% of the scale; the paper's sigma
 WEAK_RELATIVE_NOISE = 0.01  # relative sigmas below this barely perturb the gradients (warned)
 BOOLEANS = ("train_mode", "sequential_noise", "include_padding", "with_fisher", "reference", "progress")
+
+Spelling = Callable[..., str]
+"""How a check's message writes an option: `spell(name)` its name, `spell(name, value)` a setting of it."""
+
+
+def python_setting(name: str, *value: Any) -> str:
+    """The library's spelling of an option in messages: `name`, or `name=value` (e.g. noise_scale='absolute').
+    The checks that take a `spell` argument let a caller with other names (the command line's flags) pass its own."""
+    return f"{name}={value[0]!r}" if value else name
 
 
 @dataclass(frozen=True)
@@ -78,18 +87,20 @@ class ScoreOptions:
                                            "sequential_noise", "include_padding", "with_fisher")
 
     def __post_init__(self) -> None:
-        if self.noise_scale is None:
-            object.__setattr__(self, "noise_scale", "absolute" if self.reference is True else "relative")
-        for name in ("granularity", "unit_method", "noise_scale", "backend"):
+        for name in ("granularity", "unit_method", "backend"):
             if not isinstance(getattr(self, name), str):
                 raise DeepCutsError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.granularity not in GRANULARITIES:
             raise DeepCutsError(f"unknown granularity {self.granularity!r}; choose 'weight' or 'unit'")
         if self.unit_method not in UNIT_METHODS:
             raise DeepCutsError(f"unknown unit_method {self.unit_method!r}; choose 'sum' or 'first-order'")
-        if self.noise_scale not in NOISE_SCALES:
-            raise DeepCutsError(f"unknown noise_scale {self.noise_scale!r}; choose 'relative' (sigma = noise_std x "
-                                "each output's standard deviation) or 'absolute' (sigma = noise_std)")
+        scale, sigma = check_noise(self.noise_std, self.noise_scale, self.reference)
+        object.__setattr__(self, "noise_scale", scale)
+        if scale == "relative" and sigma < WEAK_RELATIVE_NOISE:
+            warnings.warn(f"noise_std={sigma:g} with noise_scale='relative' is {sigma:g} of each output's standard "
+                          "deviation: too little to change the gradients, so the smooth criteria will give the "
+                          "plain criteria's masks; SmoothGrad uses 0.1-0.2. For the paper's absolute sigma pass "
+                          "noise_scale='absolute'", UserWarning, stacklevel=3)
         if self.backend not in BACKENDS:
             raise DeepCutsError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         for name in BOOLEANS:
@@ -97,7 +108,7 @@ class ScoreOptions:
                 raise DeepCutsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         requested = parse_dtype(self.dtype)
         normal = dict(noise_samples=whole_number("noise_samples", self.noise_samples, minimum=1),
-                      noise_std=_noise_std(self.noise_std, self.noise_scale),
+                      noise_std=sigma,
                       shift=real_number("shift", self.shift),
                       seed=check_seed(self.seed),
                       max_memory=None if self.max_memory is None else whole_number("max_memory", self.max_memory,
@@ -175,21 +186,26 @@ def real_number(name: str, value, minimum: float | None = None, maximum: float |
     return number
 
 
-def _noise_std(value, scale: str) -> float:
-    """The noise's `noise_std` for `scale`: its default when None; relative ones finite and > 0, absolute >= 0."""
-    if value is None:
-        return DEFAULT_NOISE_STD[scale]
-    number = real_number("noise_std", value, minimum=0.0)
-    if scale == "relative":
-        if number == 0:
-            raise DeepCutsError("noise_std must be > 0 with noise_scale='relative' (a fraction of each output's "
-                                "standard deviation, e.g. 0.15); for no noise pass noise_scale='absolute', noise_std=0")
-        if number < WEAK_RELATIVE_NOISE:
-            warnings.warn(f"noise_std={number:g} with noise_scale='relative' is {number:g} of each output's standard "
-                          "deviation: too little to change the gradients, so the smooth criteria will give the "
-                          "plain criteria's masks; SmoothGrad uses 0.1-0.2. For the paper's absolute sigma pass "
-                          "noise_scale='absolute'", UserWarning, stacklevel=4)
-    return number
+def check_noise(noise_std: Any, noise_scale: Any = None, reference: Any = False,
+                spell: Spelling = python_setting) -> tuple[str, float]:
+    """(scale, sigma) of the smooth criteria's noise, or the error: `noise_scale` "relative" or "absolute" (None:
+    "relative", or "absolute" with `reference`, the original code's noise); `noise_std` None for the scale's
+    default, else finite and > 0 when relative (a fraction of each output's standard deviation), >= 0 when
+    absolute (0: no noise). Raises only; `ScoreOptions` warns about a relative sigma too small to matter."""
+    scale = noise_scale if noise_scale is not None else ("absolute" if reference is True else "relative")
+    if not isinstance(scale, str):
+        raise DeepCutsError(f"{spell('noise_scale')} must be a string, got {scale!r}")
+    if scale not in NOISE_SCALES:
+        raise DeepCutsError(f"unknown {spell('noise_scale')} {scale!r}; choose 'relative' (sigma = noise_std x "
+                            "each output's standard deviation) or 'absolute' (sigma = noise_std)")
+    if noise_std is None:
+        return scale, DEFAULT_NOISE_STD[scale]
+    sigma = real_number(spell("noise_std"), noise_std, minimum=0)
+    if scale == "relative" and sigma == 0:
+        raise DeepCutsError(f"{spell('noise_std')} must be > 0 with {spell('noise_scale', 'relative')} (a fraction of "
+                            "each output's standard deviation, e.g. 0.15); for no noise pass "
+                            f"{spell('noise_scale', 'absolute')} and {spell('noise_std', 0)}")
+    return scale, sigma
 
 
 def check_seed(value, name: str = "seed") -> int:
