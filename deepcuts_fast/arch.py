@@ -39,6 +39,8 @@ class EncoderLayer:
     linears: dict[str, nn.Linear]  # role -> module
     names: dict[str, str]  # role -> qualified module name
     head_dim: int
+    extras: dict[str, nn.Linear]  # the family's `head_extras` this layer has (qualified name -> Linear): sliced
+    #                               with its heads, not scored
 
     @property
     def num_heads(self) -> int:
@@ -82,6 +84,7 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     for i, layer in enumerate(layers):
         attention = layer.get_submodule(spec.attention)
         linears = {role: layer.get_submodule(getattr(spec, role)) for role in ROLES}
+        extras = {f"{prefix}{spec.layers}.{i}.{path}": _find(layer, path) for path in spec.head_extras}
         for role, lin in linears.items():
             if not isinstance(lin, nn.Linear):
                 raise DeepCutsError(f"layer {i} {role} is {type(lin).__name__}, expected nn.Linear")
@@ -94,9 +97,17 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
                 linears=linears,
                 names={role: f"{layer_prefix}.{getattr(spec, role)}" for role in ROLES},
                 head_dim=int(getattr(attention, spec.head_dim_attr)),
+                extras={name: lin for name, lin in extras.items() if lin is not None},
             )
         )
     return out
+
+
+def _find(layer: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def embeddings_module(model: nn.Module) -> nn.Module:

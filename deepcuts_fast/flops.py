@@ -3,7 +3,10 @@
 Counts multiply-adds as 2 FLOPs, for one sequence of `seq_len` tokens, forward pass. A head costs
 its Q/K/V rows and attention-output columns (4 * hidden * head_dim weights, 3 * head_dim biases)
 plus its attention scores and weighted sum (2 * seq_len^2 * head_dim multiply-adds); an FFN neuron
-costs its intermediate row and bias and its output column (2 * hidden weights + 1 bias).
+costs its intermediate row and bias and its output column (2 * hidden weights + 1 bias). A family with
+relative-position attention (`families`: DeBERTa's disentangled attention) adds, per head, its products of
+queries or keys with the relative-position keys and its projections of those (the projections run once a batch;
+they are counted once a sequence, as for a batch of one), and the rows of any separate projection it owns.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .arch import HEAD_ROLES, NEURON_ROLES, UNIT_AXIS, encoder_layers
+from .families import family
 
 
 @dataclass(frozen=True)
@@ -20,9 +24,12 @@ class UnitCosts:
 
     hidden: int
     head_dim: int
+    relative: tuple[int, int, int] = (0, 0, 0)  # the family's (relative keys, products over them, projections)
+    extra_rows: int = 0  # head_dim-row Linears a head owns beyond the four roles (with biases)
 
     def head_params(self) -> int:
-        return sum(self.hidden * self.head_dim + (self.head_dim if UNIT_AXIS[r] == "rows" else 0) for r in HEAD_ROLES)
+        roles = sum(self.hidden * self.head_dim + (self.head_dim if UNIT_AXIS[r] == "rows" else 0) for r in HEAD_ROLES)
+        return roles + self.extra_rows * (self.hidden + 1) * self.head_dim
 
     def neuron_params(self) -> int:
         return sum(self.hidden + (1 if UNIT_AXIS[r] == "rows" else 0) for r in NEURON_ROLES)
@@ -30,7 +37,10 @@ class UnitCosts:
     def head_flops(self, seq_len: int) -> int:
         projections = 2 * seq_len * len(HEAD_ROLES) * self.hidden * self.head_dim
         attention = 2 * 2 * seq_len * seq_len * self.head_dim
-        return projections + attention
+        keys, products, relative_projections = self.relative
+        relative = 2 * products * seq_len * keys * self.head_dim + 2 * relative_projections * keys * self.hidden * \
+            self.head_dim
+        return projections + attention + relative
 
     def neuron_flops(self, seq_len: int) -> int:
         return 2 * seq_len * len(NEURON_ROLES) * self.hidden
@@ -38,7 +48,10 @@ class UnitCosts:
 
 def layer_costs(model: nn.Module) -> list[UnitCosts]:
     """UnitCosts of every encoder layer of `model`."""
-    return [UnitCosts(hidden=layer.linears["query"].in_features, head_dim=layer.head_dim)
+    fam = family(model)
+    relative = fam.relative(model.config)
+    return [UnitCosts(hidden=layer.linears["query"].in_features, head_dim=layer.head_dim, relative=relative,
+                      extra_rows=len(layer.extras))
             for layer in encoder_layers(model)]
 
 

@@ -18,11 +18,11 @@ if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter; 
 TINY = dict(hidden=32, heads=4, ffn=48, layers=2, vocab=100)
 
 
-FAMILIES = ["bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert"]
+FAMILIES = ["bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert", "mpnet", "deberta-v2"]
 """Every supported family (one model type each), as the family-parametrized tests run them: adding a family to
-deepcuts_fast/families/ means adding it here (and to `_FAMILY_CONFIGS` below when it is not BERT-shaped)."""
+deepcuts_fast/families/ means adding it here (its tiny config comes from the family's own `config`)."""
 
-PAD_ONE = {"roberta", "xlm-roberta", "camembert"}  # families whose tokenizers pad with id 1 (RoBERTa-like)
+PAD_ONE = {"roberta", "xlm-roberta", "camembert", "mpnet"}  # families whose tokenizers pad with id 1 (RoBERTa-like)
 
 
 def pad_id(arch: str) -> int:
@@ -30,22 +30,33 @@ def pad_id(arch: str) -> int:
     return 1 if arch in PAD_ONE else 0
 
 
+def attentions(arch: str) -> list[str]:
+    """The attention implementations transformers has for the family: eager always, sdpa where it exists."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(AutoConfig.for_model(arch))]
+    return ["sdpa", "eager"] if cls._supports_sdpa else ["eager"]
+
+
+def arch_attention_pairs() -> list[tuple[str, str]]:
+    """(family, attention) for every family and each attention implementation it has."""
+    return [(arch, attn) for arch in FAMILIES for attn in attentions(arch)]
+
+
 def tiny_model(arch: str = "bert", num_labels: int = 2, attn: str = "eager", seed: int = 0):
     """A tiny random-weight sequence classifier of the given family (a model_type), in eval mode."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
+
+    from deepcuts_fast.families import family
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=TINY["vocab"], max_position_embeddings=64, num_labels=num_labels,
-                  attn_implementation=attn)
-    if arch == "distilbert":
-        shape = dict(dim=TINY["hidden"], n_heads=TINY["heads"], hidden_dim=TINY["ffn"], n_layers=TINY["layers"])
-    else:
-        shape = dict(hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"], intermediate_size=TINY["ffn"],
-                     num_hidden_layers=TINY["layers"])
     extra = {"pad_token_id": pad_id(arch)} if arch in PAD_ONE else {}
     if arch == "electra":
         extra["embedding_size"] = TINY["hidden"]
-    cfg = AutoConfig.for_model(arch, **shape, **common, **extra)
+    cfg = family({"model_type": arch}).config(TINY["hidden"], TINY["heads"], TINY["ffn"], TINY["layers"],
+                                              vocab_size=TINY["vocab"], max_position_embeddings=64,
+                                              num_labels=num_labels, attn_implementation=attn, **extra)
     model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attn)
     if num_labels == 1:
         model.config.problem_type = "regression"

@@ -17,6 +17,21 @@ def prunable(model):
     return [(layer.names[r], layer.linears[r]) for layer in encoder_layers(model) for r in ROLES]
 
 
+def first_call(hook):
+    """`hook` for a Linear's first call in the forward, the call on the tokens; a later call (DeBERTa runs its Q/K
+    projections on the relative-position embeddings too) gets no noise and passes no gradient to the weights:
+    the scores are defined on the token path."""
+    calls = []
+
+    def wrapped(mod, inp, out):
+        calls.append(1)
+        if len(calls) == 1:
+            return hook(mod, inp, out)
+        return F.linear(inp[0], mod.weight.detach(), None if mod.bias is None else mod.bias.detach())
+
+    return wrapped
+
+
 def batch_loss(model, batch):
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits
@@ -62,7 +77,7 @@ def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shif
                         return out + sigma * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
                                                                      ).view(out.shape)
                     return out
-                handles.append(lin.register_forward_hook(hook))
+                handles.append(lin.register_forward_hook(first_call(hook)))
             loss = batch_loss(model, batch)
             for h in handles:
                 h.remove()
@@ -101,7 +116,7 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
                         sigma = noise_sigma(out, batch["attention_mask"], noise_std, noise_scale)
                         return out + sigma * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)
                                                                      ).view(out.shape)
-                    handles.append(lin.register_forward_hook(hook))
+                    handles.append(lin.register_forward_hook(first_call(hook)))
             grads = torch.autograd.grad(batch_loss(model, batch), ms)
             for h in handles:
                 h.remove()

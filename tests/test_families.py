@@ -3,23 +3,25 @@ in the tests' family list, refused ones are refused with their reason, and no mo
 model type or branches on one."""
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, PAD_ONE, TINY, tiny_model
+from conftest import FAMILIES, PAD_ONE, TINY, pad_id, tiny_batches, tiny_model
 
 import deepcuts_fast as dc
 from deepcuts_fast.arch import ROLES, UNIT_AXIS, encoder_layers
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.families import FAMILIES as REGISTRY
 from deepcuts_fast.families import REFUSED, family
+from deepcuts_fast.flops import UnitCosts, encoder_flops, layer_costs
 from deepcuts_fast.models import max_positions
 
 PACKAGE = Path(dc.__file__).parent
 MODEL_TYPES = sorted({*REGISTRY, *REFUSED, "bert", "roberta", "distilbert", "electra", "albert", "camembert",
-                      "xlm-roberta"})
+                      "xlm-roberta", "mpnet", "deberta-v2"})
 
 
 def test_every_registered_family_is_in_the_tests_family_list():
@@ -50,6 +52,83 @@ def test_a_family_describes_its_tiny_model(arch):
     if offset:
         with pytest.raises((IndexError, RuntimeError)):  # one position too many
             model(input_ids=torch.full((1, 64), 5))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_every_family_goes_the_whole_way(arch):
+    """Every criterion at both granularities, every planner target, paper-style masks, pruning, reconstruction and
+    the retraining-free pipeline, on the family's tiny model: what works for BERT works for each family."""
+    model = tiny_model(arch)
+    batches = tiny_batches(pad_id=pad_id(arch))
+    dense_flops = encoder_flops(model, 128)
+    weighted = [name for name, criterion in dc.CRITERIA.items() if criterion.per_weight]
+    for granularity, names in (("weight", weighted), ("unit", list(dc.CRITERIA))):
+        for name, scores in dc.score_many(model, batches, names, granularity, noise_samples=2, progress=False).items():
+            assert all(torch.isfinite(t).all() for t in scores.to_tensors().values()), (name, granularity)
+            if granularity == "weight":  # paper-style masks
+                assert dc.apply_masks(copy.deepcopy(model), scores.masks(2.0, params="encoder")) > 0
+    scores = dc.score(model, batches, "cam-cut", granularity="unit", progress=False)
+    for target, value in (("keep_flops", 0.5), ("keep_params", 0.5), ("keep_heads", 0.5), ("keep_neurons", 0.5),
+                          ("speedup", 1.2)):
+        plan = dc.plan(model, scores, **{target: value}, seq_len=32)
+        slim = dc.prune(model, plan)
+        assert encoder_flops(slim, 128) < dense_flops
+    plan = dc.plan(model, scores, keep_flops=0.5)
+    refit = dc.reconstruct(dc.prune(model, plan), model, batches)
+    assert encoder_flops(refit, 128) <= 0.5 * dense_flops * 1.01
+    slim, plan, _ = dc.prune_without_retraining(model, batches, keep_flops=0.5, progress=False)
+    assert encoder_flops(slim, 128) <= 0.5 * dense_flops * 1.01
+    with torch.no_grad():
+        assert torch.isfinite(slim(**{k: v for k, v in batches[0].items() if k != "labels"}).logits).all()
+
+
+def test_deberta_without_shared_keys_prunes_its_position_projections_with_the_heads():
+    """DeBERTa-v2 with its own relative-position projections: they lose the pruned heads' rows too, and the
+    slim model equals the dense one with those heads zeroed (including their position projection rows)."""
+    from test_pruning import logits, random_plan, zero_dropped_units
+
+    torch.manual_seed(0)
+    config = family({"model_type": "deberta-v2"}).config(TINY["hidden"], TINY["heads"], TINY["ffn"], TINY["layers"],
+                                                         vocab_size=TINY["vocab"], max_position_embeddings=64,
+                                                         share_att_key=False, position_buckets=8)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    assert all(len(layer.extras) == 2 for layer in encoder_layers(model))
+    plan = random_plan(model, 1, empty_heads_layer=1, empty_ffn_layer=0)
+    slim = dc.prune(model, plan)
+    for layer, kept in zip(encoder_layers(slim), plan.heads):
+        assert all(lin.out_features == len(kept) * layer.head_dim for lin in layer.extras.values())
+    for batch in tiny_batches():
+        torch.testing.assert_close(logits(slim, batch), logits(zero_dropped_units(model, plan), batch),
+                                   rtol=1e-5, atol=1e-5)
+    # its relative-position terms are counted: 2 products over 16 keys, 2 projections, per head
+    cost = layer_costs(model)[0]
+    plain = UnitCosts(cost.hidden, cost.head_dim)
+    assert cost.relative == (16, 2, 2) and cost.extra_rows == 2
+    assert cost.head_flops(10) - plain.head_flops(10) == 2 * 2 * 10 * 16 * 8 + 2 * 2 * 16 * 32 * 8
+    assert cost.head_params() - plain.head_params() == 2 * (32 + 1) * 8
+
+
+def test_mpnet_layers_pick_their_heads_of_the_shared_position_bias():
+    """MPNet's encoder computes one relative position bias for all heads; a pruned layer reads its kept heads'
+    slices, by their original numbers, through repeated pruning."""
+    from test_pruning import logits, zero_dropped_units
+
+    model = tiny_model("mpnet")
+    with torch.no_grad():  # a bias that tells the heads apart (its initial values are ~0.02)
+        model.mpnet.encoder.relative_attention_bias.weight.normal_(0, 2.0)
+    ffn = TINY["ffn"]
+    first = dc.Plan([[3, 0, 2], [1]], [list(range(0, ffn, 2)), list(range(ffn))], [4, 4], [ffn, ffn])
+    once = dc.prune(model, first)
+    assert [layer.attention.deepcuts_head_ids.tolist() for layer in encoder_layers(once)] == [[0, 2, 3], [1]]
+    second = dc.Plan([[2, 0], []], [list(range(ffn // 2)), list(range(1, ffn, 3))], [3, 1], [ffn // 2, ffn])
+    twice = dc.prune(once, second)
+    assert [layer.attention.deepcuts_head_ids.tolist() for layer in encoder_layers(twice)] == [[0, 3], []]
+    composed = dc.Plan([[0, 3], []], [list(range(0, ffn, 2)), list(range(1, ffn, 3))], [4, 4], [ffn, ffn])
+    for batch in tiny_batches(pad_id=pad_id("mpnet")):
+        torch.testing.assert_close(logits(twice, batch), logits(zero_dropped_units(model, composed), batch),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_albert_is_refused_with_its_reason():

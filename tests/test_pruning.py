@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
+from conftest import FAMILIES, arch_attention_pairs, pad_id, tiny_batches, tiny_model
 
 import deepcuts_fast as dc
 from deepcuts_fast.arch import encoder_layers
@@ -54,8 +54,7 @@ def unit_params(model):
     return sum(p.numel() for layer in encoder_layers(model) for lin in layer.linears.values() for p in lin.parameters())
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("arch", "attn"), arch_attention_pairs())
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pruned_equals_dense_with_units_zeroed(arch, attn, seed):
     model = tiny_model(arch, attn=attn)

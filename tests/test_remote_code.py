@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, TINY, tiny_batches, tiny_model
+from conftest import FAMILIES, TINY, arch_attention_pairs, tiny_batches, tiny_model
 
 import deepcuts_fast as dc
 from deepcuts_fast.arch import encoder_layers
@@ -20,10 +20,8 @@ from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.families import family
 from deepcuts_fast.pruning.remote_code import LAYOUT_KEY, MODELING_FILE, TEMPLATE
 
-ARCHS = FAMILIES
-ATTNS = ["sdpa", "eager"]
 KEPT = {"uneven": ([3, 1], [40, 17]), "empty": ([2, 0], [0, 29])}  # heads / FFN neurons kept per layer
-CASES = [f"{arch}|{attn}|{kind}" for arch in ARCHS for attn in ATTNS for kind in KEPT]
+CASES = [f"{arch}|{attn}|{kind}" for arch, attn in arch_attention_pairs() for kind in KEPT]
 HUB_REPO, HUB_CASE = "deepcuts-test/slim-bert", "bert|sdpa|empty"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TEXTS = ["a good film with a moving script", "boring plot, awful actor"]

@@ -9,7 +9,7 @@ ONNX Runtime's transformer optimizer calls it), in the spirit of Optimum's per-m
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -35,10 +35,25 @@ class Family:
     ffn_out: str
     heads_attr: str  # attribute of `attention` holding the number of heads
     head_dim_attr: str  # attribute of `attention` holding the size of one head
+    # more of a head's dependency group, beyond the six roles
+    head_extras: tuple[str, ...] = ()  # Linears (paths in the layer) with head_dim rows per head, where the layer
+    #                                    has them (DeBERTa's separate relative-position projections): sliced with the
+    #                                    head, not scored
+    per_head_input: str | None = None  # an argument of the attention module's forward whose dim 1 holds one slice
+    #                                    per head, computed once for all layers (MPNet's relative position bias):
+    #                                    each narrowed layer picks its kept heads' slices
+    relative_costs: Callable[[object], tuple[int, int, int]] | None = None  # config -> (relative-position keys a
+    #                                    head also attends over, query-by-key products over them, projections of
+    #                                    them per head): DeBERTa's disentangled attention
     # export facts
     inputs: tuple[str, ...] = ("input_ids", "attention_mask")  # what the family's tokenizer returns
     positions_after_padding: bool = False  # RoBERTa-like: position ids start at pad_token_id + 1
-    onnx_model_type: str = "bert"  # what onnxruntime's transformer optimizer calls this graph layout
+    onnx_model_type: str | None = "bert"  # what onnxruntime's transformer optimizer calls this graph layout
+    # how a config of a given shape is made (for tests and benchmarks): the config's names for the four shape
+    # numbers, and the settings the family's released checkpoints use beyond transformers' defaults
+    shape_names: tuple[str, str, str, str] = ("hidden_size", "num_attention_heads", "intermediate_size",
+                                              "num_hidden_layers")
+    released: tuple[tuple[str, object], ...] = ()
 
     def layout(self) -> dict:
         """The layer layout as the self-contained modeling file reads it (written to config.json as
@@ -48,6 +63,7 @@ class Family:
         return {"layers": self.layers, "attention": self.attention, "heads_attr": self.heads_attr,
                 "head_dim_attr": self.head_dim_attr,
                 "heads": [list(s) for s in slices["heads"]], "neurons": [list(s) for s in slices["neurons"]],
+                "head_extras": list(self.head_extras), "per_head_input": self.per_head_input,
                 # where the attention module reaches its output Linear, if it owns it (DistilBERT)
                 "attn_out_inside": self.attn_out[len(prefix):] if self.attn_out.startswith(prefix) else None}
 
@@ -66,13 +82,19 @@ class Family:
         return getattr(self, role)
 
     def narrow_layer(self, layer: nn.Module, heads: int, width: int,
-                     new_linear: Callable[[str, nn.Linear, int, int], nn.Linear]) -> None:
+                     new_linear: Callable[[str, nn.Linear, int, int], nn.Linear],
+                     kept_heads: Sequence[int] | None = None) -> None:
         """Give one encoder layer `heads` heads and `width` FFN neurons; `new_linear(kind, old, axis, size)` makes
-        each narrowed Linear (kind "heads" or "neurons"). The modeling file's code: the pruner and stock loading
-        narrow a layer the same way."""
+        each narrowed Linear (kind "heads" or "neurons"); `kept_heads`, the pruner's, says which of the layer's heads
+        stay. The modeling file's code: the pruner and stock loading narrow a layer the same way."""
         from ..pruning.modeling_deepcuts_slim import narrow_layer  # the file saved folders carry
 
-        narrow_layer(layer, self.layout(), heads, width, new_linear)
+        narrow_layer(layer, self.layout(), heads, width, new_linear, kept_heads)
+
+    def relative(self, config) -> tuple[int, int, int]:
+        """(relative-position keys a head attends over beside the tokens, query-by-key products over them,
+        projections of them per head) for a model of `config`; zeros for a family without them."""
+        return self.relative_costs(config) if self.relative_costs is not None else (0, 0, 0)
 
     def max_positions(self, config) -> int | None:
         """The longest token sequence `config`'s position embeddings allow (None when it does not say)."""
@@ -80,6 +102,14 @@ class Family:
         if limit is not None and self.positions_after_padding:
             limit -= (getattr(config, "pad_token_id", None) or 0) + 1
         return limit
+
+    def config(self, hidden: int, heads: int, ffn: int, layers: int, **settings):
+        """A transformers config of this family with the given shape (hidden size, heads, FFN width, layers), the
+        settings its released checkpoints use, then `settings` (which win)."""
+        from transformers import AutoConfig
+
+        shape = dict(zip(self.shape_names, (hidden, heads, ffn, layers)))
+        return AutoConfig.for_model(self.model_type, **{**shape, **dict(self.released), **settings})
 
     def auto_map(self, module: str) -> dict[str, str]:
         """The config.json `auto_map` naming the modeling file `module`'s classes for this family."""

@@ -3,10 +3,11 @@ n neurons, measured once per machine, precision and shape, so that a speedup bud
 
 FLOPs map to time differently on each device (small GEMMs, kernel launches, LayerNorms and softmax), so
 `dc.plan(..., speedup=s)` prices every unit by its measured marginal time. How it is measured: a copy of the
-model with its encoder layers taken out (the shell: embeddings, pooler, classifier) runs with no layer at all
-(time E) and with one copy of an encoder layer sliced by `dc.prune`'s own code (so a layer without heads runs
-the slim model's empty attention) to k heads and no FFN neurons (k = 0..H), or to no heads and n neurons (n on
-a grid of every 1/16 of the width, interpolated in between). The probes run round-robin in a shuffled order on
+model with its encoder layers taken out (the shell: embeddings, pooler, classifier) runs with one copy of an
+encoder layer sliced by `dc.prune`'s own code (so a layer without heads runs the slim model's empty attention) to
+k heads and no FFN neurons (k = 0..H), or to no heads and n neurons (n on a grid of every 1/16 of the width,
+interpolated in between), and with two layers of no heads and no neurons: the shell alone (time E) is one empty
+layer less than one empty layer, as some encoders (DeBERTa's) cannot run without a layer. The probes run round-robin in a shuffled order on
 the seeded token ids `dc.benchmark` feeds (full attention mask), after a warm-up; each time is the median of the
 faster half of its rounds (the 25th percentile: other processes on a shared machine only ever add time, and a
 burst of them must not price one probe higher than the rest), and a monotone fit over k and over n keeps the
@@ -129,7 +130,8 @@ def table_for(model: nn.Module, seq_len: int, batch_size: int, device: str | tor
 
 
 def model_shapes(model: nn.Module) -> dict:
-    """What decides the table: the model class and attention code, layer widths, FFN activation, head sizes."""
+    """What decides the table: the model class and attention code, layer widths, FFN activation, head sizes, the
+    family's relative-position attention."""
     layers = encoder_layers(model)
     config = model.config
     heads, ffn = max(layer.num_heads for layer in layers), max(layer.ffn_width for layer in layers)
@@ -138,7 +140,8 @@ def model_shapes(model: nn.Module) -> dict:
             "hidden": layers[0].linears["query"].in_features, "head_dim": layers[0].head_dim, "heads": heads,
             "ffn": ffn, "ffn_grid": ffn_grid(ffn, [layer.ffn_width for layer in layers]),
             "activation": str(getattr(config, "hidden_act", getattr(config, "activation", None))),
-            "vocab": getattr(config, "vocab_size", None), "labels": getattr(config, "num_labels", None)}
+            "vocab": getattr(config, "vocab_size", None), "labels": getattr(config, "num_labels", None),
+            "relative": list(arch_spec(model).relative(config))}
 
 
 def ffn_grid(width: int, widths: Sequence[int] = ()) -> list[int]:
@@ -170,33 +173,37 @@ def measure(model: nn.Module, shapes: dict, seq_len: int, batch_size: int, devic
     heads, grid = list(range(shapes["heads"] + 1)), shapes["ffn_grid"]
     points = [(k, 0) for k in heads] + [(0, n) for n in grid if n]
     shell, install = _shell(model, device, precision.dtype)
-    probes = [None] + [_layer(model, shell, install, k, n, device, precision.dtype) for k, n in points]
+    single = [[_layer(model, shell, install, k, n, device, precision.dtype)] for k, n in points]
+    empty = single[points.index((0, 0))][0]
+    probes = [[copy.deepcopy(empty), copy.deepcopy(empty)], *single]
     inputs = _inputs(model, batch_size, seq_len, device)
     with torch.inference_mode():
         times = time_probes(lambda i: install(probes[i]), lambda: shell(**inputs), len(probes), device)
-    fixed, by_point = times[0], dict(zip(points, times[1:]))
+    two_empty, by_point = times[0], dict(zip(points, times[1:]))
+    layer_ms = min(max(0.0, two_empty - by_point[(0, 0)]), by_point[(0, 0)])  # noise must not make E negative
+    fixed = by_point[(0, 0)] - layer_ms
     attention = _monotone([by_point[(k, 0)] for k in heads])
     ffn = _monotone([by_point[(0, n)] if n else by_point[(0, 0)] for n in grid])
     settings = {"batch_size": batch_size, "seq_len": seq_len, "device": str(device), "dtype": precision.name,
                 "dtype_reason": precision.reason, "threads": torch.get_num_threads(),
-                "machine": machine_description(device), "shapes": shapes, "fixed_raw_ms": fixed,
+                "machine": machine_description(device), "shapes": shapes, "two_empty_layers_raw_ms": two_empty,
                 "raw_ms": {f"{k},{n}": t for (k, n), t in by_point.items()}}
-    return LatencyTable(key=key, fixed_ms=fixed, layer_ms=max(0.0, by_point[(0, 0)] - fixed),
+    return LatencyTable(key=key, fixed_ms=fixed, layer_ms=layer_ms,
                         heads_ms=tuple(a - attention[0] for a in attention), ffn_widths=tuple(grid),
                         ffn_ms=tuple(f - ffn[0] for f in ffn), settings=settings)
 
 
 def _shell(model: nn.Module, device: torch.device, dtype: torch.dtype):
-    """(a copy of `model` without its encoder layers, cast and moved, in eval mode; a function that installs one
-    layer, or none, as its only encoder layer). The layers are never copied with it."""
+    """(a copy of `model` without its encoder layers, cast and moved, in eval mode; a function that installs the
+    given layers as its encoder layers). The model's layers are never copied with it."""
     spec = arch_spec(model)
     layers = base_model(model).get_submodule(spec.layers)
     shell = copy.deepcopy(model, memo={id(layers): nn.ModuleList()}).to(device=device, dtype=dtype).eval()
     parent, _, name = spec.layers.rpartition(".")
     holder = base_model(shell).get_submodule(parent) if parent else base_model(shell)
 
-    def install(layer: nn.Module | None) -> None:
-        setattr(holder, name, nn.ModuleList([] if layer is None else [layer]))
+    def install(layers: Sequence[nn.Module]) -> None:
+        setattr(holder, name, nn.ModuleList(layers))
 
     return shell, install
 
@@ -212,7 +219,7 @@ def _layer(model: nn.Module, shell: nn.Module, install, heads: int, neurons: int
     layers = encoder_layers(model)
     widest = max(layers, key=lambda layer: (layer.num_heads if neurons == 0 else layer.ffn_width))
     module = copy.deepcopy(base_model(model).get_submodule(arch_spec(model).layers)[widest.index])
-    install(module)
+    install([module])
     shrink(shell, [list(range(heads))], [list(range(neurons))])
     return module.to(device=device, dtype=dtype).eval()
 

@@ -16,6 +16,7 @@ as in deepcuts-fast. Only torch and transformers are imported here.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -42,25 +43,84 @@ def narrow(model: nn.Module) -> None:
         narrow_layer(layer, layout, int(n_heads), int(width), _resized)
 
 
-def narrow_layer(layer: nn.Module, layout: dict, n_heads: int, width: int, new_linear) -> None:
+def narrow_layer(layer: nn.Module, layout: dict, n_heads: int, width: int, new_linear, kept_heads=None) -> None:
     """Give one encoder layer `n_heads` heads and `width` FFN neurons. `layout` (a family's, see deepcuts-fast's
     `families`) names the attention module, its head-count and head-size attributes, and for a head and for an FFN
     neuron the (Linear path, axis) slices that make one unit; `new_linear(kind, old, axis, size)` returns the Linear
     that replaces `old` with `size` rows (axis 0) or columns (axis 1): new ones here, slices of the dense ones in
-    deepcuts-fast's pruner, which calls this same function."""
+    deepcuts-fast's pruner, which calls this same function with `kept_heads`, the heads that stay."""
     attention = layer.get_submodule(layout["attention"])
     head_size = int(getattr(attention, layout["head_dim_attr"]))
+    extras = [(path, 0) for path in layout.get("head_extras", ()) if _has(layer, path)]
     for kind, size in (("heads", n_heads * head_size), ("neurons", width)):
-        for path, axis in layout[kind]:
+        for path, axis in [*layout[kind], *(extras if kind == "heads" else ())]:
             old = layer.get_submodule(path)
             parent, _, name = path.rpartition(".")
             setattr(layer.get_submodule(parent) if parent else layer, name, new_linear(kind, old, int(axis), size))
+    if layout.get("per_head_input"):
+        _pick_heads(attention, layout["per_head_input"], n_heads, kept_heads)
     setattr(attention, layout["heads_attr"], n_heads)
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = n_heads * head_size
     if n_heads == 0 and not isinstance(attention, NoHeads):
         attention.__class__ = no_heads_class(type(attention))
         attention._deepcuts_out = layout.get("attn_out_inside")
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _pick_heads(attention: nn.Module, argument: str, n_heads: int, kept_heads) -> None:
+    """Make `attention` read only its heads' slices (dim 1) of the per-head input `argument`, which the encoder
+    computes once for all of its heads: the original head numbers are the buffer `deepcuts_head_ids`, saved with
+    the weights (a pruned layer's kept heads, composed over repeated pruning; 0..n-1 until the weights load)."""
+    ids = getattr(attention, "deepcuts_head_ids", None)
+    if kept_heads is not None:
+        kept = torch.as_tensor(list(kept_heads), dtype=torch.long)
+        ids = kept if ids is None else ids.index_select(0, kept.to(ids.device))
+    else:
+        ids = torch.arange(n_heads)
+    device = next(attention.parameters()).device
+    attention.register_buffer("deepcuts_head_ids", ids.to(device), persistent=True)
+    if not isinstance(attention, PicksHeads):
+        attention.__class__ = picks_heads_class(type(attention), argument)
+
+
+class PicksHeads:
+    """Mixed in front of an attention class whose forward takes one input with a slice per head of the dense
+    model (`_deepcuts_argument`, at `_deepcuts_position` when given by position): passes on only the slices of
+    the heads this layer kept."""
+
+    _deepcuts_argument: str = ""
+    _deepcuts_position: int = -1
+
+    def forward(self, *args, **kwargs):
+        name, at = self._deepcuts_argument, self._deepcuts_position
+        if name in kwargs:
+            kwargs[name] = _heads_of(kwargs[name], self.deepcuts_head_ids)
+        elif 0 <= at < len(args):
+            args = (*args[:at], _heads_of(args[at], self.deepcuts_head_ids), *args[at + 1:])
+        return super().forward(*args, **kwargs)
+
+
+def _heads_of(per_head: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor | None:
+    return per_head if per_head is None else per_head.index_select(1, ids)
+
+
+def picks_heads_class(cls: type, argument: str) -> type:
+    """The attention class `cls` with `PicksHeads` in front for its forward's `argument` (one class per pair)."""
+    key = (cls, argument)
+    if key not in _CLASSES:
+        names = list(inspect.signature(cls.forward).parameters)[1:]  # without self
+        _CLASSES[key] = type(f"PicksHeads{cls.__name__}", (PicksHeads, cls),
+                             {"_deepcuts_argument": argument,
+                              "_deepcuts_position": names.index(argument) if argument in names else -1})
+    return _CLASSES[key]
 
 
 def _resized(kind: str, old: nn.Linear, axis: int, size: int) -> nn.Linear:
@@ -85,14 +145,14 @@ class NoHeads:
         return context, None
 
 
-_NO_HEAD_CLASSES: dict[type, type] = {}
+_CLASSES: dict = {}  # the classes made by no_heads_class and picks_heads_class, made once each
 
 
 def no_heads_class(cls: type) -> type:
     """The attention class `cls` with `NoHeads` in front (one class per attention class)."""
-    if cls not in _NO_HEAD_CLASSES:
-        _NO_HEAD_CLASSES[cls] = type(f"NoHeads{cls.__name__}", (NoHeads, cls), {})
-    return _NO_HEAD_CLASSES[cls]
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"NoHeads{cls.__name__}", (NoHeads, cls), {})
+    return _CLASSES[cls]
 
 
 class _Slim:

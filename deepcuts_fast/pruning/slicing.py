@@ -67,7 +67,7 @@ def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[S
         index = {"heads": torch.tensor(head_rows, dtype=torch.long),
                  "neurons": torch.tensor(list(kept_neurons), dtype=torch.long)}
         fam.narrow_layer(layer, len(kept_heads), len(kept_neurons),
-                         lambda kind, old, axis, size: _slice(old, index[kind], dim=axis))
+                         lambda kind, old, axis, size: _slice(old, index[kind], dim=axis), kept_heads)
     model.config.deepcuts_heads = [len(h) for h in heads]
     model.config.deepcuts_ffn = [len(n) for n in neurons]
 

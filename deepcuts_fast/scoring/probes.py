@@ -136,12 +136,27 @@ class LinearProbe:
 @contextlib.contextmanager
 def attached(probes: Iterable[LinearProbe], chunk: Chunk) -> Iterator[None]:
     """The probes' hooks on their Linears for one chunk's forward and backward."""
-    handles = [p.module.register_forward_hook(functools.partial(p._forward, chunk)) for p in probes]
+    handles = [p.module.register_forward_hook(_first_call(functools.partial(p._forward, chunk))) for p in probes]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def _first_call(hook: Callable) -> Callable:
+    """`hook` for the first call of its Linear in the chunk's forward only: that is the call on the batch's tokens.
+    A later call runs the same weights on something else (DeBERTa's shared Q/K projections of its relative-position
+    embeddings), not a token activation; its share of the weight gradient is left out of the scores."""
+    called = []
+
+    def first_only(module: nn.Module, inputs: tuple, output: torch.Tensor):
+        if called:
+            return None
+        called.append(True)
+        return hook(module, inputs, output)
+
+    return first_only
 
 
 def output_std(rows: torch.Tensor, mask: torch.Tensor, samples: int) -> torch.Tensor:
