@@ -482,3 +482,37 @@ def test_bench_latency_summary(pair):
     expected = ["fp32"] if choose("infer", "cpu", "auto").name == "fp32" else ["fp32", "auto"]
     assert distinct("infer", "cpu", ["fp32", "auto"]) == expected
     assert distinct("infer", "cpu", ["fp32", "float32", "bf16"]) == ["fp32", "bf16"]
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/bench_families.py: a tiny run of two families (one with token_type_ids, one without)
+
+
+def test_bench_families_tiny_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_families", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_families.py")
+    bench_families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_families)
+    out = tmp_path / "families.json"
+    argv = ["--families", "bert,roberta", "--layers", "1", "--hidden", "32", "--heads", "4", "--ffn", "64",
+            "--batch-size", "1", "--seq-len", "8", "--rounds", "2", "--warmup", "0", "--threads", "1",
+            "--json", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # magnitude scores have no Fisher reference: plan says so
+        assert bench_families.main(argv) == 0
+    text = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert [r["family"] for r in saved["rows"]] == ["bert", "roberta"]
+    assert saved["machine"]["threads"] == 1 and saved["settings"]["keep_flops"] == 0.5
+    for row in saved["rows"]:
+        assert row["flop_reduction"] == pytest.approx(row["dense_encoder_flops"] / row["slim_encoder_flops"])
+        assert row["flop_reduction"] > 1 and row["dense"]["runs"] == row["slim"]["runs"] == 2
+        assert row["flop_efficiency"] == pytest.approx(row["speedup"] / row["flop_reduction"])
+        assert row["passed"] == (row["flop_efficiency"] >= bench_families.TARGET)
+        assert f"| {row['family']} | " in text
+    assert [r["inputs"] for r in saved["rows"]] == [["input_ids", "attention_mask", "token_type_ids"],
+                                                    ["input_ids", "attention_mask"]]
+    assert "machine: " in text and "1 threads" in text
+    with pytest.raises(SystemExit):
+        bench_families.parse_args(["--families", "bert,nosuch"])
+    assert "registered: " in capsys.readouterr().err
