@@ -30,6 +30,15 @@ def pad_id(arch: str) -> int:
     return 1 if arch in PAD_ONE else 0
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Mark the cases that run a Triton kernel in the interpreter (backend "triton" without a GPU): NumPy executes
+    them, which the portable pass's ISA and thread caps do not change, so that pass skips them."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") == "triton" and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.triton_interpreter)
+
+
 def attentions(arch: str) -> list[str]:
     """The attention implementations transformers has for the family: eager always, sdpa where it exists."""
     from transformers import AutoConfig
