@@ -197,7 +197,7 @@ def test_dense_folders_stay_plain_and_stock_loading_refuses_slim_shapes(tmp_path
 def test_the_template_names_no_family_and_reads_the_layout_from_the_config(saved):
     """The modeling file reads where the Linears are from config.json (written from the registry), so it holds no
     table of families that could drift from deepcuts_fast/families/."""
-    import deepcuts_fast.pruning.modeling_deepcuts_slim as template
+    import deepcuts_fast.families.modeling_deepcuts_slim as template
 
     assert not hasattr(template, "LAYOUTS")
     for case in CASES:

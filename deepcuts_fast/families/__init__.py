@@ -1,6 +1,6 @@
 """The registry of encoder families: the only place that knows one.
 
-Every module of this package (but `base`) describes one transformers `model_type`: `FAMILY`, a `base.Family`,
+Every module of this package (but the `TOOLS`) describes one transformers `model_type`: `FAMILY`, a `base.Family`,
 for a supported one; `REFUSED`, {model_type: reason}, for one deepcuts-fast refuses. The registry is built by
 importing them all, so adding a family is adding its module. Everything else asks `family(model_or_config)`.
 """
@@ -12,6 +12,8 @@ import pkgutil
 from ..errors import DeepCutsError
 from .base import Family
 
+TOOLS = ("base", "modeling_deepcuts_slim", "narrowing")
+"""The package's modules that describe no family: the record, the modeling file saved folders carry, narrowing."""
 FAMILIES: dict[str, Family] = {}
 """model_type -> its Family, for every supported family."""
 REFUSED: dict[str, str] = {}
@@ -20,7 +22,7 @@ REFUSED: dict[str, str] = {}
 
 def _collect() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name == "base":
+        if info.name in TOOLS:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         found = getattr(module, "FAMILY", None)
@@ -30,8 +32,6 @@ def _collect() -> None:
             FAMILIES[found.model_type] = found
         REFUSED.update(getattr(module, "REFUSED", {}))
 
-
-_collect()
 
 
 def model_type_of(model_or_config) -> str | None:
@@ -58,5 +58,7 @@ def family(model_or_config) -> Family:
     raise DeepCutsError(f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(FAMILIES))} "
                         "(HF encoder models with the standard module layout)")
 
+
+_collect()  # after the functions above: a module of the package may import them
 
 __all__ = ["FAMILIES", "REFUSED", "Family", "family", "find", "model_type_of"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..arch import HEAD_ROLES, NEURON_ROLES, ROLES, UNIT_AXIS
+from .modeling_deepcuts_slim import narrow_layer  # the file saved folders carry
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,6 @@ class Family:
         """Give one encoder layer `heads` heads and `width` FFN neurons; `new_linear(kind, old, axis, size)` makes
         each narrowed Linear (kind "heads" or "neurons"); `kept_heads`, the pruner's, says which of the layer's heads
         stay. The modeling file's code: the pruner and stock loading narrow a layer the same way."""
-        from ..pruning.modeling_deepcuts_slim import narrow_layer  # the file saved folders carry
-
         narrow_layer(layer, self.layout(), heads, width, new_linear, kept_heads)
 
     def relative(self, config) -> tuple[int, int, int]:

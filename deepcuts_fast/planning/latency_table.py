@@ -6,9 +6,10 @@ FLOPs map to time differently on each device (small GEMMs, kernel launches, Laye
 model with its encoder layers taken out (the shell: embeddings, pooler, classifier) runs with one copy of an
 encoder layer sliced by `dc.prune`'s own code (so a layer without heads runs the slim model's empty attention) to
 k heads and no FFN neurons (k = 0..H), or to no heads and n neurons (n on a grid of every 1/16 of the width,
-interpolated in between), and with two layers of no heads and no neurons: the shell alone (time E) is one empty
-layer less than one empty layer, as some encoders (DeBERTa's) cannot run without a layer. The probes run round-robin in a shuffled order on
-the seeded token ids `dc.benchmark` feeds (full attention mask), after a warm-up; each time is the median of the
+interpolated in between), and with no layer at all (time E; an encoder that cannot run without a layer, as
+DeBERTa's, runs with two layers of no heads and no neurons instead, and E is one empty layer less the difference).
+The probes run round-robin in a shuffled order on the seeded token ids `dc.benchmark` feeds (full attention mask),
+after a warm-up; each time is the median of the
 faster half of its rounds (the 25th percentile: other processes on a shared machine only ever add time, and a
 burst of them must not price one probe higher than the rest), and a monotone fit over k and over n keeps the
 noise left from making a unit look negative in cost.
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from ..arch import arch_spec, base_model, encoder_layers
+from ..families.narrowing import shrink
 from ..cache import cache_dir
 from ..errors import DeepCutsError
 from ..hashing import cache_key
@@ -174,19 +176,26 @@ def measure(model: nn.Module, shapes: dict, seq_len: int, batch_size: int, devic
     points = [(k, 0) for k in heads] + [(0, n) for n in grid if n]
     shell, install = _shell(model, device, precision.dtype)
     single = [[_layer(model, shell, install, k, n, device, precision.dtype)] for k, n in points]
-    empty = single[points.index((0, 0))][0]
-    probes = [[copy.deepcopy(empty), copy.deepcopy(empty)], *single]
     inputs = _inputs(model, batch_size, seq_len, device)
+    empty = single[points.index((0, 0))][0]
+    # the shell alone, or (an encoder that cannot run without a layer) with two empty layers
+    bare = [] if _runs_bare(shell, install, inputs) else [copy.deepcopy(empty), copy.deepcopy(empty)]
+    probes = [bare, *single]
     with torch.inference_mode():
         times = time_probes(lambda i: install(probes[i]), lambda: shell(**inputs), len(probes), device)
-    two_empty, by_point = times[0], dict(zip(points, times[1:]))
-    layer_ms = min(max(0.0, two_empty - by_point[(0, 0)]), by_point[(0, 0)])  # noise must not make E negative
-    fixed = by_point[(0, 0)] - layer_ms
+    first, by_point = times[0], dict(zip(points, times[1:]))
+    one_empty = by_point[(0, 0)]
+    if bare:  # E = one empty layer less the cost of one; noise must not make E negative
+        layer_ms = min(max(0.0, first - one_empty), one_empty)
+        fixed = one_empty - layer_ms
+    else:
+        fixed, layer_ms = first, max(0.0, one_empty - first)
     attention = _monotone([by_point[(k, 0)] for k in heads])
     ffn = _monotone([by_point[(0, n)] if n else by_point[(0, 0)] for n in grid])
     settings = {"batch_size": batch_size, "seq_len": seq_len, "device": str(device), "dtype": precision.name,
                 "dtype_reason": precision.reason, "threads": torch.get_num_threads(),
-                "machine": machine_description(device), "shapes": shapes, "two_empty_layers_raw_ms": two_empty,
+                "machine": machine_description(device), "shapes": shapes,
+                "fixed_probe": "two empty layers" if bare else "no layer", "fixed_probe_raw_ms": first,
                 "raw_ms": {f"{k},{n}": t for (k, n), t in by_point.items()}}
     return LatencyTable(key=key, fixed_ms=fixed, layer_ms=layer_ms,
                         heads_ms=tuple(a - attention[0] for a in attention), ffn_widths=tuple(grid),
@@ -208,14 +217,21 @@ def _shell(model: nn.Module, device: torch.device, dtype: torch.dtype):
     return shell, install
 
 
+def _runs_bare(shell: nn.Module, install, inputs: dict[str, torch.Tensor]) -> bool:
+    """Whether the shell runs with no encoder layer at all (DeBERTa's encoder, for one, returns nothing then)."""
+    install([])
+    try:
+        with torch.inference_mode():
+            shell(**inputs)
+    except Exception:  # noqa: BLE001 - any failure means: time it with layers instead
+        return False
+    return True
+
+
 def _layer(model: nn.Module, shell: nn.Module, install, heads: int, neurons: int, device: torch.device,
            dtype: torch.dtype) -> nn.Module:
     """A copy of the model's widest encoder layer sliced as `dc.prune` slices it, to `heads` heads and `neurons`
     FFN neurons, cast and moved to `device`."""
-    # Planning imports pruning here only: the table must time the very modules dc.prune builds (a layer without
-    # heads runs slicing's empty attention), and a copy of that code here would drift from it.
-    from ..pruning.slicing import shrink
-
     layers = encoder_layers(model)
     widest = max(layers, key=lambda layer: (layer.num_heads if neurons == 0 else layer.ffn_width))
     module = copy.deepcopy(base_model(model).get_submodule(arch_spec(model).layers)[widest.index])

@@ -21,7 +21,7 @@ from ..models import (TOKENIZER_FILES, WEIGHTS_FILE, check_finite_weights, check
 from ..outputs import write_file, write_folder
 from ..planning.plan import Plan
 from .remote_code import add_remote_code
-from .slicing import shrink
+from ..families.narrowing import shrink
 
 PLAN_FILE = "deepcuts_plan.json"
 MODEL_FOLDER_KIND = "model"  # the manifest kind of a folder save_pretrained writes

@@ -37,7 +37,8 @@ from ..precision import autocast, choose
 from ..scoring.scores import Scores
 from .reconstruct import (_advance, _dense_targets, _first_layer_calls, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
-from .slicing import record_cut, shrink
+from ..families.narrowing import shrink
+from .slicing import record_cut
 
 SELECTIONS = ("output", "criterion", "output-heads")
 """How the iterative method picks the kept units of a sublayer: by the output error their removal leaves

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..families import family
+from ..families import family, modeling_deepcuts_slim
 
-MODELING_FILE = "modeling_deepcuts_slim.py"
-TEMPLATE = Path(__file__).with_name(MODELING_FILE)
+TEMPLATE = Path(modeling_deepcuts_slim.__file__)
+MODELING_FILE = TEMPLATE.name
 LAYOUT_KEY = "deepcuts_layout"
 """The config.json key holding the family's layer layout (`families.Family.layout`), which the modeling file reads."""
 

@@ -1,22 +1,15 @@
-"""Physically remove heads and FFN neurons: slice Linears into smaller dense ones.
-
-Driven by the model's family (`families`): each layer is narrowed by the family's `narrow_layer`, the code the
-stock-loadable modeling file runs too, with slices of the dense Linears. A layer left with no heads gets an
-attention module that returns an empty context (its block then adds only the output bias); a layer with no FFN
-neurons keeps zero-width Linears, which PyTorch runs as a bias-only output. A pruned model's config records the weights hashes of the
-models it was cut from (`LINEAGE`), the only dense references `reconstruct` takes for it.
+"""Physically remove heads and FFN neurons: `prune` slices a copy of the model (`families.narrowing.shrink`, the
+family's own narrowing) and records on its config the weights hashes of the models it was cut from (`LINEAGE`),
+the only dense references `reconstruct` takes for it.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from ..arch import base_model
 from ..errors import DeepCutsError, short_repr
-from ..families import family
+from ..families.narrowing import shrink
 from ..hashing import model_fingerprint
 from ..planning.plan import Plan
 
@@ -55,40 +48,3 @@ def record_cut(child: nn.Module, parent: nn.Module, fingerprint: str | None = No
     """Record on `child`'s config that it was cut from `parent` (whose weights hash is `fingerprint`, computed when
     not given), after the models `parent` itself was cut from."""
     setattr(child.config, LINEAGE, [*lineage(parent), fingerprint or model_fingerprint(parent)])
-
-
-def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[Sequence[int]]) -> None:
-    """Slice every encoder layer of `model` in place to the given head and neuron indices."""
-    fam = family(model)
-    layers = base_model(model).get_submodule(fam.layers)
-    for layer, kept_heads, kept_neurons in zip(layers, heads, neurons):
-        head_dim = int(getattr(layer.get_submodule(fam.attention), fam.head_dim_attr))
-        head_rows = [h * head_dim + j for h in kept_heads for j in range(head_dim)]
-        index = {"heads": torch.tensor(head_rows, dtype=torch.long),
-                 "neurons": torch.tensor(list(kept_neurons), dtype=torch.long)}
-        fam.narrow_layer(layer, len(kept_heads), len(kept_neurons),
-                         lambda kind, old, axis, size: _slice(old, index[kind], dim=axis), kept_heads)
-    model.config.deepcuts_heads = [len(h) for h in heads]
-    model.config.deepcuts_ffn = [len(n) for n in neurons]
-
-
-def _slice(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    """A new Linear holding the given output rows (dim=0, with their biases) or input columns (dim=1)."""
-    index = index.to(linear.weight.device)
-    weight = linear.weight.detach().index_select(dim, index).clone().requires_grad_(linear.weight.requires_grad)
-    bias = None
-    if linear.bias is not None:
-        bias = linear.bias.detach().index_select(0, index).clone() if dim == 0 else linear.bias.detach().clone()
-        bias.requires_grad_(linear.bias.requires_grad)
-    return linear_from(weight, bias)
-
-
-def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An nn.Linear around existing tensors (no random initialisation, zero widths allowed)."""
-    out_features, in_features = weight.shape
-    linear = nn.Linear(1, 1, bias=bias is not None, device="meta")  # no init work; shapes set below
-    linear.in_features, linear.out_features = in_features, out_features
-    linear.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
-    return linear
