@@ -51,10 +51,9 @@ class EncoderLayer:
         return self.linears["ffn_in"].out_features
 
 
-def arch_spec(model: nn.Module):
-    """The `families.Family` of `model` (its module paths and facts), or an error: the reason for a refused family,
-    the supported list for an unknown one."""
-    from .families import family  # the registry's modules import this one
+def _family(model: nn.Module):
+    """`families.family(model)`, imported here on use: the registry's modules import this one."""
+    from .families import family
 
     return family(model)
 
@@ -76,7 +75,7 @@ def _base_prefix(model: nn.Module) -> str:
 
 def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     """Describe every encoder layer of `model` (any family of the registry, `families`)."""
-    spec = arch_spec(model)
+    spec = _family(model)
     base = base_model(model)
     prefix = _base_prefix(model)
     layers = base.get_submodule(spec.layers)
@@ -84,11 +83,11 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     for i, layer in enumerate(layers):
         attention = layer.get_submodule(spec.attention)
         linears = {role: layer.get_submodule(getattr(spec, role)) for role in ROLES}
-        extras = {f"{prefix}{spec.layers}.{i}.{path}": _find(layer, path) for path in spec.head_extras}
         for role, lin in linears.items():
             if not isinstance(lin, nn.Linear):
                 raise DeepCutsError(f"layer {i} {role} is {type(lin).__name__}, expected nn.Linear")
         layer_prefix = f"{prefix}{spec.layers}.{i}"
+        extras = {f"{layer_prefix}.{path}": lin for path in spec.head_extras if (lin := _find(layer, path)) is not None}
         out.append(
             EncoderLayer(
                 index=i,
@@ -97,7 +96,7 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
                 linears=linears,
                 names={role: f"{layer_prefix}.{getattr(spec, role)}" for role in ROLES},
                 head_dim=int(getattr(attention, spec.head_dim_attr)),
-                extras={name: lin for name, lin in extras.items() if lin is not None},
+                extras=extras,
             )
         )
     return out
@@ -112,7 +111,7 @@ def _find(layer: nn.Module, path: str) -> nn.Module | None:
 
 def embeddings_module(model: nn.Module) -> nn.Module:
     """The embedding block whose output starts the encoder."""
-    return base_model(model).get_submodule(arch_spec(model).embeddings)
+    return base_model(model).get_submodule(_family(model).embeddings)
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:

@@ -160,7 +160,7 @@ def prune_from_scores(
         slim = reconstruct_slim(slim, model, list(batches), dtype=dtype)
         timings["reconstruct"] = _lap(t)
     timings["total"] = _lap(start)
-    seq_len = plan_options.get("seq_len", 128)
+    seq_len = chosen.target["seq_len"]
     return slim, chosen, {"criterion": scores.criterion, "rearranged": False, "reconstructed": refit,
                           "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
                           "timings": timings}

@@ -178,7 +178,7 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
 
 def _summary(args: argparse.Namespace, model, slim, plan, info: dict, batches: list | None) -> dict:
     """What `deepcuts prune` did: the way that ran (pipeline or scores file), its inputs and steps, what it kept."""
-    from ..flops import encoder_flops, encoder_unit_params
+    from ..flops import encoder_unit_params
 
     return {
         "out": str(args.out),
@@ -196,7 +196,7 @@ def _summary(args: argparse.Namespace, model, slim, plan, info: dict, batches: l
         "params": sum(p.numel() for p in slim.parameters()),
         "dense_params": sum(p.numel() for p in model.parameters()),
         "unit_params_kept": encoder_unit_params(slim) / encoder_unit_params(model),
-        "flops_kept": encoder_flops(slim, args.seq_len) / encoder_flops(model, args.seq_len),
+        "flops_kept": info["flops_kept"],  # both ways measure it at --seq-len
         "seq_len": args.seq_len,
         **{k: plan.target.get(k) for k in ("speedup", "predicted_speedup", "batch_size", "device", "dtype",
                                             "latency_table") if "speedup" in plan.target},

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..arch import encoder_layers
 from ..errors import DeepCutsError, first_line
 from .graph import keep_inputs
 from .runtime import quiet_onnxruntime
@@ -40,8 +41,6 @@ def fuse(graph: Path, out: Path, names: tuple[str, ...], left_padding: bool,
 
 def attention_layers(model: nn.Module) -> int:
     """Encoder layers that kept at least one head (those an optimizer could turn into fused Attention nodes)."""
-    from ..arch import encoder_layers
-
     try:
         return sum(1 for layer in encoder_layers(model) if layer.num_heads > 0)
     except DeepCutsError:

@@ -33,7 +33,6 @@ def _collect() -> None:
         REFUSED.update(getattr(module, "REFUSED", {}))
 
 
-
 def model_type_of(model_or_config) -> str | None:
     """The `model_type` of a model (its config's) or of a config, as an object or a config.json dict."""
     if isinstance(model_or_config, dict):

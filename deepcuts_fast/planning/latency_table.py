@@ -9,10 +9,9 @@ k heads and no FFN neurons (k = 0..H), or to no heads and n neurons (n on a grid
 interpolated in between), and with no layer at all (time E; an encoder that cannot run without a layer, as
 DeBERTa's, runs with two layers of no heads and no neurons instead, and E is one empty layer less the difference).
 The probes run round-robin in a shuffled order on the seeded token ids `dc.benchmark` feeds (full attention mask),
-after a warm-up; each time is the median of the
-faster half of its rounds (the 25th percentile: other processes on a shared machine only ever add time, and a
-burst of them must not price one probe higher than the rest), and a monotone fit over k and over n keeps the
-noise left from making a unit look negative in cost.
+after a warm-up; each time is the median of the faster half of its rounds (the 25th percentile: other processes on
+a shared machine only ever add time, and a burst of them must not price one probe higher than the rest), and a
+monotone fit over k and over n keeps the noise left from making a unit look negative in cost.
 
 A model's predicted time is E + (layers x C) + the sum over layers of attention(k_i) + ffn(n_i), where C is
 a layer with no heads and no neurons (LayerNorms, residual adds, output biases) and attention(0) = ffn(0) = 0:
@@ -33,10 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arch import arch_spec, base_model, encoder_layers
-from ..families.narrowing import shrink
+from ..arch import base_model, encoder_layers
 from ..cache import cache_dir
 from ..errors import DeepCutsError
+from ..families import family
+from ..families.narrowing import shrink
 from ..hashing import cache_key
 from ..machine import cpu_isa, cpu_model
 from ..models import resolve_device
@@ -143,7 +143,7 @@ def model_shapes(model: nn.Module) -> dict:
             "ffn": ffn, "ffn_grid": ffn_grid(ffn, [layer.ffn_width for layer in layers]),
             "activation": str(getattr(config, "hidden_act", getattr(config, "activation", None))),
             "vocab": getattr(config, "vocab_size", None), "labels": getattr(config, "num_labels", None),
-            "relative": list(arch_spec(model).relative(config))}
+            "relative": list(family(model).relative(config))}
 
 
 def ffn_grid(width: int, widths: Sequence[int] = ()) -> list[int]:
@@ -205,7 +205,7 @@ def measure(model: nn.Module, shapes: dict, seq_len: int, batch_size: int, devic
 def _shell(model: nn.Module, device: torch.device, dtype: torch.dtype):
     """(a copy of `model` without its encoder layers, cast and moved, in eval mode; a function that installs the
     given layers as its encoder layers). The model's layers are never copied with it."""
-    spec = arch_spec(model)
+    spec = family(model)
     layers = base_model(model).get_submodule(spec.layers)
     shell = copy.deepcopy(model, memo={id(layers): nn.ModuleList()}).to(device=device, dtype=dtype).eval()
     parent, _, name = spec.layers.rpartition(".")
@@ -234,7 +234,7 @@ def _layer(model: nn.Module, shell: nn.Module, install, heads: int, neurons: int
     FFN neurons, cast and moved to `device`."""
     layers = encoder_layers(model)
     widest = max(layers, key=lambda layer: (layer.num_heads if neurons == 0 else layer.ffn_width))
-    module = copy.deepcopy(base_model(model).get_submodule(arch_spec(model).layers)[widest.index])
+    module = copy.deepcopy(base_model(model).get_submodule(family(model).layers)[widest.index])
     install([module])
     shrink(shell, [list(range(heads))], [list(range(neurons))])
     return module.to(device=device, dtype=dtype).eval()
