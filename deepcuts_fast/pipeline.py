@@ -21,7 +21,7 @@ from torch import nn
 from .flops import encoder_flops
 from .errors import DeepCutsError, check_choice
 from .planning import Plan, check_budget, plan, rearrange as rearrange_plan
-from .planning.planner import BUDGETS
+from .planning.budget import BUDGETS
 from .pruning import prune, reconstruct as reconstruct_slim
 from .pruning.iterative import SELECTIONS, iterative_prune
 from .scoring import Scores, score_many
@@ -85,7 +85,7 @@ def prune_without_retraining(
     name = get_criterion(criterion).name
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    wanted = [name] if name == FISHER else [name, FISHER]
+    wanted = list(dict.fromkeys([name, FISHER]))
     if scores is None:
         scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
                             dtype=dtype, progress=progress)
@@ -93,9 +93,8 @@ def prune_without_retraining(
         _check_given(scores, wanted)
     timings["score"] = _lap(start)
     t = time.perf_counter()
-    fisher = scores[FISHER]
-    reference = None if name == FISHER else fisher
-    search_plan = plan(model, scores[name], keep_flops=keep_flops, seq_len=seq_len, reference=reference,
+    fisher = scores[FISHER]  # the reference; for Fisher's own scores the same object, so nothing is rank-matched
+    search_plan = plan(model, scores[name], keep_flops=keep_flops, seq_len=seq_len, reference=fisher,
                        min_heads=min_heads, min_neurons=min_neurons)
     timings["search"] = _lap(t)
 

@@ -169,23 +169,18 @@ def test_a_path_through_a_linked_folder_is_judged_where_it_lands(inputs, tmp_pat
 
 # --- an input is never overwritten -----------------------------------------------------------------------------
 
-HOSTILE_TARGETS = [  # (command, --out relative to the inputs' folder, what the error names)
-    ("score", "model/model.safetensors", "--model folder"),
-    ("score", "data.csv", "--data input"),
-    ("score", "model", "is a folder"),
-    ("prune", "model", "--model input"),
-    ("prune", "model/slim", "--model folder"),
-    ("prune", ".", "contains the --model input"),
-    ("prune", "scores.safetensors", "is a file"),
-    ("bench", "model", "--model input"),
-    ("run", "model", "--model input"),
-    ("run", "model/run", "--model folder"),
-    ("run", ".", "contains the --model input"),
-    ("export", "model/x.onnx", "--model folder"),
-]
+HOSTILE_TARGETS = {  # command: its (--out relative to the inputs' folder, what the error names)
+    "score": [("model/model.safetensors", "--model folder"), ("data.csv", "--data input"), ("model", "is a folder")],
+    "prune": [("model", "--model input"), ("model/slim", "--model folder"), (".", "contains the --model input"),
+              ("scores.safetensors", "is a file")],
+    "bench": [("model", "--model input")],
+    "run": [("model", "--model input"), ("model/run", "--model folder"), (".", "contains the --model input")],
+    "export": [("model/x.onnx", "--model folder")],
+}
 
 
-@pytest.mark.parametrize("name,target,message", HOSTILE_TARGETS)
+@pytest.mark.parametrize("name,target,message", [(name, *case) for name, cases in HOSTILE_TARGETS.items()
+                                                 for case in cases])
 def test_an_input_is_never_overwritten(name, target, message, inputs, capsys):
     before = snapshot(inputs.root)
     argv = COMMANDS[name].argv(inputs, str(inputs.root / target))

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `prune` sub-parser and its flags."""
     from ..pipeline import METHODS
     from ..planning import ALLOCATIONS
-    from ..planning.planner import SCOPES
+    from ..planning.budget import SCOPES
     from ..precision import CHOICES as DTYPE_CHOICES
     from ..pruning.iterative import SELECTIONS
     from ..task import TASK_MODEL_ALIAS

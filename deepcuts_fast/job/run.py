@@ -103,28 +103,30 @@ class MainJob:
         return result
 
     def paper(self) -> list[dict]:
-        rows = []
-        for crit in self.config.criteria:
-            for c in self.config.compressions:
-                r = self.store.run(f"paper-{crit}-c{c:g}", lambda: paper_mode.single_shot(
-                    self.model, self.scores()[crit], c, self.evaluation),
-                    code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring"))
-                rows.append({"criterion": crit, "compression": c, **r})
-                self.log(f"paper     {crit:>22s}  c={c:<4g} accuracy {r['accuracy']:.4f}")
-        return rows
+        """Paper mode: every criterion's per-layer masks at every compression, single shot."""
+        return [self._single_shot(crit, c) for crit in self.config.criteria for c in self.config.compressions]
+
+    def _single_shot(self, crit: str, c: float) -> dict:
+        """The step of one criterion's single-shot masks at compression `c`, as a row."""
+        r = self.store.run(f"paper-{crit}-c{c:g}", lambda: paper_mode.single_shot(
+            self.model, self.scores()[crit], c, self.evaluation),
+            code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring"))
+        return self._row("paper", crit, "compression", c, r)
 
     def paper_recovery(self) -> list[dict]:
+        """Paper mode's masks of the recovery criteria at the recovery compressions, then fine-tuned."""
         c = self.config
-        rows = []
-        for crit in (x for x in c.recovery_criteria if x in c.criteria):
-            for comp in c.recovery_compressions:
-                r = self.store.run(f"recovery-{crit}-c{comp:g}", lambda: paper_mode.recovered(
-                    self.model, self.scores()[crit], comp, self.train_batches(), self.evaluation,
-                    c.recovery_epochs, c.recovery_lr, c.seed, self.train_dtype, self.progress),
-                    code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring", "deepcuts_fast.task"))
-                rows.append({"criterion": crit, "compression": comp, **r})
-                self.log(f"recovered {crit:>22s}  c={comp:<4g} accuracy {r['accuracy']:.4f}")
-        return rows
+        return [self._recovery(crit, comp) for crit in c.recovery_criteria if crit in c.criteria
+                for comp in c.recovery_compressions]
+
+    def _recovery(self, crit: str, comp: float) -> dict:
+        """The step of one criterion's masks at compression `comp`, fine-tuned, as a row."""
+        c = self.config
+        r = self.store.run(f"recovery-{crit}-c{comp:g}", lambda: paper_mode.recovered(
+            self.model, self.scores()[crit], comp, self.train_batches(), self.evaluation,
+            c.recovery_epochs, c.recovery_lr, c.seed, self.train_dtype, self.progress),
+            code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring", "deepcuts_fast.task"))
+        return self._row("recovered", crit, "compression", comp, r)
 
     def paper_rewind(self) -> list[dict]:
         c = self.config
@@ -141,22 +143,30 @@ class MainJob:
                 self.task.initial_model(), self.scores()[crit], c.rewind_compression, self.train_batches(),
                 self.evaluation, settings, self.progress),
                 code=("deepcuts_fast.job.paper_mode", "deepcuts_fast.scoring", "deepcuts_fast.task"))
-            rows.append({"criterion": crit, "compression": c.rewind_compression, **r})
-            self.log(f"rewound   {crit:>22s}  c={c.rewind_compression:<4g} accuracy {r['accuracy']:.4f}")
+            rows.append(self._row("rewound", crit, "compression", c.rewind_compression, r))
         return rows
 
     def structured(self) -> list[dict]:
-        rows = []
-        for crit in self.config.criteria:
-            for keep in self.config.keep_flops:
-                r = self.store.run(f"structured-{crit}-k{keep:g}", lambda: structured_mode.prune_and_evaluate(
-                    self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation,
-                    self.reference(), self.reconstruct_dtype),
-                    code=("deepcuts_fast.job.structured_mode", "deepcuts_fast.scoring"))
-                rows.append({"criterion": crit, "keep_flops": keep, **r})
-                self.log(f"structured {crit:>21s}  keep_flops={keep:<4g} accuracy {r['accuracy']:.4f}, "
-                         f"reconstructed {r['accuracy_reconstructed']:.4f}")
-        return rows
+        """Structured mode: every criterion's global plan at every FLOP budget, pruned, evaluated, reconstructed."""
+        return [self._structured(crit, keep) for crit in self.config.criteria for keep in self.config.keep_flops]
+
+    def _structured(self, crit: str, keep: float) -> dict:
+        """The step of one criterion's slim model at `keep` of the FLOPs, as a row."""
+        r = self.store.run(f"structured-{crit}-k{keep:g}", lambda: structured_mode.prune_and_evaluate(
+            self.model, self.scores()[crit], keep, self.seq_len, self.reconstruction, self.evaluation,
+            self.reference(), self.reconstruct_dtype),
+            code=("deepcuts_fast.job.structured_mode", "deepcuts_fast.scoring"))
+        return self._row("structured", crit, "keep_flops", keep, r)
+
+    def _row(self, step: str, crit: str, setting: str, value: float, result: dict) -> dict:
+        """A criterion's result at one `setting` ("compression" or "keep_flops") as a row of the results, logged as
+        one line with its accuracy (and its accuracy after reconstruction, where the step reconstructs)."""
+        where = f"{'c' if setting == 'compression' else setting}={value:<4g}"
+        line = f"{step:<10s}{crit:>22s}  {where} accuracy {result['accuracy']:.4f}"
+        if "accuracy_reconstructed" in result:
+            line += f", reconstructed {result['accuracy_reconstructed']:.4f}"
+        self.log(line)
+        return {"criterion": crit, setting: value, **result}
 
     def latency(self, rows: list[dict]) -> dict:
         """Dense vs every slim model on this machine (fp32, and the fastest native dtype where it is not fp32;

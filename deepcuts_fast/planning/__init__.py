@@ -1,8 +1,9 @@
 """Planning: unit scores -> which heads and FFN neurons to keep."""
 from .allocation import ALLOCATIONS
+from .budget import check_budget
 from .checks import check_scores
 from .plan import Plan
-from .planner import check_budget, plan
+from .planner import plan
 from .rank_match import rank_match
 from .rearrange import rearrange
 

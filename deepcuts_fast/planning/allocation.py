@@ -62,7 +62,7 @@ def _loss_estimate(scores: Scores, reference: Scores | None) -> Scores | None:
         return reference
     if scores.fisher is not None:
         return scores.fisher
-    return scores if scores.criterion == "fisher" else None
+    return scores if scores.estimates_loss else None
 
 
 def _normalised(scores: Scores, unit_costs: list[tuple[float, float]] | None) -> Scores:
