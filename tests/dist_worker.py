@@ -14,7 +14,7 @@ from deepcuts_fast.scoring.distributed import process_group
 
 def criteria(granularity: str) -> list[str]:
     """Every criterion that scores at `granularity` (Fisher scores units only)."""
-    return [c for c in dc.CRITERIA if granularity == "unit" or not dc.CRITERIA[c].fisher]
+    return [c for c in dc.CRITERIA if granularity == "unit" or dc.CRITERIA[c].per_weight]
 
 
 RUNS = {  # name -> score_run options

@@ -61,7 +61,7 @@ def test_two_gloo_processes_equal_one_process(model_dir, data_csv, tmp_path, cap
         for crit in names:
             got = dc.Scores.load(dist_out / f"{name}-{crit}.safetensors")
             assert_scores_close(got, want[crit])
-            assert got.meta["batches"] == (5 if dc.CRITERIA[crit].uses_gradient else 0)
+            assert got.meta["batches"] == (5 if dc.CRITERIA[crit].needs.data else 0)
     # `deepcuts score` under torchrun: one JSON summary (rank 0), the same file as one process writes
     summary = json.loads(proc.stdout.strip())
     assert summary["processes"] == 2 and summary["batches"] == 5

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     with process_group(args.device) as world, loading.output_locks([out, checkpoint], world.is_main):
         device = _score_device(args.device, world.size)
         with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
-            model, tokenizer, dataset = loading.model_and_data(args, args.split, head_free=not criterion.uses_gradient)
+            model, tokenizer, dataset = loading.model_and_data(args, args.split, head_free=not criterion.needs.data)
         if not has_classifier_head(model.config):  # a bare encoder's data-free scores: no Fisher via its random head
             options = replace(options, with_fisher=False)
         model.to(device)

@@ -1,10 +1,10 @@
 """Scoring: criteria -> probes -> per-weight or per-unit `Scores` -> paper-style masks."""
-from .criteria import CRITERIA, Criterion, get_criterion
+from .criteria import CRITERIA, Criterion, Needs, get_criterion, register
 from .masks import apply_masks, kept_fraction
 from .options import ScoreOptions
 from .runner import ScoreRun, score_run
 from .score import score, score_many
 from .scores import Scores
 
-__all__ = ["CRITERIA", "Criterion", "ScoreOptions", "ScoreRun", "Scores", "apply_masks", "get_criterion",
-           "kept_fraction", "score", "score_many", "score_run"]
+__all__ = ["CRITERIA", "Criterion", "Needs", "ScoreOptions", "ScoreRun", "Scores", "apply_masks", "get_criterion",
+           "kept_fraction", "register", "score", "score_many", "score_run"]

@@ -39,16 +39,17 @@ class ScoringPass:
         self.samples = options.noise_samples if noisy else 1
         self.dtype, self.backend = dtype, backend
         self.device = model_device(model)
-        self.weight_grads = not options.first_order and any(c.weight_saliency for c in self.criteria)
+        self.weight_grads = not options.first_order and any(c.needs.weight_gradients for c in self.criteria)
         self.noise_std = options.noise_std if noisy else 0.0
         context = PassContext(seed=options.seed, backend=backend, noise_std=self.noise_std,
                               relative_noise=options.relative_noise)
         self.probes = self._make_probes(context)
 
     def _make_probes(self, context: PassContext) -> list[dict[str, LinearProbe]]:
-        rows = self.weight_grads and any(c.cam for c in self.criteria)
-        interactions = any(c.fisher for c in self.criteria)
-        diagonal_only = not any(c.records_interactions for c in self.criteria)
+        needs = [c.needs for c in self.criteria]
+        rows = self.weight_grads and any(n.output_means for n in needs)
+        interactions = any(n.mask_gradients for n in needs)
+        diagonal_only = not any(n.interactions for n in needs)
         activations = self.options.first_order or interactions
         layers = []
         for layer in encoder_layers(self.model):
@@ -66,7 +67,7 @@ class ScoringPass:
         chunk = 1 if self.options.sequential_noise else self._samples_per_chunk(batches[0])
         chunks = [range(s, min(s + chunk, self.samples)) for s in range(0, self.samples, chunk)]
         fused = (self.backend != "torch" and len(chunks) == 1 and self.weight_grads
-                 and sum(c.weight_saliency for c in self.criteria) == 1)  # Fisher reads activations, not G
+                 and sum(c.needs.weight_gradients for c in self.criteria) == 1)  # Fisher reads activations, not G
         setup = RouteSetup(self.layout, self.samples, self.options.shift, self.options.unit, self.backend, self.device)
         routes = {c.name: route_for(c, setup, self.probes, self.options.first_order, fused) for c in self.criteria}
         with self._scoring_mode(), tqdm(total=len(batches) * len(chunks), desc=f"scoring {'+'.join(routes)}",
@@ -185,6 +186,12 @@ class ScoringPass:
 
     def _all_probes(self) -> list[LinearProbe]:
         return [p for probes in self.probes for p in probes.values()]
+
+
+def shared_passes(criteria: Sequence[Criterion]) -> list[tuple[bool, list[Criterion]]]:
+    """(noisy, the criteria it scores) of each pass `criteria` (all needing data) take: a clean pass for those
+    that declare no noise, then a noisy one for those that do; a pass with no criterion is left out."""
+    return [(noisy, group) for noisy in (False, True) if (group := [c for c in criteria if c.needs.noise == noisy])]
 
 
 def default_memory(device: torch.device) -> int:

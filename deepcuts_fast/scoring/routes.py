@@ -59,7 +59,7 @@ class Route:
     def finish(self, meta: Mapping) -> Scores:
         """The summed scores, with `meta` and the criterion's name."""
         meta = {**meta, "criterion": self.crit.name}
-        if not self.setup.unit and not self.crit.fisher:  # Fisher scores units at either granularity
+        if not self.setup.unit and self.crit.per_weight:  # Fisher's scores are per unit at either granularity
             return Scores(self.weights, self.setup.layout, meta)
         return Scores({}, self.setup.layout, meta, heads=[u[0] for u in self.units],
                       neurons=[u[1] for u in self.units], interactions=self._interactions())
@@ -218,7 +218,7 @@ class FisherUnits(Route):
         self.interactions: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(setup.layout)
 
     def add(self, batch: int, layer: int, probes: LayerProbes) -> None:
-        if not self.crit.records_interactions:  # the probes kept the diagonals only
+        if not self.crit.needs.interactions:  # the probes kept the diagonals only
             heads, neurons = (p.interactions for p in _unit_inputs(probes, "interactions", (0,), self.setup.device))
             self._add_units(layer, heads.clone(), neurons.clone())
             return
@@ -228,13 +228,13 @@ class FisherUnits(Route):
         self._add_units(layer, heads.diagonal().clone(), neurons.diagonal().clone())
 
     def _interactions(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        return list(self.interactions) if self.crit.records_interactions else None
+        return list(self.interactions) if self.crit.needs.interactions else None
 
 
 def route_for(crit: Criterion, setup: RouteSetup, layers: list[LayerProbes], first_order: bool,
               fused: bool) -> Route:
     """The route that computes `crit`'s scores in a pass (`fused`: weight scores may go in the backward hook)."""
-    if crit.fisher:
+    if crit.needs.mask_gradients:
         return FisherUnits(crit, setup)
     if first_order:
         return FirstOrderUnits(crit, setup)

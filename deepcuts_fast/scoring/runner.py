@@ -22,11 +22,11 @@ from ..hashing import update_with_tensors
 from ..outputs import write_file
 from ..precision import choose_for_scoring
 from ..models import model_device
-from .criteria import get_criterion
+from .criteria import LOSS_ESTIMATE, get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
 from .engine import default_memory
 from .options import ScoreOptions, options_from
-from .score import FISHER, attach_fisher, labelled, score_many
+from .score import attach_fisher, labelled, loss_estimate, score_many
 from .scores import Scores, read_safetensors
 
 FORMAT = "deepcuts-checkpoint/1"
@@ -77,7 +77,7 @@ def score_run(
     """
     opts = options_from(options, max_memory=max_memory, progress=progress, **score_kwargs)
     names = [get_criterion(c).name for c in ([criteria] if isinstance(criteria, str) else criteria)]
-    grad_names = list(dict.fromkeys(n for n in names if get_criterion(n).uses_gradient))
+    grad_names = list(dict.fromkeys(n for n in names if get_criterion(n).needs.data))
     free_names = [n for n in dict.fromkeys(names) if n not in grad_names]
     world = world or current_world()
     batch_list = [] if batches is None else list(batches)
@@ -92,13 +92,12 @@ def score_run(
     # Fisher's loss estimate for data-free criteria comes from a pass of its own when no other needs one; Fisher
     # scores units only, whatever the granularity of the data-free scores (per weight for the paper's masks).
     fisher_only = opts.with_fisher and not grad_names and labelled(batch_list)
-    segment_names = [FISHER] if fisher_only else grad_names
+    segment_names = [LOSS_ESTIMATE.name] if fisher_only else grad_names
     if segment_names:
         _run_segments(model, batch_list, segment_names, run, every, checkpoint, until_stable, stable_keep, world,
                       replace(opts, granularity="unit") if fisher_only else opts)
     if opts.with_fisher and free and run.scores:
-        donor = run.scores[FISHER] if FISHER in run.scores else next(iter(run.scores.values())).fisher
-        attach_fisher(free.values(), donor)
+        attach_fisher(free.values(), loss_estimate(run.scores))
     run.scores = {name: free[name] if name in free else run.scores[name] for name in dict.fromkeys(names)}
     for name in grad_names:
         run.scores[name].meta.update(world_size=world.size, batches_planned=n, stopped_early=run.stopped_early)
@@ -191,10 +190,11 @@ def _zeros(model, names, options: ScoreOptions) -> dict[str, Scores]:
                       heads=[torch.zeros_like(h) for h in units["heads"]],
                       neurons=[torch.zeros_like(x) for x in units["neurons"]], **extra)
 
-    fisher = zero_units(FISHER, weights=False) if options.with_fisher else None
-    return {name: zero_units(name, interactions=zero_interactions() if name == FISHER else None,
-                             fisher=None if name == FISHER else fisher)
-            for name in names}
+    fisher = zero_units(LOSS_ESTIMATE.name, weights=False) if options.with_fisher else None
+    crits = {name: get_criterion(name) for name in names}
+    return {name: zero_units(name, interactions=zero_interactions() if crit.needs.interactions else None,
+                             fisher=None if crit.estimates_loss else fisher)
+            for name, crit in crits.items()}
 
 
 def _kept(totals: Mapping[str, Scores], keep: float) -> torch.Tensor:

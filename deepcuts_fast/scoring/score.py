@@ -1,8 +1,9 @@
 """`dc.score` and `dc.score_many`: the passes a set of criteria needs, and the scores that need no data.
 
-Criteria that share ingredients share passes: gradient, cam-cut and cam-cut-shift use one clean
-pass; the smooth criteria use one pass with the N noisy copies stacked in the batch dimension
-(chunked under a memory cap; deepcuts_fast.scoring.engine); magnitude and random need no data.
+The passes follow what each criterion declares (`criterion.needs`): those that need data and no noise
+(gradient, cam-cut, cam-cut-shift, fisher) share one clean pass; those with noise (the smooth criteria) one pass
+with the N noisy copies stacked in the batch dimension (chunked under a memory cap; deepcuts_fast.scoring.engine);
+those that need no data (magnitude, random) none.
 
 Kernels (deepcuts_fast.kernels) by backend: with backend "torch" every probe accumulates its weight
 gradient G and PyTorch turns it into scores. With a fused backend (cpp, triton, cuda), a pass with one
@@ -25,14 +26,13 @@ from ..hashing import model_fingerprint
 from ..kernels import resolve
 from ..precision import choose_for_scoring
 from ..models import check_token_ids, model_device
-from .criteria import FISHER_DIAGONAL, Criterion, get_criterion
-from .engine import ScoringPass
+from .criteria import LOSS_ESTIMATE, Criterion, get_criterion
+from .engine import ScoringPass, shared_passes
 from .layout import LayerLayout, model_layout
 from .options import ScoreOptions, options_from, whole_number
 from .scores import Scores
 
 Batches = Iterable[Mapping[str, torch.Tensor]]
-FISHER = "fisher"
 
 
 def score(
@@ -111,27 +111,26 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
     backend = resolve(options.backend, device)
     meta_base = {**_model_meta(model, options), "backend": backend}
     results: dict[str, Scores] = {}
-    for crit in (c for c in crits if not c.uses_gradient):
+    for crit in (c for c in crits if not c.needs.data):
         results[crit.name] = _data_free_scores(model, layout, crit, options, meta_base)
-    grad_crits = [c for c in crits if c.uses_gradient]
+    with_data = [c for c in crits if c.needs.data]
     batch_list = None if batches is None else list(batches)
-    if options.with_fisher and not any(c.fisher for c in crits) and (grad_crits or labelled(batch_list)):
-        grad_crits.append(FISHER_DIAGONAL)
-    if grad_crits:
+    if options.with_fisher and not any(c.estimates_loss for c in crits) and (with_data or labelled(batch_list)):
+        with_data.append(LOSS_ESTIMATE)
+    if with_data:
         batch_list = _materialise(model, batch_list)
         indices = list(range(len(batch_list))) if batch_indices is None else _indices(batch_indices)
         if len(indices) != len(batch_list):
             raise DeepCutsError(f"batch_indices has {len(indices)} entries for {len(batch_list)} batches")
-        for noisy in (False, True):
-            group = [c for c in grad_crits if c.smooth == noisy]
-            if group:
-                # relative noise_std is a fraction of the activations' scale, which is what the check compares to
-                precision = choose_for_scoring(device, options.dtype, options.noise_std if noisy else None)
-                meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
-                scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend)
-                results.update(scoring.run(batch_list, indices, meta))
-    if options.with_fisher and FISHER in results:
-        attach_fisher([results[c.name] for c in crits], results[FISHER])
+        for noisy, group in shared_passes(with_data):
+            # relative noise_std is a fraction of the activations' scale, which is what the check compares to
+            precision = choose_for_scoring(device, options.dtype, options.noise_std if noisy else None)
+            meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
+            scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend)
+            results.update(scoring.run(batch_list, indices, meta))
+    estimate = loss_estimate(results)
+    if options.with_fisher and estimate is not None:
+        attach_fisher([results[c.name] for c in crits], estimate)
     return {c.name: results[c.name] for c in crits}
 
 
@@ -157,12 +156,21 @@ def _indices(batch_indices: Sequence[int]) -> list[int]:
     return [whole_number("batch_indices entry", i, minimum=0) for i in batch_indices]
 
 
+def loss_estimate(results: Mapping[str, Scores]) -> Scores | None:
+    """The loss estimate among `results` ({criterion name: Scores}): the scores of the criterion that is one
+    (Fisher's), else the one the first result carries; None when there is none."""
+    found = next((s for s in results.values() if s.estimates_loss), None)
+    if found is None and results:
+        return next(iter(results.values())).fisher
+    return found
+
+
 def attach_fisher(scores: Iterable[Scores], fisher: Scores) -> None:
-    """Give every non-Fisher result Fisher's unit scores of the same pass (without the interactions)."""
+    """Give every result but `fisher` itself Fisher's unit scores of the same pass (without the interactions)."""
     diagonal = Scores({}, fisher.layout, fisher.meta, heads=fisher.unit_scores()["heads"],
                       neurons=fisher.unit_scores()["neurons"])
     for s in scores:
-        if s.criterion != FISHER:
+        if s is not fisher:
             s.fisher = diagonal
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import DeepCutsError
 from ..outputs import write_file
+from .criteria import CRITERIA
 from .layout import LayerLayout, check_layer_shapes, reduce_to_units
 
 FORMAT = "deepcuts-scores/1"
@@ -71,6 +72,13 @@ class Scores(Mapping[str, torch.Tensor]):
     @property
     def criterion(self) -> str:
         return self.meta.get("criterion", "")
+
+    @property
+    def estimates_loss(self) -> bool:
+        """Whether these are the scores of a criterion that is itself the loss estimate `plan` allocates by
+        (Fisher's, as `criterion.estimates_loss` declares), so they carry no `fisher` of their own."""
+        found = CRITERIA.get(self.criterion)
+        return found is not None and found.estimates_loss
 
     @property
     def model_fingerprint(self) -> str | None:
