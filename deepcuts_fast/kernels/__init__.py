@@ -1,7 +1,10 @@
 """Fused scoring kernels (SmoothGrad accumulation, GradCAM weighting, noise) and their PyTorch references.
 
-One module per fused op, each holding the plain PyTorch reference and the dispatch to the Triton,
-C++ (csrc/cpu) and CUDA (csrc/cuda) versions; `backends` decides which one runs.
+One module per fused op, each holding the plain PyTorch reference, the public function (argument checks,
+then one call of the torch operator `deepcuts::<op>`) and the op's implementations by backend: the
+reference, Triton, C++ (csrc/cpu) and CUDA (csrc/cuda). `registry` defines the ops (with fakes, so
+`torch.compile` and `torch.export` see one opaque op) and holds the tables; `backends` decides which
+backend runs.
 """
 from .activation_stats import activation_stats, activation_stats_reference
 from .backends import BACKENDS, available, resolve

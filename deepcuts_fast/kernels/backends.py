@@ -3,6 +3,7 @@
 `backend="auto"` picks the CUDA extension for CUDA tensors when it is built, else Triton there, the C++
 (OpenMP) extension for CPU tensors when it is built, else the PyTorch reference; it warns once when it
 falls back because an extension is not built. A backend named explicitly must be usable or it raises.
+The resolved name is what the `deepcuts::` ops (kernels/registry.py) take as their last argument.
 """
 from __future__ import annotations
 
@@ -30,13 +31,9 @@ def _load(name: str) -> ModuleType | None:
         return None
 
 
-def extension(name: str) -> ModuleType:
-    """The built extension module of backend `name` ('cpp' or 'cuda'); raises when it is not built."""
-    module = _load(name)
-    if module is None:
-        raise DeepCutsError(f"the {name!r} extension ({_MODULES[name]}) is not built; {BUILD_HINT}, "
-                            "or use backend='torch'")
-    return module
+def loaded(name: str) -> ModuleType | None:
+    """The extension module of backend `name` ('cpp' or 'cuda') when it is built and imports, else None."""
+    return _load(name)
 
 
 def stream_args(name: str, device: torch.device | str) -> tuple[int, ...]:
@@ -93,6 +90,12 @@ def resolve(backend: str, device: torch.device | str) -> str:
     if kind == "cpu":
         _warn_once("cpp", f"the C++ extension is not built: scoring uses the slower PyTorch kernels; {BUILD_HINT}")
     return "torch"
+
+
+# torch.compile calls `resolve` while tracing and keeps its answer as a constant of the graph (it imports and
+# warns, which would break the graph): the mark torch.compiler.assume_constant_result sets, set here directly because
+# that function imports torch._dynamo (and with it triton), over a second at `import deepcuts_fast`.
+resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _unavailable(backend: str, kind: str) -> str:

@@ -4,18 +4,22 @@ Noise element `e` of sample `s` (calibration batch `b`, prunable Linear `l`, see
 of Box-Muller on `philox(counter=(e // 4, s, b, l), key=(k mod 2**32, k >> 32))` (csrc/common/philox.h).
 Every backend draws exactly these numbers, so scores agree across backends and stacked, chunked and
 sequential noise samples draw identical noise. The reference below does it with int64 tensor ops.
+`add_noise` checks its arguments and calls the torch operator `deepcuts::add_noise` on `y.data` (made
+contiguous; `y.detach()` under torch.export), with the noise key as plain ints (seed as a signed int64,
+the samples as first and count), whose table below holds each backend's implementation (see registry.py).
 
 `std` is one number for every sample (the absolute noise), or a tensor of one standard deviation per
 stacked sample (Smooth-Cut's relative noise, measured on the device): on the CPU its values are read
 (no sync to wait for) and each sample gets the fused kernel with its own scalar; on an accelerator the
 backend draws the standard normals into an fp32 buffer and one device op scales and adds them, so no
-host sync is needed (at the cost of that transient buffer, one fp32 copy of `y`).
+host sync is needed (at the cost of that transient buffer, one fp32 copy of `y`); so does the CPU under
+`torch.compile`, where reading the values would break the graph.
 """
 from __future__ import annotations
 
 import torch
 
-from . import backends
+from . import backends, registry
 
 M0, M1 = 0xD2511F53, 0xCD9E8D57
 W0, W1 = 0x9E3779B9, 0xBB67AE85
@@ -75,6 +79,13 @@ def add_noise_reference(y: torch.Tensor, std: float | torch.Tensor, seed: int, b
         y.add_(z.reshape(y.shape), alpha=std)
 
 
+ADD_NOISE = registry.define(
+    "add_noise", "(Tensor(a!) y, float std, int seed, int batch, int layer, int first_sample, int samples, "
+    "str backend) -> ()")
+"""`y` (contiguous) += std * the Philox normals of samples first_sample .. + samples, each keyed by the 64-bit
+seed (as a signed int64: the same bits), batch and layer (uint32)."""
+
+
 def add_noise(y: torch.Tensor, std: float | torch.Tensor, seed: int, batch: int, layer: int, samples: range,
               backend: str = "auto") -> None:
     """Add the keyed Philox noise to `y` in place (no autograd: the gradient of `y + noise` is the identity).
@@ -90,19 +101,11 @@ def add_noise(y: torch.Tensor, std: float | torch.Tensor, seed: int, batch: int,
     if not samples or std == 0 or y.numel() == 0:
         return
     name = backends.resolve(backend, y.device)
-    # Through `.data`: autograd never sees the edit (d(y + noise)/dy is the identity) and y's version counter
-    # stays put; bumping it on a view such as a Linear's 3-D output makes register_hook crash in torch 2.13.
-    data = y.data
+    data = _untracked(y)
     target = data if data.is_contiguous() else data.contiguous()
     with torch.no_grad():
-        if name == "torch":
-            add_noise_reference(target, std, seed, batch, layer, samples)
-        elif name == "triton":
-            _add_noise_triton(target, std, seed, batch, layer, samples)
-        else:
-            backends.extension(name).add_noise(target, float(std), _signed64(seed), batch & MASK32,
-                                               layer & MASK32, samples.start, len(samples),
-                                               *backends.stream_args(name, y.device))
+        ADD_NOISE(target, float(std), _signed64(seed), batch & MASK32, layer & MASK32, samples.start, len(samples),
+                  name)
         if target is not data:
             data.copy_(target)
 
@@ -112,8 +115,8 @@ def _add_scaled_noise(y: torch.Tensor, std: torch.Tensor, seed: int, batch: int,
     """`add_noise` with a tensor of per-sample standard deviations (see the module's docstring)."""
     k = len(samples)
     stds = _per_sample(std, k, y.device)
-    if y.device.type == "cpu":
-        data = y.data  # as in add_noise: autograd never sees the edit
+    if y.device.type == "cpu" and not torch.compiler.is_compiling():  # compiled: no host read, no graph break
+        data = _untracked(y)
         target = data if data.is_contiguous() else data.contiguous()
         flat = target.view(k, -1)
         for i, sd in enumerate(stds.tolist()):
@@ -132,11 +135,19 @@ def draw_then_scale(y: torch.Tensor, stds: torch.Tensor, seed: int, batch: int, 
     z = torch.zeros(k, y.numel() // k, device=y.device, dtype=torch.float32)
     add_noise(z, 1.0, seed, batch, layer, samples, backend=backend)  # 0 + 1 * z: exactly the normals
     with torch.no_grad():
-        data = y.data
+        data = _untracked(y)
         target = data if data.is_contiguous() else data.contiguous()
         target.view(k, -1).add_(z.mul_(_per_sample(stds, k, y.device)[:, None]))
         if target is not data:
             data.copy_(target)
+
+
+def _untracked(y: torch.Tensor) -> torch.Tensor:
+    """`y` to add the noise into, unseen by autograd. Through `.data`: autograd never sees the edit (d(y + noise)/dy
+    is the identity) and y's version counter stays put; bumping it on a view such as a Linear's 3-D output makes
+    register_hook crash in torch 2.13. torch.export loses an edit through `.data` (non-strict refuses it), so
+    there it goes through detach()."""
+    return y.detach() if torch.compiler.is_exporting() else y.data
 
 
 def _per_sample(std: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
@@ -150,7 +161,20 @@ def _signed64(seed: int) -> int:
     return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
-def _add_noise_triton(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, samples: range) -> None:
+def _reference(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, first: int, count: int) -> None:
+    add_noise_reference(y, std, seed, batch, layer, range(first, first + count))
+
+
+def _triton(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, first: int, count: int) -> None:
     from .triton_kernels import launch_add_noise
 
-    launch_add_noise(y, std, seed & ((1 << 64) - 1), batch & MASK32, layer & MASK32, samples)
+    launch_add_noise(y, std, seed & ((1 << 64) - 1), batch, layer, range(first, first + count))
+
+
+def _extension(ext, stream):
+    return lambda y, std, seed, batch, layer, first, count: ext.add_noise(y, std, seed, batch, layer, first, count,
+                                                                         *stream(y.device))
+
+
+registry.implement(ADD_NOISE, torch=_reference, triton=_triton)
+registry.implement_extensions(ADD_NOISE, cpp=_extension, cuda=_extension)

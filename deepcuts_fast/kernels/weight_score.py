@@ -7,12 +7,15 @@ computes a block of output rows at a time. Instead of (or besides) `S` they can 
 row sums (out,) and column sums (in,), all unit scores need. Accumulation is fp32 for every input dtype.
 `weight_score_epilogue` is the same epilogue on an already accumulated fp32 gradient `G`, for batches
 whose noise samples ran in several chunks.
+The public functions check their arguments, resolve the backend and call the torch operators
+`deepcuts::weight_score` / `deepcuts::weight_score_epilogue` (X and dY flattened to 2-D), whose tables
+below hold each backend's implementation (see registry.py).
 """
 from __future__ import annotations
 
 import torch
 
-from . import backends
+from . import backends, registry
 
 
 def weight_score_epilogue_reference(w: torch.Tensor, g: torch.Tensor, roww: torch.Tensor | None, scale: float,
@@ -37,6 +40,14 @@ def weight_score_reference(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, r
     weight_score_epilogue_reference(w, g, roww, scale, s, row_sums, col_sums)
 
 
+WEIGHT_SCORE = registry.define(
+    "weight_score", "(Tensor x, Tensor dy, Tensor w, Tensor? roww, float scale, Tensor(a!)? s, Tensor(b!)? row_sums, "
+    "Tensor(c!)? col_sums, str backend) -> ()")
+WEIGHT_SCORE_EPILOGUE = registry.define(
+    "weight_score_epilogue", "(Tensor w, Tensor g, Tensor? roww, float scale, Tensor(a!)? s, Tensor(b!)? row_sums, "
+    "Tensor(c!)? col_sums, str backend) -> ()")
+
+
 def weight_score(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, roww: torch.Tensor | None, scale: float,
                  s: torch.Tensor | None = None, row_sums: torch.Tensor | None = None,
                  col_sums: torch.Tensor | None = None, backend: str = "auto") -> None:
@@ -48,17 +59,7 @@ def weight_score(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, roww: torch
     name = backends.resolve(backend, w.device)
     if w.numel() == 0:
         return
-    if name == "torch":
-        weight_score_reference(x, dy, w, roww, scale, s, row_sums, col_sums)
-    elif name == "triton":
-        from .triton_kernels import launch_weight_score
-
-        launch_weight_score(x.contiguous(), dy.contiguous(), w.contiguous(), _f32(roww), scale, s, row_sums, col_sums)
-    else:
-        if name == "cuda":
-            x, dy, w = x.contiguous(), dy.to(x.dtype).contiguous(), w.to(x.dtype)
-        backends.extension(name).weight_score_fused(x, dy, w.contiguous(), _f32(roww), float(scale), s, row_sums,
-                                                    col_sums, *backends.stream_args(name, w.device))
+    WEIGHT_SCORE(x, dy, w, roww, float(scale), s, row_sums, col_sums, name)
 
 
 def weight_score_epilogue(w: torch.Tensor, g: torch.Tensor, roww: torch.Tensor | None, scale: float,
@@ -71,15 +72,44 @@ def weight_score_epilogue(w: torch.Tensor, g: torch.Tensor, roww: torch.Tensor |
     name = backends.resolve(backend, w.device)
     if w.numel() == 0:
         return
-    if name == "torch":
-        weight_score_epilogue_reference(w, g, roww, scale, s, row_sums, col_sums)
-    elif name == "triton":
-        from .triton_kernels import launch_weight_score_epilogue
+    WEIGHT_SCORE_EPILOGUE(w, g, roww, float(scale), s, row_sums, col_sums, name)
 
-        launch_weight_score_epilogue(w.contiguous(), _f32(g), _f32(roww), scale, s, row_sums, col_sums)
-    else:
-        backends.extension(name).weight_score_epilogue(w.contiguous(), _f32(g), _f32(roww), float(scale), s,
-                                                       row_sums, col_sums, *backends.stream_args(name, w.device))
+
+def _triton(x, dy, w, roww, scale, s, row_sums, col_sums) -> None:
+    from .triton_kernels import launch_weight_score
+
+    launch_weight_score(x.contiguous(), dy.contiguous(), w.contiguous(), _f32(roww), scale, s, row_sums, col_sums)
+
+
+def _triton_epilogue(w, g, roww, scale, s, row_sums, col_sums) -> None:
+    from .triton_kernels import launch_weight_score_epilogue
+
+    launch_weight_score_epilogue(w.contiguous(), _f32(g), _f32(roww), scale, s, row_sums, col_sums)
+
+
+def _cpp(ext, stream):
+    def fused(x, dy, w, roww, scale, s, rows, cols) -> None:
+        ext.weight_score_fused(x, dy, w.contiguous(), _f32(roww), scale, s, rows, cols, *stream(w.device))
+    return fused
+
+
+def _cuda(ext, stream):
+    def fused(x, dy, w, roww, scale, s, rows, cols) -> None:  # the CUDA kernel takes X, dY and W in one dtype
+        ext.weight_score_fused(x.contiguous(), dy.to(x.dtype).contiguous(), w.to(x.dtype).contiguous(), _f32(roww),
+                               scale, s, rows, cols, *stream(w.device))
+    return fused
+
+
+def _extension_epilogue(ext, stream):
+    def epilogue(w, g, roww, scale, s, rows, cols) -> None:
+        ext.weight_score_epilogue(w.contiguous(), _f32(g), _f32(roww), scale, s, rows, cols, *stream(w.device))
+    return epilogue
+
+
+registry.implement(WEIGHT_SCORE, torch=weight_score_reference, triton=_triton)
+registry.implement_extensions(WEIGHT_SCORE, cpp=_cpp, cuda=_cuda)
+registry.implement(WEIGHT_SCORE_EPILOGUE, torch=weight_score_epilogue_reference, triton=_triton_epilogue)
+registry.implement_extensions(WEIGHT_SCORE_EPILOGUE, cpp=_extension_epilogue, cuda=_extension_epilogue)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
