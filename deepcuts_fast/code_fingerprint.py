@@ -1,8 +1,10 @@
 """Fingerprints of the code a result depends on, so a resumable step reruns when code it runs changes, not on any edit.
 
 The fingerprint covers the named modules and, found statically with `ast`, every module of the package they
-import (also inside functions; a package's `__init__` only where it is itself imported). Each module counts as
-its syntax tree without docstrings, so comment, docstring and layout edits keep it; only Python sources count.
+import (also inside functions; a package's `__init__` only where it is itself imported; a registry package whose
+`__init__` collects its modules with `pkgutil`, such as the families and the criteria, stands for all of them).
+Each module counts as its syntax tree without docstrings, so comment, docstring and layout edits keep it; only
+Python sources count.
 """
 from __future__ import annotations
 
@@ -50,7 +52,10 @@ def _closure(root: Path, names: tuple[str, ...]) -> tuple[str, ...]:
         if name in seen:
             continue
         seen.add(name)
-        for base, members in _module(index[name], name)[1]:
+        imports = _module(index[name], name)[1]
+        if index[name].name == "__init__.py" and any(base == "pkgutil" for base, _ in imports):
+            todo.extend(m for m in index if m.rpartition(".")[0] == name)  # a registry: every module it collects
+        for base, members in imports:
             submodules = [m for m in (f"{base}.{member}" for member in members) if m in index]
             todo.extend(submodules)
             if base in index and (not members or len(submodules) < len(members)):  # `import base`, or names it defines

@@ -9,7 +9,8 @@ import pytest
 from deepcuts_fast.code_fingerprint import PACKAGE_ROOT, code_fingerprint, module_closure
 from deepcuts_fast.job.steps import StepStore
 
-PRESENTATION = {"deepcuts_fast.job.report", "deepcuts_fast.job.plots", "deepcuts_fast.job.run", "deepcuts_fast.cli",
+PRESENTATION = {"deepcuts_fast.job.report", "deepcuts_fast.job.plots", "deepcuts_fast.job.plot_style",
+                "deepcuts_fast.job.structured_plots", "deepcuts_fast.job.run", "deepcuts_fast.cli",
                 *(f"deepcuts_fast.cli.{p.stem}" for p in (PACKAGE_ROOT / "cli").glob("*.py"))}
 
 # A small package shaped like this one: its __init__ re-exports a presentation module, `core` imports `sub.lazy`
@@ -42,6 +43,23 @@ def test_scan_follows_lazy_imports_and_not_the_report(tmp_path):
     assert "fakepkg.core" in module_closure(["fakepkg.report"], root)
     with pytest.raises(ValueError, match="fakepkg.nothing"):
         module_closure(["fakepkg.nothing"], root)
+
+
+def test_a_registry_package_stands_for_every_module_it_collects(tmp_path):
+    def registry_package(base: Path, extra: str) -> Path:
+        root = fake_package(base, core=FAKE["core.py"].replace("from .sub.lazy import triple", "from .sub import FOUND"))
+        (root / "sub" / "__init__.py").write_text(
+            '"""A registry."""\nimport importlib\nimport pkgutil\n\n'
+            'FOUND = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)]\n')
+        (root / "sub" / "extra.py").write_text(extra)
+        return root
+
+    root = registry_package(tmp_path / "a", "VALUE = 3\n")
+    assert {"fakepkg.sub.extra", "fakepkg.sub.lazy"} <= set(module_closure(["fakepkg.core"], root))
+    edited = registry_package(tmp_path / "b", "VALUE = 4\n")
+    assert code_fingerprint(["fakepkg.core"], edited) != code_fingerprint(["fakepkg.core"], root)
+    assert {"deepcuts_fast.families.bert", "deepcuts_fast.scoring.criteria.smooth_cut"} <= set(
+        module_closure(["deepcuts_fast.pipeline"]))
 
 
 def test_scoring_closure_has_its_lazy_kernels_and_no_report():

@@ -166,14 +166,19 @@ def output_std(rows: torch.Tensor, mask: torch.Tensor, samples: int) -> torch.Te
     Per sample, so a sample's noise does not depend on which samples share its chunk (stacked, chunked and
     sequential passes stay equal); over real tokens only, because padding rows are not part of the data and
     their share varies from batch to batch (with `include_padding` the mask is all ones, and so is this).
-    Measured on the output before its own noise is added (upstream noise included: that is its input)."""
+    Measured on the output before its own noise is added (upstream noise included: that is its input).
+
+    Two passes over the output and no copy of it in fp32 (one in other dtypes): per token the sum and the
+    norm of its channels, then per sample the masked sums of those in fp64, var = E[y^2] - E[y]^2."""
     with torch.no_grad():
-        y = rows.float().reshape(samples, rows.shape[0] // samples, rows.shape[-1])  # a pruned-away Linear: 0 wide
-        m = mask.float().reshape(samples, -1, 1)
-        count = (m.sum((1, 2)) * rows.shape[-1]).clamp_min_(1)
-        mean = (y * m).sum((1, 2)) / count
-        var = ((y - mean[:, None, None]).square_() * m).sum((1, 2)) / count
-        return var.sqrt_()
+        y = rows.reshape(samples, rows.shape[0] // samples, rows.shape[-1])  # a pruned-away Linear: 0 wide
+        if y.dtype != torch.float32:
+            y = y.float()
+        m = mask.reshape(samples, -1).double()
+        count = (m.sum(1) * rows.shape[-1]).clamp_min_(1)
+        mean = (y.sum(-1).double() * m).sum(1) / count
+        square = (torch.linalg.vector_norm(y, dim=-1).double().square_() * m).sum(1) / count
+        return (square - mean.square()).clamp_min_(0).sqrt_().float()
 
 
 def _masked_sum(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
