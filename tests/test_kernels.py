@@ -228,7 +228,7 @@ def test_resolve_picks_and_refuses_clearly(monkeypatch):
         backends.resolve("cuda", "cpu")
     if backends.available("cpp", "cpu"):
         assert backends.resolve("auto", "cpu") == "cpp"
-    monkeypatch.setattr(backends, "_load", lambda name: None)
+    monkeypatch.setattr(backends, "loaded", lambda name: None)
     monkeypatch.setattr(backends, "_warned", set())
     with pytest.raises(DeepCutsError, match="not built"):
         backends.resolve("cpp", "cpu")

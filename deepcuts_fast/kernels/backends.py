@@ -24,16 +24,12 @@ _warned: set[str] = set()
 
 
 @lru_cache(maxsize=None)
-def _load(name: str) -> ModuleType | None:
+def loaded(name: str) -> ModuleType | None:
+    """The extension module of backend `name` ('cpp' or 'cuda') when it is built and imports, else None."""
     try:
         return importlib.import_module(_MODULES[name])
     except ImportError:
         return None
-
-
-def loaded(name: str) -> ModuleType | None:
-    """The extension module of backend `name` ('cpp' or 'cuda') when it is built and imports, else None."""
-    return _load(name)
 
 
 def stream_args(name: str, device: torch.device | str) -> tuple[int, ...]:
@@ -62,9 +58,9 @@ def available(name: str, device: torch.device | str) -> bool:
     if name == "torch":
         return True
     if name == "cpp":
-        return kind == "cpu" and _load("cpp") is not None
+        return kind == "cpu" and loaded("cpp") is not None
     if name == "cuda":
-        return kind == "cuda" and _load("cuda") is not None
+        return kind == "cuda" and loaded("cuda") is not None
     if name == "triton":
         return triton_importable() and (kind == "cuda" or (kind == "cpu" and triton_interpreted()))
     return False
@@ -104,7 +100,7 @@ def _unavailable(backend: str, kind: str) -> str:
             return "backend 'triton' needs triton: pip install 'deepcuts-fast[triton]', or use backend='auto'"
         return (f"backend 'triton' runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), not {kind}; "
                 "use backend='auto'")
-    if _load(backend) is None:
+    if loaded(backend) is None:
         return f"backend {backend!r} is not built in this installation; {BUILD_HINT}, or use backend='torch' or 'auto'"
     want = "cpu" if backend == "cpp" else "cuda"
     return f"backend {backend!r} runs on {want} tensors, not {kind}; use backend='auto'"
