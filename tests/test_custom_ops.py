@@ -69,7 +69,7 @@ def _copies(outputs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_each_op_compiles_to_one_opaque_call_that_matches_eager(name, backend, dtype):
     """The public function under torch.compile(fullgraph=True): dynamo's graph holds one call of the op (no Python
-    branch over backends), AOT functionalizes its mutation, and the outputs equal eager's bit for bit."""
+    branch over backends), AOT functionalizes its mutation, and the outputs equal eager's (bit for bit on the CPU)."""
     inputs, outputs, call = _case(name, backend, dtype)
     start = [None if o is None else o[0].clone() for o in outputs]
     eager = _copies(outputs)
@@ -85,7 +85,10 @@ def test_each_op_compiles_to_one_opaque_call_that_matches_eager(name, backend, d
     assert not any(t.startswith("deepcuts.") and t != f"deepcuts.{name}.default" for t in graphs[0])
     for got, want, before in zip(outputs, eager, start):
         if got is not None:
-            assert torch.equal(got[0], want[0]), f"{name} on {backend}: compiled differs from eager"
+            if _device(backend) == "cuda":  # GPU kernels add partial sums with atomics, in no fixed order
+                torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(got[0], want[0]), f"{name} on {backend}: compiled differs from eager"
             assert not torch.equal(got[0], before), f"{name} on {backend} added nothing"
             assert_guard_intact(got[1], got[0].numel())
 

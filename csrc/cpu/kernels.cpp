@@ -85,17 +85,20 @@ void check_outputs(const at::Tensor& w, const c10::optional<at::Tensor>& s, cons
 
 float* maybe_ptr(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr<float>() : nullptr; }
 
-// Each thread streams whole rows of its token range (contiguous reads) into private fp32 sums, then adds them up.
+// Each thread streams whole rows of its token range (contiguous reads) into private fp32 sums; the sums are then
+// added in thread order, so a call's result does not depend on which thread finishes first.
 template <typename T>
 void activation_stats_impl(const T* pa, const T* pd, const float* m, int64_t tokens, int64_t channels, float* o) {
-#pragma omp parallel
+  const int threads = omp_get_max_threads();
+  const int64_t width = 4 * channels;
+  std::vector<float> acc(static_cast<size_t>(threads) * width, 0.0f);
+#pragma omp parallel num_threads(threads)
   {
-    std::vector<float> acc(4 * channels, 0.0f);
-    float* sa = acc.data();
+    float* sa = acc.data() + static_cast<int64_t>(omp_get_thread_num()) * width;
     float* sd = sa + channels;
     float* sp = sd + channels;
     float* sq = sp + channels;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < tokens; ++t) {
       const float mt = m ? m[t] : 1.0f;
       if (mt == 0.0f) continue;
@@ -111,8 +114,12 @@ void activation_stats_impl(const T* pa, const T* pd, const float* m, int64_t tok
         sq[c] += fabsf(p);
       }
     }
-#pragma omp critical
-    for (int64_t k = 0; k < 4 * channels; ++k) o[k] += acc[k];
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < width; ++k) {
+      float total = 0.0f;
+      for (int t = 0; t < threads; ++t) total += acc[static_cast<int64_t>(t) * width + k];
+      o[k] += total;
+    }
   }
 }
 
