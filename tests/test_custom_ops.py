@@ -47,8 +47,9 @@ def _case(name: str, backend: str, dtype: torch.dtype = torch.float32):
         return inputs, [guarded((4, 6), dev, gen)], lambda i, o: activation_stats(*i, o[0], backend=backend)
     y, buf = guarded((3, 35), dev, gen)
     buf = buf.to(dtype)  # noise goes into a tensor of the activations' dtype
-    return (), [(buf[:y.numel()].view(y.shape), buf)], lambda i, o: add_noise(o[0], 0.3, 2**40 + 17, 4, 11,
-                                                                               range(1, 4), backend=backend)
+    stds = torch.rand(3, generator=gen).to(dev) + 0.1  # each stacked sample's own scale (the relative noise)
+    return (stds,), [(buf[:y.numel()].view(y.shape), buf)], lambda i, o: add_noise(o[0], i[0], 2**40 + 17, 4, 11,
+                                                                                   range(1, 4), backend=backend)
 
 
 def _heads(outputs):
@@ -110,7 +111,7 @@ def test_opcheck(name, backend):
         a, da, mask = inputs
         args = (a.flatten(0, -2), da.flatten(0, -2), mask, heads[0])
     else:
-        args = (heads[0], 0.3, 2**40 + 17, 4, 11, 1, 3)
+        args = (heads[0], 0.3, inputs[0], 2**40 + 17, 4, 11, 1, 3)
     torch.library.opcheck(op, (*args, backend))
 
 

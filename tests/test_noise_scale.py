@@ -18,7 +18,6 @@ from deepcuts_fast.cli.flags import check_flags
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.job.analysis import plan_iou
 from deepcuts_fast.kernels import add_noise, add_noise_reference, backends
-from deepcuts_fast.kernels.noise import draw_then_scale
 from deepcuts_fast.scoring import probes
 from deepcuts_fast.scoring.options import ScoreOptions
 from test_cli_flags import no_loading  # noqa: F401, F811 (a fixture)
@@ -126,19 +125,23 @@ def test_backends_agree(backend, noise_scale, granularity):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_per_sample_std_kernel_paths_match_the_reference(backend, dtype):
-    """A tensor of per-sample stds: the CPU path (one fused call per sample), the accelerator path (normals drawn,
-    then scaled on the device; run here on the CPU) and the reference agree, and a 0-dim tensor equals a float."""
+    """A tensor of per-sample stds, read by the kernel itself in one call over every sample (a strided input too),
+    agrees with the reference and with one call per sample at that sample's scalar; a 0-dim tensor equals a float."""
     gen = torch.Generator().manual_seed(9)
     samples = range(2, 5)
     y = (torch.randn(3, 7, 37, generator=gen) * 4).to(dtype)
     stds = torch.tensor([0.5, 0.0, 2.0])
-    expect, fused, drawn = y.clone(), y.clone(), y.clone()
+    expect, fused, one_by_one = y.clone(), y.clone(), y.clone()
+    strided = y.transpose(1, 2).clone().transpose(1, 2)
     add_noise_reference(expect, stds, 2**40 + 7, 3, 11, samples)
     add_noise(fused, stds, 2**40 + 7, 3, 11, samples, backend=backend)
-    draw_then_scale(drawn, stds, 2**40 + 7, 3, 11, samples, backend=backend)
+    add_noise(strided, stds, 2**40 + 7, 3, 11, samples, backend=backend)
+    for i, sd in enumerate(stds.tolist()):
+        add_noise(one_by_one[i], sd, 2**40 + 7, 3, 11, range(samples.start + i, samples.start + i + 1),
+                  backend=backend)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for got in (fused, drawn):
-        torch.testing.assert_close(got.float(), expect.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(fused.float(), expect.float(), rtol=tol, atol=tol)
+    assert torch.equal(fused, one_by_one) and torch.equal(strided, fused)
     assert torch.equal(fused[1], y[1])  # a zero std adds nothing
     scalar, tensor = y.clone(), y.clone()
     add_noise(scalar, 0.5, 1, 2, 3, samples, backend=backend)

@@ -147,7 +147,7 @@ void philox_normals(uint64_t key, uint32_t batch, uint32_t layer, uint32_t sampl
 
 template <typename T>
 void add_noise_impl(T* py, int64_t per_sample, int64_t samples, uint64_t key, uint32_t batch, uint32_t layer,
-                    int64_t first_sample, float sd) {
+                    int64_t first_sample, float sd, const float* stds) {
   const int64_t counters = (per_sample + 3) / 4;
   const int64_t chunks = (counters + kNoiseBlocks - 1) / kNoiseBlocks;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -158,8 +158,9 @@ void add_noise_impl(T* py, int64_t per_sample, int64_t samples, uint64_t key, ui
       philox_normals(key, batch, layer, static_cast<uint32_t>(first_sample + s), static_cast<uint32_t>(c0), n, z);
       T* row = py + s * per_sample + 4 * c0;
       const int64_t elements = std::min<int64_t>(4 * n, per_sample - 4 * c0);
+      const float scale = stds ? sd * stds[s] : sd;
       for (int64_t e = 0; e < elements; ++e)
-        row[e] = static_cast<T>(static_cast<float>(row[e]) + sd * z[(e & 3) * n + (e >> 2)]);
+        row[e] = static_cast<T>(static_cast<float>(row[e]) + scale * z[(e & 3) * n + (e >> 2)]);
     }
   }
 }
@@ -214,24 +215,26 @@ void activation_stats(const at::Tensor& a, const at::Tensor& da, const c10::opti
   });
 }
 
-// Kernel 3: y[sample i] += std * N(0, 1) in place, Philox-keyed by (seed, batch, layer, first_sample + i).
-void add_noise(const at::Tensor& y, double std, int64_t seed, int64_t batch, int64_t layer, int64_t first_sample,
-               int64_t samples) {
+// Kernel 3: y[sample i] += std * stds[i] * N(0, 1) in place (stds absent: 1), Philox-keyed by
+// (seed, batch, layer, first_sample + i). One call covers every stacked sample, each at its own scale.
+void add_noise(const at::Tensor& y, double std, const c10::optional<at::Tensor>& stds, int64_t seed, int64_t batch,
+               int64_t layer, int64_t first_sample, int64_t samples) {
   TORCH_CHECK(y.is_contiguous() && y.device().is_cpu(), "Y must be a contiguous CPU tensor");
   TORCH_CHECK(samples >= 1 && y.numel() % samples == 0, "Y's elements must split evenly into ", samples, " samples");
   const int64_t per_sample = y.numel() / samples;
   TORCH_CHECK(per_sample / 4 < (int64_t(1) << 32), "a noise sample holds too many elements for a 32-bit counter");
+  const float* sd = optional_ptr(stds, samples, "stds");
   const uint64_t key = static_cast<uint64_t>(seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "deepcuts_add_noise", [&] {
     add_noise_impl<scalar_t>(y.data_ptr<scalar_t>(), per_sample, samples, key, static_cast<uint32_t>(batch),
-                             static_cast<uint32_t>(layer), first_sample, static_cast<float>(std));
+                             static_cast<uint32_t>(layer), first_sample, static_cast<float>(std), sd);
   });
 }
 
 // The standard normals of elements [0, count) of one (seed, batch, layer, sample), for tests.
 at::Tensor philox_normal(int64_t count, int64_t seed, int64_t batch, int64_t layer, int64_t sample) {
   at::Tensor out = at::zeros({count}, at::kFloat);
-  add_noise(out, 1.0, seed, batch, layer, sample, 1);
+  add_noise(out, 1.0, c10::nullopt, seed, batch, layer, sample, 1);
   return out;
 }
 
@@ -240,7 +243,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weight_score_fused", &weight_score_fused, "S += |W * (dY^T X) * scale * roww| without a full G");
   m.def("weight_score_epilogue", &weight_score_epilogue, "S += |W * G * scale * roww|");
   m.def("activation_stats", &activation_stats, "masked sums of A, dA, A*dA, |A*dA| per channel");
-  m.def("add_noise", &add_noise, "Y += std * Philox normal noise, in place");
+  m.def("add_noise", &add_noise, "Y += std * stds[sample] * Philox normal noise, in place");
   m.def("philox_normal", &philox_normal, "Philox normals of one noise key");
   m.def("num_threads", &omp_get_max_threads, "OpenMP threads");
 }

@@ -72,14 +72,15 @@ void activation_stats(const at::Tensor& a, const at::Tensor& da, const c10::opti
                "activation_stats");
 }
 
-void add_noise(const at::Tensor& y, double std, int64_t seed, int64_t batch, int64_t layer, int64_t first_sample,
-               int64_t samples, int64_t stream) {
+void add_noise(const at::Tensor& y, double std, const c10::optional<at::Tensor>& stds, int64_t seed, int64_t batch,
+               int64_t layer, int64_t first_sample, int64_t samples, int64_t stream) {
   check_cuda(y, "Y");
   TORCH_CHECK(samples >= 1 && y.numel() % samples == 0, "Y's elements must split evenly into ", samples, " samples");
   check_launch(deepcuts_cuda::launch_add_noise(y.data_ptr(), dtype_code(y), y.numel() / samples, samples,
-                                               static_cast<float>(std), static_cast<uint64_t>(seed),
-                                               static_cast<uint32_t>(batch), static_cast<uint32_t>(layer),
-                                               static_cast<uint32_t>(first_sample), stream_ptr(stream)),
+                                               static_cast<float>(std), f32(stds, samples, "stds"),
+                                               static_cast<uint64_t>(seed), static_cast<uint32_t>(batch),
+                                               static_cast<uint32_t>(layer), static_cast<uint32_t>(first_sample),
+                                               stream_ptr(stream)),
                "add_noise");
 }
 
@@ -88,5 +89,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weight_score_fused", &weight_score_fused, "S += |W * (dY^T X) * scale * roww|, G tile in registers");
   m.def("weight_score_epilogue", &weight_score_epilogue, "S += |W * G * scale * roww|");
   m.def("activation_stats", &activation_stats, "masked sums of A, dA, A*dA, |A*dA| per channel");
-  m.def("add_noise", &add_noise, "Y += std * Philox normal noise, in place");
+  m.def("add_noise", &add_noise, "Y += std * stds[sample] * Philox normal noise, in place");
 }

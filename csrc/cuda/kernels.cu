@@ -118,13 +118,15 @@ __global__ void activation_stats_kernel(const T* __restrict__ a, const T* __rest
   atomicAdd(out + 3 * channels + c, sq);
 }
 
-// y[sample s] += std * Philox normals, one counter (four elements) per thread.
+// y[sample s] += std * stds[s] (stds null: 1) * Philox normals, one counter (four elements) per thread; the
+// per-sample scales are read on the device, so relative noise needs no host sync.
 template <typename T>
-__global__ void add_noise_kernel(T* y, int64_t per_sample, float sd, uint64_t seed, uint32_t batch, uint32_t layer,
-                                 uint32_t first_sample) {
+__global__ void add_noise_kernel(T* y, int64_t per_sample, float sd, const float* stds, uint64_t seed, uint32_t batch,
+                                 uint32_t layer, uint32_t first_sample) {
   const int64_t counters = (per_sample + 3) / 4;
   const int64_t blk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (blk >= counters) return;
+  if (stds) sd *= stds[blockIdx.y];
   float z[4];
   deepcuts::noise4(seed, batch, layer, first_sample + blockIdx.y, static_cast<uint32_t>(blk), z);
   T* row = y + static_cast<int64_t>(blockIdx.y) * per_sample;
@@ -183,13 +185,13 @@ int launch_activation_stats(const void* a, const void* da, int dtype, const floa
   return static_cast<int>(cudaGetLastError());
 }
 
-int launch_add_noise(void* y, int dtype, int64_t per_sample, int64_t samples, float sd, uint64_t seed, uint32_t batch,
-                     uint32_t layer, uint32_t first_sample, void* stream) {
+int launch_add_noise(void* y, int dtype, int64_t per_sample, int64_t samples, float sd, const float* stds,
+                     uint64_t seed, uint32_t batch, uint32_t layer, uint32_t first_sample, void* stream) {
   const dim3 grid(static_cast<unsigned>(cdiv(cdiv(per_sample, 4), 256)), static_cast<unsigned>(samples));
   dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    add_noise_kernel<T><<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<T*>(y), per_sample, sd, seed,
-                                                                             batch, layer, first_sample);
+    add_noise_kernel<T><<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<T*>(y), per_sample, sd, stds,
+                                                                             seed, batch, layer, first_sample);
   });
   return static_cast<int>(cudaGetLastError());
 }

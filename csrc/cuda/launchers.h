@@ -14,7 +14,7 @@ int launch_weight_score_epilogue(const void* w, int dtype, const float* g, const
                                  float* rows, float* cols, int64_t out, int64_t in, void* stream);
 int launch_activation_stats(const void* a, const void* da, int dtype, const float* mask, float* out, int64_t tokens,
                             int64_t channels, void* stream);
-int launch_add_noise(void* y, int dtype, int64_t per_sample, int64_t samples, float sd, uint64_t seed, uint32_t batch,
-                     uint32_t layer, uint32_t first_sample, void* stream);
+int launch_add_noise(void* y, int dtype, int64_t per_sample, int64_t samples, float sd, const float* stds,
+                     uint64_t seed, uint32_t batch, uint32_t layer, uint32_t first_sample, void* stream);
 
 }  // namespace deepcuts_cuda

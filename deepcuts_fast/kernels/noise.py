@@ -9,11 +9,9 @@ contiguous; `y.detach()` under torch.export), with the noise key as plain ints (
 the samples as first and count), whose table below holds each backend's implementation (see registry.py).
 
 `std` is one number for every sample (the absolute noise), or a tensor of one standard deviation per
-stacked sample (Smooth-Cut's relative noise, measured on the device): on the CPU its values are read
-(no sync to wait for) and each sample gets the fused kernel with its own scalar; on an accelerator the
-backend draws the standard normals into an fp32 buffer and one device op scales and adds them, so no
-host sync is needed (at the cost of that transient buffer, one fp32 copy of `y`); so does the CPU under
-`torch.compile`, where reading the values would break the graph.
+stacked sample (Smooth-Cut's relative noise, measured on the device): the op takes those as an optional fp32
+tensor on `y`'s device that every backend's kernel reads where it runs, so each stacked sample gets its own
+scale in the same single call, with no host sync, no per-sample launch and no transient buffer.
 """
 from __future__ import annotations
 
@@ -80,10 +78,11 @@ def add_noise_reference(y: torch.Tensor, std: float | torch.Tensor, seed: int, b
 
 
 ADD_NOISE = registry.define(
-    "add_noise", "(Tensor(a!) y, float std, int seed, int batch, int layer, int first_sample, int samples, "
-    "str backend) -> ()")
-"""`y` (contiguous) += std * the Philox normals of samples first_sample .. + samples, each keyed by the 64-bit
-seed (as a signed int64: the same bits), batch and layer (uint32)."""
+    "add_noise", "(Tensor(a!) y, float std, Tensor? stds, int seed, int batch, int layer, int first_sample, "
+    "int samples, str backend) -> ()")
+"""`y` (contiguous) += std * stds[s] (stds None: 1) * the Philox normals of each sample s of first_sample .. +
+samples, keyed by the 64-bit seed (as a signed int64: the same bits), batch and layer (uint32); `stds`: fp32,
+one per sample, on `y`'s device."""
 
 
 def add_noise(y: torch.Tensor, std: float | torch.Tensor, seed: int, batch: int, layer: int, samples: range,
@@ -92,52 +91,19 @@ def add_noise(y: torch.Tensor, std: float | torch.Tensor, seed: int, batch: int,
     `std`: one number, or a 0-dim or (len(samples),) tensor: each stacked sample's own standard deviation."""
     if y.numel() % len(samples):
         raise ValueError(f"a tensor of {y.numel()} elements does not split into {len(samples)} noise samples")
+    stds = None
     if torch.is_tensor(std):
         if std.numel() not in (1, len(samples)):
             raise ValueError(f"std holds {std.numel()} values for {len(samples)} noise samples")
-        if samples and y.numel():
-            _add_scaled_noise(y, std, seed, batch, layer, samples, backend)
-        return
+        stds, std = _per_sample(std, len(samples), y.device), 1.0
     if not samples or std == 0 or y.numel() == 0:
         return
     name = backends.resolve(backend, y.device)
     data = _untracked(y)
     target = data if data.is_contiguous() else data.contiguous()
     with torch.no_grad():
-        ADD_NOISE(target, float(std), _signed64(seed), batch & MASK32, layer & MASK32, samples.start, len(samples),
-                  name)
-        if target is not data:
-            data.copy_(target)
-
-
-def _add_scaled_noise(y: torch.Tensor, std: torch.Tensor, seed: int, batch: int, layer: int, samples: range,
-                      backend: str) -> None:
-    """`add_noise` with a tensor of per-sample standard deviations (see the module's docstring)."""
-    k = len(samples)
-    stds = _per_sample(std, k, y.device)
-    if y.device.type == "cpu" and not torch.compiler.is_compiling():  # compiled: no host read, no graph break
-        data = _untracked(y)
-        target = data if data.is_contiguous() else data.contiguous()
-        flat = target.view(k, -1)
-        for i, sd in enumerate(stds.tolist()):
-            add_noise(flat[i], sd, seed, batch, layer, range(samples.start + i, samples.start + i + 1), backend)
-        if target is not data:
-            data.copy_(target)
-    else:
-        draw_then_scale(y, stds, seed, batch, layer, samples, backend)
-
-
-def draw_then_scale(y: torch.Tensor, stds: torch.Tensor, seed: int, batch: int, layer: int, samples: range,
-                    backend: str = "auto") -> None:
-    """`y += stds[s] * noise of sample s` without reading `stds` on the host: the backend draws the standard
-    normals into an fp32 buffer, one device op scales and adds them (the accelerator path; any device works)."""
-    k = len(samples)
-    z = torch.zeros(k, y.numel() // k, device=y.device, dtype=torch.float32)
-    add_noise(z, 1.0, seed, batch, layer, samples, backend=backend)  # 0 + 1 * z: exactly the normals
-    with torch.no_grad():
-        data = _untracked(y)
-        target = data if data.is_contiguous() else data.contiguous()
-        target.view(k, -1).add_(z.mul_(_per_sample(stds, k, y.device)[:, None]))
+        ADD_NOISE(target, float(std), stds, _signed64(seed), batch & MASK32, layer & MASK32, samples.start,
+                  len(samples), name)
         if target is not data:
             data.copy_(target)
 
@@ -151,8 +117,8 @@ def _untracked(y: torch.Tensor) -> torch.Tensor:
 
 
 def _per_sample(std: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
-    """A 0-dim or (k,) std tensor as (k,) fp32 on `device`."""
-    return std.detach().to(device=device, dtype=torch.float32).reshape(-1).expand(k)
+    """A 0-dim or (k,) std tensor as a contiguous (k,) fp32 tensor on `device`."""
+    return std.detach().to(device=device, dtype=torch.float32).reshape(-1).expand(k).contiguous()
 
 
 def _signed64(seed: int) -> int:
@@ -161,19 +127,21 @@ def _signed64(seed: int) -> int:
     return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
-def _reference(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, first: int, count: int) -> None:
-    add_noise_reference(y, std, seed, batch, layer, range(first, first + count))
+def _reference(y: torch.Tensor, std: float, stds: torch.Tensor | None, seed: int, batch: int, layer: int, first: int,
+               count: int) -> None:
+    add_noise_reference(y, std if stds is None else std * stds, seed, batch, layer, range(first, first + count))
 
 
-def _triton(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, first: int, count: int) -> None:
+def _triton(y: torch.Tensor, std: float, stds: torch.Tensor | None, seed: int, batch: int, layer: int, first: int,
+            count: int) -> None:
     from .triton_kernels import launch_add_noise
 
-    launch_add_noise(y, std, seed & ((1 << 64) - 1), batch, layer, range(first, first + count))
+    launch_add_noise(y, std, stds, seed & ((1 << 64) - 1), batch, layer, range(first, first + count))
 
 
 def _extension(ext, stream):
-    return lambda y, std, seed, batch, layer, first, count: ext.add_noise(y, std, seed, batch, layer, first, count,
-                                                                         *stream(y.device))
+    return lambda y, std, stds, seed, batch, layer, first, count: ext.add_noise(y, std, stds, seed, batch, layer,
+                                                                               first, count, *stream(y.device))
 
 
 registry.implement(ADD_NOISE, torch=_reference, triton=_triton)

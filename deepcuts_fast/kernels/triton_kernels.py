@@ -34,9 +34,13 @@ def _noise_lane(y_ptr, base, e, per_sample, std, z):
 
 
 @triton.jit
-def add_noise_kernel(y_ptr, per_sample, std, k0, k1, batch, layer, first_sample, BLOCK: tl.constexpr):
-    """y[sample s] += std * Philox normals keyed by (seed=(k0, k1), counter=(element // 4, s, batch, layer))."""
+def add_noise_kernel(y_ptr, per_sample, std, stds_ptr, k0, k1, batch, layer, first_sample, HAS_STDS: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """y[sample s] += std * stds[s] (without stds: 1) * Philox normals keyed by (seed=(k0, k1),
+    counter=(element // 4, s, batch, layer))."""
     s = tl.program_id(1)
+    if HAS_STDS:
+        std = std * tl.load(stds_ptr + s)
     blk = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     zero = tl.zeros([BLOCK], dtype=tl.uint32)
     c0 = blk.to(tl.uint32)
@@ -211,9 +215,11 @@ def _or(t: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
     return placeholder if t is None else t
 
 
-def launch_add_noise(y: torch.Tensor, std: float, seed: int, batch: int, layer: int, samples: range) -> None:
-    """Launch the in-place noise kernel over (counter blocks, samples)."""
+def launch_add_noise(y: torch.Tensor, std: float, stds: torch.Tensor | None, seed: int, batch: int, layer: int,
+                     samples: range) -> None:
+    """Launch the in-place noise kernel over (counter blocks, samples); `stds`: each sample's scale, or None."""
     per_sample = y.numel() // len(samples)
     block = 128 if triton_interpreted() else 512
     add_noise_kernel[(_cdiv(_cdiv(per_sample, 4), block), len(samples))](
-        y, per_sample, float(std), seed & 0xFFFFFFFF, seed >> 32, batch, layer, samples.start, BLOCK=block)
+        y, per_sample, float(std), _or(stds, y), seed & 0xFFFFFFFF, seed >> 32, batch, layer, samples.start,
+        HAS_STDS=stds is not None, BLOCK=block)
