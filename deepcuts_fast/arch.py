@@ -36,19 +36,28 @@ class EncoderLayer:
     index: int
     prefix: str  # qualified name of the layer module in the full model
     attention: nn.Module
-    linears: dict[str, nn.Linear]  # role -> module
+    linears: dict[str, nn.Linear]  # role -> module (a fused Linear under each of its roles)
     names: dict[str, str]  # role -> qualified module name
     head_dim: int
+    blocks: dict[str, int]  # role -> unit-ordered blocks its Linear stacks along the unit axis (3 for a fused QKV
+    #                         projection, 2 for a GLU's input and gate, else 1)
     extras: dict[str, nn.Linear]  # the family's `head_extras` this layer has (qualified name -> Linear): sliced
     #                               with its heads, not scored
 
     @property
     def num_heads(self) -> int:
-        return self.linears["query"].out_features // self.head_dim
+        return self.linears["attn_out"].in_features // self.head_dim
 
     @property
     def ffn_width(self) -> int:
-        return self.linears["ffn_in"].out_features
+        return self.linears["ffn_out"].in_features
+
+    def distinct(self) -> dict[str, nn.Linear]:
+        """role -> Linear, each Linear once, under the first of its roles (a fused QKV projection as "query")."""
+        seen: dict[str, str] = {}
+        for role in ROLES:
+            seen.setdefault(self.names[role], role)
+        return {role: self.linears[role] for role in seen.values()}
 
 
 def _family(model: nn.Module):
@@ -96,6 +105,7 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
                 linears=linears,
                 names={role: f"{layer_prefix}.{getattr(spec, role)}" for role in ROLES},
                 head_dim=int(getattr(attention, spec.head_dim_attr)),
+                blocks={role: spec.blocks(getattr(spec, role)) for role in ROLES},
                 extras=extras,
             )
         )
@@ -115,5 +125,5 @@ def embeddings_module(model: nn.Module) -> nn.Module:
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Qualified module name -> Linear for every prunable Linear, in forward order."""
+    """Qualified module name -> Linear for every prunable Linear (a fused one once), in forward order."""
     return {layer.names[r]: layer.linears[r] for layer in encoder_layers(model) for r in ROLES}

@@ -18,7 +18,7 @@ if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter; 
 TINY = dict(hidden=32, heads=4, ffn=48, layers=2, vocab=100)
 
 
-FAMILIES = ["bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert", "mpnet", "deberta-v2"]
+FAMILIES = ["bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert", "mpnet", "deberta-v2", "modernbert"]
 """Every supported family (one model type each), as the family-parametrized tests run them: adding a family to
 deepcuts_fast/families/ means adding it here (its tiny config comes from the family's own `config`)."""
 
@@ -63,6 +63,8 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, attn: str = "eager", see
     extra = {"pad_token_id": pad_id(arch)} if arch in PAD_ONE else {}
     if arch == "electra":
         extra["embedding_size"] = TINY["hidden"]
+    if arch == "modernbert":  # special ids inside the tiny vocabulary; a local window shorter than the test batches
+        extra.update(pad_token_id=0, cls_token_id=2, bos_token_id=2, sep_token_id=3, eos_token_id=3, local_attention=4)
     cfg = family({"model_type": arch}).config(TINY["hidden"], TINY["heads"], TINY["ffn"], TINY["layers"],
                                               vocab_size=TINY["vocab"], max_position_embeddings=64,
                                               num_labels=num_labels, attn_implementation=attn, **extra)

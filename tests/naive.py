@@ -13,8 +13,18 @@ from deepcuts_fast.kernels import philox_normal_reference
 
 
 def prunable(model):
-    """[(module name, Linear)] in forward order."""
-    return [(layer.names[r], layer.linears[r]) for layer in encoder_layers(model) for r in ROLES]
+    """[(module name, Linear)] in forward order, a fused Linear (one QKV projection) once."""
+    return [(name, lin) for name, (lin, _) in _numbered(model).items()]
+
+
+def _numbered(model):
+    """module name -> (Linear, its noise key): the position of its first role among the six roles of all layers
+    (layer * 6 + role), the Linear index the documented noise is keyed by."""
+    out = {}
+    for layer in encoder_layers(model):
+        for i, r in enumerate(ROLES):
+            out.setdefault(layer.names[r], (layer.linears[r], layer.index * len(ROLES) + i))
+    return out
 
 
 def first_call(hook):
@@ -56,8 +66,10 @@ def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shif
     cam = "cam" in criterion
     c = shift if criterion.endswith("shift") else 0.0
     n_samples = noise_samples if smooth else 1
+    numbered = _numbered(model)
     mods = prunable(model)
-    params = [(f"{name}.{k}", getattr(lin, k)) for name, lin in mods for k in ("weight", "bias")]
+    params = [(f"{name}.{k}", getattr(lin, k)) for name, lin in mods for k in ("weight", "bias")
+              if getattr(lin, k) is not None]
     for _, p in params:
         p.requires_grad_(True)
     total = {name: torch.zeros_like(p) for name, p in params}
@@ -69,7 +81,7 @@ def naive_scores(model, batches, criterion, noise_samples=1, noise_std=0.0, shif
         out_means = {name: 0.0 for name, _ in mods}
         for n in range(n_samples):
             handles, outputs = [], {}
-            for idx, (name, lin) in enumerate(mods):
+            for name, (lin, idx) in numbered.items():
                 def hook(mod, inp, out, name=name, idx=idx):
                     outputs[name] = out.detach()
                     if smooth and noise_std:
@@ -103,7 +115,7 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
     layers = encoder_layers(model)
     heads = [torch.zeros(layer.num_heads) for layer in layers]
     neurons = [torch.zeros(layer.ffn_width) for layer in layers]
-    mods = prunable(model)
+    numbered = _numbered(model)
     n_samples = noise_samples if smooth else 1
     for b, batch in enumerate(batches):
         gh = [torch.zeros(layer.num_heads) for layer in layers]
@@ -111,7 +123,7 @@ def naive_first_order(model, batches, smooth=False, noise_samples=1, noise_std=0
         for n in range(n_samples):
             ms, handles = unit_masks(layers)
             if smooth and noise_std:
-                for idx, (_, lin) in enumerate(mods):
+                for lin, idx in numbered.values():
                     def hook(mod, inp, out, idx=idx):
                         sigma = noise_sigma(out, batch["attention_mask"], noise_std, noise_scale)
                         return out + sigma * philox_normal_reference(out.numel(), seed, b, idx, range(n, n + 1)

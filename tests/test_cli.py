@@ -77,7 +77,8 @@ def test_run_quick_writes_results(model_dir, data_csv, tmp_path, capsys):
     (["score", "--model", "{empty}"], "cannot load"),
     (["score", "--data", "{empty_csv}"], "no rows"),
     (["score", "--data", "{bad_labels}"], "label"),
-    (["score", "--model", "{gpt2}"], "supported: bert, camembert, deberta-v2, distilbert, electra, mpnet, roberta, xlm-roberta"),
+    (["score", "--model", "{gpt2}"], "supported: bert, camembert, deberta-v2, distilbert, electra, modernbert, mpnet, "
+                                     "roberta, xlm-roberta"),
 ])
 def test_errors_are_one_line_with_non_zero_exit_and_no_output_file(
         argv, message, model_dir, data_csv, tmp_path, capsys):

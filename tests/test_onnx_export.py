@@ -37,6 +37,10 @@ def family_tokenizer(arch: str, cls_name: str | None = None):
     elif arch == "deberta-v2" and cls_name is None:  # a SentencePiece (Unigram) vocabulary: (piece, score) pairs
         specials = [("[PAD]", 0.0), ("[UNK]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[MASK]", 0.0)]
         tokenizer = transformers.DebertaV2Tokenizer(vocab=specials + [("\u2581" + w, -1.0) for w in WORDS])
+    elif arch == "modernbert" and cls_name is None:  # [CLS] / [SEP] / [PAD] specials, no segments
+        tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+        tokenizer = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(tokens)},
+                                               model_input_names=["input_ids", "attention_mask"])
     else:
         cls_name = cls_name or {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer",
                                 "electra": "ElectraTokenizer"}[arch]

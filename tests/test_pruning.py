@@ -33,16 +33,24 @@ def zero_dropped_units(model, plan):
         for layer, kept_h, kept_n in zip(encoder_layers(ref), plan.heads, plan.neurons):
             d, lin = layer.head_dim, layer.linears
             for h in set(range(layer.num_heads)) - set(kept_h):
-                rows = slice(h * d, (h + 1) * d)
                 for r in ("query", "key", "value"):
-                    lin[r].weight[rows] = 0
-                    lin[r].bias[rows] = 0
-                lin["attn_out"].weight[:, rows] = 0
+                    zero_rows(lin[r], h * d, d, layer.blocks[r])
+                lin["attn_out"].weight[:, h * d:(h + 1) * d] = 0
             for j in set(range(layer.ffn_width)) - set(kept_n):
-                lin["ffn_in"].weight[j] = 0
-                lin["ffn_in"].bias[j] = 0
+                zero_rows(lin["ffn_in"], j, 1, layer.blocks["ffn_in"])
                 lin["ffn_out"].weight[:, j] = 0
     return ref
+
+
+def zero_rows(linear, start, size, blocks):
+    """Zero rows start:start+size of each of the `blocks` blocks the Linear stacks (a fused QKV projection's three,
+    a GLU input's two), with their biases where it has them."""
+    block = linear.out_features // blocks
+    for b in range(blocks):
+        rows = slice(b * block + start, b * block + start + size)
+        linear.weight[rows] = 0
+        if linear.bias is not None:
+            linear.bias[rows] = 0
 
 
 def logits(model, batch):
@@ -51,7 +59,8 @@ def logits(model, batch):
 
 
 def unit_params(model):
-    return sum(p.numel() for layer in encoder_layers(model) for lin in layer.linears.values() for p in lin.parameters())
+    linears = {id(lin): lin for layer in encoder_layers(model) for lin in layer.linears.values()}  # fused ones once
+    return sum(p.numel() for lin in linears.values() for p in lin.parameters())
 
 
 @pytest.mark.parametrize(("arch", "attn"), arch_attention_pairs())
@@ -68,9 +77,13 @@ def test_pruned_equals_dense_with_units_zeroed(arch, attn, seed):
     layers = encoder_layers(slim)
     assert [layer.num_heads for layer in layers] == [len(h) for h in plan.heads]
     assert [layer.ffn_width for layer in layers] == [len(n) for n in plan.neurons]
-    hidden, d = layers[0].linears["query"].in_features, layers[0].head_dim
-    removed = sum((plan.num_heads[i] - len(plan.heads[i])) * (4 * hidden * d + 3 * d)
-                  + (plan.ffn_widths[i] - len(plan.neurons[i])) * (2 * hidden + 1) for i in range(len(layers)))
+    hidden, d, lin = layers[0].linears["query"].in_features, layers[0].head_dim, layers[0].linears
+    head_biases = 3 * d if lin["query"].bias is not None else 0
+    rows = layers[0].blocks["ffn_in"]  # FFN input rows per neuron: 2 in a GLU
+    neuron_biases = rows if lin["ffn_in"].bias is not None else 0
+    removed = sum((plan.num_heads[i] - len(plan.heads[i])) * (4 * hidden * d + head_biases)
+                  + (plan.ffn_widths[i] - len(plan.neurons[i])) * ((rows + 1) * hidden + neuron_biases)
+                  for i in range(len(layers)))
     assert unit_params(slim) == unit_params(model) - removed
 
 
@@ -154,7 +167,7 @@ def test_prune_refuses_a_plan_for_another_model(bert, batches):
 
 
 @pytest.mark.parametrize("unit_method", ["sum", "first-order"])
-@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "modernbert"])
 def test_a_slim_model_can_be_scored_planned_and_pruned_again(arch, unit_method):
     model = tiny_model(arch)
     batches = tiny_batches()

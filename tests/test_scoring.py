@@ -245,6 +245,6 @@ def test_unsupported_architecture_lists_supported():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(DeepCutsError, match="supported: bert, camembert, deberta-v2, distilbert, electra, mpnet, roberta, "
-                                            "xlm-roberta"):
+    with pytest.raises(DeepCutsError, match="supported: bert, camembert, deberta-v2, distilbert, electra, modernbert, "
+                                            "mpnet, roberta, xlm-roberta"):
         dc.score(model, None, "magnitude")

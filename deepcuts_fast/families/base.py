@@ -3,7 +3,8 @@
 A family says where its encoder layers and their six prunable Linears live (module paths), which tensor slices
 make one prunable unit (`unit_slices`: a head owns `head_dim` rows of Q, K and V and as many columns of the
 attention output; an FFN neuron one row of the FFN input and one column of the FFN output, in the spirit of
-Torch-Pruning's dependency groups), how a layer is narrowed (`narrow_layer`, the one piece of code the pruner and
+Torch-Pruning's dependency groups; a fused Linear, `stacked`, holds several such blocks and a unit its slice of
+each), how a layer is narrowed (`narrow_layer`, the one piece of code the pruner and
 the stock-loadable modeling file share), and its export facts (graph inputs, where its positions start, what
 ONNX Runtime's transformer optimizer calls it), in the spirit of Optimum's per-model-type OnnxConfig.
 """
@@ -29,13 +30,18 @@ class Family:
     layers: str
     attention: str  # the module that owns the head count and head size
     query: str
-    key: str
+    key: str  # the same path as `query` where one fused Linear projects Q, K and V (see `stacked`)
     value: str
     attn_out: str
     ffn_in: str
     ffn_out: str
-    heads_attr: str  # attribute of `attention` holding the number of heads
+    heads_attr: str | None  # attribute of `attention` holding the number of heads (None: it reads them off its
+    #                         weights, as ModernBERT's does)
     head_dim_attr: str  # attribute of `attention` holding the size of one head
+    # fused Linears: (path in the layer, blocks) for a Linear that stacks `blocks` unit-ordered blocks along its unit
+    # axis: one QKV projection ([3, heads, head_dim] rows; query, key and value name it), or a GLU's input and gate
+    # ([2, neurons] rows; ffn_in names it). A unit owns its slice of each block.
+    stacked: tuple[tuple[str, int], ...] = ()
     # more of a head's dependency group, beyond the six roles
     head_extras: tuple[str, ...] = ()  # Linears (paths in the layer) with head_dim rows per head, where the layer
     #                                    has them (DeBERTa's separate relative-position projections): sliced with the
@@ -56,6 +62,12 @@ class Family:
                                               "num_hidden_layers")
     released: tuple[tuple[str, object], ...] = ()
 
+    def __post_init__(self) -> None:
+        for path in dict.fromkeys(self.path(r) for r in ROLES):
+            sharing = sum(self.path(r) == path for r in ROLES)
+            if sharing > 1 and self.blocks(path) != sharing:
+                raise ValueError(f"{self.model_type}: {sharing} roles share {path}, which must stack {sharing} blocks")
+
     def layout(self) -> dict:
         """The layer layout as the self-contained modeling file reads it (written to config.json as
         `deepcuts_layout`): the layers, the attention module and its attributes, and each unit's tensor slices."""
@@ -63,18 +75,29 @@ class Family:
         prefix = self.attention + "."
         return {"layers": self.layers, "attention": self.attention, "heads_attr": self.heads_attr,
                 "head_dim_attr": self.head_dim_attr,
+                # [path, axis, blocks] per Linear of a unit
                 "heads": [list(s) for s in slices["heads"]], "neurons": [list(s) for s in slices["neurons"]],
                 "head_extras": list(self.head_extras), "per_head_input": self.per_head_input,
                 # where the attention module reaches its output Linear, if it owns it (DistilBERT)
                 "attn_out_inside": self.attn_out[len(prefix):] if self.attn_out.startswith(prefix) else None}
 
-    def unit_slices(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        """The dependency groups: for a head and for an FFN neuron, the (Linear path in the layer, axis) pairs
-        whose slices make one unit (axis 0: output rows with their biases; 1: input columns)."""
+    def unit_slices(self) -> dict[str, tuple[tuple[str, int, int], ...]]:
+        """The dependency groups: for a head and for an FFN neuron, the (Linear path in the layer, axis, blocks)
+        of each Linear whose slices make one unit (axis 0: output rows with their biases; 1: input columns; blocks:
+        how many unit-ordered blocks a fused Linear stacks along the axis, 1 for a plain one), each Linear once."""
         def group(roles):
-            return tuple((self.path(r), 0 if UNIT_AXIS[r] == "rows" else 1) for r in roles)
+            paths = dict.fromkeys(self.path(r) for r in roles)  # a fused Linear serves several roles
+            return tuple((p, 0 if UNIT_AXIS[self.role_of(p)] == "rows" else 1, self.blocks(p)) for p in paths)
 
         return {"heads": group(HEAD_ROLES), "neurons": group(NEURON_ROLES)}
+
+    def blocks(self, path: str) -> int:
+        """How many unit-ordered blocks the Linear at `path` stacks along its unit axis (1: a plain Linear)."""
+        return dict(self.stacked).get(path, 1)
+
+    def role_of(self, path: str) -> str:
+        """The first of the six `arch.ROLES` whose Linear is at `path`."""
+        return next(r for r in ROLES if self.path(r) == path)
 
     def path(self, role: str) -> str:
         """The module path, relative to an encoder layer, of one of the six `arch.ROLES`."""

@@ -46,20 +46,25 @@ def narrow(model: nn.Module) -> None:
 def narrow_layer(layer: nn.Module, layout: dict, n_heads: int, width: int, new_linear, kept_heads=None) -> None:
     """Give one encoder layer `n_heads` heads and `width` FFN neurons. `layout` (a family's, see deepcuts-fast's
     `families`) names the attention module, its head-count and head-size attributes, and for a head and for an FFN
-    neuron the (Linear path, axis) slices that make one unit; `new_linear(kind, old, axis, size)` returns the Linear
-    that replaces `old` with `size` rows (axis 0) or columns (axis 1): new ones here, slices of the dense ones in
-    deepcuts-fast's pruner, which calls this same function with `kept_heads`, the heads that stay."""
+    neuron the (Linear path, axis, blocks) slices that make one unit, where `blocks` (1 when left out) counts the
+    unit-ordered blocks a fused Linear stacks along the axis (a fused QKV projection: 3; a GLU's input and gate: 2).
+    `new_linear(kind, old, axis, size, blocks)` returns the Linear that replaces `old` with `size` rows (axis 0) or
+    columns (axis 1), all blocks together: new ones here, slices of the dense ones (the same units of each block)
+    in deepcuts-fast's pruner, which calls this same function with `kept_heads`, the heads that stay."""
     attention = layer.get_submodule(layout["attention"])
     head_size = int(getattr(attention, layout["head_dim_attr"]))
     extras = [(path, 0) for path in layout.get("head_extras", ()) if _has(layer, path)]
     for kind, size in (("heads", n_heads * head_size), ("neurons", width)):
-        for path, axis in [*layout[kind], *(extras if kind == "heads" else ())]:
+        for path, axis, *stacked in [*layout[kind], *(extras if kind == "heads" else ())]:
+            blocks = int(stacked[0]) if stacked else 1
             old = layer.get_submodule(path)
             parent, _, name = path.rpartition(".")
-            setattr(layer.get_submodule(parent) if parent else layer, name, new_linear(kind, old, int(axis), size))
+            setattr(layer.get_submodule(parent) if parent else layer, name,
+                    new_linear(kind, old, int(axis), size * blocks, blocks))
     if layout.get("per_head_input"):
         _pick_heads(attention, layout["per_head_input"], n_heads, kept_heads)
-    setattr(attention, layout["heads_attr"], n_heads)
+    if layout.get("heads_attr"):  # a family whose attention infers its head count from its weights names none
+        setattr(attention, layout["heads_attr"], n_heads)
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = n_heads * head_size
     if n_heads == 0 and not isinstance(attention, NoHeads):
@@ -123,8 +128,9 @@ def picks_heads_class(cls: type, argument: str) -> type:
     return _CLASSES[key]
 
 
-def _resized(kind: str, old: nn.Linear, axis: int, size: int) -> nn.Linear:
-    """A new Linear like `old` (bias, device, dtype) with `size` outputs (axis 0) or inputs (axis 1)."""
+def _resized(kind: str, old: nn.Linear, axis: int, size: int, blocks: int) -> nn.Linear:
+    """A new Linear like `old` (bias, device, dtype) with `size` outputs (axis 0) or inputs (axis 1), `blocks`
+    stacked blocks included (a new Linear's layout needs nothing more)."""
     out_features, in_features = (size, old.in_features) if axis == 0 else (old.out_features, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "initializing zero-element tensors is a no-op" for a pruned-away block

@@ -25,9 +25,19 @@ def shrink(model: nn.Module, heads: Sequence[Sequence[int]], neurons: Sequence[S
         index = {"heads": torch.tensor(head_rows, dtype=torch.long),
                  "neurons": torch.tensor(list(kept_neurons), dtype=torch.long)}
         fam.narrow_layer(layer, len(kept_heads), len(kept_neurons),
-                         lambda kind, old, axis, size: _slice(old, index[kind], dim=axis), kept_heads)
+                         lambda kind, old, axis, size, blocks: _slice(old, _stacked(index[kind], old, axis, blocks),
+                                                                      dim=axis), kept_heads)
     model.config.deepcuts_heads = [len(h) for h in heads]
     model.config.deepcuts_ffn = [len(n) for n in neurons]
+
+
+def _stacked(index: torch.Tensor, linear: nn.Linear, axis: int, blocks: int) -> torch.Tensor:
+    """`index` (kept rows or columns of one block) repeated for each of the `blocks` unit-ordered blocks a fused
+    Linear stacks along `axis` (a QKV projection's three, a GLU's input and gate)."""
+    if blocks == 1:
+        return index
+    block = linear.weight.shape[axis] // blocks
+    return torch.cat([index + b * block for b in range(blocks)])
 
 
 def _slice(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:

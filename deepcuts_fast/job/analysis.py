@@ -9,7 +9,6 @@ from itertools import combinations
 
 import torch
 
-from ..arch import ROLES
 from ..scoring.layout import LayerLayout
 
 
@@ -23,7 +22,8 @@ def weight_mask_iou(masks: dict[str, dict[str, torch.Tensor]], layout: list[Laye
     flat = {}
     for crit, m in masks.items():
         flat[crit] = [torch.cat([m[f"{layer.names[r]}.{kind}"].reshape(-1).bool()
-                                 for r in ROLES for kind in ("weight", "bias") if f"{layer.names[r]}.{kind}" in m])
+                                 for r in layer.distinct_roles() for kind in ("weight", "bias")
+                                 if f"{layer.names[r]}.{kind}" in m])
                       for layer in layout]
     return {f"{a}|{b}": [_iou(x, y) for x, y in zip(flat[a], flat[b])] for a, b in combinations(masks, 2)}
 

@@ -53,12 +53,13 @@ class ScoringPass:
         activations = self.options.first_order or interactions
         layers = []
         for layer in encoder_layers(self.model):
+            distinct = layer.distinct()  # a fused Linear gets one probe, as its first role
             layers.append({r: LinearProbe(
                 name=layer.names[r], index=layer.index * len(ROLES) + i, module=layer.linears[r], ctx=context, role=r,
                 unit_width=layer.head_dim if r in HEAD_ROLES else 1, want_grad=self.weight_grads, want_rows=rows,
                 want_activation=activations and r in OUTPUT_ROLES, want_interactions=interactions and r in OUTPUT_ROLES,
                 diagonal_only=diagonal_only,
-            ) for i, r in enumerate(ROLES)})
+            ) for i, r in enumerate(ROLES) if r in distinct})
         return layers
 
     def run(self, batches: Sequence[Mapping[str, torch.Tensor]], indices: Sequence[int],

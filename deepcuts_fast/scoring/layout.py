@@ -2,12 +2,13 @@
 
 Units: attention head h = rows h*d:(h+1)*d of Q, K, V (weights and biases) and the same
 columns of the attention output dense; FFN neuron j = row j of the intermediate dense (and its bias)
-and column j of the FFN output dense.
+and column j of the FFN output dense. A fused Linear (`blocks`) stacks such blocks along its unit axis (a QKV
+projection: Q's, K's and V's rows; a GLU's input: its input and gate rows) and a unit owns its slice of each.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,24 +21,37 @@ from ..errors import DeepCutsError
 class LayerLayout:
     """Module names of one encoder layer's prunable Linears and the size of one head."""
 
-    names: dict[str, str]  # role -> qualified module name
+    names: dict[str, str]  # role -> qualified module name (a fused Linear's under each of its roles)
     head_dim: int
+    blocks: dict[str, int] = field(default_factory=dict)  # role -> blocks its fused Linear stacks (only those > 1)
 
     def to_dict(self) -> dict:
-        return {"names": self.names, "head_dim": self.head_dim}
+        return {"names": self.names, "head_dim": self.head_dim, **({"blocks": self.blocks} if self.blocks else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LayerLayout":
-        """The layout `to_dict` wrote; KeyError / ValueError when a role or a positive head_dim is missing."""
+        """The layout `to_dict` wrote; KeyError / ValueError when a role or a positive head_dim is missing, or a
+        role's blocks are not a count above 1."""
         head_dim = int(d["head_dim"])
         if head_dim < 1:
             raise ValueError(f"head_dim {head_dim}")
-        return cls(names={r: d["names"][r] for r in ROLES}, head_dim=head_dim)
+        blocks = {r: int(d["blocks"][r]) for r in ROLES if r in d.get("blocks", {})}
+        if any(b < 2 for b in blocks.values()):
+            raise ValueError(f"blocks {blocks}")
+        return cls(names={r: d["names"][r] for r in ROLES}, head_dim=head_dim, blocks=blocks)
+
+    def distinct_roles(self) -> list[str]:
+        """The roles whose Linears are distinct: a fused Linear once, under the first of its roles."""
+        seen: dict[str, str] = {}
+        for role in ROLES:
+            seen.setdefault(self.names[role], role)
+        return list(seen.values())
 
 
 def model_layout(model: nn.Module) -> list[LayerLayout]:
     """The layout of every encoder layer of `model`."""
-    return [LayerLayout(names=dict(layer.names), head_dim=layer.head_dim) for layer in encoder_layers(model)]
+    return [LayerLayout(names=dict(layer.names), head_dim=layer.head_dim,
+                        blocks={r: b for r, b in layer.blocks.items() if b > 1}) for layer in encoder_layers(model)]
 
 
 def reduce_to_units(
@@ -45,18 +59,25 @@ def reduce_to_units(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum per-weight scores of one layer into (head scores, neuron scores)."""
     n = layer.names
-    sums = {r: _row_sums(score, n[r]) if axis == "rows" else score[n[r] + ".weight"].sum(0)
-            for r, axis in UNIT_AXIS.items()}
+    sums = {r: _row_sums(score, n[r]) if UNIT_AXIS[r] == "rows" else score[n[r] + ".weight"].sum(0)
+            for r in layer.distinct_roles()}
     return reduce_sums_to_units(layer, sums)
 
 
 def reduce_sums_to_units(layer: LayerLayout, sums: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(head scores, neuron scores) from each role's row sums (bias included) or column sums, as UNIT_AXIS says."""
+    """(head scores, neuron scores) from the row sums (bias included) or column sums, as UNIT_AXIS says, of each
+    distinct Linear (`sums`: role -> sums, a fused Linear's under the first of its roles, its blocks added up)."""
     d = layer.head_dim
-    rows = sums["query"] + sums["key"] + sums["value"]
-    heads = rows.view(-1, d).sum(1) + sums["attn_out"].view(-1, d).sum(1)
-    neurons = sums["ffn_in"] + sums["ffn_out"]
+    folded = {r: _fold(v, layer.blocks.get(r, 1)) for r, v in sums.items()}
+    rows = sum(folded[r] for r in HEAD_ROLES if r in folded and UNIT_AXIS[r] == "rows")
+    heads = rows.view(-1, d).sum(1) + folded["attn_out"].view(-1, d).sum(1)
+    neurons = folded["ffn_in"] + folded["ffn_out"]
     return heads, neurons
+
+
+def _fold(sums: torch.Tensor, blocks: int) -> torch.Tensor:
+    """A fused Linear's row sums with its `blocks` stacked blocks added up: one sum per row of one block."""
+    return sums if blocks == 1 else sums.view(blocks, sums.numel() // blocks).sum(0)  # 0 rows: a layer pruned empty
 
 
 def _row_sums(score: Mapping[str, torch.Tensor], module: str) -> torch.Tensor:
@@ -77,7 +98,7 @@ def check_layer_shapes(i: int, layer: LayerLayout, units: tuple[torch.Tensor, to
                             f"{tuple(neurons.shape)} (FFN neurons), not one score per unit; score again with "
                             "`deepcuts score`")
     for role, module in layer.names.items() if weights else ():
-        width = heads.numel() * layer.head_dim if role in HEAD_ROLES else neurons.numel()
+        width = (heads.numel() * layer.head_dim if role in HEAD_ROLES else neurons.numel()) * layer.blocks.get(role, 1)
         weight, bias = weights.get(f"{module}.weight"), weights.get(f"{module}.bias")
         axis = 0 if UNIT_AXIS[role] == "rows" else 1
         if weight is None or weight.dim() != 2 or weight.shape[axis] != width or (
