@@ -2,6 +2,7 @@
 from ._version import __version__
 
 from .benchmarking import BenchmarkReport, benchmark
+from .deploy import Deployed, Deployment, deploy, load_deployed
 from .errors import DeepCutsError
 from .export import export
 from .models import load_model, load_tokenizer
@@ -15,6 +16,8 @@ __all__ = [
     "BenchmarkReport",
     "CRITERIA",
     "DeepCutsError",
+    "Deployed",
+    "Deployment",
     "Plan",
     "ScoreOptions",
     "ScoreRun",
@@ -23,9 +26,11 @@ __all__ = [
     "__version__",
     "apply_masks",
     "benchmark",
+    "deploy",
     "export",
     "export_program",
     "from_pretrained",
+    "load_deployed",
     "load_model",
     "load_tokenizer",
     "plan",

@@ -58,6 +58,8 @@ COMMANDS = {
     "export": Command(lambda i, out: ["export", "--model", str(i.model), "--out", out], False, True),
     "make-data": Command(lambda i, out: ["make-data", "imbalanced", out, "--train", "20", "--validation", "10",
                                          "--test", "10"], True, True),
+    "deploy": Command(lambda i, out: ["deploy", "--model", str(i.model), "--data", str(i.data), "--runtime", "torch",
+                                      "--batch-size", "4", "--max-length", "16", "--out", out], True, True),
 }
 
 
@@ -176,6 +178,7 @@ HOSTILE_TARGETS = {  # command: its (--out relative to the inputs' folder, what 
     "bench": [("model", "--model input")],
     "run": [("model", "--model input"), ("model/run", "--model folder"), (".", "contains the --model input")],
     "export": [("model/x.onnx", "--model folder")],
+    "deploy": [("model", "--model input"), ("model/deployed", "--model folder"), (".", "contains the --model input")],
 }
 
 
@@ -244,7 +247,7 @@ def test_a_folder_we_did_not_write_is_never_written(name, inputs, tmp_path, caps
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("name", ["prune", "bench", "export", "make-data"])
+@pytest.mark.parametrize("name", ["prune", "bench", "export", "make-data", "deploy"])
 def test_overwrite_replaces_only_what_deepcuts_wrote(name, inputs, tmp_path, capsys):
     """--overwrite replaces the earlier output's own files; the user's files beside them stay; without
     --overwrite the earlier output is refused."""
