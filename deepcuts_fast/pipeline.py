@@ -26,6 +26,7 @@ from .pruning import prune, reconstruct as reconstruct_slim
 from .pruning.iterative import SELECTIONS, iterative_prune
 from .scoring import Scores, score_many
 from .scoring.criteria import get_criterion
+from .scoring.objective import OBJECTIVES
 from .scoring.options import Spelling, python_setting
 
 FISHER = "fisher"
@@ -38,7 +39,8 @@ SEARCH_HONOURS = {"keep_params": (None,), "keep_heads": (None,), "keep_neurons":
 """`plan` options of `prune_from_scores` and the values `prune_without_retraining`'s search honours (None: not
 given): it spends one global keep_flops budget on whole units, allocated against Fisher."""
 
-SCORING_OPTIONS = {"criterion": (None,), "method": (None, "one-shot"), "selection": (None, "output")}
+SCORING_OPTIONS = {"criterion": (None,), "method": (None, "one-shot"), "selection": (None, "output"),
+                   "objective": (None,)}
 """Options of `prune_without_retraining` that `prune_from_scores` does not take, and the values it honours: its
 scores are given, so it scores with no criterion and plans in one shot."""
 
@@ -61,14 +63,18 @@ def prune_without_retraining(
     scores: Mapping[str, Scores] | None = None,
     method: str = "one-shot",
     selection: str = "output",
+    objective: str = "auto",
 ) -> tuple[nn.Module, Plan, dict]:
     """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
 
-    `batches` (labelled) calibrate the scores and, unless `reconstruct_batches` is given, the
+    `batches` (labelled or not) calibrate the scores and, unless `reconstruct_batches` is given, the
     reconstruction; `dtype` is the precision of the scoring and reconstruction forwards ("auto": bf16
     autocast only where the model's device runs it natively; see `deepcuts_fast.precision`).
     `scores` ({criterion name: unit Scores}, Fisher's included) skips the scoring pass, so several
     budgets or criteria can share one (`score_many(..., granularity="unit")`); its time is then 0.
+    `objective` is what the scores' gradients differentiate (`score_many`): "labels", "distill" (the dense model's
+    own outputs; no labels or trained head needed) or "auto" (labels when every batch has them and the model a
+    trained head, else distill); the refits never read labels. `info["objective"]` says which ran.
 
     `method` "one-shot" (the default) rearranges the searched mask against Fisher and refits the pruned
     model's output projections at the end (`rearrange=` / `reconstruct=` switch those steps off).
@@ -88,7 +94,7 @@ def prune_without_retraining(
     wanted = list(dict.fromkeys([name, FISHER]))
     if scores is None:
         scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
-                            dtype=dtype, progress=progress)
+                            dtype=dtype, progress=progress, objective=objective)
     else:
         _check_given(scores, wanted)
     timings["score"] = _lap(start)
@@ -119,6 +125,7 @@ def prune_without_retraining(
     timings["total"] = _lap(start)
     info = {
         "criterion": name,
+        "objective": scores[name].meta.get("objective"),
         "method": method,
         **({"selection": selection} if method == "iterative" else {}),
         "rearranged": rearrange and method != "iterative",
@@ -191,6 +198,7 @@ def check_prune_options(from_scores: bool, spell: Spelling = python_setting, **o
                             f"retraining-free pipeline keeps (other budgets plan from unit scores: {spell('scores')})")
     check_budget(keep_flops=options["keep_flops"], spell=spell)
     get_criterion(options.get("criterion") or FISHER)
+    check_choice(spell("objective"), options.get("objective") or "auto", OBJECTIVES)
     _check_method(options.get("method") or "one-shot", options.get("selection") or "output",
                   options.get("rearrange", True), options.get("reconstruct", True), spell)
 

@@ -26,6 +26,7 @@ from .data.sources import EMBEDDED_CLASSES
 from .errors import DeepCutsError
 from .finetune_cache import finetuned_model
 from .hashing import content_hash
+from .scoring.objective import mark_untrained_head
 from .train import TrainSettings
 from .models import (MODEL_ALIASES, check_task_head, check_vocabulary, has_classifier_head, load_config, load_model,
                      load_tokenizer, max_positions)
@@ -176,7 +177,8 @@ def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = N
     if max_length is not None:
         check_max_length(max_length, config, name)
     if has_classifier_head(config) or on_bare == "random-head":
-        model = from_pretrained(name) if has_classifier_head(config) else load_model(name, num_labels=num_labels)
+        model = (from_pretrained(name) if has_classifier_head(config)
+                 else mark_untrained_head(load_model(name, num_labels=num_labels)))
         tokenizer = load_tokenizer(name)
         check_vocabulary(config, tokenizer, name)
         return TaskModel(model, tokenizer, data=data)

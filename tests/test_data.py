@@ -172,7 +172,8 @@ def test_folder_of_split_files(tmp_path):
         ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": \n', ["line 2", "not valid JSON"]),
         ("nan.jsonl", '{"text": "a", "label": 0.5}\n{"text": "b", "label": NaN}\n', ["row 2", "finite"]),
         ("scalars.json", "[1, 2]", ["row 1", "not an object"]),
-        ("data.txt", "text,label\n", ["unsupported", ".csv"]),
+        ("data.xml", "<text/>\n", ["unsupported", ".csv"]),
+        ("data.txt", "text,label\n", ["plain text without labels", "--objective distill"]),
     ],
 )
 def test_file_errors(tmp_path, filename, content, words):

@@ -333,9 +333,10 @@ def test_a_bare_encoder_is_refused_wherever_its_head_would_be_read(command, enco
     scores = tmp_path / "magnitude.safetensors"  # data-free scores of the encoder itself, for prune --scores
     dc.score(dc.load_model(str(encoder_dir)), None, "magnitude", granularity="unit").save(scores)
     data = ["--data", str(data_csv)]
-    argv = {"score": ["score", *data, "--criterion", "gradient", "--batches", "1", "--batch-size", "4"],
+    labels = ["--objective", "labels"]  # auto and distill score a bare encoder through its embedding instead
+    argv = {"score": ["score", *data, "--criterion", "gradient", "--batches", "1", "--batch-size", "4", *labels],
             "eval": ["eval", *data],
-            "prune-data": ["prune", *data, "--keep-flops", "0.5", "--calibration-examples", "8"],
+            "prune-data": ["prune", *data, "--keep-flops", "0.5", "--calibration-examples", "8", *labels],
             "prune-scores": ["prune", "--scores", str(scores), "--keep-flops", "0.5"],
             "export": ["export"]}[command]
     out = tmp_path / ("out.onnx" if command == "export" else "out")

@@ -15,7 +15,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def minilm():
-    return dc.load_model("minilm", num_labels=2, seed=0)
+    """The packaged encoder with a seeded 2-class head, marked trained: the oracle tests compare the scoring kernels
+    with a plain PyTorch reference through the labels loss, for which what the head learned does not matter."""
+    model = dc.load_model("minilm", num_labels=2, seed=0)
+    model.config.architectures = ["BertForSequenceClassification"]
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +62,19 @@ def test_paper_ratios_need_the_encoder_count_on_minilm(minilm):
 
 
 def test_cli_scores_the_packaged_model(tmp_path, capsys):
-    """The packaged encoder has no task head: data scores are refused (naming the fine-tuned alias), data-free
-    ones read no head."""
+    """The packaged encoder has no task head: the labels objective is refused, data scores distill its pooled
+    embeddings (said in one line), data-free ones read no head."""
     out = tmp_path / "minilm.safetensors"
     argv = ["score", "--model", "minilm", "--data", "rotten_tomatoes", "--granularity", "unit", "--batches", "1",
             "--batch-size", "4", "--out", str(out), "--quiet"]
-    assert main(argv + ["--criterion", "smooth-cut", "--noise-samples", "2"]) == 2
-    assert "--model minilm-rt" in capsys.readouterr().err and not out.exists()
+    smooth = ["--criterion", "smooth-cut", "--noise-samples", "2"]
+    assert main(argv + smooth + ["--objective", "labels"]) == 2
+    assert "no trained task head" in capsys.readouterr().err and not out.exists()
+    assert main(argv + smooth) == 0
+    assert "distill (mean-pooled, normalized embeddings)" in capsys.readouterr().err
+    s = dc.Scores.load(out)
+    assert s.meta["objective"].startswith("distill") and all((s.heads(i) > 0).any() for i in range(6))
+    out.unlink()
     assert main(argv + ["--criterion", "magnitude"]) == 0
     s = dc.Scores.load(out)
     assert s.granularity == "unit" and s.heads(5).shape == (12,) and s.neurons(0).shape == (1536,) and s.fisher is None

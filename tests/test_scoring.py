@@ -213,8 +213,8 @@ def test_bad_inputs_give_clear_errors(bert, batches):
         dc.score(bert, batches, "cam-cutt")
     with pytest.raises(DeepCutsError, match="empty"):
         dc.score(bert, [], "gradient")
-    with pytest.raises(DeepCutsError, match="labels"):
-        dc.score(bert, [{k: v for k, v in batches[0].items() if k != "labels"}], "gradient")
+    with pytest.raises(DeepCutsError, match="has no 'labels'; pass objective='distill'"):
+        dc.score(bert, [{k: v for k, v in batches[0].items() if k != "labels"}], "gradient", objective="labels")
     with pytest.raises(DeepCutsError, match="granularity"):
         dc.score(bert, batches, "gradient", granularity="neuron")
     with pytest.raises(DeepCutsError, match="not built"):

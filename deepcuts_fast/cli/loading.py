@@ -20,13 +20,15 @@ def classifier(args: argparse.Namespace, num_labels: int | None, head_free: bool
     return task.model, task.tokenizer
 
 
-def model_and_data(args: argparse.Namespace, split: str, head_free: bool = False) -> tuple:
+def model_and_data(args: argparse.Namespace, split: str, head_free: bool = False, labels: bool = True) -> tuple:
     """(model, tokenizer, dataset) for the --model / --data of a command, labels checked and numbered as
-    the model's head numbers them (its named labels, else sorted class names); `head_free` as in `classifier`."""
+    the model's head numbers them (its named labels, else sorted class names); `head_free` as in `classifier`.
+    With `labels` False (a label-free objective) the data may be unlabelled text and a bare encoder is taken with
+    its fresh head marked untrained, which the objective never reads."""
     from ..data import encode_labels, load_dataset
 
-    dataset = load_dataset(args.data, split)
-    model, tokenizer = classifier(args, dataset.num_labels, head_free)
+    dataset = load_dataset(args.data, split, require_labels=labels)
+    model, tokenizer = classifier(args, dataset.num_labels if dataset.labelled else None, head_free or not labels)
     return model, tokenizer, encode_labels(dataset, model.config)
 
 

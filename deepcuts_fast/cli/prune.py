@@ -13,7 +13,7 @@ from ..locks import output_lock
 from ..outputs import check_folder
 from . import loading
 from .flags import flag_setting
-from .parsing import DATA_HELP, DTYPE_HELP, Command, criterion_help
+from .parsing import DATA_HELP, DTYPE_HELP, OBJECTIVE_HELP, Command, criterion_help
 
 CALIBRATION_BATCH = 16  # --batch-size for the calibration draw when not given
 LATENCY_BATCH = 32  # --batch-size for a --speedup plan's latency when not given
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..planning.budget import SCOPES
     from ..precision import CHOICES as DTYPE_CHOICES
     from ..pruning.iterative import SELECTIONS
+    from ..scoring.objective import OBJECTIVES
     from ..task import TASK_MODEL_ALIAS
 
     p = sub.add_parser("prune", help="prune heads and FFN neurons without retraining (the whole pipeline on --data, "
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default=TASK_MODEL_ALIAS, help="the model to prune (folder or alias); with --scores, "
                                                              "the one the scores were computed on")
     p.add_argument("--data", default=None, metavar="DATA",
-                   help=f"labelled calibration data, train split: {DATA_HELP}. Without --scores the retraining-free "
+                   help=f"calibration data, train split: {DATA_HELP}, or plain text (.txt, one text a line). Without --scores the retraining-free "
                         "pipeline scores, allocates the FLOP budget against Fisher, rearranges and reconstructs on "
                         "it; with --scores it is the reconstruction data")
     p.add_argument("--scores", default=None, metavar="FILE",
@@ -80,6 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="pipeline, --method iterative: which units each sublayer keeps: by the output error their "
                         "removal leaves, by --criterion's scores, or heads by output error and FFN neurons by "
                         "--criterion's scores")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help=f"pipeline: {OBJECTIVE_HELP} (not with --scores)")
     p.add_argument("--calibration-examples", type=int, default=512, metavar="N",
                    help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -131,6 +134,7 @@ def _library_options(args: argparse.Namespace) -> dict:
     return dict(keep_flops=args.keep_flops, keep_params=args.keep_params, keep_heads=args.keep_heads,
                 keep_neurons=args.keep_neurons, speedup=args.speedup, scope=args.scope, multiple_of=args.multiple_of,
                 allocation=args.allocation, criterion=args.criterion, method=args.method, selection=args.selection,
+                objective=args.objective,
                 rearrange=not args.no_rearrange, reconstruct=not args.no_reconstruct)
 
 
@@ -146,7 +150,7 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
     if args.data is None:
         model, tokenizer = loading.classifier(args, None)
     else:
-        model, tokenizer, dataset = loading.model_and_data(args, "train")
+        model, tokenizer, dataset = loading.model_and_data(args, "train", labels=args.objective == "labels")
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size or CALIBRATION_BATCH,
                                max_length=args.max_length, shuffle=True, seed=args.seed, limit=args.calibration_examples)
     options = _library_options(args)
@@ -155,7 +159,7 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
             model, batches, args.keep_flops, criterion=args.criterion or FISHER, seq_len=args.seq_len,
             rearrange=options["rearrange"], reconstruct=options["reconstruct"], dtype=args.dtype,
             min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet,
-            method=args.method, selection=args.selection)
+            method=args.method, selection=args.selection, objective=args.objective or "auto")
     else:
         if args.speedup is not None and not args.quiet:
             print("deepcuts: note: --speedup plans on a latency table of this machine, measured on first use "

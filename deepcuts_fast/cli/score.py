@@ -11,11 +11,13 @@ from pathlib import Path
 from ..errors import DeepCutsError
 from ..outputs import check_file, same_path
 from . import loading
-from .parsing import Command, add_common, add_noise_flags, criterion_help, parse_size
+from .parsing import OBJECTIVE_HELP, Command, add_common, add_noise_flags, criterion_help, parse_size
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `score` sub-parser and its flags."""
+    from ..scoring.objective import OBJECTIVES
+
     s = sub.add_parser("score", help="score every prunable head and FFN neuron (or weight) with a criterion; "
                                      "writes a safetensors file")
     add_common(s)
@@ -29,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="unit granularity: sum the unit's weight scores, or |sum A*dA| at the unit (no weight "
                         "gradients)")
     s.add_argument("--batches", type=int, default=8, help="number of calibration batches")
+    s.add_argument("--objective", choices=OBJECTIVES, default="auto", help=OBJECTIVE_HELP)
     s.add_argument("--noise-samples", type=int, default=10, help="noisy copies per batch (smooth criteria)")
     add_noise_flags(s, reference=True)
     s.add_argument("--seed", type=int, default=0, help="seed of the batch order and the noise")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     criterion = get_criterion(args.criterion)  # fail on a misspelt name or a bad option before loading anything
     options = ScoreOptions(granularity=args.granularity, unit_method=args.unit_method, noise_samples=args.noise_samples,
                            noise_std=args.noise_std, noise_scale=args.noise_scale, dtype=args.dtype, seed=args.seed,
-                           reference=args.reference, max_memory=args.max_memory, progress=not args.quiet)
+                           reference=args.reference, max_memory=args.max_memory, progress=not args.quiet,
+                           objective=args.objective)
     options.check_criteria([criterion])
     checkpoint = args.checkpoint or (f"{out}.ckpt" if args.checkpoint_every else None)
     if checkpoint is not None:
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     with process_group(args.device) as world, loading.output_locks([out, checkpoint], world.is_main):
         device = _score_device(args.device, world.size)
         with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
-            model, tokenizer, dataset = loading.model_and_data(args, args.split, head_free=not criterion.needs.data)
+            model, tokenizer, dataset = loading.model_and_data(args, args.split, head_free=not criterion.needs.data,
+                                                               labels=args.objective == "labels")
         if not has_classifier_head(model.config):  # a bare encoder's data-free scores: no Fisher via its random head
             options = replace(options, with_fisher=False)
         model.to(device)

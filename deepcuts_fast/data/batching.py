@@ -20,7 +20,8 @@ def make_batches(
     sort_by_length: bool = False,
     length_pool: int | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Tokenize the dataset into model-ready batches (input_ids, attention_mask, [token_type_ids], labels).
+    """Tokenize the dataset into model-ready batches (input_ids, attention_mask, [token_type_ids], labels unless
+    the dataset is unlabelled).
 
     Texts are truncated to `max_length` tokens and padded to the longest row of each batch, or to
     `max_length` with `pad_to_max_length` (fixed shapes). `shuffle` permutes the examples with `seed`,
@@ -94,7 +95,8 @@ def _encode_batch(
     pairs = [dataset.text_pairs[i] for i in rows] if dataset.text_pairs is not None else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=padding, return_tensors="pt")
     batch = {key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
-    batch["labels"] = torch.tensor([dataset.labels[i] for i in rows], dtype=label_dtype)
+    if dataset.labelled:
+        batch["labels"] = torch.tensor([dataset.labels[i] for i in rows], dtype=label_dtype)
     return batch
 
 

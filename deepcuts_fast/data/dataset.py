@@ -24,7 +24,8 @@ _TEXT_COLUMNS = (
 
 @dataclass
 class TextDataset:
-    """Texts (plus optional second texts of a pair) with one label each.
+    """Texts (plus optional second texts of a pair) with one label each, or none (`labels` None: unlabelled text,
+    which only a label-free objective scores).
 
     Labels are int class ids, floats (regression), or class names (str) that `encode_labels` maps to the
     ids of a model head. `classes` holds every class name of the data source (all its splits), sorted: the
@@ -32,14 +33,14 @@ class TextDataset:
     """
 
     texts: list[str]
-    labels: list  # int class ids, floats (regression) or class names (str)
+    labels: list | None  # int class ids, floats (regression) or class names (str); None: unlabelled
     text_pairs: list[str] | None = None
     name: str = ""
     classes: tuple[str, ...] | None = None  # None for numeric labels
 
     def __post_init__(self) -> None:
         """Derive `classes` from the labels when a dataset of class names is built without them."""
-        if self.classes is None and any(isinstance(label, str) for label in self.labels):
+        if self.classes is None and any(isinstance(label, str) for label in self.labels or ()):
             self.classes = tuple(sorted({str(label).strip() for label in self.labels}))
 
     @property
@@ -50,7 +51,12 @@ class TextDataset:
     @property
     def is_regression(self) -> bool:
         """True when the labels are real numbers for a 1-output regression head, not class ids."""
-        return not self.has_names and any(isinstance(label, float) for label in self.labels)
+        return not self.has_names and any(isinstance(label, float) for label in self.labels or ())
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every example has a label (False for unlabelled text)."""
+        return self.labels is not None
 
     @property
     def num_labels(self) -> int:
@@ -60,7 +66,7 @@ class TextDataset:
             return 1
         if self.has_names:
             return max(len(self.classes), 2)
-        return max(max(self.labels, default=0) + 1, 2)
+        return max(max(self.labels or (), default=0) + 1, 2)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -132,7 +138,10 @@ def _match_names(dataset: TextDataset, model_names: dict[str, int]) -> dict[str,
 
 def encode_labels(dataset: TextDataset, model: Any = None) -> TextDataset:
     """`dataset` with class names replaced by the class ids of `model` (its config, or the head size as an
-    int; None: sorted order, unchecked), checked to fit the head; numeric labels are only checked."""
+    int; None: sorted order, unchecked), checked to fit the head; numeric labels are only checked; unlabelled data
+    passes through."""
+    if not dataset.labelled:
+        return dataset
     if model is not None:
         check_labels(dataset, model)
     mapping = label_mapping(dataset, model)
@@ -191,15 +200,20 @@ def _class_key(label) -> str | int:
 
 
 def dataset_from_columns(columns: dict[str, list], name: str, classes: Iterable[str] = (),
-                         lines: Sequence[int] | None = None) -> TextDataset:
+                         lines: Sequence[int] | None = None, require_labels: bool = True) -> TextDataset:
     """Pick the text, optional second-text and label columns and check every row (named by its file line too when
-    `lines` gives it); class names are numbered over `classes` (the other splits' names) with this data's own."""
+    `lines` gives it); class names are numbered over `classes` (the other splits' names) with this data's own.
+    Without a `label` column the data is unlabelled when `require_labels` is False, else refused."""
     found = ", ".join(columns) or "none"
     picked = _text_columns(columns)
     if picked is None:
         raise DeepCutsError(
             f"{name}: no `text` column (found: {found}); name the text column `text` (and a second text `text_pair`)"
         )
+    if "label" not in columns and not require_labels:
+        first, second = picked
+        pairs = _texts(columns[second], second, name, lines) if second else None
+        return TextDataset(_texts(columns[first], first, name, lines), None, pairs, name)
     if "label" not in columns:
         raise DeepCutsError(
             f"{name}: no `label` column (found: {found}); add a `label` column with a class or number per row"

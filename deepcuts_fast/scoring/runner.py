@@ -26,7 +26,8 @@ from .criteria import LOSS_ESTIMATE, get_criterion
 from .distributed import World, all_reduce_scores, broadcast_flag, current_world, shard
 from .engine import default_memory
 from .options import ScoreOptions, options_from
-from .score import attach_fisher, labelled, loss_estimate, score_many
+from .objective import resolve_objective
+from .score import attach_fisher, gives_fisher, loss_estimate, score_many
 from .scores import Scores, read_safetensors
 
 FORMAT = "deepcuts-checkpoint/1"
@@ -91,7 +92,9 @@ def score_run(
     run = ScoreRun({}, 0, n, world_size=world.size)
     # Fisher's loss estimate for data-free criteria comes from a pass of its own when no other needs one; Fisher
     # scores units only, whatever the granularity of the data-free scores (per weight for the paper's masks).
-    fisher_only = opts.with_fisher and not grad_names and labelled(batch_list)
+    fisher_only = opts.with_fisher and not grad_names and gives_fisher(batch_list, opts)
+    if (grad_names or fisher_only) and batch_list:  # resolved (and announced) once, not per segment
+        opts = replace(opts, objective=resolve_objective(model, batch_list, opts.objective).kind)
     segment_names = [LOSS_ESTIMATE.name] if fisher_only else grad_names
     if segment_names:
         _run_segments(model, batch_list, segment_names, run, every, checkpoint, until_stable, stable_keep, world,
@@ -230,6 +233,8 @@ def _fingerprint(model: nn.Module, batches, names, every: int, options: ScoreOpt
     recorded = options.recorded()
     if recorded["noise_scale"] == "absolute":  # as checkpoints written before relative noise existed: they resume
         del recorded["noise_scale"]
+    if options.objective != "labels":  # as checkpoints written before the distillation objective existed
+        recorded["objective"] = options.objective
     h.update(json.dumps({"criteria": names, "every": every, "batches": len(batches), "options": recorded,
                          "precisions": precisions}, sort_keys=True).encode())
     update_with_tensors(h, model.state_dict().items())

@@ -29,6 +29,7 @@ from ..models import check_token_ids, model_device
 from .criteria import LOSS_ESTIMATE, Criterion, get_criterion
 from .engine import ScoringPass, shared_passes
 from .layout import LayerLayout, model_layout
+from .objective import resolve_objective
 from .options import ScoreOptions, options_from, whole_number
 from .scores import Scores
 
@@ -72,6 +73,7 @@ def score_many(
     reference: bool = False,
     batch_indices: Sequence[int] | None = None,
     options: ScoreOptions | None = None,
+    objective: str = "auto",
 ) -> dict[str, Scores]:
     """Score `model` with several criteria, sharing forward/backward passes between them.
 
@@ -89,12 +91,14 @@ def score_many(
     each result's `meta["dtype"]` and `meta["dtype_reason"]` say what ran.
     With `batches` and `with_fisher`, every result carries Fisher's unit scores from the clean pass
     (`Scores.fisher`), which `plan` allocates its budget by.
+    `objective` picks what the gradients differentiate: "labels", "distill" (the dense model's own outputs, no
+    labels or trained head needed) or "auto" (see `ScoreOptions`); each result's `meta["objective"]` says which ran.
     """
     opts = options_from(options, granularity=granularity, unit_method=unit_method, noise_samples=noise_samples,
                         noise_std=noise_std, noise_scale=noise_scale, shift=shift, backend=backend, dtype=dtype,
                         seed=seed, progress=progress, max_memory=max_memory, train_mode=train_mode,
                         sequential_noise=sequential_noise, include_padding=include_padding, with_fisher=with_fisher,
-                        reference=reference)
+                        reference=reference, objective=objective)
     return _score_with(model, batches, criteria, opts, batch_indices)
 
 
@@ -115,10 +119,12 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
         results[crit.name] = _data_free_scores(model, layout, crit, options, meta_base)
     with_data = [c for c in crits if c.needs.data]
     batch_list = None if batches is None else list(batches)
-    if options.with_fisher and not any(c.estimates_loss for c in crits) and (with_data or labelled(batch_list)):
+    if options.with_fisher and not any(c.estimates_loss for c in crits) and (with_data or
+                                                                              gives_fisher(batch_list, options)):
         with_data.append(LOSS_ESTIMATE)
     if with_data:
         batch_list = _materialise(model, batch_list)
+        objective = resolve_objective(model, batch_list, options.objective)
         indices = list(range(len(batch_list))) if batch_indices is None else _indices(batch_indices)
         if len(indices) != len(batch_list):
             raise DeepCutsError(f"batch_indices has {len(indices)} entries for {len(batch_list)} batches")
@@ -126,7 +132,7 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
             # relative noise_std is a fraction of the activations' scale, which is what the check compares to
             precision = choose_for_scoring(device, options.dtype, options.noise_std if noisy else None)
             meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
-            scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend)
+            scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend, objective)
             results.update(scoring.run(batch_list, indices, meta))
     estimate = loss_estimate(results)
     if options.with_fisher and estimate is not None:
@@ -204,8 +210,14 @@ def _model_meta(model: nn.Module, options: ScoreOptions) -> dict:
 
 
 def labelled(batches: list | None) -> bool:
-    """Whether there are batches and all carry labels, so Fisher's loss estimate can come from them."""
+    """Whether there are batches and all carry labels."""
     return bool(batches) and all("labels" in b for b in batches)
+
+
+def gives_fisher(batches: list | None, options: ScoreOptions) -> bool:
+    """Whether Fisher's loss estimate can come from `batches` for data-free criteria: labelled ones, or any with an
+    objective other than labels (distillation needs none)."""
+    return labelled(batches) or (bool(batches) and options.objective != "labels")
 
 
 def _materialise(model: nn.Module, batches: Batches | None) -> list[Mapping[str, torch.Tensor]]:
@@ -218,8 +230,6 @@ def _materialise(model: nn.Module, batches: Batches | None) -> list[Mapping[str,
         if not isinstance(b, Mapping):
             raise DeepCutsError(f"calibration batch {i} is a {type(b).__name__}, not a mapping of tensors; pass "
                                 "batches like dc.data.make_batches makes them ({'input_ids': ..., 'labels': ...})")
-        if "labels" not in b:
-            raise DeepCutsError(f"calibration batch {i} has no 'labels'; gradient-based criteria need labels")
         check_token_ids(model, b, f"calibration batch {i}")
     return batch_list
 
