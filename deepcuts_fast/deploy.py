@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DeepCutsError
+from .errors import DeepCutsError, first_line
 from .outputs import check_folder, read_manifest, write_folder
 from .runtimes import RUNTIMES, Runtime, Session, get_runtime, installed
 from .runtimes.base import Feeds, feeds_of
 from .runtimes.pytorch import session as torch_session
+from .tasks import SEQUENCE, model_task, task_named
 
 MANIFEST_FILE = "deploy.json"
 DEPLOY_KIND = "deployment"  # the output folder's manifest kind
@@ -105,7 +106,7 @@ def _classifier(model, tokenizer, max_length: int) -> tuple[nn.Module, object]:
     from .task import check_max_length, task_model
 
     if isinstance(model, (str, os.PathLike)):
-        task = task_model(str(model), on_bare="refuse", max_length=max_length, progress=False)
+        task = task_model(str(model), on_bare="refuse", max_length=max_length, progress=False, task=SEQUENCE)
         model, tokenizer = task.model, tokenizer or task.tokenizer
     elif not isinstance(model, nn.Module):
         raise DeepCutsError(f"deploy takes a classifier (nn.Module) or its folder, got {type(model).__name__}")
@@ -115,9 +116,9 @@ def _classifier(model, tokenizer, max_length: int) -> tuple[nn.Module, object]:
             tokenizer = load_tokenizer(source)
         check_max_length(max_length, model.config, type(model).__name__)
         model = copy.deepcopy(model)
-    if not type(model).__name__.endswith("ForSequenceClassification"):
-        raise DeepCutsError(f"deploy supports sequence classifiers (…ForSequenceClassification), not "
-                            f"{type(model).__name__}; deploy a model with a classification head")
+    if model_task(model) is not task_named(SEQUENCE):
+        raise DeepCutsError(f"deploy supports sequence classifiers, not {type(model).__name__}; deploy a model with a "
+                            "sequence-classification head")
     if int(getattr(model.config, "num_labels", 0)) < 2:
         raise DeepCutsError("deploy compares predicted classes, so it needs a classifier with 2 or more labels; a "
                             "regression head (num_labels=1) is not supported")

@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import DeepCutsError, first_line
 from .families import family, find
+from .tasks import SEQUENCE, Task, saved_task, task_named
 
 MODEL_ALIASES = ("minilm",)
 WEIGHTS_FILE = "model.safetensors"  # the weights of a saved model folder (transformers' SAFE_WEIGHTS_NAME)
@@ -85,15 +86,20 @@ def load_model(
     num_labels: int | None = None,
     attn_implementation: str | None = None,
     seed: int = 0,
+    task: str | None = None,
 ) -> nn.Module:
-    """A sequence-classification model in eval mode; a missing head is initialised with `seed`.
+    """A model of `task` (a name in `deepcuts_fast.tasks.TASKS`) in eval mode; a missing head is initialised
+    with `seed`.
 
-    Only safetensors weights are read. `num_labels=None` keeps a saved classifier's own head (two
-    classes for a bare encoder); `num_labels=1` makes a regression head (MSE loss). Weights that do not fill
-    the model (missing, unexpected or of another shape) are an error, except the fresh head of a bare encoder.
+    `task=None` keeps the task the folder was saved for (its head: sequence or token classification, extractive
+    QA); a bare encoder gets a sequence-classification head then, as fine-tuning and text data need, and
+    `task="embedding"` loads the encoder alone. A folder with a head of another task than `task` is refused: its
+    trained head would be dropped for a random one. Only safetensors weights are read. `num_labels=None` keeps a
+    saved classifier's own head (two classes for a fresh one); `num_labels=1` makes a regression head (MSE loss).
+    Weights that do not fill the model (missing, unexpected or of another shape) are an error, except a fresh head.
     """
+    import transformers
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification
 
     path = resolve_model_path(name_or_path)
     if not _is_local(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -102,12 +108,17 @@ def load_model(
     if (Path(path) / WEIGHTS_FILE).is_file():
         check_weights_file(Path(path) / WEIGHTS_FILE)
     config = load_config(name_or_path)
-    check_task_head(config, name_or_path)
-    if num_labels is None:
-        num_labels = config.num_labels if has_classifier_head(config) else 2
-    if getattr(config, "num_labels", None) != num_labels:
-        config.num_labels = num_labels  # also resets id2label / label2id
-    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    check_task_head(config, name_or_path, task)
+    saved = saved_head(config)
+    chosen = task_named(task) if task is not None else saved or task_named(SEQUENCE)
+    fresh_head = chosen.head and saved is None
+    if chosen.num_labels:
+        if num_labels is None:
+            num_labels = config.num_labels if saved is not None else 2
+        if getattr(config, "num_labels", None) != num_labels:
+            config.num_labels = num_labels  # also resets id2label / label2id
+        if chosen.name == SEQUENCE:
+            config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
     # Shape mismatches come back in the loading info (instead of a RuntimeError) so they are reported like the rest.
     kwargs = {"use_safetensors": True, "output_loading_info": True, "ignore_mismatched_sizes": True}
     if attn_implementation:
@@ -115,14 +126,14 @@ def load_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(path, config=config, **kwargs)
+            model, info = getattr(transformers, chosen.auto_class).from_pretrained(path, config=config, **kwargs)
         except (OSError, ValueError) as e:
             raise DeepCutsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from e
         except SafetensorError as e:  # a hub model's weights, which are not checked above
             raise DeepCutsError(f"the weights of model {name_or_path!r} are truncated or corrupt ({first_line(e)}); "
                                 "re-save or re-download the model") from e
     family(model)  # fail early on unsupported (or refused) families
-    _check_loaded(model, info, name_or_path, fresh_head=not has_classifier_head(config))
+    _check_loaded(model, info, name_or_path, fresh_head=fresh_head or not chosen.head)
     check_finite_weights(model, name_or_path)
     return model.eval()
 
@@ -188,8 +199,9 @@ def _check_loaded(model: nn.Module, info: Mapping[str, Any], name: str, fresh_he
 
 
 def _in_fresh_head(model: nn.Module, key: str) -> bool:
-    """Whether `key` names a weight a fresh classifier brings: outside the encoder, or the encoder's pooler."""
-    return not _in_encoder(model, key) or key.startswith(f"{model.base_model_prefix}.pooler.")
+    """Whether `key` names a weight a fresh head brings: outside the encoder, or the encoder's pooler (which only
+    feeds a sequence classifier's head)."""
+    return not _in_encoder(model, key) or "pooler" in key.split(".")[:2]
 
 
 def _in_encoder(model: nn.Module, key: str) -> bool:
@@ -209,26 +221,27 @@ def weight_problems(**kinds: Collection[str]) -> str:
     return ", ".join(parts)
 
 
-OTHER_TASK_HEADS = {"ForQuestionAnswering": "an extractive question-answering", "ForTokenClassification":
-                    "a token-classification", "ForMultipleChoice": "a multiple-choice"}
-"""Task heads this package does not carry through yet: loading such a folder as a classifier would drop its head."""
+def check_task_head(config, name: str, task: str | None = None) -> None:
+    """Refuse a folder of a refused task (multiple choice), and, when `task` is given, a folder saved with the head
+    of another task: loaded as `task` it would silently lose that head (QA outputs, token logits) for a random one,
+    and every score or metric made through it would be meaningless. A bare encoder takes any task."""
+    saved = saved_head(config, name)
+    wanted = task_named(task) if task is not None else None
+    if saved is not None and wanted is not None and wanted.head and wanted != saved:
+        raise DeepCutsError(f"model {name!r} is a {saved.name} model ({', '.join(config.architectures)}), not a "
+                            f"{wanted.name} one, and loading it as one would replace its trained head with a random "
+                            f"one: give a {wanted.name} model (or a bare encoder)")
 
 
-def check_task_head(config, name: str) -> None:
-    """Refuse a model saved with a task head other than sequence classification: loaded as a classifier it would
-    silently lose that head (QA outputs, token logits) and gain a random one, and every score or metric made
-    through it would be meaningless."""
-    for arch in getattr(config, "architectures", None) or []:
-        kind = next((what for suffix, what in OTHER_TASK_HEADS.items() if arch.endswith(suffix)), None)
-        if kind is not None:
-            raise DeepCutsError(f"model {name!r} is {kind} model ({arch}); deepcuts-fast prunes sequence classifiers "
-                                "(and bare encoders) only so far, and loading it as one would replace its trained head "
-                                "with a random one: give a sequence-classification model or a bare encoder")
+def saved_head(config, name: str = "the model") -> Task | None:
+    """The task of the head a folder was saved with (`deepcuts_fast.tasks.Task`), None for a bare encoder."""
+    saved = saved_task(config, name)
+    return saved if saved is not None and saved.head else None
 
 
-def has_classifier_head(config) -> bool:
-    """Whether a saved model's config says it was saved with a sequence-classification head."""
-    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+def has_task_head(config) -> bool:
+    """Whether a saved model's config says it was saved with a task head (of any supported task)."""
+    return saved_head(config) is not None
 
 
 def max_positions(config) -> int | None:

@@ -28,7 +28,7 @@ from .finetune_cache import finetuned_model
 from .hashing import content_hash
 from .scoring.objective import mark_untrained_head
 from .train import TrainSettings
-from .models import (MODEL_ALIASES, check_task_head, check_vocabulary, has_classifier_head, load_config, load_model,
+from .models import (MODEL_ALIASES, check_task_head, check_vocabulary, has_task_head, load_config, load_model,
                      load_tokenizer, max_positions)
 
 TASK_MODEL_ALIAS = "minilm-rt"
@@ -152,9 +152,11 @@ def embedded_task_model(progress: bool = True, dtype: str | torch.dtype | None =
 
 def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = None, num_labels: int | None = None,
                progress: bool = True, dtype: str | torch.dtype | None = "auto",
-               max_length: int | None = None) -> TaskModel:
-    """The classifier `name` stands for: `minilm-rt` (fine-tuned, cached), a saved classifier or slim
-    folder as is, or a bare encoder (`minilm`, any BERT-family folder or hub name without a task head).
+               max_length: int | None = None, task: str | None = None) -> TaskModel:
+    """The task model `name` stands for: `minilm-rt` (fine-tuned, cached), a saved model of any task (with its own
+    head: sequence or token classification, extractive QA) or slim folder as is, or a bare encoder (`minilm`, any
+    BERT-family folder or hub name without a task head). `task`: the task the caller works on (None: any), so a
+    folder with another task's head is refused (text data with one label per example needs a sequence classifier).
 
     A bare encoder is fine-tuned on the train split of `data` first (cached; `dtype` "auto" as
     `deepcuts_fast.precision` decides) when `on_bare="fine-tune"`, refused when `on_bare="refuse"`, or gets a
@@ -173,11 +175,11 @@ def task_model(name: str, *, on_bare: OnBare = "fine-tune", data: str | None = N
             check_max_length(max_length, load_config("minilm"), name)
         return embedded_task_model(progress=progress, dtype=dtype)
     config = load_config(name)
-    check_task_head(config, name)
+    check_task_head(config, name, task)
     if max_length is not None:
         check_max_length(max_length, config, name)
-    if has_classifier_head(config) or on_bare == "random-head":
-        model = (from_pretrained(name) if has_classifier_head(config)
+    if has_task_head(config) or on_bare == "random-head":
+        model = (from_pretrained(name) if has_task_head(config)
                  else mark_untrained_head(load_model(name, num_labels=num_labels)))
         tokenizer = load_tokenizer(name)
         check_vocabulary(config, tokenizer, name)

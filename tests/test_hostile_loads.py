@@ -445,10 +445,12 @@ def test_max_length_beyond_the_positions_is_refused(command, model_dir, data_csv
     assert not out.exists()
 
 
-@pytest.mark.parametrize("head", ["BertForQuestionAnswering", "BertForTokenClassification"])
-def test_a_question_answering_or_token_folder_is_never_turned_into_a_classifier(head, data_csv, tmp_path, capsys):
+@pytest.mark.parametrize("head", ["BertForQuestionAnswering", "BertForTokenClassification", "BertForMultipleChoice"])
+def test_a_folder_of_another_task_is_never_turned_into_a_classifier(head, data_csv, tmp_path, capsys):
     """Such a folder used to load as a sequence classifier: its trained head dropped, a random one added, and
-    `prune` / `eval` exited 0 on meaningless scores and accuracy."""
+    `prune` / `eval` exited 0 on meaningless scores and accuracy. Now QA and token-classification models keep their
+    head (tests/test_tasks.py prunes them), but `eval` and a labels objective, which read one label per text, refuse
+    them; multiple choice is refused everywhere."""
     import transformers
     from transformers import BertConfig
 
@@ -458,12 +460,17 @@ def test_a_question_answering_or_token_folder_is_never_turned_into_a_classifier(
     folder = tmp_path / "task"
     getattr(transformers, head)(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    kind = "an extractive question-answering" if "Question" in head else "a token-classification"
-    for argv in (["eval", "--data", str(data_csv)],
-                 ["prune", "--data", str(data_csv), "--keep-flops", "0.5", "--calibration-examples", "8",
-                  "--out", str(tmp_path / "slim")]):
+    kind = {"BertForQuestionAnswering": "is a question-answering model", "BertForTokenClassification":
+            "is a token-classification model", "BertForMultipleChoice": "is a multiple-choice model"}[head]
+    refused = [["eval", "--data", str(data_csv)],
+               ["prune", "--data", str(data_csv), "--keep-flops", "0.5", "--calibration-examples", "8",
+                "--objective", "labels", "--out", str(tmp_path / "slim")]]
+    if "MultipleChoice" in head:
+        refused.append(["prune", "--data", str(data_csv), "--keep-flops", "0.5", "--calibration-examples", "8",
+                        "--out", str(tmp_path / "slim")])
+        with pytest.raises(DeepCutsError, match=kind):
+            dc.from_pretrained(folder)
+    for argv in refused:
         code, err = cli([*argv, "--model", str(folder)], capsys)
-        assert_refused(code, err, f"is {kind} model ({head})", "random one")
-    with pytest.raises(DeepCutsError, match=f"is {kind} model"):
-        dc.from_pretrained(folder)
+        assert_refused(code, err, kind, head)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]

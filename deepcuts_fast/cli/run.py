@@ -95,6 +95,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     from ..data import encode_labels, load_dataset, make_batches
     from ..job import MainJob
     from ..task import task_model
+    from ..tasks import SEQUENCE
 
     config = _config(args)
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
@@ -103,7 +104,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     # command that names it (score, eval, prune, run) sees the same cached model.
     # A bare encoder is fine-tuned at --max-length (the recipe's 64 by default), so long texts train as they are scored.
     task = task_model(args.model, on_bare="fine-tune", data=args.data, num_labels=dataset.num_labels,
-                      progress=not args.quiet, max_length=config.max_length)
+                      progress=not args.quiet, max_length=config.max_length, task=SEQUENCE)  # a label per text
     _note_truncation(dataset, task.tokenizer, config.max_length, log)
     train = dataset
     dataset = encode_labels(dataset, task.model.config)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..data import make_batches
-    from ..models import has_classifier_head
+    from ..models import has_task_head
     from ..scoring import ScoreOptions, get_criterion, score_run
     from ..scoring.distributed import main_first, process_group
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         with main_first(world):  # the embedded model is fine-tuned and cached once, by rank 0
             model, tokenizer, dataset = loading.model_and_data(args, args.split, head_free=not criterion.needs.data,
                                                                labels=args.objective == "labels")
-        if not has_classifier_head(model.config):  # a bare encoder's data-free scores: no Fisher via its random head
+        if not has_task_head(model.config):  # a bare encoder's data-free scores: no Fisher via its random head
             options = replace(options, with_fisher=False)
         model.to(device)
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,

@@ -1,4 +1,5 @@
 """Torch -> ONNX: the model traced with eager attention, dynamic batch and sequence axes and every tokenizer input,
+the task's outputs (`tasks`: logits, token logits, start and end logits, a pooled embedding),
 then each attention layer's head count pinned as a constant, the form ONNX Runtime's optimizer can fuse."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..errors import DeepCutsError
 from ..models import max_positions, model_device
-from .inputs import TokenizerInputs, sample_inputs
+from .inputs import TokenizerInputs, graph_task, sample_inputs
 
 
 def check_traceable(model: nn.Module, seq_len: int, opset: int) -> tuple[int, int]:
@@ -39,12 +40,14 @@ def weight_dtype(model: nn.Module) -> torch.dtype:
 def trace(model: nn.Module, names: tuple[str, ...], seq_len: int, opset: int, out: Path) -> None:
     """Export `model` with eager attention, dynamic axes and inputs `names` to `out`, then pin head counts."""
     example = sample_inputs(model, names, batch=2, seq_len=seq_len, device=model_device(model))
-    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    task = graph_task(model)
+    outputs = {name: {0: "batch", 1: "sequence"} if task.token_axis else {0: "batch"} for name in task.graph_outputs}
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | outputs
     with torch.no_grad(), TokenizerInputs(model, names) as wrapped, _eager_attention(model), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about HF's Python-level shape checks; outputs are checked
         torch.onnx.export(wrapped, tuple(example[n] for n in names), str(out), input_names=list(names),
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          output_names=list(outputs), dynamic_axes=axes, opset_version=opset, dynamo=False,
                           external_data=False)
     import onnx
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import DeepCutsError, first_line
 from ..families import find
+from ..tasks import Task, model_task
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what BERT-family tokenizers return
 
@@ -79,6 +80,16 @@ def sample_inputs(model: nn.Module, names: Sequence[str], batch: int, seq_len: i
     return {n: values[n].to(device) for n in names}
 
 
+def graph_task(model: nn.Module) -> Task:
+    """The task of `model`, whose outputs the graph has (`Task.graph_outputs`), or one clear error for a model
+    class of no known task."""
+    task = model_task(model)
+    if task is None:
+        raise DeepCutsError(f"cannot export a {type(model).__name__}: it is a model of no task deepcuts-fast knows; "
+                            "load the model with dc.load_model (a task head, or task='embedding')")
+    return task
+
+
 def accepted_inputs(model: nn.Module, names: Iterable[str]) -> tuple[str, ...]:
     """The `names` that `model.forward` takes as named parameters (the rest it would ignore or refuse)."""
     params = inspect.signature(model.forward).parameters
@@ -86,15 +97,22 @@ def accepted_inputs(model: nn.Module, names: Iterable[str]) -> tuple[str, ...]:
 
 
 class TokenizerInputs(nn.Module):
-    """Adapter taking the tokenizer's tensors positionally (in `names` order) and returning the logits, as the
-    exporter wants; an input the model's forward does not name (DistilBERT's token_type_ids) is accepted and
-    ignored. As a context manager it holds the model in eval mode and restores its mode afterwards."""
+    """Adapter taking the tokenizer's tensors positionally (in `names` order) and returning the task's outputs as a
+    tuple (`Task.graph_outputs`: logits; token logits; start and end logits; an embedding model's pooled, possibly
+    normalized, embedding, pooled as its sentence-transformers folder says), as the exporter wants; an input the
+    model's forward does not name (DistilBERT's token_type_ids) is accepted and ignored. As a context manager it
+    holds the model in eval mode and restores its mode afterwards."""
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        from ..scoring.objective import sentence_pooling
+
         super().__init__()
         self.model = model
         self.names = tuple(names)
         self.used = accepted_inputs(model, names)
+        self.task = graph_task(model)
+        self.pooling = (None if self.task.head else
+                        sentence_pooling(getattr(model.config, "_name_or_path", "") or ""))
         self._was_training = model.training
 
     def __enter__(self) -> "TokenizerInputs":
@@ -103,6 +121,13 @@ class TokenizerInputs(nn.Module):
     def __exit__(self, *exc) -> None:
         self.model.train(self._was_training)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from ..scoring.objective import pool
+
         given = dict(zip(self.names, inputs))
-        return self.model(**{n: given[n] for n in self.used}).logits
+        result = self.model(**{n: given[n] for n in self.used})
+        if self.pooling is None:
+            return tuple(result[name] for name in self.task.outputs)
+        mode, normalize = self.pooling
+        pooled = pool(result[0], given["attention_mask"], mode)
+        return (torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled,)

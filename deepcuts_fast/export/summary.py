@@ -25,7 +25,7 @@ class OnnxExport:
     fused: dict[str, int] = field(default_factory=dict)  # fused operator counts of the optimized graph
     attention_layers: int = 0  # layers that kept heads, each of which could become one fused Attention node
     max_abs_diff: float | None = None  # largest |ONNX - torch| logit on the check batch (None: not checked)
-    argmax_agreement: float | None = None  # fraction of check rows whose predicted class matches torch's
+    argmax_agreement: float | None = None  # predicted classes / positions matching torch's (None: an embedding)
     tolerance: float | None = None  # abs / rel tolerance the check enforced (None: int8, reported only)
     no_fusion: str | None = None  # why optimize=True left the graph unfused (None: fused, or not asked)
 
@@ -76,6 +76,8 @@ class OnnxExport:
         if self.max_abs_diff is not None:
             bound = (f" (tolerance {self.tolerance:g})" if self.tolerance is not None
                      else " (int8: reported, not enforced)")
-            lines.append(f"vs torch on {CHECK_ROWS} random rows: max |logit diff| {self.max_abs_diff:.3g}{bound}, "
-                         f"argmax agrees on {self.argmax_agreement:.0%}")
+            what, agrees = (("embedding", "") if self.argmax_agreement is None else  # an embedding model's graph
+                            ("logit", f", argmax agrees on {self.argmax_agreement:.0%}"))
+            lines.append(f"vs torch on {CHECK_ROWS} random rows: max |{what} diff| {self.max_abs_diff:.3g}{bound}"
+                         f"{agrees}")
         return "\n".join(lines)

@@ -24,7 +24,7 @@ class Family:
     """One supported encoder family (one transformers `model_type`)."""
 
     model_type: str  # config.model_type
-    class_stem: str  # the transformers class names' stem: <stem>Model, <stem>ForSequenceClassification
+    class_stem: str  # the transformers class names' stem: <stem>Model, <stem><task suffix> (see `tasks`)
     # module paths, relative to the base model (embeddings, layers) or to one encoder layer (the rest)
     embeddings: str
     layers: str
@@ -132,11 +132,6 @@ class Family:
 
         shape = dict(zip(self.shape_names, (hidden, heads, ffn, layers)))
         return AutoConfig.for_model(self.model_type, **{**shape, **dict(self.released), **settings})
-
-    def auto_map(self, module: str) -> dict[str, str]:
-        """The config.json `auto_map` naming the modeling file `module`'s classes for this family."""
-        return {"AutoModel": f"{module}.DeepCuts{self.class_stem}Model",
-                "AutoModelForSequenceClassification": f"{module}.DeepCuts{self.class_stem}ForSequenceClassification"}
 
 
 BERT_LAYOUT = dict(

@@ -6,8 +6,10 @@ folder's config.json at it, so stock transformers loads a pruned model where dee
     AutoModelForSequenceClassification.from_pretrained(folder_or_hub_name, trust_remote_code=True)
     pipeline("text-classification", model=folder_or_hub_name, trust_remote_code=True)
 
-Each class is the family's own transformers class (`DeepCuts<Stem>Model` subclasses transformers' `<Stem>Model`;
-the classes are made on first use, for whichever family the config.json `auto_map` names), built as usual and
+(or the auto class of the task the model was saved for: AutoModelForTokenClassification,
+AutoModelForQuestionAnswering, AutoModel). Each class is the family's own transformers class for that task
+(`DeepCuts<Stem>ForQuestionAnswering` subclasses transformers' `<Stem>ForQuestionAnswering`; the classes are made
+on first use, for whichever family and task the config.json `auto_map` names), built as usual and
 then narrowed layer by layer to the widths recorded in config.json (`deepcuts_heads`, `deepcuts_ffn`) before the
 weights are loaded. Where a family keeps its layers' Linears is read from config.json too (`deepcuts_layout`,
 written by deepcuts-fast from its family registry), so this file knows no family. A layer with
@@ -172,15 +174,15 @@ class _Slim:
 
 
 _PREFIX = "DeepCuts"
-_TASKS = ("Model", "ForSequenceClassification")
 
 
 def __getattr__(name: str) -> type:
-    """`DeepCuts<Stem>Model` / `DeepCuts<Stem>ForSequenceClassification`: `_Slim` in front of transformers'
-    `<Stem>Model` / `<Stem>ForSequenceClassification` (made once, on first use; PEP 562)."""
-    stock = name[len(_PREFIX):] if name.startswith(_PREFIX) and name.endswith(_TASKS) else None
+    """`DeepCuts<Name>`: `_Slim` in front of transformers' model class `<Name>` (`<Stem>Model`,
+    `<Stem>ForQuestionAnswering`, ...: whichever class the config.json `auto_map` names; made once, on first use;
+    PEP 562)."""
+    stock = name[len(_PREFIX):] if name.startswith(_PREFIX) else None
     base = getattr(transformers, stock, None) if stock else None
-    if not (isinstance(base, type) and issubclass(base, nn.Module)):
+    if not (isinstance(base, type) and issubclass(base, transformers.PreTrainedModel)):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     cls = type(name, (_Slim, base), {"__module__": __name__,
                                       "__doc__": f"{stock} with per-layer head counts and FFN widths."})

@@ -17,10 +17,12 @@ from torch import nn
 
 from ..errors import DeepCutsError, first_line
 from ..models import (TOKENIZER_FILES, WEIGHTS_FILE, check_finite_weights, check_weights_file, load_model,
-                      max_positions, model_device, resolve_model_path, weight_problems)
+                      load_tokenizer, max_positions, model_device, resolve_model_path, weight_problems)
 from ..outputs import write_file, write_folder
 from ..planning.plan import Plan
+from ..tasks import SEQUENCE, model_task, saved_task, task_named
 from .remote_code import add_remote_code
+from .sentence_folder import copy_sentence_files, sentence_source
 from ..families.narrowing import shrink
 
 PLAN_FILE = "deepcuts_plan.json"
@@ -33,14 +35,21 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer=None, p
     folder written here is replaced only with `overwrite` (only its own files: others beside them stay); a
     folder deepcuts did not write, and the folder the model was loaded from, are refused. A slim model gets its
     modeling code too, so that stock transformers loads the folder (trust_remote_code=True) where deepcuts-fast
-    is not installed."""
+    is not installed. An embedding model loaded from a sentence-transformers folder keeps its modules.json,
+    pooling, normalization and settings files (and that folder's tokenizer when none is given), so
+    `SentenceTransformer(path, trust_remote_code=True)` loads it."""
     target = Path(path)
     with write_folder(target, kind=MODEL_FOLDER_KIND, overwrite=overwrite, inputs=model_source(model),
                       name="the model folder") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         add_remote_code(tmp)  # a slim folder also loads in stock transformers with trust_remote_code=True
+        sentence = sentence_source(model)
+        if tokenizer is None and sentence is not None:  # sentence-transformers reads the tokenizer beside the model
+            tokenizer = load_tokenizer(str(sentence))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if sentence is not None:
+            copy_sentence_files(sentence, tmp)
         if plan is not None:
             (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1), encoding="utf-8")
         _usual_permissions(tmp)
@@ -68,10 +77,11 @@ def model_source(model: nn.Module) -> dict[str, str | None]:
 def from_pretrained(path: str | os.PathLike, attn_implementation: str | None = None, *,
                     dtype: torch.dtype | str | None = None, device_map: str | int | torch.device | None = None,
                     revision: str | None = None) -> nn.Module:
-    """Any model as a classifier in eval mode: a slim folder written by `save_pretrained` is rebuilt
-    exactly with its per-layer widths; dense folders and the `minilm` alias go through `load_model` (keeping a
-    saved head). A hub name (at `revision`) is read through the HF cache, downloading its config, safetensors
-    and tokenizer files unless offline. `dtype` casts the loaded model ("auto": the dtype its config records;
+    """Any model in eval mode, of the task it was saved for: a slim folder written by `save_pretrained` is rebuilt
+    exactly with its per-layer widths and its head (or none: an embedding model); dense folders and the `minilm`
+    alias go through `load_model` (keeping a saved head of any task; a bare encoder gets a classifier head). A hub
+    name (at `revision`) is read through the HF cache, downloading its config, safetensors and tokenizer files
+    unless offline. `dtype` casts the loaded model ("auto": the dtype its config records;
     None: as loaded, float32 for a slim folder) and `device_map` puts it on one device ("cpu", "cuda", "cuda:1",
     "auto": CUDA when there is one)."""
     cast, device = _check_dtype(dtype), _check_device(device_map)
@@ -85,7 +95,8 @@ def _load_folder(folder: Path, attn_implementation: str | None) -> nn.Module:
     """The model in a local folder: slim (per-layer widths in its config) rebuilt here, dense via `load_model`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
 
     for name in ("config.json", WEIGHTS_FILE):
         if not (folder / name).is_file():
@@ -100,8 +111,10 @@ def _load_folder(folder: Path, attn_implementation: str | None) -> nn.Module:
         return load_model(str(folder), attn_implementation=attn_implementation)
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    # trust_remote_code=False: the stock class, shrunk below (the folder's own modeling file is for other users)
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+    # The task it was saved for; trust_remote_code=False: the stock class, shrunk below (the folder's own modeling
+    # file is for other users)
+    auto = getattr(transformers, (saved_task(config, str(folder)) or task_named(SEQUENCE)).auto_class)
+    model = auto.from_config(config, trust_remote_code=False)
     shrink(model, [range(h) for h in heads], [range(f) for f in ffn])
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
@@ -244,11 +257,13 @@ def _is_tied(model: nn.Module, name: str) -> bool:
 
 def export_program(model: nn.Module, path: str | os.PathLike, seq_len: int = 16, *, overwrite: bool = False) -> Path:
     """Write a `torch.export` program (.pt2) with dynamic batch and sequence (an existing file only with
-    `overwrite`)."""
+    `overwrite`), taking (input_ids, attention_mask) and returning the task's outputs (`tasks`: the logits, a
+    token-classification model's token logits, a QA model's (start_logits, end_logits), an embedding model's
+    last_hidden_state)."""
     target = Path(path)
     longest = int(max_positions(model.config) or 512)  # the family's: some start positions after the padding
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=longest)
-    with _LogitsOnly(model) as wrapped:
+    with _TaskOutputs(model) as wrapped:
         program = torch.export.export(wrapped, _example_inputs(seq_len, model_device(model)),
                                       dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
     with write_file(target, overwrite=overwrite, inputs=model_source(model)) as tmp:
@@ -264,20 +279,24 @@ def _example_inputs(seq_len: int, device: torch.device) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-class _LogitsOnly(nn.Module):
-    """Adapter with positional tensor inputs and one tensor output, as exporters want; as a context
-    manager it holds the model in eval mode and restores its mode afterwards."""
+class _TaskOutputs(nn.Module):
+    """Adapter with positional tensor inputs and the task's output tensors (one tensor, or a tuple for several), as
+    exporters want; as a context manager it holds the model in eval mode and restores its mode afterwards."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.outputs = (model_task(model) or task_named(SEQUENCE)).outputs
         self._was_training = model.training
 
-    def __enter__(self) -> "_LogitsOnly":
+    def __enter__(self) -> "_TaskOutputs":
         return self.eval()
 
     def __exit__(self, *exc) -> None:
         self.model.train(self._was_training)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        result = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        tensors = tuple(result[name] for name in self.outputs)
+        return tensors[0] if len(tensors) == 1 else tensors

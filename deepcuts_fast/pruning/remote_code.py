@@ -2,7 +2,8 @@
 
 `dc.save_pretrained` copies `modeling_deepcuts_slim.py` (this package's template, which imports only torch and
 transformers) beside the weights and adds to config.json an `auto_map` naming its classes for the model's family
-and that family's layer layout (`deepcuts_layout`), so the file itself knows no family. The config keeps the
+and the task it was saved for, and that family's layer layout (`deepcuts_layout`), so the file itself knows no
+family and no task. The config keeps the
 family's own class, so `AutoConfig` needs no remote code.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..families import family, modeling_deepcuts_slim
+from ..tasks import EMBEDDING, SEQUENCE, saved_task, task_named
 
 TEMPLATE = Path(modeling_deepcuts_slim.__file__)
 MODELING_FILE = TEMPLATE.name
@@ -24,9 +26,12 @@ def is_slim(config: dict) -> bool:
 
 
 def auto_map(config: dict) -> dict[str, str]:
-    """The config.json `auto_map` that sends AutoModel and AutoModelForSequenceClassification to the template's
-    classes for the config's family."""
-    return family(config).auto_map(MODELING_FILE.removesuffix(".py"))
+    """The config.json `auto_map` that sends AutoModel, and the auto class of the task the model was saved for
+    (its `architectures`; sequence classification when they name none), to the template's classes for the
+    config's family: `DeepCuts<Stem><task suffix>`."""
+    module, stem = MODELING_FILE.removesuffix(".py"), family(config).class_stem
+    saved = saved_task(config) or task_named(SEQUENCE)
+    return {task.auto_class: f"{module}.DeepCuts{stem}{task.suffix}" for task in (task_named(EMBEDDING), saved)}
 
 
 def add_remote_code(folder: Path) -> bool:

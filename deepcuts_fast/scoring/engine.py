@@ -133,8 +133,8 @@ class ScoringPass:
 
     def _forward_backward(self, b: int, batch: Mapping[str, torch.Tensor], samples: range) -> None:
         k = len(samples)
-        inputs = {key: v for key, v in to_device(batch, self.device).items() if torch.is_tensor(v)}
-        labels = inputs.pop("labels", None)
+        inputs, labels = self.objective.split({key: v for key, v in to_device(batch, self.device).items()
+                                               if torch.is_tensor(v)})
         batch_size = inputs["input_ids"].shape[0]
         clean_targets = self.objective.distill and not self.noise_std  # drawn from this very forward's outputs
         targets = None if clean_targets else self._batch_targets(b, inputs, labels)
@@ -149,7 +149,7 @@ class ScoringPass:
             with autocast(self.device, self.dtype):
                 outputs = self.objective.outputs(self.model, inputs)
             if clean_targets:
-                targets = self.objective.targets(outputs, labels, self.options.seed, b)
+                targets = self.objective.targets(outputs, labels, self.options.seed, b, inputs.get("attention_mask"))
             loss = self.objective.loss(outputs, targets, batch_size)
             finite = bool(torch.isfinite(loss))
             if finite:
@@ -167,7 +167,8 @@ class ScoringPass:
             if self.objective.distill:
                 with autocast(self.device, self.dtype):
                     dense = self.objective.outputs(self.model, inputs)
-            self._targets = (b, self.objective.targets(dense, labels, self.options.seed, b))
+            self._targets = (b, self.objective.targets(dense, labels, self.options.seed, b,
+                                                       inputs.get("attention_mask")))
         return self._targets[1]
 
     def _loss_error(self, b: int, inputs: Mapping[str, torch.Tensor], targets: torch.Tensor, batch_size: int,
