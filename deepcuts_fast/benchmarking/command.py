@@ -32,7 +32,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--repeats", type=int, default=20, help="at least this many timed passes per model and grid point")
     p.add_argument("--min-time", type=float, default=1.0,
                    help="and at least this many seconds of timed passes per grid point (0: exactly --repeats)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed passes before timing")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="at least this many warm-up rounds, then more until the latency is steady (0: none)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads, set for the run and printed (default: torch's current count)")
     p.add_argument("--out", default=None, help="folder for bench.json, bench.csv and bench.png")
@@ -85,7 +86,7 @@ def _header(s: dict) -> str:
     threads) or GPU and the dtype."""
     floor = f" and at least {s['min_time']:g} s per grid point" if s["min_time"] else ""
     return (f"median and IQR of at least {s['repeats']} timed runs per model{floor} on {s['device']}, "
-            f"after {s['warmup']} warm-up (speedup and FLOP ratio vs {s['models'][0]})")
+            f"after warm-up ({s['warmup_rule']}) (speedup and FLOP ratio vs {s['models'][0]})")
 
 
 def _load(path: str) -> nn.Module:

@@ -29,8 +29,13 @@ class BenchmarkReport:
     above 10% of the median), seq_per_s, flops (theoretical encoder FLOPs of the whole batch, None
     when unknown), weights_mb, activation_mb (peak memory a forward pass added over what was resident
     before it), peak_mem_mb (weights + activations; None where memory cannot be measured), speedup
-    and flop_ratio (the baseline's median latency / FLOPs over this row's, at the same batch and seq).
-    `warnings` says why numbers may not be trustworthy (noisy rows, a loaded machine).
+    and flop_ratio (the baseline's median latency / FLOPs over this row's, at the same batch and seq),
+    warmup_passes, warmup_steady (None without warm-up), warmup_spread (max / min - 1 of the last warm-up
+    passes), drift (median of the last quarter of timed rounds over the first quarter's, minus 1; None under
+    8 passes), drifted (that shift above 10% and above the spread inside the quarters),
+    minor_faults_per_pass (None where the OS does not count them). `machine` names the CPU, ISA, threads
+    and `allocator`. `warnings` says why numbers may not be trustworthy (noisy rows, an unsteady
+    warm-up, drift, page faults while timing, a loaded machine).
     """
 
     rows: list[dict]
@@ -50,9 +55,10 @@ class BenchmarkReport:
         return {"machine": self.machine, "settings": self.settings, "rows": self.rows, "warnings": self.warnings}
 
     def caption(self) -> str:
-        """Where and how the numbers were measured, e.g. 'AMD EPYC (AVX2), 2 threads; torch 2.5.1; dtype fp32
-        (requested)': the CPU model, ISA and threads (or the GPU), so no number is read without them."""
-        parts = [self.machine.get("description")]
+        """Where and how the numbers were measured, e.g. 'AMD EPYC (AVX2), 2 threads; glibc malloc; torch 2.5.1;
+        dtype fp32 (requested)': the CPU model, ISA, threads (or the GPU) and allocator, so no number is read
+        without them."""
+        parts = [self.machine.get("description"), self.machine.get("allocator")]
         if "torch" in self.machine:
             parts.append(f"torch {self.machine['torch']}")
         if "dtype" in self.settings:
@@ -111,6 +117,7 @@ class BenchmarkReport:
             where += f", {m['threads']} threads" if m.get("threads") else ""
         dtypes = sorted({r["dtype"] for r in self.rows}) or [self.settings.get("dtype")]
         parts = [f"Median latency on {where or 'an unrecorded machine'}",
+                 self.machine.get("allocator"),
                  "dtype " + ", ".join(d for d in dtypes if d) if any(dtypes) else None,
                  f"torch {m['torch']}" if m.get("torch") else None]
         return "; ".join(p for p in parts if p)

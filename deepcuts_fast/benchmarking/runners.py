@@ -1,4 +1,5 @@
-"""One benchmarked model: a torch module (cast copy on the target device) or an ONNX file under onnxruntime.
+"""One benchmarked model: a torch module (cast copy on the target device), an ONNX file under onnxruntime, or
+a session of a `deepcuts_fast.runtimes` artifact (torch, ONNX Runtime, OpenVINO, ...).
 
 A runner turns the shared token ids into its own inputs, runs one forward pass, times it (CUDA
 events on a GPU, `time.perf_counter` otherwise) and measures its peak extra memory.
@@ -18,6 +19,7 @@ from ..errors import DeepCutsError, first_line
 from ..flops import encoder_flops
 from ..models import max_positions
 from ..precision import NAMES
+from ..runtimes.base import Session
 from . import memory
 
 _ONNX_DTYPES = {"tensor(float)": "fp32", "tensor(bfloat16)": "bf16", "tensor(float16)": "fp16",
@@ -182,6 +184,43 @@ class OnnxRunner:
             self._memory_session = self._session(arena=False)
         self._memory_session.run(None, inputs)  # one-time work of this shape stays out of the peak
         return memory.cpu_peak_mb(lambda: self._memory_session.run(None, inputs))
+
+    def flops(self, seq_len: int) -> int | None:
+        return flops_or_none(self.flops_model, seq_len)
+
+
+class SessionRunner:
+    """A loaded `deepcuts_fast.runtimes` artifact (`Runtime.load`: tokenizer arrays -> logits) on the CPU, labelled
+    with its runtime (`backend`) and precision (`dtype`); `folder` is the artifact, whose weight files give
+    `weights_mb`. Peak memory is not measured (None): runtimes that keep a memory arena between passes would hide
+    a pass's allocations from the RSS probe, so no number is better than a wrong one."""
+
+    _WEIGHTS = (".onnx", ".bin", ".safetensors")
+
+    def __init__(self, session: Session, backend: str, dtype: str, folder: str | os.PathLike,
+                 flops_model: nn.Module | None = None):
+        self.session, self.backend, self.dtype = session, backend, dtype
+        self.device = torch.device("cpu")
+        self.flops_model = flops_model
+        self.vocab = getattr(getattr(flops_model, "config", None), "vocab_size", None)
+        self.weights_mb = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in self._WEIGHTS) / _MB
+
+    def inputs(self, ids: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.vocab is not None and self.vocab < int(ids.max()) + 1:
+            ids = ids.remainder(self.vocab)
+        ids = ids.numpy().astype(np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> None:
+        self.session(inputs)
+
+    def time_ms(self, inputs: dict[str, np.ndarray]) -> float:
+        t0 = time.perf_counter()
+        self.session(inputs)
+        return (time.perf_counter() - t0) * 1e3
+
+    def peak_mb(self, inputs: dict[str, np.ndarray]) -> None:
+        return None
 
     def flops(self, seq_len: int) -> int | None:
         return flops_or_none(self.flops_model, seq_len)
