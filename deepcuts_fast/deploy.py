@@ -39,6 +39,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "bf16", "i8mm")  # the /proc/cpuinfo flags that decide which kernels a runtime can use
 VERSIONS = ("deepcuts-fast", "torch", "transformers", "onnx", "onnxruntime", "openvino", "nncf")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+WARMUP = 3  # warm-up rounds at least, then on until every variant is steady (`benchmarking.latency.warm_up`)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def deploy(model: nn.Module | str | os.PathLike, out: str | os.PathLike, data: s
     threads = threads or torch.get_num_threads()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.variants.", dir=target.parent) as scratch:
-        variants = _build_all(model, tokenizer, runtimes, Path(scratch), calibration, log)
+        failed: dict[str, str] = {}
+        variants = _build_all(model, tokenizer, runtimes, Path(scratch), calibration, log, failed)
         sessions = {name: v.runtime.load(v.folder, v.precision, threads) for name, v in variants.items()}
         reference = torch_session(model)
         if REFERENCE not in sessions:  # a forced runtime is still timed against torch fp32, as a baseline
@@ -88,7 +90,7 @@ def deploy(model: nn.Module | str | os.PathLike, out: str | os.PathLike, data: s
         rows = _time(sessions, rows, timing, threads, repeats, min_time)
         chosen = _choose(rows, variants, tolerance, log)
         manifest = _manifest(rows, chosen, variants[chosen["variant"]], tolerance, batch_size, max_length, threads,
-                             len(calibration))
+                             len(calibration), failed)
         _publish(target, variants[chosen["variant"]].folder, manifest, source, overwrite)
     deployment = Deployment(target, manifest)
     log("\n".join(deployment.table()))
@@ -191,8 +193,10 @@ class _Variant:
 
 
 def _build_all(model: nn.Module, tokenizer, runtimes: list[Runtime], scratch: Path, calibration: list[dict],
-               log: Callable[[str], None]) -> dict[str, _Variant]:
-    """Every precision of every runtime, built into its own folder under `scratch`; 'runtime precision' -> it."""
+               log: Callable[[str], None], failed: dict[str, str]) -> dict[str, _Variant]:
+    """Every precision of every runtime, built into its own folder under `scratch`; 'runtime precision' -> it. A
+    variant its runtime cannot build (OpenVINO's converter refuses a layer left with no heads) is left out with
+    one line and listed in `failed` (name -> the error's first line); torch fp32, the reference, must build."""
     feeds = [feeds_of(b, [n for n in INPUTS if n in b]) for b in calibration]
     variants = {}
     for runtime in runtimes:
@@ -201,7 +205,14 @@ def _build_all(model: nn.Module, tokenizer, runtimes: list[Runtime], scratch: Pa
             folder = scratch / name.replace(" ", "-")
             folder.mkdir()
             start = time.perf_counter()
-            runtime.build(model, tokenizer, precision, folder, feeds)
+            try:
+                runtime.build(model, tokenizer, precision, folder, feeds)
+            except Exception as e:  # noqa: BLE001 - any runtime's own error leaves that variant out
+                if name == REFERENCE:
+                    raise
+                failed[name] = first_line(f"{type(e).__name__}: {e}")
+                log(f"skipped {name}: it could not be built ({failed[name]})")
+                continue
             variants[name] = _Variant(runtime, precision, folder, time.perf_counter() - start)
             log(f"built {name} in {variants[name].build_s:.1f} s")
     return variants
@@ -243,15 +254,14 @@ def _time(sessions: dict[str, Session], rows: list[dict], feed: dict[str, np.nda
           min_time: float) -> list[dict]:
     """`rows` with each variant's latency on `feed`: warm-up, then interleaved rounds (one pass of each variant
     per round) until each has `repeats` passes and `min_time` seconds have passed; median, quartiles, IQR."""
-    from .benchmarking.latency import _sample, load_average, load_warnings, noise_warning, sample_stats
+    from .benchmarking.latency import (STEADY_SPREAD, STEADY_WINDOW, _sample, load_average, load_warnings,
+                                       noise_warning, sample_stats, spread, steady, steady_rule, warm_up)
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         timed = [_Timed(s) for s in sessions.values()]
-        for runner in timed:
-            for _ in range(3):
-                runner.time_ms(feed)
+        warm = warm_up([lambda r=runner: r.time_ms(feed) for runner in timed], minimum=WARMUP)
         load_before = load_average()
         samples = _sample(timed, [feed] * len(timed), repeats, min_time)
         load_after = load_average()
@@ -265,7 +275,13 @@ def _time(sessions: dict[str, Session], rows: list[dict], feed: dict[str, np.nda
         row["speedup"] = base / stats["median_ms"]
         row["warnings"] = ([noise_warning(row["variant"], stats["median_ms"], stats["iqr_ms"])]
                            if stats["iqr_ms"] > 0.1 * stats["median_ms"] else [])
+    for row, times in zip(rows, warm):
+        row["warmup"] = {"rounds": len(times), "steady": steady(times)}
+        if not steady(times):
+            row["warnings"].append(f"unsteady warm-up: {row['variant']}'s last passes still differ by "
+                                   f"{spread(times[-STEADY_WINDOW:]):.0%} (> {STEADY_SPREAD:.0%}) after {len(times)} rounds")
     rows[0]["warnings"] += load_warnings(load_before, load_after, os.cpu_count())
+    rows[0]["warmup_rule"] = steady_rule(WARMUP)
     return rows
 
 
@@ -288,7 +304,7 @@ def _choose(rows: list[dict], variants: Mapping[str, object], tolerance: float, 
 # --- output ----------------------------------------------------------------------------------------------------
 
 def _manifest(rows: list[dict], chosen: dict, variant: _Variant, tolerance: float, batch_size: int,
-              max_length: int, threads: int, calibration_batches: int) -> dict[str, Any]:
+              max_length: int, threads: int, calibration_batches: int, failed: dict[str, str]) -> dict[str, Any]:
     """The contents of deploy.json."""
     from .machine import cpu_flags, describe_cpu, machine_info
 
@@ -304,8 +320,10 @@ def _manifest(rows: list[dict], chosen: dict, variant: _Variant, tolerance: floa
         "reference": REFERENCE, "reference_accuracy": rows[0]["accuracy"], "tolerance": tolerance,
         "calibration_batches": calibration_batches,
         "variants": rows,
+        "failed_variants": failed,
         "machine": {"cpu": info["processor"], "isa": info["isa"], "flags": [f for f in ISA_FLAGS if f in flags],
                     "logical_cpus": info["logical_cpus"], "platform": info["platform"],
+                    "allocator": info["allocator"],
                     "description": describe_cpu().rsplit(",", 1)[0] + f", {threads} threads"},
         "versions": {p: _installed_version(p) for p in VERSIONS},
     }
@@ -345,7 +363,8 @@ def variant_table(manifest: dict) -> list[str]:
         accuracy = "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
         lines.append(f"| {r['variant']} | {r['median_ms']:.2f} | {r['iqr_ms']:.2f} | {r['speedup']:.2f}x "
                      f"| {r['agreement']:.2%} | {r['max_logit_diff']:.2g} | {accuracy} | {verdict} |")
-    return lines + [f"warning: {w}" for r in m["variants"] for w in r["warnings"]]
+    return (lines + [f"not built: {name} ({why})" for name, why in m.get("failed_variants", {}).items()]
+            + [f"warning: {w}" for r in m["variants"] for w in r["warnings"]])
 
 
 # --- loading ---------------------------------------------------------------------------------------------------

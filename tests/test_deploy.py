@@ -83,6 +83,7 @@ def test_manifest_fields(slim_dir, data_csv, tmp_path):
     assert 0 <= manifest["agreement"]["accuracy"] <= 1 and manifest["tolerance"] == 0.01
     machine = manifest["machine"]
     assert machine["cpu"] and machine["isa"] and isinstance(machine["flags"], list) and machine["logical_cpus"]
+    assert machine["allocator"] and all(r["warmup"]["rounds"] >= 3 for r in manifest["variants"])
     assert manifest["versions"]["torch"] and manifest["versions"]["transformers"]
 
 
@@ -93,6 +94,27 @@ def test_auto_skips_runtimes_that_are_not_installed(slim_dir, data_csv, tmp_path
     assert "skipping runtime ort: not installed (pip install 'deepcuts-fast[onnx]')" in lines
     assert "skipping runtime openvino: not installed (pip install 'deepcuts-fast[openvino]')" in lines
     assert result.manifest["runtime"] == "torch"
+
+
+def test_a_variant_that_cannot_be_built_is_left_out_and_said(slim_dir, data_csv, tmp_path, monkeypatch):
+    """A runtime whose converter fails on this model (OpenVINO on a layer with no heads) costs only its variants:
+    one line each, listed in deploy.json and under the table; the reference failing is an error."""
+    def build(model, tokenizer, precision, out, calibration):
+        raise RuntimeError("converter: empty MatMul\nlong trace")
+
+    broken = Runtime("broken", (), None, lambda: ("fp32", "int8"), build, lambda *a: None, position=99)
+    monkeypatch.setitem(RUNTIMES, "broken", broken)
+    _uninstalled(monkeypatch, "ort", "openvino")
+    lines = []
+    result = dc.deploy(slim_dir, tmp_path / "out", str(data_csv), **{**FAST, "log": lines.append})
+    why = "RuntimeError: converter: empty MatMul"
+    assert result.manifest["failed_variants"] == {"broken fp32": why, "broken int8": why}
+    assert f"skipped broken int8: it could not be built ({why})" in lines
+    assert f"not built: broken fp32 ({why})" in result.table() and result.manifest["runtime"] == "torch"
+    monkeypatch.setitem(RUNTIMES, "torch", broken.__class__(**{**broken.__dict__, "name": "torch"}))
+    with pytest.raises(RuntimeError, match="empty MatMul"):
+        dc.deploy(slim_dir, tmp_path / "again", str(data_csv), runtime="torch", **FAST)
+    assert not (tmp_path / "again").exists()
 
 
 def test_unknown_and_uninstalled_runtimes_are_refused(slim_dir, data_csv, tmp_path, monkeypatch):
