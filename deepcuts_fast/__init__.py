@@ -3,6 +3,7 @@ from ._version import __version__
 
 from .benchmarking import BenchmarkReport, benchmark
 from .deploy import Deployed, Deployment, deploy, load_deployed
+from .embedding_metrics import EmbeddingMetrics, evaluate_embeddings
 from .errors import DeepCutsError
 from .export import export
 from .models import load_model, load_tokenizer
@@ -18,6 +19,7 @@ __all__ = [
     "DeepCutsError",
     "Deployed",
     "Deployment",
+    "EmbeddingMetrics",
     "Plan",
     "ScoreOptions",
     "ScoreRun",
@@ -27,6 +29,7 @@ __all__ = [
     "apply_masks",
     "benchmark",
     "deploy",
+    "evaluate_embeddings",
     "export",
     "export_program",
     "from_pretrained",

@@ -1,5 +1,6 @@
 """`deepcuts eval`: accuracy and loss (MSE for regression) of a model, or of an .onnx file from `deepcuts export`
-under onnxruntime, on a data split, with the precision it ran in."""
+under onnxruntime, on a data split, with the precision it ran in; with --baseline, how well a slim embedding model
+keeps its dense model's embeddings (`deepcuts_fast.embedding_metrics`)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                   "from the FILE.d folder beside it, its precision as exported: --dtype does not apply)"
     e.add_argument("--split", default="test", help="data split to evaluate on")
     e.add_argument("--limit", type=int, default=None, help="evaluate on the first N examples only")
+    e.add_argument("--baseline", default=None, metavar="DENSE",
+                   help="the dense model --model was pruned from: compare their pooled embeddings of the --split texts "
+                        "(mean cosine, nearest-neighbour overlap, a logistic-regression probe) instead of the head's "
+                        "accuracy; pooled as DENSE's sentence-transformers folder says, else the mean over the tokens")
+    e.add_argument("--neighbours", type=int, default=10, help="with --baseline: k of the nearest-neighbour overlap@k")
+    e.add_argument("--probe-split", default="train",
+                   help="with --baseline and labelled data: the split each model's logistic-regression probe is fitted "
+                        "on (its accuracy is measured on --split); 'none' skips the probe")
+    e.add_argument("--probe-limit", type=int, default=None, help="with --baseline: fit the probe on the first N "
+                                                                  "examples of --probe-split only")
     return e
 
 
@@ -30,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..precision import choose
     from ..train import evaluate
 
+    if args.baseline is not None:
+        return _eval_embeddings(args)
     if loading.is_onnx_file(args.model):
         return _eval_onnx(args)
     model, tokenizer, dataset = loading.model_and_data(args, args.split)
@@ -37,6 +50,45 @@ def run(args: argparse.Namespace) -> int:
                            limit=args.limit, sort_by_length=True)
     result = evaluate(model, batches, dtype=args.dtype, progress=not args.quiet)
     _print_eval(args, result, choose("infer", model_device(model), args.dtype).name)
+    return 0
+
+
+def _eval_embeddings(args: argparse.Namespace) -> int:
+    """`deepcuts eval --model SLIM --baseline DENSE`: the embedding metrics of SLIM against DENSE on the --split
+    texts, the probe fitted on --probe-split when the data is labelled, and the precision they ran in."""
+    import sys
+
+    from ..data import load_dataset, make_batches
+    from ..embedding_metrics import evaluate_embeddings
+    from ..task import task_model
+
+    for flag, value in (("--neighbours", args.neighbours), ("--probe-limit", args.probe_limit)):
+        if value is not None and value < 1:
+            raise DeepCutsError(f"{flag} must be an integer >= 1, got {value}")
+    if loading.is_onnx_file(args.model) or loading.is_onnx_file(args.baseline):
+        raise DeepCutsError("--baseline compares two torch models' embeddings; pass model folders, not .onnx files")
+    slim, dense = (task_model(name, on_bare="random-head", progress=not args.quiet, max_length=args.max_length)
+                   for name in (args.model, args.baseline))
+    if slim.tokenizer.get_vocab() != dense.tokenizer.get_vocab():
+        raise DeepCutsError(f"--model {args.model} and --baseline {args.baseline} tokenize differently; compare a "
+                            "slim model with the dense model it was pruned from")
+    texts = load_dataset(args.data, args.split, require_labels=False)
+    batching = dict(batch_size=args.batch_size, max_length=args.max_length, sort_by_length=True)
+    probe = None
+    if args.probe_split != "none" and texts.labelled:
+        train = load_dataset(args.data, args.probe_split)
+        if train.texts == texts.texts:
+            raise DeepCutsError(f"--probe-split {args.probe_split} holds the same texts as --split {args.split} (a "
+                                "single data file has no splits); pass data with separate split files, or "
+                                "--probe-split none")
+        probe = make_batches(train, dense.tokenizer, limit=args.probe_limit, **batching)
+    elif args.probe_split != "none":
+        print(f"deepcuts: note: --split {args.split} of {args.data} has no labels, so there is no probe; the "
+              "embedding metrics need none", file=sys.stderr)
+    batches = make_batches(texts, dense.tokenizer, limit=args.limit, **batching)
+    result = evaluate_embeddings(slim.model, dense.model, batches, probe_train=probe, k=args.neighbours,
+                                 dtype=args.dtype)
+    print(json.dumps(result.to_dict()) if args.json else result.summary())
     return 0
 
 
