@@ -5,6 +5,9 @@ the user's batch size and sequence length, in interleaved rounds as `benchmarkin
 compared with the model itself in torch fp32 on held-out batches of the user's data. The fastest variant whose
 predictions agree with torch fp32 on at least 1 - `tolerance` of the held-out rows is written, alone, with
 `deploy.json` saying what it is, how fast, how close, and on which machine.
+
+One module for the whole step (about 400 lines): its stages (split the data, build, compare, time, choose, publish,
+load back) share the variant records and are read in order; each runtime's own code lives in `runtimes/`.
 """
 from __future__ import annotations
 

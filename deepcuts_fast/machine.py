@@ -4,7 +4,7 @@ The CPU's instruction sets matter as much as its name: the same fp32 GEMM may di
 bits across ISAs and thread counts, and bf16 is fast only where the CPU has it natively (AMX,
 AVX512_BF16, ARM BF16); everywhere else it is emulated and several times slower than fp32. So does the
 memory allocator: the same dense torch fp32 pass measured 355 ms under glibc malloc, 295 ms under tcmalloc and
-383 ms under jemalloc on one AMX Xeon (issue #27), so every report names the one that ran.
+383 ms under jemalloc on one AMX Xeon, so every report names the one that ran.
 """
 from __future__ import annotations
 

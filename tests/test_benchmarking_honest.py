@@ -1,4 +1,4 @@
-"""Honest timing (issue #27): the allocator named, warm-up until steady, drift and page-fault warnings; and the
+"""Honest timing: the allocator named, warm-up until steady, drift and page-fault warnings; and the
 deployment table, whose every row is compared with the fastest dense variant of the same run. No speed is asserted."""
 from __future__ import annotations
 

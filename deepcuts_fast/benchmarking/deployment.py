@@ -4,7 +4,7 @@
 each with its accuracy on the held-out test data.
 
 This is the table a user reads to choose what to ship. The slim model has to beat what the user can already do with
-the dense one: on an AMX Xeon dense OpenVINO (76 ms) beat the slim ORT int8 file (124 ms) (issue #27), so every
+the dense one: on an AMX Xeon dense OpenVINO (76 ms) beat the slim ORT int8 file (124 ms), so every
 row is also compared with the fastest dense variant measured in the same run, and the table names the fastest
 dense and the fastest slim variant.
 """

@@ -17,13 +17,16 @@ upper cap, because the sample floor wins over any time limit and the time floor 
 
 What is honest about the numbers: the thread count is set explicitly for the run and printed, and the
 machine record names the CPU, its ISA and the malloc that ran (`machine.allocator`: glibc's, or an
-LD_PRELOADed tcmalloc / jemalloc, which alone moved dense torch fp32 by -17% / +8% in issue #27); every
+LD_PRELOADed tcmalloc / jemalloc, which alone moved dense torch fp32 by -17% / +8% on a Sapphire Rapids Xeon); every
 row has its median with the interquartile range (IQR), p99 only from 100 samples or more. Warnings, one
 line each: a row whose IQR exceeds 10% of the median, a load average above the CPU count, a warm-up
 that never settled, timed passes that drift (the last quarter of the rounds' median against the first
 quarter's, by more than 10% and more than the spread inside the quarters), and passes that page-fault
 (minor faults counted around every timed pass with `resource.getrusage`: an allocator handing memory
 back to the OS and faulting it in again each pass).
+
+Kept as one module (about 400 lines) because the sampler, the warm-up rule and the warnings are one timing
+protocol that `deploy` and the deployment tables reuse as it is.
 """
 from __future__ import annotations
 
