@@ -7,11 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DC_HD __host__ __device__ __forceinline__
-#else
-#define DC_HD inline
-#endif
+#include "common/device_inline.h"
 
 namespace deepcuts {
 

@@ -2,11 +2,7 @@
 #pragma once
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define DC_HD __host__ __device__ __forceinline__
-#else
-#define DC_HD inline
-#endif
+#include "common/device_inline.h"
 
 namespace deepcuts {
 
