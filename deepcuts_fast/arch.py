@@ -5,6 +5,7 @@ else walks a model through `encoder_layers(model)` and names no family.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -54,10 +55,16 @@ class EncoderLayer:
 
     def distinct(self) -> dict[str, nn.Linear]:
         """role -> Linear, each Linear once, under the first of its roles (a fused QKV projection as "query")."""
-        seen: dict[str, str] = {}
-        for role in ROLES:
-            seen.setdefault(self.names[role], role)
-        return {role: self.linears[role] for role in seen.values()}
+        return {role: self.linears[role] for role in distinct_roles(self.names)}
+
+
+def distinct_roles(names: Mapping[str, str]) -> list[str]:
+    """The roles whose modules (`names`: role -> qualified module name) are distinct, in `ROLES` order: a fused
+    Linear once, under the first of the roles it serves."""
+    first: dict[str, str] = {}
+    for role in ROLES:
+        first.setdefault(names[role], role)
+    return list(first.values())
 
 
 def _family(model: nn.Module):

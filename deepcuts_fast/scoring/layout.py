@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..arch import HEAD_ROLES, ROLES, UNIT_AXIS, encoder_layers
+from ..arch import HEAD_ROLES, ROLES, UNIT_AXIS, distinct_roles, encoder_layers
 from ..errors import DeepCutsError
 
 
@@ -42,10 +42,7 @@ class LayerLayout:
 
     def distinct_roles(self) -> list[str]:
         """The roles whose Linears are distinct: a fused Linear once, under the first of its roles."""
-        seen: dict[str, str] = {}
-        for role in ROLES:
-            seen.setdefault(self.names[role], role)
-        return list(seen.values())
+        return distinct_roles(self.names)
 
 
 def model_layout(model: nn.Module) -> list[LayerLayout]:
