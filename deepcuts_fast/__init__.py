@@ -10,8 +10,10 @@ from .models import load_model, load_tokenizer
 from .pipeline import prune_from_scores, prune_without_retraining
 from .planning import Plan, plan
 from .pruning import export_program, from_pretrained, prune, reconstruct, save_pretrained
-from .scoring import CRITERIA, ScoreOptions, ScoreRun, Scores, apply_masks, score, score_many, score_run
+from .scoring import (CRITERIA, ScoreOptions, ScoreRun, Scores, apply_masks, layer_importance, score, score_many,
+                      score_run)
 from .task import TaskModel, task_model
+from .train import EvalResult, evaluate
 
 __all__ = [
     "BenchmarkReport",
@@ -20,6 +22,7 @@ __all__ = [
     "Deployed",
     "Deployment",
     "EmbeddingMetrics",
+    "EvalResult",
     "Plan",
     "ScoreOptions",
     "ScoreRun",
@@ -29,10 +32,12 @@ __all__ = [
     "apply_masks",
     "benchmark",
     "deploy",
+    "evaluate",
     "evaluate_embeddings",
     "export",
     "export_program",
     "from_pretrained",
+    "layer_importance",
     "load_deployed",
     "load_model",
     "load_tokenizer",

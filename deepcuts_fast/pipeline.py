@@ -24,7 +24,7 @@ from .planning import Plan, check_budget, plan, rearrange as rearrange_plan
 from .planning.budget import BUDGETS
 from .pruning import prune, reconstruct as reconstruct_slim
 from .pruning.iterative import SELECTIONS, iterative_prune
-from .scoring import Scores, score_many
+from .scoring import Scores, layer_importance, score_many
 from .scoring.criteria import get_criterion
 from .scoring.objective import OBJECTIVES
 from .scoring.options import Spelling, python_setting
@@ -64,6 +64,7 @@ def prune_without_retraining(
     method: str = "one-shot",
     selection: str = "output",
     objective: str = "auto",
+    drop_layers: int | list[int] | None = None,
 ) -> tuple[nn.Module, Plan, dict]:
     """(slim model, its plan, info with the search-only plan and per-step timings in seconds).
 
@@ -85,6 +86,9 @@ def prune_without_retraining(
     `reconstruct_batches` when given). It always refits and never rearranges, so `rearrange=False` or
     `reconstruct=False` with it is an error rather than silently ignored. `info["timings"]` has the
     iterative steps (forward, grams, select, refit) in place of rearrange and reconstruct.
+
+    `drop_layers` removes whole encoder layers inside the same budget (a count: the least important by
+    `layer_importance` on `batches`; or a list of layer indices); both methods and the refit handle them.
     """
     _check_method(method, selection, rearrange, reconstruct)
     batch_list = list(batches)
@@ -101,7 +105,8 @@ def prune_without_retraining(
     t = time.perf_counter()
     fisher = scores[FISHER]  # the reference; for Fisher's own scores the same object, so nothing is rank-matched
     search_plan = plan(model, scores[name], keep_flops=keep_flops, seq_len=seq_len, reference=fisher,
-                       min_heads=min_heads, min_neurons=min_neurons)
+                       min_heads=min_heads, min_neurons=min_neurons, drop_layers=drop_layers,
+                       layer_scores=_layer_scores(model, batch_list, drop_layers))
     timings["search"] = _lap(t)
 
     def refit_on() -> list:  # the refit data, drawn only when a refit runs
@@ -134,6 +139,7 @@ def prune_without_retraining(
         "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
         "heads": [len(h) for h in final_plan.heads],
         "neurons": [len(n) for n in final_plan.neurons],
+        "dropped_layers": final_plan.dropped,
         "search_plan": search_plan,
         "timings": timings,
     }
@@ -155,6 +161,10 @@ def prune_from_scores(
     criterion, whether the slim model was refit, the fraction of the encoder FLOPs kept (at the plan's seq_len) and
     the timings in seconds (search, prune, reconstruct, total)."""
     start = time.perf_counter()
+    if batches is not None:
+        batches = list(batches)
+    if plan_options.get("layer_scores") is None and isinstance(plan_options.get("drop_layers"), int) and batches:
+        plan_options["layer_scores"] = _layer_scores(model, batches, plan_options["drop_layers"])
     chosen = plan(model, scores, dtype=dtype, **plan_options)
     timings = {"search": _lap(start)}
     t = time.perf_counter()
@@ -163,13 +173,20 @@ def prune_from_scores(
     refit = batches is not None and reconstruct
     if refit:
         t = time.perf_counter()
-        slim = reconstruct_slim(slim, model, list(batches), dtype=dtype)
+        slim = reconstruct_slim(slim, model, batches, dtype=dtype)
         timings["reconstruct"] = _lap(t)
     timings["total"] = _lap(start)
     seq_len = chosen.target["seq_len"]
     return slim, chosen, {"criterion": scores.criterion, "rearranged": False, "reconstructed": refit,
                           "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
                           "timings": timings}
+
+
+def _layer_scores(model: nn.Module, batches: list, drop_layers) -> list[float] | None:
+    """`layer_importance` on `batches` where `drop_layers` is a count of layers to choose; else None."""
+    if isinstance(drop_layers, int) and not isinstance(drop_layers, bool) and drop_layers > 0:
+        return layer_importance(model, batches)
+    return None
 
 
 def check_prune_options(from_scores: bool, spell: Spelling = python_setting, **options: Any) -> None:

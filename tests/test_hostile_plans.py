@@ -210,7 +210,7 @@ def plan_dict(**changes):
     (dict(ffn_widths="48"), "ffn_widths must be a list"),
     (dict(target=[["keep_flops", 0.5]]), "target must be a mapping"),
     (dict(target={"a": {1: 2}}), "non-string key"),
-    (dict(format="deepcuts-plan/2"), "not a deepcuts plan"),
+    (dict(format="deepcuts-plan/3"), "not a deepcuts plan"),
 ])
 def test_malformed_plan_json_is_refused(changes, message):
     with pytest.raises(DeepCutsError, match=message):

@@ -49,6 +49,11 @@ class Family:
     per_head_input: str | None = None  # an argument of the attention module's forward whose dim 1 holds one slice
     #                                    per head, computed once for all layers (MPNet's relative position bias):
     #                                    each narrowed layer picks its kept heads' slices
+    # removing whole layers: config attributes holding one entry per layer (sliced with the layers), and which
+    # configs build their first layer unlike the others (so it cannot be removed: the next layer would be rebuilt
+    # as a first one on loading)
+    per_layer_config: tuple[str, ...] = ()
+    special_first_layer: Callable[[object], bool] | None = None
     relative_costs: Callable[[object], tuple[int, int, int]] | None = None  # config -> (relative-position keys a
     #                                    head also attends over, query-by-key products over them, projections of
     #                                    them per head): DeBERTa's disentangled attention
@@ -117,6 +122,13 @@ class Family:
         """(relative-position keys a head attends over beside the tokens, query-by-key products over them,
         projections of them per head) for a model of `config`; zeros for a family without them."""
         return self.relative_costs(config) if self.relative_costs is not None else (0, 0, 0)
+
+    def removable_layers(self, config) -> list[int]:
+        """The encoder layers of a model of `config` that may be removed whole (all but a first layer that its
+        family builds unlike the others)."""
+        count = getattr(config, self.shape_names[3])
+        first_fixed = self.special_first_layer is not None and self.special_first_layer(config)
+        return list(range(1 if first_fixed else 0, count))
 
     def max_positions(self, config) -> int | None:
         """The longest token sequence `config`'s position embeddings allow (None when it does not say)."""

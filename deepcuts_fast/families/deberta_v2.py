@@ -25,6 +25,7 @@ FAMILY = Family(
     **{**BERT_LAYOUT, "query": "attention.self.query_proj", "key": "attention.self.key_proj",
        "value": "attention.self.value_proj"},
     head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+    special_first_layer=lambda config: getattr(config, "conv_kernel_size", 0) > 0,  # a convolution follows layer 0
     relative_costs=_relative,
     inputs=("input_ids", "attention_mask", "token_type_ids"),
     onnx_model_type=None,

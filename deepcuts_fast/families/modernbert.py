@@ -19,6 +19,8 @@ FAMILY = Family(
     heads_attr=None,
     head_dim_attr="head_dim",
     stacked=(("attn.Wqkv", 3), ("mlp.Wi", 2)),
+    per_layer_config=("layer_types",),  # local (sliding window) or global attention, per layer
+    special_first_layer=lambda config: True,  # layer 0 has no attention LayerNorm (the embeddings end in one)
     onnx_model_type=None,  # ONNX Runtime's transformer optimizer has no ModernBERT graph layout
     # what answerdotai/ModernBERT-base's config.json sets beyond transformers' defaults
     released=(("classifier_pooling", "mean"),),

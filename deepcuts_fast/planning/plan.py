@@ -1,6 +1,8 @@
-"""`Plan`: which attention heads and FFN neurons of each encoder layer to keep, with the widths they were
-chosen from and a record of what was asked and achieved; saved as JSON and validated strictly when read
-(ints where it holds indices and widths, in range, no duplicates), since a plan file may be hand-edited.
+"""`Plan`: which attention heads and FFN neurons of each encoder layer to keep, which encoder layers to remove
+whole, with the widths they were chosen from and a record of what was asked and achieved; saved as JSON and
+validated strictly when read (ints where it holds indices and widths, in range, no duplicates), since a plan file
+may be hand-edited. A plan that removes no layer is written in the first format, so older readers still read it; one
+that removes layers is written in the second, which older readers refuse instead of keeping the layers.
 """
 from __future__ import annotations
 
@@ -16,20 +18,24 @@ from torch import nn
 from ..arch import encoder_layers
 from ..errors import DeepCutsError, short_repr
 
-FORMAT = "deepcuts-plan/1"
+FORMAT = "deepcuts-plan/1"  # heads and neurons per layer
+FORMAT_DROPPING = "deepcuts-plan/2"  # ... and encoder layers removed whole (`dropped`)
 
 MAX_TARGET_DEPTH = 16  # nesting a plan's `target` record may have (it is small and flat when `plan` writes it)
 
 
 @dataclass
 class Plan:
-    """Kept head and neuron indices per encoder layer, with the widths they were chosen from."""
+    """Kept head and neuron indices per encoder layer, with the widths they were chosen from, and the layers
+    removed whole (`dropped`: their heads and neurons lists are empty; the layer goes, its LayerNorms and residual
+    path with it, so the hidden states pass it unchanged)."""
 
     heads: list[list[int]]
     neurons: list[list[int]]
     num_heads: list[int]  # heads per layer of the model the plan was made for
     ffn_widths: list[int]  # FFN width per layer of that model
     target: dict = field(default_factory=dict)  # what was asked (for the record)
+    dropped: list[int] = field(default_factory=list)  # encoder layers removed whole, ascending
 
     def __post_init__(self) -> None:
         self.num_heads = _widths(self.num_heads, "num_heads")
@@ -44,8 +50,15 @@ class Plan:
             _check_indices(h, self.num_heads[i], f"layer {i} heads")
             _check_indices(n, self.ffn_widths[i], f"layer {i} neurons")
         self.target = _target(self.target)
+        self.dropped = _dropped(self.dropped, self.heads, self.neurons)
         if not any(self.heads) and not any(self.neurons):
             raise DeepCutsError("this plan removes every head and every FFN neuron; ask for a larger target")
+
+    @property
+    def kept_layers(self) -> list[int]:
+        """The encoder layers the slim model keeps (all but `dropped`), ascending."""
+        gone = set(self.dropped)
+        return [i for i in range(len(self.heads)) if i not in gone]
 
     @property
     def achieved(self) -> dict[str, float]:
@@ -56,8 +69,11 @@ class Plan:
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
-        return {"format": FORMAT, "heads": self.heads, "neurons": self.neurons, "num_heads": self.num_heads,
-                "ffn_widths": self.ffn_widths, "target": self.target}
+        d = {"format": FORMAT_DROPPING if self.dropped else FORMAT, "heads": self.heads, "neurons": self.neurons,
+             "num_heads": self.num_heads, "ffn_widths": self.ffn_widths, "target": self.target}
+        if self.dropped:
+            d["dropped"] = self.dropped
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":
@@ -65,13 +81,17 @@ class Plan:
         if not isinstance(d, Mapping):
             raise DeepCutsError(f"a plan is a JSON object with format, heads, neurons, num_heads and ffn_widths, "
                                 f"not a {type(d).__name__}; pass the dict `Plan.to_dict` wrote")
-        if d.get("format") != FORMAT:
-            raise DeepCutsError(f"not a deepcuts plan (format {short_repr(d.get('format'))}, expected {FORMAT!r})")
+        if d.get("format") not in (FORMAT, FORMAT_DROPPING):
+            raise DeepCutsError(f"not a deepcuts plan (format {short_repr(d.get('format'))}, expected {FORMAT!r} or "
+                                f"{FORMAT_DROPPING!r}); a newer deepcuts-fast may have written it")
+        if d.get("format") == FORMAT and "dropped" in d:
+            raise DeepCutsError(f"malformed plan: format {FORMAT!r} removes no layer, but the plan lists 'dropped' "
+                                "layers; write plans with Plan.to_dict")
         missing = [k for k in ("heads", "neurons", "num_heads", "ffn_widths") if k not in d]
         if missing:
             raise DeepCutsError(f"malformed plan: {', '.join(missing)} missing; write plans with Plan.to_dict")
         return cls(heads=d["heads"], neurons=d["neurons"], num_heads=d["num_heads"], ffn_widths=d["ffn_widths"],
-                   target=d.get("target", {}))
+                   target=d.get("target", {}), dropped=d.get("dropped", []))
 
     @classmethod
     def from_json(cls, text: str, source: str = "the plan") -> "Plan":
@@ -109,10 +129,14 @@ class Plan:
         """Per-layer table of kept heads and neurons."""
         lines = ["layer  heads kept        FFN neurons kept"]
         for i, (h, n) in enumerate(zip(self.heads, self.neurons)):
+            if i in self.dropped:
+                lines.append(f"{i:>5}  removed whole")
+                continue
             lines.append(f"{i:>5}  {len(h):>3}/{self.num_heads[i]:<3} ({len(h) / max(1, self.num_heads[i]):5.1%})"
                          f"  {len(n):>5}/{self.ffn_widths[i]:<5} ({len(n) / max(1, self.ffn_widths[i]):5.1%})")
         total_h, total_n = sum(map(len, self.heads)), sum(map(len, self.neurons))
-        lines.append(f"total  {total_h:>3}/{sum(self.num_heads):<3}          {total_n:>5}/{sum(self.ffn_widths)}")
+        lines.append(f"total  {total_h:>3}/{sum(self.num_heads):<3}          {total_n:>5}/{sum(self.ffn_widths)}"
+                     + (f"   ({len(self.dropped)} of {len(self.heads)} layers removed)" if self.dropped else ""))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -157,6 +181,25 @@ def _layer_indices(value, what: str) -> list[list[int]]:
             raise DeepCutsError(f"plan {what} of layer {i}: index {short_repr(bad)} is not an int; indices are ints")
         layers.append(sorted(int(v) for v in layer))
     return layers
+
+
+def _dropped(value, heads: list[list[int]], neurons: list[list[int]]) -> list[int]:
+    """A plan's removed layers: distinct int layer indices in range, sorted, whose kept lists are empty, and not
+    every layer (a slim model keeps at least one)."""
+    if not isinstance(value, (list, tuple, range)):
+        raise DeepCutsError(f"plan dropped must be a list of encoder layer indices, got {short_repr(value)}")
+    bad = next((v for v in value if not _is_int(v)), None)
+    if bad is not None:
+        raise DeepCutsError(f"plan dropped: layer {short_repr(bad)} is not an int; list layer indices")
+    dropped = sorted(int(v) for v in value)
+    _check_indices(dropped, len(heads), "plan dropped layers")
+    if dropped and len(dropped) == len(heads):
+        raise DeepCutsError(f"this plan removes all {len(heads)} encoder layers; keep at least one")
+    for i in dropped:
+        if heads[i] or neurons[i]:
+            raise DeepCutsError(f"plan removes layer {i} whole but keeps {len(heads[i])} of its heads and "
+                                f"{len(neurons[i])} of its neurons; give a removed layer empty heads and neurons")
+    return dropped
 
 
 def _target(value) -> dict:

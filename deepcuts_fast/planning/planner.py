@@ -24,6 +24,7 @@ from . import latency_table
 from .allocation import comparable
 from .budget import BUDGETS, SLACK, TOLERANCE, check_budget, check_scope
 from .checks import check_informative, check_scores
+from .depth import dropped_layers
 from .plan import Plan
 from .selection import round_width, select, unit_costs
 from .speedup import SPEEDUP_MULTIPLE_OF, speedup_select
@@ -47,6 +48,8 @@ def plan(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = "auto",
+    drop_layers: int | list[int] | None = None,
+    layer_scores: list[float] | None = None,
 ) -> Plan:
     """A `Plan` keeping a fraction of encoder FLOPs (at `seq_len`), of unit parameters, or of heads /
     neurons. `min_heads` / `min_neurons` are kept in every layer; `multiple_of` rounds each layer's
@@ -75,7 +78,13 @@ def plan(
     fixed, and a layer left without heads drops its whole attention block. `plan.target` records the speedup
     asked, the `predicted_speedup`, the table's key (`latency_table`), and the dense and predicted milliseconds.
     FFN widths then default to multiples of SPEEDUP_MULTIPLE_OF: other widths run slower than the table's
-    interpolation says (on an AVX-512 CPU, hidden 384 -> 1255 neurons took 12-29% longer than -> 1248)."""
+    interpolation says (on an AVX-512 CPU, hidden 384 -> 1255 neurons took 12-29% longer than -> 1248).
+
+    `drop_layers` removes whole encoder layers (global scope): a list of layer indices, or a count N that removes the
+    N least important by `layer_scores` (`dc.layer_importance(model, batches)`). Their units count as removed, so
+    the budget left is spent on the other layers; a removed layer also takes its LayerNorms, residual adds and
+    launches with it, which width pruning cannot (the latency table prices them in a speedup plan). Plans record
+    them in `plan.dropped`."""
     _check_inputs(model, scores, reference, scope)
     budget, asked = check_budget(keep_flops, keep_params, keep_heads, keep_neurons, speedup)
     speed = asked["speedup"] if budget == "time" else None
@@ -83,6 +92,7 @@ def plan(
     min_heads = whole_number("min_heads", min_heads, minimum=0)
     min_neurons = whole_number("min_neurons", min_neurons, minimum=0)
     multiple_of = whole_number("multiple_of", _default_multiple(multiple_of, speed), minimum=1)
+    dropped = dropped_layers(model, drop_layers, layer_scores, scope)
     check_scores(model, scores)
     check_informative(scores, min_heads, min_neurons)
     scores, allocation = comparable(model, scores, reference, allocation, (min_heads, min_neurons),
@@ -95,9 +105,10 @@ def plan(
         table = latency_table.table_for(model, seq_len, whole_number("batch_size", batch_size, minimum=1), device,
                                         dtype)
         heads, rounded, timing = speedup_select(model, head_scores, neuron_scores, table, speed, scope,
-                                                (min_heads, min_neurons, multiple_of))
+                                                (min_heads, min_neurons, multiple_of), frozenset(dropped))
     else:
-        pick = partial(select, model, head_scores, neuron_scores, asked, budget, seq_len, scope)
+        pick = partial(select, model, head_scores, neuron_scores, asked, budget, seq_len, scope,
+                       dropped=frozenset(dropped))
         heads, neurons = pick(min_heads, min_neurons)
         rounded = [round_width(s, k, multiple_of, min_neurons) for s, k in zip(neuron_scores, map(len, neurons))]
         stages = {"unrounded": _fractions(model, heads, neurons, seq_len)}
@@ -110,9 +121,11 @@ def plan(
                                      criterion=scores.criterion, allocation=allocation,
                                      model_fingerprint=scores.model_fingerprint, **timing).items()
               if v is not None}
+    if dropped:
+        target["drop_layers"] = drop_layers if isinstance(drop_layers, int) else list(dropped)
     target["achieved"] = _fractions(model, heads, rounded, seq_len)
     return Plan(heads=heads, neurons=rounded, num_heads=[layer.num_heads for layer in layers],
-                ffn_widths=[layer.ffn_width for layer in layers], target=target)
+                ffn_widths=[layer.ffn_width for layer in layers], target=target, dropped=dropped)
 
 
 def _check_inputs(model: nn.Module, scores: Scores, reference: Scores | None, scope: str) -> None:

@@ -26,7 +26,7 @@ def rearrange(plan: Plan, fisher: Scores, max_swaps: int | None = MAX_SWAPS) -> 
     for (gh, gn), kept_h, kept_n in zip(fisher.interactions, plan.heads, plan.neurons):
         heads.append(rearrange_layer(gh, kept_h, max_swaps))
         neurons.append(rearrange_layer(gn, kept_n, max_swaps))
-    return Plan(heads, neurons, plan.num_heads, plan.ffn_widths, {**plan.target, "rearranged": True})
+    return Plan(heads, neurons, plan.num_heads, plan.ffn_widths, {**plan.target, "rearranged": True}, plan.dropped)
 
 
 def pruned_loss(gram: torch.Tensor, kept: list[int]) -> float:

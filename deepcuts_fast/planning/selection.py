@@ -19,28 +19,32 @@ from ..flops import layer_costs
 
 def select(model: nn.Module, head_scores: list[torch.Tensor], neuron_scores: list[torch.Tensor],
            asked: dict[str, float], budget: str, seq_len: int, scope: str, min_heads: int,
-           min_neurons: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(kept heads, kept neurons) per layer under the budget, before FFN widths are rounded."""
+           min_neurons: int, dropped: frozenset[int] = frozenset()) -> tuple[list[list[int]], list[list[int]]]:
+    """(kept heads, kept neurons) per layer under the budget, before FFN widths are rounded; the layers in
+    `dropped` (removed whole, global scope only) keep nothing, and what they cost counts as spent."""
     if budget == "fraction":
-        return (top_fraction(head_scores, asked.get("keep_heads"), scope, min_heads),
-                top_fraction(neuron_scores, asked.get("keep_neurons"), scope, min_neurons))
+        return (top_fraction(head_scores, asked.get("keep_heads"), scope, min_heads, dropped),
+                top_fraction(neuron_scores, asked.get("keep_neurons"), scope, min_neurons, dropped))
     return knapsack(model, head_scores, neuron_scores, asked[f"keep_{budget}"], budget, seq_len, scope,
-                    min_heads, min_neurons)
+                    min_heads, min_neurons, dropped)
 
 
-def top_fraction(scores: list[torch.Tensor], fraction: float | None, scope: str, minimum: int) -> list[list[int]]:
-    """Keep the top `fraction` of units (all when None), per layer or over all layers."""
+def top_fraction(scores: list[torch.Tensor], fraction: float | None, scope: str, minimum: int,
+                 dropped: frozenset[int] = frozenset()) -> list[list[int]]:
+    """Keep the top `fraction` of units (all when None), per layer or over all layers (those of `dropped` layers
+    count in the total but are never kept)."""
     if fraction is None:
-        return [list(range(s.numel())) for s in scores]
-    if scope == "layer":
+        counts = [s.numel() for s in scores]
+    elif scope == "layer":
         counts = [round(fraction * s.numel()) for s in scores]
     else:
-        flat = torch.cat(scores)
-        k = round(fraction * flat.numel())
+        flat = torch.cat([s if i not in dropped else torch.full_like(s, -torch.inf) for i, s in enumerate(scores)])
+        k = min(round(fraction * flat.numel()), sum(s.numel() for i, s in enumerate(scores) if i not in dropped))
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[ranked(flat)[:k]] = True
         counts = [int(c.sum()) for c in keep.split([s.numel() for s in scores])]
-    return [top(s, max(c, min(minimum, s.numel()))) for s, c in zip(scores, counts)]
+    return [[] if i in dropped else top(s, max(c, min(minimum, s.numel())))
+            for i, (s, c) in enumerate(zip(scores, counts))]
 
 
 class _Unit(NamedTuple):
@@ -64,14 +68,16 @@ def unit_costs(model: nn.Module, budget_kind: str, seq_len: int) -> list[tuple[f
     return [(c.head_flops(seq_len), c.neuron_flops(seq_len)) for c in layer_costs(model)]
 
 
-def knapsack(model, head_scores, neuron_scores, fraction, budget_kind, seq_len, scope, min_heads, min_neurons):
-    """Greedy by score per cost: keep units until `fraction` of the cost is spent."""
+def knapsack(model, head_scores, neuron_scores, fraction, budget_kind, seq_len, scope, min_heads, min_neurons,
+             dropped: frozenset[int] = frozenset()):
+    """Greedy by score per cost: keep units until `fraction` of the cost is spent; units of `dropped` layers count
+    in the total cost but are never kept."""
     costs = layer_costs(model)
     unit_cost = unit_costs(model, budget_kind, seq_len)
     units: list[_Unit] = []
     for i, (hs, ns) in enumerate(zip(head_scores, neuron_scores)):
         for unit_type, s, minimum in ((0, hs, min_heads), (1, ns, min_neurons)):
-            forced = set(top(s, min(minimum, s.numel())))
+            forced = set() if i in dropped else set(top(s, min(minimum, s.numel())))
             c = unit_cost[i][unit_type]
             units += [_Unit(i, unit_type, j, float(s[j]) / c, c, j in forced) for j in range(s.numel())]
     groups = [units] if scope == "global" else [[u for u in units if u.layer == i] for i in range(len(costs))]
@@ -80,6 +86,8 @@ def knapsack(model, head_scores, neuron_scores, fraction, budget_kind, seq_len, 
         budget = fraction * sum(u.cost for u in group)
         spent = sum(u.cost for u in group if u.forced)
         for u in sorted(group, key=lambda u: (not u.forced, -u.value)):
+            if u.layer in dropped:
+                continue
             if u.forced or spent + u.cost <= budget:
                 kept[u.layer][u.unit_type].append(u.index)
                 spent += 0 if u.forced else u.cost

@@ -39,13 +39,15 @@ class _Steps(NamedTuple):
 
 
 def speedup_select(model: nn.Module, head_scores: list[torch.Tensor], neuron_scores: list[torch.Tensor],
-                   table: LatencyTable, speed: float, scope: str, constraints: tuple[int, int, int]):
+                   table: LatencyTable, speed: float, scope: str, constraints: tuple[int, int, int],
+                   dropped: frozenset[int] = frozenset()):
     """(kept heads, kept neurons, timing record) per layer whose predicted time is at most the dense model's over
-    `speed`; `constraints`: min_heads, min_neurons, multiple_of (which win over the budget)."""
+    `speed`; `constraints`: min_heads, min_neurons, multiple_of (which win over the budget). The layers in `dropped`
+    are removed whole: no units, and no per-layer time (LayerNorms, residual adds) either."""
     layers = encoder_layers(model)
     dense = table.model_ms([layer.num_heads for layer in layers], [layer.ffn_width for layer in layers])
-    fixed = table.fixed_ms + len(layers) * table.layer_ms
-    groups = _time_steps(head_scores, neuron_scores, table, constraints)
+    fixed = table.fixed_ms + (len(layers) - len(dropped)) * table.layer_ms
+    groups = [g for g in _time_steps(head_scores, neuron_scores, table, constraints) if g.layer not in dropped]
     _check_reachable(speed, dense, fixed, table)
     if scope == "global":
         positions = _spend_time(groups, dense / speed - fixed)
@@ -57,7 +59,8 @@ def speedup_select(model: nn.Module, head_scores: list[torch.Tensor], neuron_sco
     if not any(h or n for h, n in counts):
         raise DeepCutsError(f"speedup {speed:g} leaves no time for any head or FFN neuron on this device "
                             f"({_where(table)}); ask for a smaller speedup")
-    predicted = table.model_ms([h for h, _ in counts], [n for _, n in counts])
+    kept = [c for i, c in enumerate(counts) if i not in dropped]
+    predicted = table.model_ms([h for h, _ in kept], [n for _, n in kept])
     _warn_if_slow(speed, dense, predicted, constraints)
     heads = [top(s, h) for s, (h, _) in zip(head_scores, counts)]
     neurons = [top(s, n) for s, (_, n) in zip(neuron_scores, counts)]

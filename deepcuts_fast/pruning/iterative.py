@@ -37,6 +37,7 @@ from ..precision import autocast, choose
 from ..scoring.scores import Scores
 from .reconstruct import (_advance, _dense_targets, _first_layer_calls, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
+from ..families.depth import remove_layers
 from ..families.narrowing import shrink
 from .slicing import record_cut
 
@@ -62,7 +63,8 @@ def iterative_prune(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
     (in place: the copy is ours), which keeps the copy's record of being cut from `dense`."""
     masked, plan, timings = select_and_refit(dense, batches, counts, selection, scores, ridge, dtype, neuron_steps)
     start = time.perf_counter()
-    shrink(masked, plan.heads, plan.neurons)
+    kept = plan.kept_layers  # the copy has lost its dropped layers already
+    shrink(masked, [plan.heads[i] for i in kept], [plan.neurons[i] for i in kept])
     timings["prune"] = round(time.perf_counter() - start, 3)
     return masked, plan, timings
 
@@ -74,7 +76,9 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     """(a dense-width copy of `dense` with the removed units' output columns zeroed and every output projection
     refit, the plan of the kept units, timings in seconds).
 
-    `counts` gives how many heads and neurons each layer keeps (its kept sets are not used); `selection`
+    `counts` gives how many heads and neurons each layer keeps (its kept sets are not used) and which layers go
+    whole (`dropped`: removed from the copy; the dense model still runs them, so the next kept layer is refit to
+    what its dense counterpart computes); `selection`
     "output" picks them by group OBS on the output error, "criterion" as the top of `scores` (unit scores of
     `dense`). `batches` are the calibration data (labels ignored); `dtype` the precision of the layer forwards
     ("auto": bf16 autocast only where the device runs it natively). `dense` is left untouched; `counts` and
@@ -104,6 +108,12 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             changed = False  # whether the copy computes anything differently from the dense model yet
             for i, (layer, dense_layer) in enumerate(zip(encoder_layers(work), encoder_layers(dense))):
                 module, dense_module = work.get_submodule(layer.prefix), dense.get_submodule(dense_layer.prefix)
+                if i in counts.dropped:  # the copy skips it; the dense model runs it
+                    dense_calls = [_advance(dense_module, call) for call in dense_calls]
+                    kept["heads"].append([])
+                    kept["neurons"].append([])
+                    changed = True
+                    continue
                 targets, dense_calls = _dense_targets(dense_module, dense_layer, dense_calls)
                 clock = _add(timings, "forward", clock)
                 for kind, role, group, width, count, unit_scores in (
@@ -131,7 +141,8 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     finally:
         dense.train(was_training)
     target = {**counts.target, "method": "iterative", "selection": selection}
-    plan = Plan(kept["heads"], kept["neurons"], counts.num_heads, counts.ffn_widths, target)
+    plan = Plan(kept["heads"], kept["neurons"], counts.num_heads, counts.ffn_widths, target, counts.dropped)
+    remove_layers(work, plan.dropped)
     return work, plan, {k: round(v, 3) for k, v in timings.items()}
 
 

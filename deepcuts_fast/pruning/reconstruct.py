@@ -6,7 +6,9 @@ same Linears produce (the idea of Kwon et al. 2022's mask tuning, with whole wei
 instead of one scale per unit). Inputs come from the slim model's own forward pass with the
 earlier layers already refit, so errors do not pile up. Each layer's inputs are kept between
 layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
-model running twice per layer. Each fit solves the ridge-regularised normal equations of Gram
+model running twice per layer. A slim model with layers removed whole is matched to the dense layers by where each
+of its layers came from (`families.depth.layer_ids`); the dense model runs its removed layers too, so each kept
+layer imitates its own dense counterpart on the slim model's inputs. Each fit solves the ridge-regularised normal equations of Gram
 matrices accumulated per batch in float32 and summed in float64: no iterative solver. Batches
 go to the model's device; with a bf16 precision (dtype "auto" picks it only where the device runs
 bf16 natively) the layer forwards run under autocast there, while the Gram matrices and the solve
@@ -24,6 +26,7 @@ from torch import nn
 
 from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError, first_line
+from ..families.depth import layer_ids
 from ..hashing import model_fingerprint
 from ..precision import autocast, choose
 from ..models import model_device, to_device
@@ -59,18 +62,22 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
                             "move both to one device first")
     autocast_dtype = choose("infer", device, dtype).autocast_dtype
     batch_list = _model_inputs(batches, device)
-    slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
-    if len(slim_layers) != len(dense_layers):
-        raise DeepCutsError(f"slim model has {len(slim_layers)} layers, the dense one {len(dense_layers)}")
     check_source(slim, dense)
+    counterpart = _counterparts(slim, dense)
     refit = copy.deepcopy(slim).eval()
     was_training = dense.training
     dense.eval()
     try:
         with torch.no_grad(), autocast(device, autocast_dtype):
             slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
-            for layer, dense_layer in zip(encoder_layers(refit), dense_layers):
-                module, dense_module = refit.get_submodule(layer.prefix), dense.get_submodule(dense_layer.prefix)
+            slim_layers = dict(zip(counterpart, encoder_layers(refit)))
+            for i, dense_layer in enumerate(encoder_layers(dense)):
+                dense_module = dense.get_submodule(dense_layer.prefix)
+                if i not in slim_layers:  # removed from the slim model: the dense model still runs it
+                    dense_calls = [_advance(dense_module, call) for call in dense_calls]
+                    continue
+                layer = slim_layers[i]
+                module = refit.get_submodule(layer.prefix)
                 targets, dense_calls = _dense_targets(dense_module, dense_layer, dense_calls)
                 for role in REFIT_ROLES:
                     linear = layer.linears[role]
@@ -80,6 +87,18 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     finally:
         dense.train(was_training)
     return refit
+
+
+def _counterparts(slim: nn.Module, dense: nn.Module) -> list[int]:
+    """For each slim encoder layer, the index of the dense layer it was cut from."""
+    slim_ids, dense_ids = layer_ids(slim), layer_ids(dense)
+    where = {layer: i for i, layer in enumerate(dense_ids)}
+    missing = [layer for layer in slim_ids if layer not in where]
+    if missing or len(slim_ids) > len(dense_ids):
+        raise DeepCutsError(f"the slim model has {len(slim_ids)} layers, the dense one {len(dense_ids)}, and slim layer "
+                            f"{missing[0] if missing else '?'} has no counterpart in it; pass the dense model the slim "
+                            "one was pruned from")
+    return [where[layer] for layer in slim_ids]
 
 
 def check_source(slim: nn.Module, dense: nn.Module) -> None:

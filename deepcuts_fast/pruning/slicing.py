@@ -1,5 +1,6 @@
-"""Physically remove heads and FFN neurons: `prune` slices a copy of the model (`families.narrowing.shrink`, the
-family's own narrowing) and records on its config the weights hashes of the models it was cut from (`LINEAGE`),
+"""Physically remove heads, FFN neurons and whole layers: `prune` slices a copy of the model
+(`families.narrowing.shrink`, the family's own narrowing), removes the plan's dropped layers (`families.depth`) and
+records on its config the weights hashes of the models it was cut from (`LINEAGE`),
 the only dense references `reconstruct` takes for it.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ import copy
 from torch import nn
 
 from ..errors import DeepCutsError, short_repr
+from ..families.depth import check_removable, remove_layers
 from ..families.narrowing import shrink
 from ..hashing import model_fingerprint
 from ..planning.plan import Plan
@@ -19,7 +21,8 @@ was cut from, oldest first: `reconstruct` takes no other dense reference."""
 
 
 def prune(model: nn.Module, plan: Plan) -> nn.Module:
-    """A physically smaller copy of `model` keeping the plan's heads and neurons (`model` is untouched)."""
+    """A physically smaller copy of `model` keeping the plan's heads and neurons, without its dropped layers
+    (`model` is untouched)."""
     if not isinstance(model, nn.Module):
         raise DeepCutsError(f"prune takes the torch model the plan was made for, got {type(model).__name__}")
     if not isinstance(plan, Plan):
@@ -27,9 +30,11 @@ def prune(model: nn.Module, plan: Plan) -> nn.Module:
         raise DeepCutsError(f"prune takes a dc.Plan, from dc.plan(...) or dc.Plan.from_dict(...){hint}; got "
                             f"{type(plan).__name__}")
     plan.check_model(model)
+    check_removable(model, plan.dropped)
     slim = copy.deepcopy(model)
     record_cut(slim, model)
     shrink(slim, plan.heads, plan.neurons)
+    remove_layers(slim, plan.dropped)
     return slim
 
 
