@@ -1,4 +1,4 @@
-"""Fine-tune and evaluate sequence classifiers.
+"""Fine-tune sequence classifiers, and evaluate a model of any task with a metric (`deepcuts_fast.tasks`).
 
 Training is seeded and leaves the caller's RNG untouched, so the same settings on the same data
 give the same model (which is what lets `finetune_cache` reuse a fine-tune, and rewinding replay one).
@@ -10,16 +10,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DeepCutsError
 from .models import check_token_ids, model_device, to_device
 from .precision import autocast, choose
-from .stats import encode_ids, macro_f1
+from .stats import encode_ids
+from .tasks import SEQUENCE, Task, model_task, task_named
+from .tasks.base import Collected, Measured
+from .tasks.sequence_classification import classification as classification_metric
+from .tasks.sequence_classification import regression as regression_metric
 
 Batch = Mapping[str, Any]
 
@@ -170,14 +172,23 @@ def _zero_pruned(entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 # Evaluation
 
 
+LEGACY = ("loss", "accuracy", "mse", "pearson", "n", "macro_f1")
+"""The metric fields every `EvalResult.to_dict` has, in this order, whatever the task."""
+
+
 @dataclass
 class EvalResult:
-    """Metrics over all examples: classification fills `accuracy` and `macro_f1`, regression `mse` and `pearson`.
+    """Metrics over all examples, as the model's task measures them (`deepcuts_fast.tasks`).
 
-    A classification result also keeps the predicted class ids and the labels, in data order, so two models
-    evaluated on the same batches can be compared example by example (`deepcuts_fast.stats.compare`)."""
+    `metrics` names them all and `headline` the one the task is judged by (`score` is its value): a sequence
+    classifier's `accuracy` and `macro_f1`, a regressor's `mse` and `pearson`; a token classifier's entity `f1`,
+    `precision` and `recall` and token `accuracy` (or token accuracy alone, with a `note`, when its labels are not
+    BIO tags); an extractive QA model's token-span `exact_match` and `f1`. The fields `accuracy`, `mse`, `pearson`
+    and `macro_f1` repeat the metrics of those names (None where the task has none). A classification result also
+    keeps the predicted class ids and the labels, in data order, so two models evaluated on the same batches can be
+    compared example by example (`deepcuts_fast.stats.compare`)."""
 
-    loss: float  # mean cross-entropy per example, or the MSE for regression
+    loss: float  # the task head's mean loss: cross-entropy per example (per labelled token, per answer), or the MSE
     accuracy: float | None
     mse: float | None
     pearson: float | None  # None when undefined (fewer than 2 examples or a constant series)
@@ -185,71 +196,75 @@ class EvalResult:
     macro_f1: float | None = None  # unweighted mean of the per-class F1 (classes seen in labels or predictions)
     predictions: tuple[int, ...] | None = field(default=None, repr=False)  # predicted class ids, data order
     labels: tuple[int, ...] | None = field(default=None, repr=False)  # the labels, same order
+    metrics: dict[str, float | None] = field(default_factory=dict)  # every metric by name (default: the fields')
+    headline: str | None = None  # the name of the task's main metric (default: accuracy, else mse)
+    task: str = SEQUENCE
+    note: str | None = None  # where the metric is not the task's usual one, why
+
+    def __post_init__(self) -> None:
+        if not self.metrics:  # made from the fields alone: a sequence classifier's or regressor's result
+            self.metrics = ({"accuracy": self.accuracy, "macro_f1": self.macro_f1} if self.accuracy is not None
+                            else {"mse": self.mse, "pearson": self.pearson})
+        if self.headline is None:
+            self.headline = "accuracy" if self.accuracy is not None else "mse"
+
+    @classmethod
+    def measured(cls, result: Measured, task: str) -> EvalResult:
+        """The result of a task's metric (`Task.metric`), its metrics also in the fields of the same names."""
+        m = result.metrics
+        return cls(loss=result.loss, accuracy=m.get("accuracy"), mse=m.get("mse"), pearson=m.get("pearson"),
+                   n=result.n, macro_f1=m.get("macro_f1"), predictions=result.predictions, labels=result.labels,
+                   metrics=dict(m), headline=result.headline, task=task, note=result.note)
+
+    @property
+    def score(self) -> float | None:
+        """The value of the headline metric."""
+        return self.metrics.get(self.headline)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable metrics; `predictions` and `labels` as compact strings of one character per example
-        (`deepcuts_fast.stats.encode_ids`; `decode_ids` reads them back), None for regression."""
-        out = {k: getattr(self, k) for k in ("loss", "accuracy", "mse", "pearson", "n", "macro_f1")}
+        """JSON-serialisable metrics: the `LEGACY` fields, `predictions` and `labels` as compact strings of one
+        character per example (`deepcuts_fast.stats.encode_ids`; `decode_ids` reads them back; None but for
+        classification), then the task's other metrics by name, and the `note` where there is one."""
+        out = {k: getattr(self, k) for k in LEGACY}
         for key in ("predictions", "labels"):
             value = getattr(self, key)
             out[key] = None if value is None else encode_ids(value)
+        out.update((k, v) for k, v in self.metrics.items() if k not in out)
+        if self.note is not None:
+            out["note"] = self.note
         return out
 
 
-def _logits_and_labels(
-    model: nn.Module, batches: Iterable[Batch], dtype: torch.dtype | None, progress: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per batch: fp32 logits (B, C) and labels on the CPU, computed without gradients; token ids the model
-    cannot embed are an error, not an IndexError from inside it."""
+def _task_of(model: nn.Module) -> Task:
+    """The task a model is evaluated as: its class's (sequence classification for a class of no known task)."""
+    return model_task(model) or task_named(SEQUENCE)
+
+
+def _collected(model: nn.Module, task: Task, batches: Iterable[Batch], dtype: torch.dtype | None,
+               progress: bool) -> Iterator[Collected]:
+    """Per batch: the task's fp32 outputs and its labels on the CPU, computed without gradients; a batch without
+    the task's labels, or with labels of the wrong shape, and token ids the model cannot embed are errors, not
+    failures from inside the model."""
     device = model_device(model)
     for i, batch in enumerate(tqdm(batches, desc="evaluate", disable=not progress)):
-        if "labels" not in batch:
-            raise DeepCutsError("evaluation batches need 'labels'")
+        labels = task.batch_labels(batch)
+        if labels is None:
+            raise DeepCutsError(_missing_labels(task, batch, i))
         check_token_ids(model, batch, f"evaluation batch {i}")
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in task.labels}
         with autocast(device, dtype):
-            logits = model(**to_device(inputs, device)).logits
-        yield logits.float().cpu(), batch["labels"].cpu()
+            outputs = task.scored(model(**to_device(inputs, device)))
+        mask = batch.get("attention_mask")
+        yield Collected(outputs.float().cpu(), labels.cpu(), None if mask is None else mask.cpu())
 
 
-def _classification_result(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
-    """Example-weighted mean cross-entropy, accuracy and macro-F1, with the predictions and labels kept."""
-    total_loss, preds, targets = 0.0, [], []
-    for logits, labels in pairs:
-        if labels.is_floating_point():  # .long() would silently truncate 2.5 to class 2
-            raise DeepCutsError("the evaluation labels are real numbers but the model is a classifier; evaluate "
-                                "a regression model (num_labels=1) on them, or write class ids as integers")
-        labels = labels.long().reshape(-1)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        preds.append(logits.argmax(-1).reshape(-1))
-        targets.append(labels)
-    pred = torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
-    target = torch.cat(targets).numpy() if targets else np.empty(0, dtype=np.int64)
-    n = len(target)
-    _require_examples(n)
-    return EvalResult(loss=total_loss / n, accuracy=int((pred == target).sum()) / n, mse=None, pearson=None, n=n,
-                      macro_f1=macro_f1(pred, target), predictions=tuple(pred.tolist()),
-                      labels=tuple(target.tolist()))
-
-
-def _regression_result(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
-    """MSE (also reported as the loss) and the Pearson correlation of predictions and targets."""
-    preds, targets = [], []
-    for logits, labels in pairs:
-        preds.append(logits.reshape(-1).double().numpy())
-        targets.append(labels.reshape(-1).double().numpy())
-    pred = np.concatenate(preds) if preds else np.empty(0)
-    target = np.concatenate(targets) if targets else np.empty(0)
-    _require_examples(len(pred))
-    mse = float(np.mean((pred - target) ** 2))
-    defined = len(pred) > 1 and np.std(pred) > 0 and np.std(target) > 0
-    pearson = float(np.corrcoef(pred, target)[0, 1]) if defined else None
-    return EvalResult(loss=mse, accuracy=None, mse=mse, pearson=pearson, n=len(pred))
-
-
-def _require_examples(n: int) -> None:
-    if n == 0:
-        raise DeepCutsError("no evaluation batches: the evaluation data is empty")
+def _missing_labels(task: Task, batch: Batch, index: int) -> str:
+    """Why evaluation batch `index` has no labels `task` can read: missing keys, or labels of another shape."""
+    keys = " and ".join(f"'{k}'" for k in task.labels)
+    shape = "(batch, tokens)" if task.per_token else "(batch,)"
+    if any(k not in batch for k in task.labels):
+        return f"evaluation batches need {keys} for a {task.name} model; batch {index} has none"
+    return f"evaluation batch {index}'s {keys} are not shaped {shape}, as a {task.name} model's labels are"
 
 
 def evaluate(
@@ -258,26 +273,32 @@ def evaluate(
     dtype: str | torch.dtype | None = torch.float32,
     progress: bool = False,
 ) -> EvalResult:
-    """Metrics of `model` on labelled `batches` (eval mode, no gradients; the model's mode is restored).
+    """Metrics of `model` on labelled `batches` (eval mode, no gradients; the model's mode is restored), as the
+    model's task measures them (`Task.metric`; see `EvalResult`).
 
-    A model with one output (`num_labels == 1`) is scored as a regressor, otherwise as a classifier.
-    `dtype` is fp32 by default, so accuracies compare across machines; "auto" (the fastest dtype the
-    device runs natively, as `deepcuts_fast.precision` decides) or an explicit bf16 / fp16 autocasts the forwards.
+    A sequence classifier reads `labels` (batch,), and one with one output (`num_labels == 1`) is scored as a
+    regressor; a token classifier `labels` (batch, tokens), -100 where a token has none; an extractive QA model
+    `start_positions` and `end_positions` (batch,), its exact match and F1 being over token positions (the batches
+    carry no answer text). An embedding model is refused: `dc.evaluate_embeddings` measures it against its dense
+    model. `dtype` is fp32 by default, so metrics compare across machines; "auto" (the fastest dtype the device
+    runs natively, as `deepcuts_fast.precision` decides) or an explicit bf16 / fp16 autocasts the forwards.
     """
+    task = _task_of(model)
+    task.check_measurable()
     autocast_dtype = choose("infer", model_device(model), dtype).autocast_dtype
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            pairs = _logits_and_labels(model, batches, autocast_dtype, progress)
-            if getattr(model.config, "num_labels", None) == 1:
-                return _regression_result(pairs)
-            return _classification_result(pairs)
+            measured = task.metric(_collected(model, task, batches, autocast_dtype, progress), model.config)
+        return EvalResult.measured(measured, task.name)
     finally:
         model.train(was_training)
 
 
 def evaluate_logits(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], regression: bool = False) -> EvalResult:
-    """Metrics of (logits, labels) batches computed elsewhere (an ONNX file under onnxruntime), reported as
-    `evaluate` reports a torch model's, so the two compare."""
-    return _regression_result(pairs) if regression else _classification_result(pairs)
+    """Metrics of sequence-classifier (logits, labels) batches computed elsewhere (an ONNX file under onnxruntime),
+    reported as `evaluate` reports a torch model's, so the two compare."""
+    collected = (Collected(logits, labels) for logits, labels in pairs)
+    measured = regression_metric(collected) if regression else classification_metric(collected)
+    return EvalResult.measured(measured, SEQUENCE)

@@ -1,6 +1,8 @@
-"""`deepcuts eval`: accuracy and loss (MSE for regression) of a model, or of an .onnx file from `deepcuts export`
-under onnxruntime, on a data split, with the precision it ran in; with --baseline, how well a slim embedding model
-keeps its dense model's embeddings (`deepcuts_fast.embedding_metrics`)."""
+"""`deepcuts eval`: the metrics of a sequence classifier's task (accuracy, macro-F1 and loss; MSE and Pearson for
+regression) of a model, or of an .onnx file from `deepcuts export` under onnxruntime, on a data split, with the
+precision it ran in; with --baseline, how well a slim embedding model keeps its dense model's embeddings
+(`deepcuts_fast.embedding_metrics`). Data files carry one label per text, so a token-classification or QA model is
+refused with what evaluates it instead (`dc.evaluate` on batches carrying its labels)."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return _eval_embeddings(args)
     if loading.is_onnx_file(args.model):
         return _eval_onnx(args)
+    _check_file_task(_saved_config(args.model), args.model)
     model, tokenizer, dataset = loading.model_and_data(args, args.split)
     batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, sort_by_length=True)
@@ -103,6 +106,7 @@ def _eval_onnx(args: argparse.Namespace) -> int:
         raise DeepCutsError(f"--dtype {args.dtype} does not apply to an ONNX file, which runs in the precision it was "
                             "exported in (int8 with `deepcuts export --quantize int8`); drop --dtype")
     onnx = OnnxClassifier(args.model)
+    _check_file_task(onnx.config, args.model)
     dataset = encode_labels(load_dataset(args.data, args.split), onnx.config)
     batches = make_batches(dataset, onnx.tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, sort_by_length=True)
@@ -112,15 +116,53 @@ def _eval_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_config(name: str):
+    """The config of --model, None where it cannot be read (loading the model then says why) or for the packaged
+    task model, a sequence classifier."""
+    from ..models import load_config
+    from ..task import TASK_MODEL_ALIAS
+
+    if name == TASK_MODEL_ALIAS:
+        return None
+    try:
+        return load_config(name)
+    except DeepCutsError:
+        return None
+
+
+def _check_file_task(config, name: str) -> None:
+    """Refuse a model saved with another task's head than a sequence classifier's: data files carry one label per
+    text, its labels are per token or answer positions, and files holding those are not supported yet."""
+    from ..models import saved_head
+    from ..tasks import SEQUENCE
+
+    try:
+        saved = None if config is None else saved_head(config, name)
+    except DeepCutsError:  # a refused task: loading the model says why
+        return
+    if saved is None or saved.name == SEQUENCE:
+        return
+    keys = " and ".join(f"`{k}`" for k in saved.labels)
+    shape = "per token, shaped (batch, tokens), -100 where a token has none" if saved.per_token else \
+        "per example, shaped (batch,)"
+    raise DeepCutsError(f"model {name!r} is a {saved.name} model, and data files carry one label per text (a "
+                        f"sequence classifier's): evaluating a {saved.name} model on file data is not supported yet; "
+                        f"evaluate it in Python with dc.evaluate(model, batches), the batches carrying {keys} "
+                        f"{shape}")
+
+
 def _print_eval(args: argparse.Namespace, result, dtype: str) -> None:
-    """Print the metrics and the dtype the evaluation ran in, as JSON or as one line."""
+    """Print the task's metrics (its headline metric named) and the dtype the evaluation ran in, as JSON or as one
+    line (and the result's note, where there is one, on a second line)."""
     if args.json:
-        print(json.dumps({**result.to_dict(), "dtype": dtype}))
-    else:
-        per_example = ("predictions", "labels")  # in the JSON form only
-        metrics = {**{k: v for k, v in result.to_dict().items() if v is not None and k not in per_example},
-                   "dtype": dtype}
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        print(json.dumps({**result.to_dict(), "metric": result.headline, "dtype": dtype}))
+        return
+    per_example = ("predictions", "labels", "note")  # in the JSON form only, the note on its own line
+    metrics = {**{k: v for k, v in result.to_dict().items() if v is not None and k not in per_example},
+               "dtype": dtype}
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    if result.note is not None:
+        print(f"note: {result.note}")
 
 
 COMMAND = Command("eval", add_parser, run, position=2)

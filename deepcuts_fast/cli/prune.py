@@ -1,12 +1,14 @@
 """`deepcuts prune`: heads and FFN neurons removed without retraining, by the retraining-free pipeline on --data
 (`dc.prune_without_retraining`) or by a plan from a --scores file (`dc.prune_from_scores`); writes the slim folder
-and says which way ran. Which options each way takes is the library's rule (`pipeline.check_prune_options`)."""
+and says which way ran, and how the slim model's metric compares with the dense model's on the held-out split of
+--data where it has one. Which options each way takes is the library's rule (`pipeline.check_prune_options`)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import DeepCutsError
 from ..locks import output_lock
@@ -17,6 +19,15 @@ from .parsing import DATA_HELP, DTYPE_HELP, OBJECTIVE_HELP, Command, criterion_h
 
 CALIBRATION_BATCH = 16  # --batch-size for the calibration draw when not given
 LATENCY_BATCH = 32  # --batch-size for a --speedup plan's latency when not given
+HELD_OUT_SPLITS = ("test", "validation")  # the split the dense and slim models are compared on: the first there is
+
+
+class HeldOut(NamedTuple):
+    """The held-out batches the dense and slim models are compared on and their split, or why there are none."""
+
+    split: str | None = None
+    batches: list | None = None
+    skipped: str | None = None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,7 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help=f"pipeline: {OBJECTIVE_HELP} (not with --scores)")
     p.add_argument("--calibration-examples", type=int, default=512, metavar="N",
-                   help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections)")
+                   help="examples of --data to score and reconstruct on (fewer over-fit the FFN output projections); "
+                        "also the most examples of its held-out split (test, else validation) the dense and slim "
+                        "models are evaluated on, in fp32")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"calibration examples per batch (default: {CALIBRATION_BATCH}); with --speedup also the "
                         f"batch size the latency is measured and planned at (default: {LATENCY_BATCH})")
@@ -153,6 +166,8 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
         model, tokenizer, dataset = loading.model_and_data(args, "train", labels=args.objective == "labels")
         batches = make_batches(dataset, tokenizer, batch_size=args.batch_size or CALIBRATION_BATCH,
                                max_length=args.max_length, shuffle=True, seed=args.seed, limit=args.calibration_examples)
+    held_out = _held_out(args, model, tokenizer)
+    dense = None if held_out.batches is None else _evaluate(model, held_out.batches)
     options = _library_options(args)
     if scores is None:
         slim, plan, info = prune_without_retraining(
@@ -172,12 +187,107 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
             device=args.device or "cpu", **plan_options)
     save_pretrained(slim, out, tokenizer=tokenizer, plan=plan, overwrite=args.overwrite)
     summary = _summary(args, model, slim, plan, info, batches)
+    slim_result = None if dense is None else _evaluate(slim, held_out.batches)
+    summary["held_out"] = _held_out_summary(held_out, dense, slim_result)
     if args.json:
         print(json.dumps(summary))
     else:
         print(plan.summary())
         print(_summary_line(summary))
+        print(_held_out_line(summary["held_out"]))
     return 0
+
+
+def _held_out(args: argparse.Namespace, model, tokenizer) -> HeldOut:
+    """The batches of the held-out split of --data (at most --calibration-examples examples, --batch-size and
+    --max-length as for calibration), or why the dense and slim models are not compared: no --data, no held-out
+    split, no labels, or a model whose head does not predict the data's per-text labels."""
+    from ..data import encode_labels, load_dataset, make_batches
+    from ..scoring.objective import head_state
+    from ..tasks import SEQUENCE, model_task
+
+    if args.data is None:
+        return HeldOut(skipped="no --data, so no held-out split to evaluate on")
+    task = model_task(model)
+    if task is not None and task.name != SEQUENCE:
+        return HeldOut(skipped=f"the model is a {task.name} model and --data has one label per text; evaluate it "
+                               "with dc.evaluate on batches with its own labels")
+    if head_state(model) != "trained":
+        return HeldOut(skipped="the model's classifier head is untrained, so its predictions mean nothing")
+    split = _held_out_split(args.data)
+    if split is None:
+        return HeldOut(skipped=f"--data {args.data} has no held-out split ({' or '.join(HELD_OUT_SPLITS)}): one "
+                               "data file is all calibration data; give a folder with train and test files to "
+                               "compare on held-out data")
+    try:
+        dataset = load_dataset(args.data, split, require_labels=False)
+        if not dataset.labelled:
+            return HeldOut(split, skipped=f"the {split!r} split of --data has no labels")
+        dataset = encode_labels(dataset, model.config)
+    except DeepCutsError as e:
+        return HeldOut(split, skipped=f"the {split!r} split of --data cannot be evaluated on: {e}")
+    return HeldOut(split, make_batches(dataset, tokenizer, batch_size=args.batch_size or CALIBRATION_BATCH,
+                                       max_length=args.max_length, limit=args.calibration_examples,
+                                       sort_by_length=True))
+
+
+def _held_out_split(data: str) -> str | None:
+    """The first of `HELD_OUT_SPLITS` that --data has as a split of its own: the embedded data's test split, a
+    folder's `<split>` file, a hub dataset's split; None for one data file, whose every split is the file itself."""
+    from ..data import EMBEDDED_ALIASES, EMBEDDED_SPLITS, FILE_SUFFIXES, load_dataset
+
+    if data.lower() in EMBEDDED_ALIASES:
+        return next(s for s in HELD_OUT_SPLITS if s in EMBEDDED_SPLITS)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return next((s for s in HELD_OUT_SPLITS if any((path / f"{s}{x}").is_file() for x in FILE_SUFFIXES)), None)
+    if path.exists() or path.suffix.lower() in FILE_SUFFIXES:
+        return None
+    for split in HELD_OUT_SPLITS:  # a hub dataset: the first split that loads
+        try:
+            load_dataset(data, split, require_labels=False)
+            return split
+        except DeepCutsError:
+            continue
+    return None
+
+
+def _evaluate(model, batches: list):
+    """The model's metrics on the held-out batches, in fp32 so the dense and slim numbers compare."""
+    from ..train import evaluate
+
+    return evaluate(model, batches, dtype="fp32")
+
+
+def _held_out_summary(held_out: HeldOut, dense, slim) -> dict:
+    """The held-out comparison for the summary: the split, examples, the headline metric of each model and all
+    their metrics and losses; or why it was skipped."""
+    if held_out.skipped is not None:
+        return {"split": held_out.split, "skipped": held_out.skipped}
+    per_example = ("predictions", "labels")
+    return {"split": held_out.split, "n": dense.n, "metric": dense.headline, "dense": dense.score,
+            "slim": slim.score, "dtype": "fp32",
+            **{f"{name}_metrics": {k: v for k, v in r.to_dict().items() if k not in per_example}
+               for name, r in (("dense", dense), ("slim", slim))}}
+
+
+def _held_out_line(h: dict) -> str:
+    """One line: the slim model's held-out metric next to the dense model's, or why there is none."""
+    if "skipped" in h:
+        return f"held-out evaluation skipped: {h['skipped']}"
+    if h["dense"] is None or h["slim"] is None:
+        change = ""
+    elif h["metric"] == "mse":  # an error, not a fraction: its change in its own unit
+        change = f" ({h['slim'] - h['dense']:+.4f})"
+    else:
+        change = f" ({100 * (h['slim'] - h['dense']):+.2f} pt)"
+    return (f"held-out {h['metric']}: dense {_value(h['dense'])} -> slim {_value(h['slim'])}{change} on {h['n']} "
+            f"examples of {h['split']!r}")
+
+
+def _value(metric: float | None) -> str:
+    """A metric as the held-out line shows it (n/a where it is undefined, as a constant series' Pearson)."""
+    return "n/a" if metric is None else f"{metric:.4f}"
 
 
 def _summary(args: argparse.Namespace, model, slim, plan, info: dict, batches: list | None) -> dict:

@@ -1,13 +1,52 @@
-"""The record a task module declares: what a model of that task is called, outputs and reads as labels."""
+"""The record a task module declares: what a model of that task is called, outputs, reads as labels and is
+measured by."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
+from ..errors import DeepCutsError
+
 IGNORED = -100
 """The label value a loss skips (transformers' convention): padding tokens, sub-word pieces left unlabelled."""
+
+
+class Collected(NamedTuple):
+    """One evaluation batch as a task's metric reads it: the model's `scored` outputs (fp32, CPU), the batch's
+    `batch_labels`, and its attention mask (batch, tokens), None when the batch has none."""
+
+    outputs: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a task's metric makes of a model's outputs on labelled batches: the named `metrics`, `headline` the one
+    the task is judged by; the mean `loss` the task's head computes; `n` examples; a `note` where the metric is not
+    the task's usual one; for classification the predicted class ids and the labels in data order (so two models
+    compare example by example)."""
+
+    metrics: dict[str, float | None]
+    headline: str
+    loss: float
+    n: int
+    note: str | None = None
+    predictions: tuple[int, ...] | None = field(default=None, repr=False)
+    labels: tuple[int, ...] | None = field(default=None, repr=False)
+
+
+Metric = Callable[[Iterable[Collected], Any], Measured]
+"""A task's metric: its evaluation batches' `Collected` outputs and the model's config -> `Measured`."""
+
+
+def require_examples(n: int) -> None:
+    """Refuse to measure nothing: an empty evaluation set has no metric."""
+    if n == 0:
+        raise DeepCutsError("no evaluation batches: the evaluation data is empty")
 
 
 @dataclass(frozen=True)
@@ -24,7 +63,9 @@ class Task:
     whether its head's width is the config's `num_labels` chosen by the data (sequence and token classification).
     `token_axis`: whether its outputs have a tokens axis (dim 1: token logits, start / end logits), so they are
     compared at real tokens only and exported with a dynamic sequence axis. `exported`: the ONNX graph's output
-    names when they are not `outputs` (an embedding model's graph outputs its pooled embedding).
+    names when they are not `outputs` (an embedding model's graph outputs its pooled embedding). `metric`: what
+    `evaluate` reports for a model of this task (`Metric`); None when there is none, `unmeasured` then says why and
+    what measures such a model instead.
     """
 
     name: str
@@ -37,7 +78,15 @@ class Task:
     num_labels: bool = False
     token_axis: bool = False
     exported: tuple[str, ...] | None = None
+    metric: Metric | None = field(default=None, compare=False)
+    unmeasured: str | None = None
     position: int = 0  # the task's place in listings and in the match of `architectures` (longer suffixes first)
+
+    def check_measurable(self) -> None:
+        """Refuse to evaluate a model of a task that has no metric, saying what measures it instead."""
+        if self.metric is None:
+            raise DeepCutsError(f"evaluate has no metric for {self.name} models"
+                                + (f": {self.unmeasured}" if self.unmeasured else ""))
 
     def matches(self, architecture: str) -> bool:
         """Whether a config `architectures` entry names a model of this task."""
