@@ -188,35 +188,57 @@ def test_a_first_layer_built_unlike_the_others_is_never_removed():
         dc.plan(model, scores, keep_flops=0.5, drop_layers=[0])
 
 
-def naive_importance(model, batches, i):
-    """1 - cosine of the final hidden states with layer i deleted from the module list by hand."""
+def without_layer(model, i, bare: bool = False):
+    """A copy of the BERT `model` with layer i deleted from its module list by hand."""
     without = copy.deepcopy(model)
-    layers = without.bert.encoder.layer
-    del layers[i]
+    del (without if bare else without.bert).encoder.layer[i]
     without.config.num_hidden_layers -= 1
-    total, count = 0.0, 0
+    return without
+
+
+def naive_kl(model, batches, i):
+    """Mean over examples of KL(softmax of the logits || the same with layer i deleted)."""
+    without, total, count = without_layer(model, i), 0.0, 0
     with torch.no_grad():
         for b in batches:
             inputs = {k: b[k] for k in ("input_ids", "attention_mask")}
-            a = model.bert(**inputs).last_hidden_state
-            c = without.bert(**inputs).last_hidden_state
-            real = b["attention_mask"].bool()
-            cos = torch.nn.functional.cosine_similarity(a[real], c[real], dim=-1)
-            total += float((1 - cos).sum())
-            count += int(real.sum())
+            p, q = model(**inputs).logits.double().softmax(-1), without(**inputs).logits.double().softmax(-1)
+            total += float((p * (p.log() - q.log())).sum())
+            count += p.shape[0]
+    return total / count
+
+
+def naive_cosine(model, batches, i):
+    """Mean over sequences of 1 - cosine of the mean-pooled final hidden states, layer i deleted."""
+    without, total, count = without_layer(model, i, bare=True), 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            inputs = {k: b[k] for k in ("input_ids", "attention_mask")}
+            m = b["attention_mask"].unsqueeze(-1).double()
+            a = (model(**inputs).last_hidden_state.double() * m).sum(1) / m.sum(1)
+            c = (without(**inputs).last_hidden_state.double() * m).sum(1) / m.sum(1)
+            total += float((1 - torch.nn.functional.cosine_similarity(a, c, dim=-1)).sum())
+            count += a.shape[0]
     return total / count
 
 
 def test_layer_importance_is_the_output_change_of_removing_each_layer():
+    """A classifier's head outputs (KL) and a bare encoder's pooled embedding (1 - cosine), against plain code."""
+    from transformers import AutoModel
+
     model = deep_model("bert", seed=3)
     with torch.no_grad():  # layers that matter unequally (random init is nearly the identity)
         for k, layer in enumerate(encoder_layers(model)):
             layer.linears["ffn_out"].weight.mul_(1 + 10 * k)
+        model.classifier.weight.mul_(50)
     batches = tiny_batches(seed=3)
     got = dc.layer_importance(model, batches)
-    want = [naive_importance(model, batches, i) for i in range(LAYERS)]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
-    assert len(set(np.round(got, 8))) == LAYERS  # tells the layers apart
+    np.testing.assert_allclose(got, [naive_kl(model, batches, i) for i in range(LAYERS)], rtol=1e-4, atol=1e-9)
+    assert len(set(np.round(got, 9))) == LAYERS and min(got) > 0  # tells the layers apart
+    encoder = AutoModel.from_config(model.config).eval()
+    encoder.load_state_dict(model.bert.state_dict())
+    got = dc.layer_importance(encoder, batches)
+    np.testing.assert_allclose(got, [naive_cosine(encoder, batches, i) for i in range(LAYERS)], rtol=1e-4, atol=1e-9)
 
 
 def test_the_planner_removes_the_least_important_layers_within_the_budget():
@@ -316,3 +338,21 @@ def test_repeated_pruning_composes_the_layer_record_and_refits_against_the_first
     delattr(unrecorded.config, LINEAGE)  # as a folder from before the lineage record: no weights check
     with pytest.raises(DeepCutsError, match="no counterpart"):
         dc.reconstruct(unrecorded, second, tiny_batches(seed=7))  # the first model's layer 2 is not in `second`
+
+
+def test_the_prune_command_removes_the_least_important_layers(model_dir, data_csv, tmp_path, capsys):
+    from deepcuts_fast.cli import main
+
+    out = tmp_path / "slim"
+    assert main(["prune", "--model", str(model_dir), "--data", str(data_csv), "--keep-flops", "0.4",
+                 "--drop-layers", "1", "--calibration-examples", "16", "--max-length", "16", "--out", str(out),
+                 "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(summary["dropped_layers"]) == 1
+    slim = dc.from_pretrained(out)
+    assert len(encoder_layers(slim)) == TINY["layers"] - 1
+    assert layer_ids(slim) == [i for i in range(TINY["layers"]) if i not in summary["dropped_layers"]]
+    for argv, message in ((["--scores", "s.pt", "--keep-flops", "0.5", "--drop-layers", "1"], "give --data"),
+                          (["--data", str(data_csv), "--keep-flops", "0.5", "--drop-layers", "-1"], "0 or more")):
+        assert main(["prune", "--model", str(model_dir), *argv, "--out", str(tmp_path / "x")]) != 0
+        assert message in capsys.readouterr().err

@@ -63,6 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="a latency budget instead: the slim model should run X times as fast as the dense one "
                         "(X >= 1) at --batch-size and --seq-len on --device in --dtype, as predicted by a per-layer "
                         "latency table measured once on this machine and cached; needs --scores")
+    p.add_argument("--drop-layers", type=int, default=0, metavar="N",
+                   help="also remove the N encoder layers whose removal changes the model's outputs on --data least "
+                        "(dc.layer_importance), inside the same budget: fewer layers also drop their LayerNorms, "
+                        "residual adds and launches, which width pruning cannot (default 0: none)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length the FLOP budget is counted at (with "
                                                             "--speedup: the latency is measured at)")
     p.add_argument("--device", default=None,
@@ -134,6 +138,11 @@ def _check_options(args: argparse.Namespace) -> None:
         raise DeepCutsError("give --data DATA (the retraining-free pipeline scores, plans and reconstructs on it) "
                             "or --scores FILE (plan from a `deepcuts score --granularity unit` file), or both")
     check_prune_options(args.scores is not None, spell=flag_setting, **_library_options(args))
+    if args.drop_layers < 0:
+        raise DeepCutsError(f"--drop-layers is how many encoder layers to remove, 0 or more; got {args.drop_layers}")
+    if args.drop_layers and args.data is None:
+        raise DeepCutsError("--drop-layers chooses the layers to remove by how much each changes the model's outputs "
+                            "on --data; give --data too")
     if args.speedup is None and args.device is not None:
         raise DeepCutsError("--device says where a --speedup plan's latency is measured; give --speedup X, or "
                             "drop --device")
@@ -147,7 +156,7 @@ def _library_options(args: argparse.Namespace) -> dict:
     return dict(keep_flops=args.keep_flops, keep_params=args.keep_params, keep_heads=args.keep_heads,
                 keep_neurons=args.keep_neurons, speedup=args.speedup, scope=args.scope, multiple_of=args.multiple_of,
                 allocation=args.allocation, criterion=args.criterion, method=args.method, selection=args.selection,
-                objective=args.objective,
+                objective=args.objective, drop_layers=args.drop_layers or None,
                 rearrange=not args.no_rearrange, reconstruct=not args.no_reconstruct)
 
 
@@ -174,13 +183,14 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
             model, batches, args.keep_flops, criterion=args.criterion or FISHER, seq_len=args.seq_len,
             rearrange=options["rearrange"], reconstruct=options["reconstruct"], dtype=args.dtype,
             min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet,
-            method=args.method, selection=args.selection, objective=args.objective or "auto")
+            method=args.method, selection=args.selection, objective=args.objective or "auto",
+            drop_layers=options["drop_layers"])
     else:
         if args.speedup is not None and not args.quiet:
             print("deepcuts: note: --speedup plans on a latency table of this machine, measured on first use "
                   "(a minute or so for a BERT-base at batch 32 on a CPU) and cached", file=sys.stderr)
         plan_options = {k: options[k] for k in ("keep_flops", "keep_params", "keep_heads", "keep_neurons", "speedup",
-                                                "scope", "multiple_of", "allocation")}
+                                                "scope", "multiple_of", "allocation", "drop_layers")}
         slim, plan, info = prune_from_scores(
             model, scores, batches, reconstruct=options["reconstruct"], dtype=args.dtype, seq_len=args.seq_len,
             min_heads=args.min_heads, min_neurons=args.min_neurons, batch_size=args.batch_size or LATENCY_BATCH,
@@ -307,6 +317,7 @@ def _summary(args: argparse.Namespace, model, slim, plan, info: dict, batches: l
         "reconstructed_on": args.data if info["reconstructed"] else None,
         "heads": [len(h) for h in plan.heads],
         "ffn": [len(n) for n in plan.neurons],
+        "dropped_layers": plan.dropped,
         "params": sum(p.numel() for p in slim.parameters()),
         "dense_params": sum(p.numel() for p in model.parameters()),
         "unit_params_kept": encoder_unit_params(slim) / encoder_unit_params(model),

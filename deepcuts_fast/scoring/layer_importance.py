@@ -1,7 +1,9 @@
-"""How much each encoder layer matters as a whole: the model's final hidden states with that one layer removed
-(`families.depth.remove_layers`, the slim model's own code), compared with the intact model's on calibration batches
-(1 - cosine, averaged over the real tokens), as ShortGPT and ZipLM rank layers for removal. Task-agnostic: it reads
-the encoder's output, not a head, so it needs no labels and serves embedding models as well as classifiers.
+"""How much each encoder layer matters as a whole: what the model outputs with that one layer removed
+(`families.depth.remove_layers`, the slim model's own code), compared with the intact model's on calibration
+batches, as ZipLM and ShortGPT rank layers for removal. What is compared is what the model is for, read as the
+label-free objective reads it (`scoring.objective`): a trained head's outputs (the KL divergence of its softmax
+from the intact model's, per example, per real token for token tasks, per start / end for QA; the squared error
+over the outputs' variance for a regression head), else the pooled embedding (1 - cosine), so no labels are needed.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import copy
 from collections.abc import Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..arch import base_model, encoder_layers
@@ -16,25 +19,28 @@ from ..errors import DeepCutsError
 from ..families import family
 from ..families.depth import remove_layers
 from ..models import model_device, to_device
+from .objective import Objective, pool, resolve_objective
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 def layer_importance(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> list[float]:
-    """Per encoder layer, the mean over the real tokens of `batches` of 1 - cosine between the final hidden states
-    of `model` and of `model` without that layer: 0 for a layer whose removal changes nothing, up to 2. A layer the
-    family cannot remove (`Family.removable_layers`) gets infinity, so a plan never picks it."""
+    """Per encoder layer, how far `model`'s outputs on `batches` move when that layer is removed (0: not at all): the
+    mean KL divergence of a trained head's softmax (or its squared error over the outputs' variance, for a
+    regressor), else the mean 1 - cosine of the pooled embeddings. A layer the family cannot remove
+    (`Family.removable_layers`) gets infinity, so a plan never picks it."""
     if not isinstance(model, nn.Module):
         raise DeepCutsError(f"layer_importance takes a torch model, got {type(model).__name__}")
     device = model_device(model)
     inputs = [to_device({k: v for k, v in b.items() if k in MODEL_INPUTS}, device) for b in batches]
-    if not inputs or not any("input_ids" in b for b in inputs):
+    if not inputs or not all("input_ids" in b for b in inputs):
         raise DeepCutsError("layer_importance needs calibration batches with input_ids; the data is empty")
+    objective = resolve_objective(model, None, "distill", announce=False)
     removable = set(family(model).removable_layers(model.config))
     was_training = model.training
     model.eval()
     try:
-        dense = _final_hidden(model, inputs)
+        intact = _outputs(model, inputs, objective)
         out = []
         for i in range(len(encoder_layers(model))):
             if i not in removable:
@@ -42,29 +48,44 @@ def layer_importance(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                 continue
             without = copy.deepcopy(model)
             remove_layers(without, [i])
-            out.append(_distance(dense, _final_hidden(without, inputs), inputs))
+            out.append(_distance(intact, _outputs(without, inputs, objective), inputs, objective))
             del without
         return out
     finally:
         model.train(was_training)
 
 
-def _final_hidden(model: nn.Module, inputs: list[dict]) -> list[torch.Tensor]:
-    """The encoder's last hidden states on every batch, in float32."""
-    encoder = base_model(model)
+def _outputs(model: nn.Module, inputs: list[dict], objective: Objective) -> list[torch.Tensor]:
+    """What the objective reads on every batch, in float32: the head's outputs, or the pooled embedding."""
     with torch.no_grad():
-        return [encoder(**b).last_hidden_state.float() for b in inputs]
+        if objective.output == "embedding":
+            return [pool(base_model(model)(**b).last_hidden_state.float(), _mask(b), objective.pooling)
+                    for b in inputs]
+        return [objective.head_task.scored(model(**b)).float() for b in inputs]
 
 
-def _distance(dense: list[torch.Tensor], other: list[torch.Tensor], inputs: list[dict]) -> float:
-    """Mean over real tokens (attention mask 1, or every token without a mask) of 1 - cosine."""
+def _mask(batch: dict) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    return torch.ones_like(batch["input_ids"]) if mask is None else mask
+
+
+def _distance(intact: list[torch.Tensor], other: list[torch.Tensor], inputs: list[dict],
+              objective: Objective) -> float:
+    """The mean over examples (real tokens for a per-token head) of the outputs' divergence."""
+    per_token = objective.output == "logits" and objective.head_task.per_token
     total, count = 0.0, 0
-    for a, b, batch in zip(dense, other, inputs):
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-        mask = batch.get("attention_mask")
-        real = cos if mask is None else cos[mask.bool()]
-        total += float((1 - real).double().sum())
-        count += real.numel()
+    for a, b, batch in zip(intact, other, inputs):
+        a, b = a.double(), b.double()  # small divergences are differences of nearly equal logs
+        if objective.output == "embedding":
+            d = 1 - F.cosine_similarity(a, b, dim=-1)
+        elif a.shape[-1] > 1:  # a softmax over classes (or positions): KL(intact || without the layer)
+            d = (a.softmax(-1) * (a.log_softmax(-1) - b.log_softmax(-1))).sum(-1)
+        else:  # a regression head
+            d = ((a - b) ** 2).squeeze(-1) / a.var().clamp_min(1e-12)
+        if per_token:
+            d = d[_mask(batch).bool()]
+        total += float(d.sum())
+        count += d.numel()
     if not count:
         raise DeepCutsError("the calibration batches hold no real token (every attention_mask is 0)")
     return total / count
