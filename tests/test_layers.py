@@ -291,16 +291,47 @@ def test_a_speedup_plan_saves_the_removed_layers_overhead_too(monkeypatch):
 
 def refit_layers_follow(refit, model, counterparts):
     """Each refit slim layer's output projections are (nearly) those of its dense counterpart, and far from those
-    of the dense layer at its own position: the refit matched it to the right layer."""
+    of the dense layer at its own position: the refit matched it to the right layer. (The FFN output of a layer
+    followed by removed ones stands in for them and is checked by `test_the_layer_before_removed_ones_...`.)"""
     dense = encoder_layers(model)
     for i, layer in enumerate(encoder_layers(refit)):
-        for role in ("attn_out", "ffn_out"):
+        bridged = counterparts[i] + 1 not in counterparts[i + 1:i + 2] or i + 1 == len(counterparts)
+        for role in ("attn_out",) if bridged and counterparts[i] + 1 < len(dense) else ("attn_out", "ffn_out"):
             w = layer.linears[role].weight.detach()
             near = float((w - dense[counterparts[i]].linears[role].weight.detach()).norm())
             far = float((w - dense[i].linears[role].weight.detach()).norm())
             assert near < 0.2 * float(w.norm()), (i, role, near)
             if counterparts[i] != i:
                 assert far > 4 * near, (i, role, near, far)
+
+
+def hidden_after(model, batches, layer: int) -> torch.Tensor:
+    """The hidden states after encoder layer `layer` at the real tokens of every batch."""
+    out = []
+    with torch.no_grad():
+        for b in batches:
+            states = model(**{k: b[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True)
+            out.append(states.hidden_states[layer + 1][b["attention_mask"].bool()])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "modernbert"])  # post-norm (two layouts), pre-norm
+def test_the_layer_before_removed_ones_is_refit_to_stand_in_for_them(arch):
+    """Its output moves towards what the dense model outputs after the removed layer (ReplaceMe's linear map,
+    folded into its FFN output projection through the inverse of its output LayerNorm)."""
+    model = deep_model(arch, seed=9)
+    with torch.no_grad():  # a removed layer that matters (random init is nearly the identity)
+        encoder_layers(model)[2].linears["ffn_out"].weight.mul_(20)
+    batches = tiny_batches(n_batches=8, batch_size=8, seq_len=12, seed=9, pad_id=pad_id(arch))
+    slim = dc.prune(model, full_widths_dropping(model, [2]))
+    refit = dc.reconstruct(slim, model, batches, ridge=1e-6)
+    want = hidden_after(model, batches, 2)  # the dense model after the removed layer
+    before = float((hidden_after(slim, batches, 1) - want).pow(2).mean())
+    after = float((hidden_after(refit, batches, 1) - want).pow(2).mean())
+    assert after < 0.75 * before, (before, after)
+    held_out = tiny_batches(n_batches=2, batch_size=8, seq_len=12, seed=10, pad_id=pad_id(arch))
+    assert float((hidden_after(refit, held_out, 1) - hidden_after(model, held_out, 2)).pow(2).mean()) < float(
+        (hidden_after(slim, held_out, 1) - hidden_after(model, held_out, 2)).pow(2).mean())
 
 
 def test_reconstruction_and_the_iterative_method_match_kept_layers_to_their_dense_counterparts():

@@ -38,6 +38,9 @@ class Family:
     heads_attr: str | None  # attribute of `attention` holding the number of heads (None: it reads them off its
     #                         weights, as ModernBERT's does)
     head_dim_attr: str  # attribute of `attention` holding the size of one head
+    output_norm: str | None  # the LayerNorm a layer's output passes through after its last residual add (post-norm
+    #                          layers: BERT's `output.LayerNorm`); None where the layer's output is the residual sum
+    #                          itself (pre-norm layers, as ModernBERT's)
     # fused Linears: (path in the layer, blocks) for a Linear that stacks `blocks` unit-ordered blocks along its unit
     # axis: one QKV projection ([3, heads, head_dim] rows; query, key and value name it), or a GLU's input and gate
     # ([2, neurons] rows; ffn_in names it). A unit owns its slice of each block.
@@ -158,5 +161,6 @@ BERT_LAYOUT = dict(
     ffn_out="output.dense",
     heads_attr="num_attention_heads",
     head_dim_attr="attention_head_size",
+    output_norm="output.LayerNorm",
 )
 """The module layout BERT set and its copies in transformers (RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT) share."""

@@ -15,5 +15,6 @@ FAMILY = Family(
     ffn_out="ffn.lin2",
     heads_attr="n_heads",
     head_dim_attr="attention_head_size",
+    output_norm="output_layer_norm",
     shape_names=("dim", "n_heads", "hidden_dim", "n_layers"),
 )

@@ -18,6 +18,7 @@ FAMILY = Family(
     ffn_out="mlp.Wo",
     heads_attr=None,
     head_dim_attr="head_dim",
+    output_norm=None,  # pre-norm: a layer's output is its residual sum
     stacked=(("attn.Wqkv", 3), ("mlp.Wi", 2)),
     per_layer_config=("layer_types",),  # local (sliding window) or global attention, per layer
     special_first_layer=lambda config: True,  # layer 0 has no attention LayerNorm (the embeddings end in one)

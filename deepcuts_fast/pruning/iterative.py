@@ -35,7 +35,7 @@ from ..planning.checks import check_layout
 from ..planning.plan import Plan
 from ..precision import autocast, choose
 from ..scoring.scores import Scores
-from .reconstruct import (_advance, _dense_targets, _first_layer_calls, _model_inputs, _normal_equations,
+from .reconstruct import (_advance, _first_layer_calls, dense_walk, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
 from ..families.depth import remove_layers
 from ..families.narrowing import shrink
@@ -77,8 +77,8 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     refit, the plan of the kept units, timings in seconds).
 
     `counts` gives how many heads and neurons each layer keeps (its kept sets are not used) and which layers go
-    whole (`dropped`: removed from the copy; the dense model still runs them, so the next kept layer is refit to
-    what its dense counterpart computes); `selection`
+    whole (`dropped`: removed from the copy, the FFN of the kept layer before them refit to stand in for them, as
+    `reconstruct` does); `selection`
     "output" picks them by group OBS on the output error, "criterion" as the top of `scores` (unit scores of
     `dense`). `batches` are the calibration data (labels ignored); `dtype` the precision of the layer forwards
     ("auto": bf16 autocast only where the device runs it natively). `dense` is left untouched; `counts` and
@@ -106,15 +106,16 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             dense_calls = _first_layer_calls(dense, batch_list)
             work_calls = list(dense_calls)  # the copy's first layer is called the same way
             changed = False  # whether the copy computes anything differently from the dense model yet
-            for i, (layer, dense_layer) in enumerate(zip(encoder_layers(work), encoder_layers(dense))):
-                module, dense_module = work.get_submodule(layer.prefix), dense.get_submodule(dense_layer.prefix)
-                if i in counts.dropped:  # the copy skips it; the dense model runs it
-                    dense_calls = [_advance(dense_module, call) for call in dense_calls]
+            walk = dense_walk(dense, set(counts.kept_layers), dense_calls)
+            for i, layer in enumerate(encoder_layers(work)):
+                if i in counts.dropped:  # the copy skips it; the dense model runs it (in `walk`)
                     kept["heads"].append([])
                     kept["neurons"].append([])
                     changed = True
                     continue
-                targets, dense_calls = _dense_targets(dense_module, dense_layer, dense_calls)
+                changed = changed or i + 1 in counts.dropped  # its FFN stands in for the removed layers after it
+                module = work.get_submodule(layer.prefix)
+                _, targets = next(walk)
                 clock = _add(timings, "forward", clock)
                 for kind, role, group, width, count, unit_scores in (
                         ("heads", "attn_out", layer.head_dim, layer.num_heads, len(counts.heads[i]),

@@ -7,8 +7,11 @@ instead of one scale per unit). Inputs come from the slim model's own forward pa
 earlier layers already refit, so errors do not pile up. Each layer's inputs are kept between
 layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
 model running twice per layer. A slim model with layers removed whole is matched to the dense layers by where each
-of its layers came from (`families.depth.layer_ids`); the dense model runs its removed layers too, so each kept
-layer imitates its own dense counterpart on the slim model's inputs. Each fit solves the ridge-regularised normal equations of Gram
+of its layers came from (`families.depth.layer_ids`), and the dense model runs its removed layers too. The kept
+layer right before removed ones also stands in for them, as ReplaceMe replaces a block by a linear map: its FFN
+output projection is fit to what makes its layer output what the dense model's is after the removed layers (through
+the inverse of the layer's output LayerNorm, at each token's own mean and scale, in a post-norm family), so the map
+is folded into a projection the slim model has anyway. Each fit solves the ridge-regularised normal equations of Gram
 matrices accumulated per batch in float32 and summed in float64: no iterative solver. Batches
 go to the model's device; with a bf16 precision (dtype "auto" picks it only where the device runs
 bf16 natively) the layer forwards run under autocast there, while the Gram matrices and the solve
@@ -26,6 +29,7 @@ from torch import nn
 
 from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError, first_line
+from ..families import family
 from ..families.depth import layer_ids
 from ..hashing import model_fingerprint
 from ..precision import autocast, choose
@@ -71,14 +75,9 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
         with torch.no_grad(), autocast(device, autocast_dtype):
             slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
             slim_layers = dict(zip(counterpart, encoder_layers(refit)))
-            for i, dense_layer in enumerate(encoder_layers(dense)):
-                dense_module = dense.get_submodule(dense_layer.prefix)
-                if i not in slim_layers:  # removed from the slim model: the dense model still runs it
-                    dense_calls = [_advance(dense_module, call) for call in dense_calls]
-                    continue
+            for i, targets in dense_walk(dense, set(slim_layers), dense_calls):
                 layer = slim_layers[i]
                 module = refit.get_submodule(layer.prefix)
-                targets, dense_calls = _dense_targets(dense_module, dense_layer, dense_calls)
                 for role in REFIT_ROLES:
                     linear = layer.linears[role]
                     gram, cross = _normal_equations(module, linear, slim_calls, targets[role])
@@ -163,22 +162,71 @@ def _tokens(t: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
     return (t.flatten(0, -2) if real is None else t[real]).float()
 
 
-def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall]) -> tuple[dict, list[_LayerCall]]:
-    """Per role, the dense layer's output-projection outputs on every batch; and the next calls."""
+def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
+    """Run the dense model layer by layer from `calls` (its first layer's); for each layer in `kept` (the slim model's
+    counterparts), in order, yield (its index, its refit targets: per role, the output projection's outputs on every
+    batch), the FFN output's bridged over the removed layers that follow it (`_bridge`)."""
+    norm_path = family(dense).output_norm
+    layers = encoder_layers(dense)
+    i = 0
+    while i < len(layers):
+        module = dense.get_submodule(layers[i].prefix)
+        if i not in kept:  # removed before any kept layer: nothing to stand in for it
+            calls = [_advance(module, call) for call in calls]
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(layers)) if j in kept), len(layers))
+        bridged = end > i + 1
+        norm = module.get_submodule(norm_path) if norm_path is not None and bridged else None
+        targets, calls, sums = _dense_targets(module, layers[i], calls, norm, residual=bridged)
+        if bridged:
+            for j in range(i + 1, end):
+                calls = [_advance(dense.get_submodule(layers[j].prefix), call) for call in calls]
+            targets["ffn_out"] = [_bridge(t, z, _tokens(call.hidden, call.real), norm)
+                                  for t, z, call in zip(targets["ffn_out"], sums, calls)]
+        yield i, targets
+        i = end
+
+
+def _bridge(target: torch.Tensor, residual_sum: torch.Tensor, after: torch.Tensor, norm: nn.Module | None):
+    """The FFN output projection's target moved so that its layer outputs `after` (the dense hidden states after the
+    removed layers) instead: by the gap between the residual sum that gives `after` and the one the layer has, where
+    in a post-norm layer the sum that gives `after` is the output LayerNorm's inverse at each token's own mean and
+    scale (the identity for a removed layer that changed nothing)."""
+    if norm is None:  # pre-norm: the layer's output is its residual sum
+        return target + (after - residual_sum)
+    gamma = norm.weight.detach().float()
+    floor = 1e-3 * float(gamma.abs().mean())  # a near-zero scale would blow the inverse up
+    gamma = torch.where(gamma >= 0, gamma.clamp_min(floor), gamma.clamp_max(-floor))
+    beta = norm.bias.detach().float() if getattr(norm, "bias", None) is not None else 0.0
+    mean = residual_sum.mean(-1, keepdim=True)
+    scale = (residual_sum.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    return target + (mean + scale * (after - beta) / gamma - residual_sum)
+
+
+def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall], norm: nn.Module | None = None,
+                   residual: bool = False) -> tuple[dict, list[_LayerCall], list]:
+    """Per role, the dense layer's output-projection outputs on every batch; the next calls; and with `residual` the
+    residual sums at the real tokens (the input of `norm`, the layer's output LayerNorm, or without one the layer's
+    output)."""
     targets: dict = {role: [] for role in REFIT_ROLES}
     captured: dict = {}
     handles = [layer.linears[role].register_forward_hook(
         lambda m, i, out, role=role: captured.__setitem__(role, out)) for role in REFIT_ROLES]
-    nxt = []
+    if norm is not None:
+        handles.append(norm.register_forward_pre_hook(lambda m, args: captured.__setitem__("sum", args[0])))
+    nxt, sums = [], []
     try:
         for call in calls:
             nxt.append(_advance(module, call))
             for role in REFIT_ROLES:
                 targets[role].append(_tokens(captured[role], call.real))
+            if residual:
+                sums.append(_tokens(captured["sum"] if norm is not None else nxt[-1].hidden, call.real))
     finally:
         for h in handles:
             h.remove()
-    return targets, nxt
+    return targets, nxt, sums
 
 
 def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCall], targets: list):
