@@ -25,6 +25,7 @@ from .models import check_token_ids, model_device, to_device
 from .precision import autocast, choose
 from .scoring.objective import POOLING_MODES, Objective, sentence_pooling
 from .stats import Comparison, compare, points
+from .tasks import without_labels
 
 Batch = Mapping[str, Any]
 NEIGHBOURS = 10  # k of the nearest-neighbour overlap
@@ -79,7 +80,7 @@ def embed(model: nn.Module, batches: Iterable[Batch], pooling: str = "mean", nor
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 check_token_ids(model, batch, f"batch {i}")
-                inputs = to_device({k: v for k, v in batch.items() if k != "labels"}, device)
+                inputs = to_device(without_labels(batch), device)
                 with autocast(device, autocast_dtype):
                     rows.append(objective.outputs(model, inputs).float().cpu())
     finally:

@@ -387,3 +387,21 @@ def test_the_prune_command_removes_the_least_important_layers(model_dir, data_cs
                           (["--data", str(data_csv), "--keep-flops", "0.5", "--drop-layers", "-1"], "0 or more")):
         assert main(["prune", "--model", str(model_dir), *argv, "--out", str(tmp_path / "x")]) != 0
         assert message in capsys.readouterr().err
+
+
+def test_reconstruction_feeds_the_model_no_task_labels():
+    """A QA batch's start / end positions (any task's label keys) never reach the forwards the refit runs."""
+    from transformers import AutoModelForQuestionAnswering
+
+    torch.manual_seed(11)
+    cfg = family({"model_type": "bert"}).config(TINY["hidden"], TINY["heads"], TINY["ffn"], LAYERS,
+                                                vocab_size=TINY["vocab"], max_position_embeddings=64)
+    model = AutoModelForQuestionAnswering.from_config(cfg).eval()
+    batches = tiny_batches(n_batches=4, batch_size=8, seed=11)
+    for b in batches:
+        del b["labels"]
+        b["start_positions"], b["end_positions"] = torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    dc.reconstruct(dc.prune(model, full_widths_dropping(model, [2])), model, batches)
+    assert seen and all(not keys & {"start_positions", "end_positions", "labels"} for keys in seen)

@@ -31,6 +31,7 @@ from ..arch import OUTPUT_ROLES, encoder_layers
 from ..errors import DeepCutsError, first_line
 from ..families import family
 from ..families.depth import layer_ids
+from ..tasks import without_labels
 from ..hashing import model_fingerprint
 from ..precision import autocast, choose
 from ..models import model_device, to_device
@@ -115,8 +116,8 @@ def check_source(slim: nn.Module, dense: nn.Module) -> None:
 
 
 def _model_inputs(batches: Iterable[Mapping[str, torch.Tensor]], device) -> list[dict]:
-    """The batches without labels, on `device`; refused when empty or without a single real token."""
-    batch_list = [to_device({k: v for k, v in b.items() if k != "labels"}, device) for b in batches]
+    """The batches without any task's labels, on `device`; refused when empty or without a single real token."""
+    batch_list = [to_device(without_labels(b), device) for b in batches]
     if not batch_list:
         raise DeepCutsError("reconstruction needs calibration batches; the data is empty")
     if all("attention_mask" in b and not bool(b["attention_mask"].any()) for b in batch_list):

@@ -37,6 +37,13 @@ def _collect() -> None:
 _collect()
 
 
+def without_labels(batch):
+    """`batch` without any task's label keys (`labels`, `start_positions`, ...): what a model's forward takes as
+    inputs alone, so no loss is computed where only the activations are wanted."""
+    keys = {k for task in TASKS.values() for k in task.labels}
+    return {k: v for k, v in batch.items() if k not in keys}
+
+
 def task_named(name: str | Task) -> Task:
     """The Task called `name` (a Task passes through), or one clear error listing the names."""
     if isinstance(name, Task):
