@@ -13,7 +13,7 @@ calibrated on random token ids). Latency: median and IQR at `--batch-sizes`, seq
 steady, in interleaved rounds; the allocator, threads and CPU are printed with the table.
 
     python benchmarks/bench_deploy.py [--families minilm,minilm-shape,bert-base] [--batch-sizes 1,32]
-        [--runtimes torch,ort,openvino] [--repeats 10] [--out /tmp/deploy]
+        [--runtimes torch,ort,openvino] [--repeats 10] [--out /tmp/deploy] [--keep 0.5] [--drop-layers 0]
 """
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ def main(argv=None) -> None:
     ap.add_argument("--runtimes", default=None, help="comma-separated runtimes (default: every installed one)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", type=Path, default=None, help="folder for the artifacts (default: a temp folder)")
+    ap.add_argument("--keep", type=float, default=KEEP, help="keep_flops of the slim models")
+    ap.add_argument("--drop-layers", type=int, default=0,
+                    help="minilm: also remove this many whole layers (the least important by dc.layer_importance on "
+                         "the calibration reviews; the shape-only models: the last ones)")
     args = ap.parse_args(argv)
     families = args.families.split(",")
     unknown = [f for f in families if f not in FAMILIES]
@@ -58,8 +62,9 @@ def main(argv=None) -> None:
     bf16 = choose("infer", torch.device("cpu"), "auto").name == "bf16"
     print(f"machine: {describe_cpu()}; {allocator()}; bf16 native: {bf16}", flush=True)
     for family in families:
-        dense, slim, tok, test, calibration = FAMILIES[family]()
-        print(f"{family} slim: heads per layer {slim.config.deepcuts_heads}, "
+        dense, slim, tok, test, calibration = FAMILIES[family](args.keep, args.drop_layers)
+        print(f"{family} slim (keep_flops {args.keep}, layers kept {getattr(slim.config, 'deepcuts_layer_ids', 'all')}): "
+              f"heads per layer {slim.config.deepcuts_heads}, "
               f"FFN neurons per layer {slim.config.deepcuts_ffn}", flush=True)
         folder = None if args.out is None else args.out / family
         result = compare_deployment(dense, slim, tok, folder, test=test, calibration=calibration,
@@ -73,32 +78,35 @@ def main(argv=None) -> None:
             print(f"Warning: {w}.")
 
 
-def minilm() -> tuple[nn.Module, nn.Module, object, list, list]:
+def minilm(keep: float = KEEP, drop_layers: int = 0) -> tuple[nn.Module, nn.Module, object, list, list]:
     task = dc.task_model("minilm-rt", progress=False)
     model, tok = task.model, task.tokenizer
     train = encode_labels(load_dataset("rotten_tomatoes", "train"), model.config)
     test = encode_labels(load_dataset("rotten_tomatoes", "test"), model.config)
     calibration = make_batches(train, tok, batch_size=64, max_length=64, shuffle=True, seed=0, limit=2048,
                                sort_by_length=True)
-    slim, _, info = dc.prune_without_retraining(model, calibration, keep_flops=KEEP, seq_len=128)
+    slim, _, info = dc.prune_without_retraining(model, calibration, keep_flops=keep, seq_len=128,
+                                                drop_layers=drop_layers or None)
     print(f"minilm slim: {info['flops_kept']:.3f} of the FLOPs, pipeline {info['timings']['total']:.1f} s", flush=True)
     test = make_batches(test, tok, batch_size=64, max_length=64, sort_by_length=True)
     return model, slim, tok, test, calibration[:4]  # 256 reviews calibrate OpenVINO int8, as dc.deploy's default
 
 
-def shape_only(family: str) -> tuple[nn.Module, nn.Module, object, None, None]:
+def shape_only(family: str, keep: float = KEEP, drop_layers: int = 0) -> tuple[nn.Module, nn.Module, object, None, None]:
     """A family's dense model (`model_families.dense_model`) and its slim model from a magnitude plan at KEEP,
     for latency only (no test data; int8 calibrated on random token ids)."""
     model, tok = dense_model(family), dc.load_tokenizer("minilm")  # BERT's 30,522-token vocabulary, as MiniLM's
     scores = dc.score(model, None, "magnitude", granularity="unit", progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # magnitude scores have no Fisher estimate: normalised per layer
-        plan = dc.plan(model, scores, keep_flops=KEEP, seq_len=128)
+        layers = model.config.num_hidden_layers
+        plan = dc.plan(model, scores, keep_flops=keep, seq_len=128,
+                       drop_layers=list(range(layers - drop_layers, layers)) or None)
     return model, dc.prune(model, plan), tok, None, None
 
 
-FAMILIES = {"minilm": minilm, "minilm-shape": lambda: shape_only("minilm"),
-            "bert-base": lambda: shape_only("bert-base")}
+FAMILIES = {"minilm": minilm, "minilm-shape": lambda *a: shape_only("minilm", *a),
+            "bert-base": lambda *a: shape_only("bert-base", *a)}
 
 if __name__ == "__main__":
     main()
