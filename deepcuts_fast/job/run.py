@@ -237,6 +237,7 @@ class MainJob:
         def compute() -> dict:
             slim = from_pretrained(self.out / row["saved_to"])
             result = compare_deployment(self.model, slim, self.task.tokenizer, test=self.evaluation.test,
+                                        calibration=self.calibration,  # OpenVINO int8 on reviews, not random ids
                                         batch_sizes=(c.latency_batch,), seq_len=self.seq_len,
                                         repeats=c.latency_repeats, log=self.log)
             return {"keep_flops": c.deploy_keep, "criterion": row["criterion"], "folder": row["saved_to"], **result}
