@@ -106,6 +106,7 @@ def test_errors_are_one_line_with_non_zero_exit_and_no_output_file(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".scores")]
 
 
+@pytest.mark.isa_independent  # help texts and one refusal: the portable pass skips it
 def test_console_script_help_and_clean_failure(tmp_path):
     exe = [sys.executable, "-m", "deepcuts_fast.cli"]
     for sub in ([], ["score"], ["eval"], ["run"]):

@@ -17,6 +17,9 @@ from deepcuts_fast.data import TextDataset, check_labels, encode_labels, load_da
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.models import load_tokenizer
 
+# The portable pass (make test-portable) skips this file: data loading, parsing and batching (integer token ids)
+pytestmark = pytest.mark.isa_independent
+
 
 @pytest.fixture(scope="module")
 def tokenizer():

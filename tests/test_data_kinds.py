@@ -17,6 +17,11 @@ from deepcuts_fast.data.synthetic import KINDS, make_rows
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.outputs import MANIFEST
 
+# The portable pass (make test-portable) skips this file: the data generator, data errors, and the job on each data
+# kind, which asserts how the data was read (sizes, class names, lengths); the job's ISA- and thread-dependent steps
+# (scoring, pruning, latency, deployment) run in that pass through test_main_job.py and test_cli.py
+pytestmark = pytest.mark.isa_independent
+
 SMALL = {"train": 40, "validation": 12, "test": 5}  # a test split of 5 misses classes of the 6-class kind
 
 

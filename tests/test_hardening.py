@@ -14,6 +14,10 @@ import deepcuts_fast as dc
 from deepcuts_fast import cli
 from deepcuts_fast.errors import DeepCutsError
 
+# The portable pass (make test-portable) skips this file: what is read (safetensors only), one-line CLI failures,
+# no partial outputs, the benchmark scripts' --help
+pytestmark = pytest.mark.isa_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 UNSAFE = re.compile(r"\btorch\.load\(|\bimport pickle|\bpickle\.|\bcloudpickle|\bdill\b|\bjoblib\b|allow_pickle"
                     r"|use_safetensors\s*=\s*False|safe_serialization\s*=\s*False|_object_list\(|_object\(")

@@ -15,6 +15,9 @@ from deepcuts_fast.data import load_dataset
 from deepcuts_fast.data.files import FIELD_LIMIT
 from deepcuts_fast.errors import DeepCutsError
 
+# The portable pass (make test-portable) skips this file: malformed data files refused with one line
+pytestmark = pytest.mark.isa_independent
+
 EXTRA_CSV = "text,label\ngood film,1\nbad film,0\nit was 1,0,1\nawful,0\n"  # unquoted comma on line 4
 EXTRA_TSV = "text\tlabel\ngood film\t1\nit was\t1\t0\n"
 DUPLICATE = "text,label,label\ngood film,1,0\n"

@@ -27,6 +27,9 @@ from deepcuts_fast.outputs import MANIFEST, check_file, read_manifest, write_fil
 from deepcuts_fast.cli import main
 from deepcuts_fast.errors import DeepCutsError
 
+# The portable pass (make test-portable) skips this file: output paths, symbolic links, manifests and locks
+pytestmark = pytest.mark.isa_independent
+
 
 @dataclass(frozen=True)
 class Inputs:

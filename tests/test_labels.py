@@ -14,6 +14,9 @@ from deepcuts_fast.data import TextDataset, check_labels, encode_labels, load_da
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.train import evaluate
 
+# The portable pass (make test-portable) skips this file: class-name mappings, asserted as mappings
+pytestmark = pytest.mark.isa_independent
+
 MNLI = {"entailment": 0, "neutral": 1, "contradiction": 2}
 
 

@@ -18,6 +18,9 @@ from deepcuts_fast.job import plots  # noqa: E402
 from deepcuts_fast.job.goals import ANCHOR_DATA  # noqa: E402
 from deepcuts_fast.job.report import PLOT_CAPTIONS  # noqa: E402
 
+# The portable pass (make test-portable) skips this file: PNGs drawn from stored results.json files, no model computed
+pytestmark = pytest.mark.isa_independent
+
 DATA = Path(__file__).parent / "data"
 KINDS = ("quick", "full_tiny")
 EVERY_PLOT = {"paper_accuracy.png", "structured_speedup.png", "kept_units.png", "retraining_free.png",

@@ -9,6 +9,9 @@ import pytest
 
 from deepcuts_fast import stats
 
+# The portable pass (make test-portable) skips this file: paired statistics on hand-checkable integer cases
+pytestmark = pytest.mark.isa_independent
+
 
 def test_ids_round_trip_compactly():
     ids = [0, 1, 2, 9, 10, 35, 61]

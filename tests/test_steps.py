@@ -9,6 +9,9 @@ import pytest
 from deepcuts_fast.code_fingerprint import PACKAGE_ROOT, code_fingerprint, module_closure
 from deepcuts_fast.job.steps import StepStore
 
+# The portable pass (make test-portable) skips this file: resumable steps keyed by their code
+pytestmark = pytest.mark.isa_independent
+
 PRESENTATION = {"deepcuts_fast.job.report", "deepcuts_fast.job.plots", "deepcuts_fast.job.plot_style",
                 "deepcuts_fast.job.structured_plots", "deepcuts_fast.job.run", "deepcuts_fast.cli",
                 *(f"deepcuts_fast.cli.{p.stem}" for p in (PACKAGE_ROOT / "cli").glob("*.py"))}

@@ -145,8 +145,9 @@ def _check_file_task(config, name: str) -> None:
     keys = " and ".join(f"`{k}`" for k in saved.labels)
     shape = "per token, shaped (batch, tokens), -100 where a token has none" if saved.per_token else \
         "per example, shaped (batch,)"
-    raise DeepCutsError(f"model {name!r} is a {saved.name} model, and data files carry one label per text (a "
-                        f"sequence classifier's): evaluating a {saved.name} model on file data is not supported yet; "
+    classes = "/".join(getattr(config, "architectures", None) or []) or "its saved head"
+    raise DeepCutsError(f"model {name!r} ({classes}) is a {saved.name} model, and data files carry one label per "
+                        f"text (a sequence classifier's): evaluating a {saved.name} model on file data is not supported yet; "
                         f"evaluate it in Python with dc.evaluate(model, batches), the batches carrying {keys} "
                         f"{shape}")
 
