@@ -135,6 +135,16 @@ def encoder_dir(tmp_path_factory):
     return _save_tiny_bert(tmp_path_factory, "tiny_encoder", head=False, seed=1)
 
 
+def split_csv(data_csv, folder, n_train: int) -> list[list[str]]:
+    """Write `folder`/train.csv (the first `n_train` rows of `data_csv`) and test.csv (the rest); the test rows."""
+    with open(data_csv, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    for split, part in (("train", rows[:n_train]), ("test", rows[n_train:])):
+        with (folder / f"{split}.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([header, *part])
+    return rows[n_train:]
+
+
 @pytest.fixture(scope="session")
 def data_csv(tmp_path_factory):
     g = torch.Generator().manual_seed(0)

@@ -1,10 +1,10 @@
 """`deepcuts eval --model SLIM --baseline DENSE`: embedding metrics of a slim encoder against its dense model."""
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
+from conftest import split_csv
 
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
@@ -19,12 +19,8 @@ def run(argv, capsys):
 @pytest.fixture(scope="module")
 def split_data(data_csv, tmp_path_factory):
     """A folder with train.csv and test.csv: the tiny CSV's first 12 rows and its last 12."""
-    with open(data_csv, newline="") as f:
-        header, *rows = list(csv.reader(f))
     folder = tmp_path_factory.mktemp("splits")
-    for split, part in (("train", rows[:12]), ("test", rows[12:])):
-        with (folder / f"{split}.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([header, *part])
+    split_csv(data_csv, folder, 12)
     return folder
 
 

@@ -5,7 +5,6 @@ refusals (embedding models; token / QA models on text files); and `deepcuts prun
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import random
 import re
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import TINY, tiny_batches, tiny_model
+from conftest import TINY, split_csv, tiny_batches, tiny_model
 
 import deepcuts_fast as dc
 from deepcuts_fast.cli import main
@@ -344,13 +343,8 @@ def test_eval_of_a_token_or_qa_folder_on_a_text_file_says_what_to_use(task, keys
 @pytest.fixture(scope="module")
 def split_data(data_csv, tmp_path_factory):
     """A folder with train.csv (the tiny CSV's first 14 rows) and test.csv (its last 10)."""
-    with open(data_csv, newline="") as f:
-        header, *rows = list(csv.reader(f))
     folder = tmp_path_factory.mktemp("splits")
-    for split, part in (("train", rows[:14]), ("test", rows[14:])):
-        with (folder / f"{split}.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([header, *part])
-    return folder, rows[14:]
+    return folder, split_csv(data_csv, folder, 14)
 
 
 def one_by_one(model, tokenizer, rows: list) -> tuple[float, float]:
