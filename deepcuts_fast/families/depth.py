@@ -57,12 +57,8 @@ def remove_layers(model: nn.Module, dropped: Sequence[int]) -> None:
     setattr(parent, name, nn.ModuleList(layers[i] for i in kept))
     config = model.config
     setattr(config, fam.shape_names[3], len(kept))
-    for attr in fam.per_layer_config:
+    for attr in (*fam.per_layer_config, "deepcuts_heads", "deepcuts_ffn"):  # one entry per layer
         values = getattr(config, attr, None)
         if isinstance(values, (list, tuple)) and len(values) == len(layers):
-            setattr(config, attr, [values[i] for i in kept])
-    for attr in ("deepcuts_heads", "deepcuts_ffn"):
-        values = getattr(config, attr, None)
-        if isinstance(values, list) and len(values) == len(layers):
             setattr(config, attr, [values[i] for i in kept])
     setattr(config, LAYER_IDS, [ids[i] for i in kept])

@@ -11,6 +11,8 @@ from torch import nn
 from ..arch import encoder_layers
 from ..errors import DeepCutsError, short_repr
 from ..families import family
+from ..families.depth import check_removable
+from .plan import _is_int
 
 
 def dropped_layers(model: nn.Module, drop_layers: int | Sequence[int] | None,
@@ -24,13 +26,12 @@ def dropped_layers(model: nn.Module, drop_layers: int | Sequence[int] | None,
     if scope != "global":
         raise DeepCutsError("drop_layers removes whole layers, which only a global budget can weigh against the "
                             "units of other layers; use scope='global'")
-    removable = family(model).removable_layers(model.config)
     if _is_int(drop_layers):
         if not 0 < drop_layers < count:
             raise DeepCutsError(f"drop_layers={drop_layers}: the model has {count} encoder layers; remove between 1 "
                                 f"and {count - 1} of them")
         scores = _layer_scores(layer_scores, count)
-        order = sorted(removable, key=lambda i: (scores[i], -i))
+        order = sorted(family(model).removable_layers(model.config), key=lambda i: (scores[i], -i))
         if drop_layers > len(order):
             raise DeepCutsError(f"drop_layers={drop_layers}, but only {len(order)} layers of this "
                                 f"{family(model).model_type} model can be removed whole")
@@ -43,10 +44,7 @@ def dropped_layers(model: nn.Module, drop_layers: int | Sequence[int] | None,
         raise DeepCutsError(f"drop_layers names layer {outside[0]}; the model has layers 0..{count - 1}")
     if len(chosen) == count:
         raise DeepCutsError(f"drop_layers names all {count} layers; keep at least one")
-    refused = [i for i in chosen if i not in removable]
-    if refused:
-        raise DeepCutsError(f"layer {refused[0]} of this {family(model).model_type} model cannot be removed whole "
-                            "(its family builds the first layer unlike the others); remove other layers")
+    check_removable(model, chosen)
     return chosen
 
 
@@ -60,7 +58,3 @@ def _layer_scores(layer_scores: Sequence[float] | None, count: int) -> list[floa
         raise DeepCutsError(f"layer_scores must hold one number per encoder layer ({count}), not NaN; got "
                             f"{short_repr(layer_scores)}")
     return [float(v) for v in values]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

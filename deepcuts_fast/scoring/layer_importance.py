@@ -19,9 +19,8 @@ from ..errors import DeepCutsError
 from ..families import family
 from ..families.depth import remove_layers
 from ..models import model_device, to_device
+from ..tasks import without_labels
 from .objective import Objective, pool, resolve_objective
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 def layer_importance(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> list[float]:
@@ -32,7 +31,7 @@ def layer_importance(model: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     if not isinstance(model, nn.Module):
         raise DeepCutsError(f"layer_importance takes a torch model, got {type(model).__name__}")
     device = model_device(model)
-    inputs = [to_device({k: v for k, v in b.items() if k in MODEL_INPUTS}, device) for b in batches]
+    inputs = [to_device(without_labels(b), device) for b in batches]
     if not inputs or not all("input_ids" in b for b in inputs):
         raise DeepCutsError("layer_importance needs calibration batches with input_ids; the data is empty")
     objective = resolve_objective(model, None, "distill", announce=False)
