@@ -18,7 +18,7 @@ from .errors import DeepCutsError
 from .models import check_token_ids, model_device, to_device
 from .precision import autocast, choose
 from .stats import encode_ids
-from .tasks import SEQUENCE, Task, model_task, task_named
+from .tasks import SEQUENCE, Task, task_of_head
 from .tasks.base import Collected, Measured
 from .tasks.sequence_classification import classification as classification_metric
 from .tasks.sequence_classification import regression as regression_metric
@@ -235,11 +235,6 @@ class EvalResult:
         return out
 
 
-def _task_of(model: nn.Module) -> Task:
-    """The task a model is evaluated as: its class's (sequence classification for a class of no known task)."""
-    return model_task(model) or task_named(SEQUENCE)
-
-
 def _collected(model: nn.Module, task: Task, batches: Iterable[Batch], dtype: torch.dtype | None,
                progress: bool) -> Iterator[Collected]:
     """Per batch: the task's fp32 outputs and its labels on the CPU, computed without gradients; a batch without
@@ -283,7 +278,7 @@ def evaluate(
     model. `dtype` is fp32 by default, so metrics compare across machines; "auto" (the fastest dtype the device
     runs natively, as `deepcuts_fast.precision` decides) or an explicit bf16 / fp16 autocasts the forwards.
     """
-    task = _task_of(model)
+    task = task_of_head(model)
     task.check_measurable()
     autocast_dtype = choose("infer", model_device(model), dtype).autocast_dtype
     was_training = model.training

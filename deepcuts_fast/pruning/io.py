@@ -20,7 +20,7 @@ from ..models import (TOKENIZER_FILES, WEIGHTS_FILE, check_finite_weights, check
                       load_tokenizer, max_positions, model_device, resolve_model_path, weight_problems)
 from ..outputs import write_file, write_folder
 from ..planning.plan import Plan
-from ..tasks import SEQUENCE, model_task, saved_task, task_named
+from ..tasks import SEQUENCE, saved_task, task_named, task_of_head
 from .remote_code import add_remote_code
 from .sentence_folder import copy_sentence_files, sentence_source
 from ..families.narrowing import shrink
@@ -286,7 +286,7 @@ class _TaskOutputs(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.outputs = (model_task(model) or task_named(SEQUENCE)).outputs
+        self.outputs = task_of_head(model).outputs
         self._was_training = model.training
 
     def __enter__(self) -> "_TaskOutputs":

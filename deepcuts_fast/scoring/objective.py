@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DeepCutsError, check_choice
-from ..tasks import IGNORED, SEQUENCE, TASKS, Task, model_task, saved_task, task_named
+from ..tasks import IGNORED, SEQUENCE, TASKS, Task, saved_task, task_named, task_of_head
 
 OBJECTIVES = ("auto", "labels", "distill")
 """`objective=` values: labels when the data has them and the model a trained head (auto), or always / never."""
@@ -146,14 +146,9 @@ def head_state(model: nn.Module) -> str:
     if getattr(model, "base_model", model) is model:
         return "none"
     saved_as = getattr(model.config, "architectures", None) or []
-    if getattr(model.config, UNTRAINED_HEAD, False) or (saved_as and saved_task(model.config) != _task_of(model)):
+    if getattr(model.config, UNTRAINED_HEAD, False) or (saved_as and saved_task(model.config) != task_of_head(model)):
         return "random"
     return "trained"
-
-
-def _task_of(model: nn.Module) -> Task:
-    """The task of a model with a head (sequence classification for a head class of no known task)."""
-    return model_task(model) or task_named(SEQUENCE)
 
 
 def mark_untrained_head(model: nn.Module) -> nn.Module:
@@ -170,7 +165,7 @@ def resolve_objective(model: nn.Module, batches: Sequence[Mapping] | None, reque
     on stderr (`announce`); "labels" is refused where it would need a head or labels that are not there."""
     check_choice("objective", requested, OBJECTIVES)
     head = head_state(model)
-    task = _task_of(model) if head != "none" else task_named(SEQUENCE)
+    task = task_of_head(model) if head != "none" else task_named(SEQUENCE)
     missing = next((i for i, b in enumerate(batches or []) if task.batch_labels(b) is None), None)
     if requested == "labels":
         if head != "trained":
@@ -198,7 +193,7 @@ def _distillation(model: nn.Module, head: str) -> Objective:
     """Distillation through the trained head's logits, else through the encoder's pooled embedding (the pooling
     of the model folder's sentence-transformers config when it has one, else the mean over real tokens)."""
     if head == "trained":
-        return Objective("distill", task=_task_of(model).name)
+        return Objective("distill", task=task_of_head(model).name)
     pooling, normalize = sentence_pooling(getattr(model.config, "_name_or_path", "") or "")
     return Objective("distill", output="embedding", pooling=pooling, normalize=normalize)
 

@@ -79,4 +79,10 @@ def model_task(model) -> Task | None:
     return _of_class(type(model).__name__)
 
 
-__all__ = ["EMBEDDING", "IGNORED", "REFUSED", "SEQUENCE", "TASKS", "Task", "model_task", "saved_task", "task_named"]
+def task_of_head(model) -> Task:
+    """The task of a model with a head: its class's (sequence classification for a head class of no known task)."""
+    return model_task(model) or task_named(SEQUENCE)
+
+
+__all__ = ["EMBEDDING", "IGNORED", "REFUSED", "SEQUENCE", "TASKS", "Task", "model_task", "saved_task", "task_named",
+           "task_of_head", "without_labels"]
