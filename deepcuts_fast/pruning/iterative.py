@@ -37,6 +37,7 @@ from ..precision import autocast, choose
 from ..scoring.scores import Scores
 from .reconstruct import (_advance, _first_layer_calls, dense_walk, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
+from ..families import family
 from ..families.depth import remove_layers
 from ..families.narrowing import shrink
 from .slicing import record_cut
@@ -107,6 +108,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             work_calls = list(dense_calls)  # the copy's first layer is called the same way
             changed = False  # whether the copy computes anything differently from the dense model yet
             walk = dense_walk(dense, set(counts.kept_layers), dense_calls)
+            pre_norm = family(dense).output_norm is None
             for i, layer in enumerate(encoder_layers(work)):
                 if i in counts.dropped:  # the copy skips it; the dense model runs it (in `walk`)
                     kept["heads"].append([])
@@ -126,7 +128,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                         kept[kind].append(list(range(width)))
                         continue
                     linear = layer.linears[role]
-                    gram, cross = _normal_equations(module, linear, work_calls, targets[role])
+                    gram, cross = _normal_equations(module, layer, role, work_calls, targets[role], pre_norm)
                     clock = _add(timings, "grams", clock)
                     if selection == "output" or (selection == "output-heads" and kind == "heads"):
                         units = obs_keep(gram, cross, group, count, ridge, None if group > 1 else neuron_steps)

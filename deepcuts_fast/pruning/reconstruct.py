@@ -76,13 +76,13 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
         with torch.no_grad(), autocast(device, autocast_dtype):
             slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
             slim_layers = dict(zip(counterpart, encoder_layers(refit)))
+            pre_norm = family(dense).output_norm is None
             for i, targets in dense_walk(dense, set(slim_layers), dense_calls):
                 layer = slim_layers[i]
                 module = refit.get_submodule(layer.prefix)
                 for role in REFIT_ROLES:
-                    linear = layer.linears[role]
-                    gram, cross = _normal_equations(module, linear, slim_calls, targets[role])
-                    _solve_into(linear, gram, cross, ridge)
+                    gram, cross = _normal_equations(module, layer, role, slim_calls, targets[role], pre_norm)
+                    _solve_into(layer.linears[role], gram, cross, ridge)
                 slim_calls = [_advance(module, call) for call in slim_calls]
     finally:
         dense.train(was_training)
@@ -165,9 +165,9 @@ def _tokens(t: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
 
 def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
     """Run the dense model layer by layer from `calls` (its first layer's); for each layer in `kept` (the slim model's
-    counterparts), in order, yield (its index, its refit targets: per role, the output projection's outputs on every
-    batch), the FFN output's bridged over the removed layers that follow it (`_bridge`)."""
-    norm_path = family(dense).output_norm
+    counterparts), in order, yield (its index, its refit targets: per role, the dense residual sum that role's output
+    is added into, on every batch), the FFN output's bridged over the removed layers that follow it (`_bridge`)."""
+    fam = family(dense)
     layers = encoder_layers(dense)
     i = 0
     while i < len(layers):
@@ -177,62 +177,86 @@ def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
             i += 1
             continue
         end = next((j for j in range(i + 1, len(layers)) if j in kept), len(layers))
-        bridged = end > i + 1
-        norm = module.get_submodule(norm_path) if norm_path is not None and bridged else None
-        targets, calls, sums = _dense_targets(module, layers[i], calls, norm, residual=bridged)
-        if bridged:
+        targets, calls = _dense_targets(module, layers[i], calls, fam.output_norm is None)
+        if end > i + 1:
+            norm = None if fam.output_norm is None else module.get_submodule(fam.output_norm)
             for j in range(i + 1, end):
                 calls = [_advance(dense.get_submodule(layers[j].prefix), call) for call in calls]
-            targets["ffn_out"] = [_bridge(t, z, _tokens(call.hidden, call.real), norm)
-                                  for t, z, call in zip(targets["ffn_out"], sums, calls)]
+            targets["ffn_out"] = [_bridge(z, _tokens(call.hidden, call.real), norm)
+                                  for z, call in zip(targets["ffn_out"], calls)]
         yield i, targets
         i = end
 
 
-def _bridge(target: torch.Tensor, residual_sum: torch.Tensor, after: torch.Tensor, norm: nn.Module | None):
-    """The FFN output projection's target moved so that its layer outputs `after` (the dense hidden states after the
-    removed layers) instead: by the gap between the residual sum that gives `after` and the one the layer has, where
-    in a post-norm layer the sum that gives `after` is the output LayerNorm's inverse at each token's own mean and
-    scale (the identity for a removed layer that changed nothing)."""
-    if norm is None:  # pre-norm: the layer's output is its residual sum
-        return target + (after - residual_sum)
+def _bridge(residual_sum: torch.Tensor, after: torch.Tensor, norm: nn.Module | None):
+    """The residual sum that makes a layer output `after` (the dense hidden states after the removed layers that
+    follow it) instead of what its own `residual_sum` gives: `after` itself in a pre-norm layer, whose output is the
+    sum; in a post-norm layer the output LayerNorm's inverse of `after` at each token's own mean and scale (the sum
+    itself for a removed layer that changed nothing)."""
+    if norm is None:
+        return after
     gamma = norm.weight.detach().float()
     floor = 1e-3 * float(gamma.abs().mean())  # a near-zero scale would blow the inverse up
     gamma = torch.where(gamma >= 0, gamma.clamp_min(floor), gamma.clamp_max(-floor))
     beta = norm.bias.detach().float() if getattr(norm, "bias", None) is not None else 0.0
     mean = residual_sum.mean(-1, keepdim=True)
     scale = (residual_sum.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
-    return target + (mean + scale * (after - beta) / gamma - residual_sum)
+    return mean + scale * (after - beta) / gamma
 
 
-def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall], norm: nn.Module | None = None,
-                   residual: bool = False) -> tuple[dict, list[_LayerCall], list]:
-    """Per role, the dense layer's output-projection outputs on every batch; the next calls; and with `residual` the
-    residual sums at the real tokens (the input of `norm`, the layer's output LayerNorm, or without one the layer's
-    output)."""
+@contextlib.contextmanager
+def _residuals(layer, pre_norm: bool):
+    """A reader (call, role, the role's output) -> the residual stream that `role`'s output is added to, at the real
+    tokens, for a forward of the layer made inside this block: the layer's input for the attention output; for the
+    FFN output, in a post-norm layer the FFN's input (the attention block's normalised output), in a pre-norm layer
+    the layer's input plus the attention output."""
+    seen: dict = {}
+    source, where = (layer.linears["attn_out"], "output") if pre_norm else (layer.linears["ffn_in"], "input")
+    if where == "output":
+        handle = source.register_forward_hook(lambda m, args, out: seen.__setitem__("ffn", out))
+    else:
+        handle = source.register_forward_pre_hook(lambda m, args: seen.__setitem__("ffn", args[0]))
+
+    def read(call: _LayerCall, role: str) -> torch.Tensor:
+        if role == "attn_out":
+            return _tokens(call.hidden, call.real)
+        ffn = _tokens(seen["ffn"], call.real)
+        return _tokens(call.hidden, call.real) + ffn if pre_norm else ffn
+
+    try:
+        yield read
+    finally:
+        handle.remove()
+
+
+def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall],
+                   pre_norm: bool) -> tuple[dict, list[_LayerCall]]:
+    """Per role, the dense layer's residual sums (the output projection's output plus the residual it is added to)
+    at the real tokens of every batch; and the next layer's calls."""
     targets: dict = {role: [] for role in REFIT_ROLES}
     captured: dict = {}
     handles = [layer.linears[role].register_forward_hook(
         lambda m, i, out, role=role: captured.__setitem__(role, out)) for role in REFIT_ROLES]
-    if norm is not None:
-        handles.append(norm.register_forward_pre_hook(lambda m, args: captured.__setitem__("sum", args[0])))
-    nxt, sums = [], []
+    nxt = []
     try:
-        for call in calls:
-            nxt.append(_advance(module, call))
-            for role in REFIT_ROLES:
-                targets[role].append(_tokens(captured[role], call.real))
-            if residual:
-                sums.append(_tokens(captured["sum"] if norm is not None else nxt[-1].hidden, call.real))
+        with _residuals(layer, pre_norm) as residual:
+            for call in calls:
+                nxt.append(_advance(module, call))
+                for role in REFIT_ROLES:
+                    targets[role].append(_tokens(captured[role], call.real) + residual(call, role))
     finally:
         for h in handles:
             h.remove()
-    return targets, nxt, sums
+    return targets, nxt
 
 
-def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCall], targets: list):
-    """X^T X and X^T Y over the calibration tokens, X = [slim input of `linear`, 1], summed in float64 on
-    the model's device (one copy to the host at the end, not one per batch)."""
+def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCall], targets: list,
+                      pre_norm: bool):
+    """X^T X and X^T Y over the calibration tokens, X = [slim input of the `role` Linear, 1], Y = the dense residual
+    sums `targets` minus the slim layer's own residual there: the Linear is fit to make the slim residual sum the
+    dense one, so it also makes up for what the layers below left different. Summed in float64 on the model's
+    device (one copy to the host at the end, not one per batch)."""
+    linear = layer.linears[role]
     k, device = linear.in_features, linear.weight.device
     gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)
     cross = torch.zeros(k + 1, linear.out_features, dtype=torch.float64, device=device)
@@ -244,15 +268,17 @@ def _normal_equations(module: nn.Module, linear: nn.Linear, calls: list[_LayerCa
 
     handle = linear.register_forward_pre_hook(grab)
     try:
-        for call, target in zip(calls, targets):
-            captured.clear()
-            with contextlib.suppress(_Stop):
-                _run(module, call)
-            x = _tokens(captured[0], call.real)
-            x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-            with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
-                gram += (x.T @ x).double()
-                cross += (x.T @ target).double()
+        with _residuals(layer, pre_norm) as residual:
+            for call, target in zip(calls, targets):
+                captured.clear()
+                with contextlib.suppress(_Stop):
+                    _run(module, call)
+                x = _tokens(captured[0], call.real)
+                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+                y = target - residual(call, role)
+                with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
+                    gram += (x.T @ x).double()
+                    cross += (x.T @ y).double()
     finally:
         handle.remove()
     return gram.cpu(), cross.cpu()
