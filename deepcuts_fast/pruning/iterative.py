@@ -5,8 +5,8 @@ number of heads and FFN neurons each layer keeps comes from a plan (the global F
 ones it keeps is chosen here, bottom-up, sublayer by sublayer (layer 0 attention, layer 0 FFN, layer
 1 attention, ...), on a copy of the dense model whose lower sublayers are already pruned and refit.
 For a sublayer's output projection, X is its full-width input on that copy (every head's context or
-every FFN activation, real tokens only, plus a ones column for the bias) and Y the dense model's output
-of the same projection on the dense model's own inputs (the targets of `reconstruct`). With
+every FFN activation, real tokens only, plus a ones column for the bias) and Y the dense model's residual sum
+there less the copy's own residual (the targets of `reconstruct`). With
 G = X^T X, C = X^T Y and W = G^-1 C (ridge-regularised), removing a group of columns g and refitting the
 rest raises the squared error by tr(W_g^T [(G^-1)_gg]^-1 W_g): group-OBS backward elimination removes the
 cheapest group, downdates G^-1 (Schur complement) and W, and repeats until the planned count is left

@@ -1,10 +1,12 @@
 """Reconstruction without retraining: least-squares refit of each slim layer's output projections.
 
 Layer by layer, from the first, the attention-output and FFN-output Linears of the slim model are
-refit (weights and bias) so that, on the calibration tokens, they reproduce what the dense model's
-same Linears produce (the idea of Kwon et al. 2022's mask tuning, with whole weight matrices
-instead of one scale per unit). Inputs come from the slim model's own forward pass with the
-earlier layers already refit, so errors do not pile up. Each layer's inputs are kept between
+refit (weights and bias) so that, on the calibration tokens, the residual sum each one's output is
+added into (its output plus the residual stream) is the dense model's (the idea of Kwon et al. 2022's
+mask tuning, with whole weight matrices instead of one scale per unit). Inputs come from the slim
+model's own forward pass with the earlier layers already refit, and the target is the dense sum less
+the slim model's own residual there, so each fit also makes up for what the layers below left
+different and errors do not pile up. Each layer's inputs are kept between
 layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
 model running twice per layer. A slim model with layers removed whole is matched to the dense layers by where each
 of its layers came from (`families.depth.layer_ids`), and the dense model runs its removed layers too. The kept
