@@ -42,6 +42,7 @@ from deepcuts_fast.machine import machine_info  # noqa: E402
 from deepcuts_fast.scoring.objective import sentence_pooling  # noqa: E402
 from deepcuts_fast.stats import compare, decode_ids, encode_ids, points  # noqa: E402
 
+RECOVERED = "distill + label-free recovery (dc.distill)"
 GOALS = {"cosine": 0.95, "overlap": 0.70, "probe_points": 1.0}
 
 
@@ -58,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--criterion", default="fisher", help="criterion of dc.prune_without_retraining")
     ap.add_argument("--method", default="one-shot", choices=("one-shot", "iterative"))
     ap.add_argument("--no-reconstruct", action="store_true", help="one-shot without the least-squares refit")
+    ap.add_argument("--recover-epochs", type=float, default=0.0,
+                    help="then also dc.distill the slim model on the same calibration texts for this many epochs")
+    ap.add_argument("--recover-lr", type=float, default=1e-4, help="learning rate of the label-free recovery")
+    ap.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the hidden-state loss of dc.distill")
     ap.add_argument("--baselines", default="", help="'magnitude': data-free magnitude scores, plan, prune")
     ap.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds (batch 32); 0 skips latency")
     ap.add_argument("--threads", type=int, default=2)
@@ -131,6 +136,11 @@ def main(argv=None) -> None:
             extra = {"achieved": plan.achieved,
                      "score_s": score_s, "prune_s": time.perf_counter() - t, "objective": info.get("objective")}
             rows.append(evaluate("distill", keep, seed, slim, extra))
+            if args.recover_epochs:
+                t = time.perf_counter()
+                slim = dc.distill(slim, model, calibration, epochs=args.recover_epochs, lr=args.recover_lr,
+                                  hidden_weight=args.hidden_weight, seed=seed, dtype="fp32", progress=False)
+                rows.append(evaluate(RECOVERED, keep, seed, slim, {**extra, "recover_s": time.perf_counter() - t}))
         if args.rounds:
             speed = latency(model, slims, args)
             for row in rows:

@@ -3,6 +3,7 @@ from ._version import __version__
 
 from .benchmarking import BenchmarkReport, benchmark
 from .deploy import Deployed, Deployment, deploy, load_deployed
+from .distill import distill
 from .embedding_metrics import EmbeddingMetrics, evaluate_embeddings
 from .errors import DeepCutsError
 from .export import export
@@ -32,6 +33,7 @@ __all__ = [
     "apply_masks",
     "benchmark",
     "deploy",
+    "distill",
     "evaluate",
     "evaluate_embeddings",
     "export",

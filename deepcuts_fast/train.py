@@ -106,6 +106,8 @@ def finetune(
     dtype: str | torch.dtype | None = "auto",
     progress: bool = True,
     masks: Mapping[str, torch.Tensor] | None = None,
+    loss: Callable[[nn.Module, Batch, torch.device], torch.Tensor] | None = None,
+    dropout: bool = True,
 ) -> nn.Module:
     """Fine-tune `model` in place with AdamW and a linear schedule; returns it in eval mode.
 
@@ -114,7 +116,8 @@ def finetune(
     a forked RNG so the caller's random state is unchanged. `masks` (parameter name -> bool keep
     mask) are applied before training and after every step, so pruned weights stay zero. `dtype`
     "auto" autocasts to bf16 where the device runs it natively, else trains in fp32 (as
-    `deepcuts_fast.precision` decides).
+    `deepcuts_fast.precision` decides). `loss(model, batch, device)` replaces the model's own loss on its labels
+    (`distill` passes the distillation loss); it runs under the autocast. `dropout` False trains in eval mode.
     """
     if not 0.0 <= warmup < 1.0:
         raise DeepCutsError(f"warmup is a fraction of the training steps in [0, 1), got {warmup}")
@@ -128,17 +131,21 @@ def finetune(
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices), tqdm(total=steps, desc="fine-tune", disable=not progress) as bar:
         torch.manual_seed(seed)
-        model.train()
+        model.train(dropout)
         try:
             for step, i in enumerate(_batch_order(len(batches), steps, seed)):
-                loss = _training_loss(model, batches[i], device, autocast_dtype)
-                value = loss.item()
+                if loss is None:
+                    batch_loss = _training_loss(model, batches[i], device, autocast_dtype)
+                else:
+                    with autocast(device, autocast_dtype):
+                        batch_loss = loss(model, batches[i], device)
+                value = batch_loss.item()
                 if not math.isfinite(value):
                     raise DeepCutsError(
                         f"fine-tuning diverged: the loss is {value} at step {step + 1} of {steps}; "
                         f"try a lower learning rate than lr={lr:g}"
                     )
-                loss.backward()
+                batch_loss.backward()
                 optimizer.step()
                 _zero_pruned(pruned)
                 schedule.step()
