@@ -16,12 +16,12 @@ from deepcuts_fast.job.goals import quality_goals, verdicts
 from deepcuts_fast.job.pipeline_summary import pipeline_summary
 from deepcuts_fast.hashing import model_fingerprint
 from deepcuts_fast.job.steps import StepStore
-from conftest import tiny_model
+from conftest import TINY, tiny_model
 
 TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",
             "paper_rewind", "structured_mode", "latency", "structured_recovery", "mask_analysis", "goals",
             "verdicts", "steps", "wall_seconds", "retraining_free", "retraining_free_summary", "precision",
-            "deployment", "comparisons"}
+            "deployment", "comparisons", "embedding"}
 CRITERIA = ["magnitude", "gradient", "cam-cut", "cam-cut-shift", "smooth-cut", "smooth-cam-cut",
             "smooth-cam-cut-shift", "random"]
 
@@ -149,6 +149,106 @@ def test_results_json_has_the_documented_schema(full_run):
         assert rows and all(keys[section] <= set(r) and set(r) - keys[section] <= validation for r in rows), section
 
 
+def test_a_model_that_is_not_a_sentence_model_skips_the_embedding_section(full_run):
+    """The tiny encoder has no sentence-transformers files: the section is one skipped line, as it is for a model
+    given with a task head and with --no-embedding."""
+    from deepcuts_fast.cli.app import build_parser
+    from deepcuts_fast.cli.run import _config
+    from deepcuts_fast.job.embedding_mode import skip_reason
+
+    out, argv, _ = full_run
+    skipped = json.loads((out / "results.json").read_text())["embedding"]["skipped"]
+    assert "is not a sentence-embedding model" in skipped and "modules.json" in skipped
+    report = (out / "report.md").read_text()
+    assert f"## Sentence embeddings (label-free)\n\nSkipped: {skipped}.\n" in report
+    assert "task head" in skip_reason(None, (0.5,))
+    config = _config(build_parser().parse_args([*argv, "--no-embedding"]))
+    assert config.embedding_keep_flops == () and "--no-embedding" in skip_reason("minilm", config.embedding_keep_flops)
+
+
+def _sentence_folder(folder: Path) -> Path:
+    """A tiny sentence-transformers-like folder: a bare BertModel with the MiniLM tokenizer, modules.json (Transformer,
+    Pooling, Normalize) and 1_Pooling/config.json (mean pooling). Its weights are drawn wide (std 0.5), so that its
+    attention and FFN units, not the embeddings alone, make its output, and pruning them moves it visibly."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = dc.load_tokenizer("minilm")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=TINY["hidden"], num_attention_heads=TINY["heads"],
+                     intermediate_size=TINY["ffn"], num_hidden_layers=TINY["layers"], max_position_embeddings=64,
+                     initializer_range=0.5)
+    BertModel(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")]
+    (folder / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": path,
+                                                      "type": f"sentence_transformers.models.{kind}"}
+                                                     for i, (kind, path) in enumerate(modules)]))
+    return folder
+
+
+def test_embedding_section_prunes_the_sentence_model_as_given(data_csv, tmp_path):
+    """A sentence-transformers base model is pruned label-free at two budgets from one scoring pass and measured
+    against itself on the test texts; the keep-0.5 slim model is saved with the sentence-transformers files; a rerun
+    reuses every step; the report has the section."""
+    from deepcuts_fast.data import encode_labels, load_dataset, make_batches
+    from deepcuts_fast.job import JobConfig, MainJob, report
+    from deepcuts_fast.job.held_out import HeldOut
+    from deepcuts_fast.task import TaskModel
+
+    base = _sentence_folder(tmp_path / "sentence")
+    tokenizer = dc.load_tokenizer(str(base))
+    classifier = dc.load_model(str(base))  # stands for the classifier the job fine-tunes from the base model
+    task = TaskModel(classifier, tokenizer, base=str(base), data=str(data_csv))
+    data = encode_labels(load_dataset(str(data_csv), "train"), classifier.config)
+    draw = lambda seed, n: make_batches(data, tokenizer, batch_size=4, max_length=16, shuffle=True,  # noqa: E731
+                                        seed=seed, limit=n)
+    evaluation = HeldOut(test=make_batches(data, tokenizer, batch_size=8, max_length=16))
+    config = JobConfig.quick(batch_size=4, calibration_batches=2, latency_batch=2, latency_seq=16, latency_repeats=2,
+                             embedding_examples=16, embedding_keep_flops=(0.5, 0.33))
+    job = MainJob(task, draw, evaluation, config, tmp_path / "run", "tiny", progress=False, log=lambda m: None)
+    section = job.embedding()
+
+    keys = documented_keys()
+    assert set(section) == keys["`embedding`"] and all(set(r) == keys["`embedding` rows"] for r in section["rows"])
+    assert (section["pooling"], section["normalize"], section["probe_skipped"]) == ("mean", True, None)
+    assert section["calibration_examples"] == 16 and section["test_examples"] == 24
+    rows = section["rows"]
+    assert [(r["keep_flops"], r["method"], r["objective"].startswith("distill")) for r in rows] == [
+        (0.5, "iterative", True), (0.33, "iterative", True)]
+    for r in rows:
+        assert -1 <= r["cosine_min"] <= r["cosine"] < 0.999  # real embeddings of a model that moved, not a copy
+        assert 0 <= r["overlap"] <= 1 and r["k"] == 10 and r["flop_ratio"] >= 1 / r["keep_flops"] - 1e-6
+        probe = r["probe"]
+        assert probe["n"] == 24 and 0 <= probe["p"] <= 1 and probe["ci_low"] <= probe["diff"] <= probe["ci_high"]
+        assert probe["diff"] == pytest.approx(probe["value_a"] - probe["value_b"], abs=1e-6)
+        assert r["dense_ms"] > 0 and r["speedup"] == pytest.approx(r["dense_ms"] / r["slim_ms"], rel=1e-6)
+        assert r["score_seconds"] == rows[0]["score_seconds"] > 0 and r["timings"]["score"] == 0  # one shared pass
+    assert rows[0]["cosine"] != rows[1]["cosine"] and sum(rows[1]["ffn"]) < sum(rows[0]["ffn"])
+    goals = section["goals"]
+    assert [(g["name"], g["keep_flops"]) for g in goals] == [("cosine", 0.5), ("NN@10", 0.5), ("probe", 0.5)]
+    assert [g["measured"] for g in goals] == [round(rows[0]["cosine"], 4), round(rows[0]["overlap"], 4),
+                                             round(rows[0]["probe"]["diff"], 4)]
+    assert [g["met"] for g in goals] == [rows[0]["cosine"] >= 0.95, rows[0]["overlap"] >= 0.7,
+                                         rows[0]["probe"]["diff"] >= -0.01]
+    saved = tmp_path / "run" / rows[0]["saved_to"]
+    assert rows[1]["saved_to"] is None and (saved / "modules.json").is_file()
+    assert (saved / "1_Pooling" / "config.json").is_file()
+    assert sum(p.numel() for p in dc.from_pretrained(saved).parameters()) == rows[0]["params"]
+
+    again = MainJob(task, draw, evaluation, config, tmp_path / "run", "tiny", progress=False, log=lambda m: None)
+    assert again.embedding() == section and again.store.reused == ["embedding-k0.5", "embedding-k0.33",
+                                                                   "embedding-latency"]
+    text = "\n".join(report._embedding_section(
+        {"settings": {**config.to_dict(), "seq_len_flops": job.seq_len}, "embedding": section}))
+    assert "## Sentence embeddings (label-free)" in text and f"base model `{base}` as given" in text
+    first = rows[0]
+    assert f"| 0.5 | iterative | {first['cosine']:.4f} | {first['cosine_min']:.4f} | {first['overlap']:.4f} |" in text
+    verdict = "PASS" if goals[0]["met"] else "MISS"
+    assert f"| cosine {verdict}, NN@10 " in text and "saved as `embedding-keep0.5`" in text
+
+
 def test_rerun_reuses_every_finished_step(full_run, capsys):
     out, argv, cache = full_run
     before = json.loads((out / "results.json").read_text())
@@ -161,7 +261,7 @@ def test_rerun_reuses_every_finished_step(full_run, capsys):
     assert after["steps"]["computed"] == ["paper-cam-cut-c3"]
     assert len(after["steps"]["reused"]) == len(before["steps"]["computed"]) - 1
     for key in ("dense", "paper_mode", "paper_recovery", "paper_rewind", "structured_mode", "deployment", "retraining_free",
-                "retraining_free_summary", "mask_analysis"):
+                "retraining_free_summary", "embedding", "mask_analysis"):
         assert after[key] == before[key]
 
 

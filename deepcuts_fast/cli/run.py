@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="batch size of the latency measurements")
     r.add_argument("--latency-seq", type=int, default=full.latency_seq,
                    help="sequence length of the latency measurements and of the FLOP budgets")
+    r.add_argument("--no-embedding", action="store_true",
+                   help="skip the sentence-embedding section (the base model as given pruned label-free, where it is "
+                        f"a sentence-transformers model: {full.embedding_method} at keep_flops "
+                        f"{', '.join(f'{k:g}' for k in full.embedding_keep_flops)}, "
+                        f"{', '.join(f'{k:g}' for k in quick.embedding_keep_flops)} with --quick)")
     add_noise_flags(r, std_help=f"default {full.noise_std:g} with the job's {full.noise_scale} noise, else "
                                 "the scale's library default")
     r.add_argument("--fresh", action="store_true", help="recompute every step instead of reusing finished ones")
@@ -79,6 +84,8 @@ def _config(args: argparse.Namespace):
         overrides["pipeline_examples"] = _positive(args.pipeline_examples, "--pipeline-examples")
     if args.recovery_epochs is not None:
         overrides["structured_recovery_epochs"] = _positive(args.recovery_epochs, "--recovery-epochs", zero=True)
+    if args.no_embedding:
+        overrides["embedding_keep_flops"] = ()
     if args.noise_scale is not None or args.noise_std is not None:  # e.g. the paper's: --noise-scale absolute
         overrides["noise_scale"], overrides["noise_std"] = check_noise(
             args.noise_std, args.noise_scale or JobConfig().noise_scale, spell=flag_setting)

@@ -64,6 +64,14 @@ class JobConfig:
     latency_dtypes: tuple[str, ...] = ("fp32", "auto")  # auto: the fastest native dtype, dropped when it is fp32
     latency_repeats: int = 10  # at least; the benchmark also takes at least 1 s of runs per setting
     deploy_keep: float | None = 0.5  # the saved slim model of this budget vs dense, torch vs ONNX Runtime; None: skip
+    # Sentence-embedding mode, where the job's base model is a sentence-transformers folder (the default `minilm`):
+    # that model as given, pruned by `dc.prune_without_retraining(..., objective="distill")` on this many training
+    # texts with the labels dropped, at these FLOP budgets (empty: skipped), with this method ("iterative": the better
+    # mean cosine at half the FLOPs on all-MiniLM-L6-v2 in benchmarks/RESULTS.md, "Label-free pruning of an embedding
+    # model").
+    embedding_examples: int = 2000
+    embedding_keep_flops: tuple[float, ...] = (0.5, 0.33)
+    embedding_method: str = "iterative"
     iou_compression: float = 3.0  # paper-mode masks compared between criteria
     iou_keep_flops: float = 0.5  # structured plans compared between criteria
 
@@ -74,11 +82,12 @@ class JobConfig:
     @classmethod
     def quick(cls, **overrides) -> "JobConfig":
         """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning, one pipeline draw of
-        512 examples."""
+        512 examples, sentence embeddings pruned at 0.5 only from 512 texts."""
         quick = cls(criteria=QUICK_CRITERIA, keep_flops=(0.5,), calibration_batches=8, recovery_criteria=(),
                     recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0,
                     pipeline_criteria=("fisher",), pipeline_draws=1, pipeline_examples=512,
-                    pipeline_keep_flops=(0.5,), pipeline_methods=("one-shot", "iterative"))
+                    pipeline_keep_flops=(0.5,), pipeline_methods=("one-shot", "iterative"), embedding_examples=512,
+                    embedding_keep_flops=(0.5,))
         return replace(quick, **overrides)
 
     def with_full_pipeline(self) -> "JobConfig":

@@ -203,6 +203,46 @@ def _pipeline_winners(results: dict, chosen: list[dict]) -> str:
         + "; ".join(parts) + "."
 
 
+def _embedding_section(results: dict) -> list[str]:
+    """The base model pruned label-free as a sentence-embedding model: per budget how well the slim model keeps the
+    dense one's embeddings, its fp32 speed and the goals; one line where the section was skipped."""
+    e = results.get("embedding")
+    if not e:
+        return []
+    head = ["## Sentence embeddings (label-free)", ""]
+    if "skipped" in e:
+        return [*head, f"Skipped: {e['skipped']}.", ""]
+    s, rows = results["settings"], e["rows"]
+    probe = ("probe: each model's logistic regression fitted on its own embeddings of those training texts with "
+             "their labels, accuracy on the test texts, slim - dense in points with its 95% paired-bootstrap interval "
+             "and McNemar's p" if e["probe_skipped"] is None else f"no probe ({e['probe_skipped']})")
+    out = [*head, f"The job's base model `{e['model']}` as given (not the fine-tuned classifier, whose encoder has "
+           f"moved), pruned by `dc.prune_without_retraining(..., objective=\"distill\")` from "
+           f"{e['calibration_examples']:,} training texts with their labels dropped (one unit-scoring pass shared by "
+           f"the budgets), no retraining. Each slim model against the dense one on the {e['test_examples']:,} test "
+           f"texts, both pooled as the model's folder says ({e['pooling']}"
+           + (", normalized" if e["normalize"] else "") + f", fp32): mean and lowest cosine between the two "
+           f"embeddings of a text, NN@{rows[0]['k']} overlap among the test texts, {probe}. Latency: dense and slim "
+           f"fp32 on the CPU at batch {s['latency_batch']}, sequence {s['seq_len_flops']}, median of interleaved "
+           f"rounds [IQR]. Goals at keep_flops {e['goals'][0]['keep_flops']:g}: "
+           + ", ".join(f"{g['name']} {g['target']}" for g in e["goals"]) + ".", "",
+           f"| keep_flops | method | cosine | cosine_min | NN@{rows[0]['k']} | probe slim - dense | dense ms [IQR] | "
+           "slim ms [IQR] | speedup | goals |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        verdicts = [f"{g['name']} {({True: 'PASS', False: 'MISS', None: 'not measured'})[g['met']]}"
+                    for g in e["goals"] if g["keep_flops"] == r["keep_flops"]]
+        out.append(f"| {r['keep_flops']:g} | {r['method']} | {r['cosine']:.4f} | {r['cosine_min']:.4f} | "
+                   f"{r['overlap']:.4f} | {points(r['probe']) or '-'} | "
+                   f"{r['dense_ms']:.1f} [{r['dense_iqr_ms']:.1f}] | {r['slim_ms']:.1f} [{r['slim_iqr_ms']:.1f}] | "
+                   f"{r['speedup']:.2f}x | {', '.join(verdicts) or '-'} |")
+    saved = next((r for r in rows if r["saved_to"]), None)
+    if saved:
+        out += ["", f"The keep_flops {saved['keep_flops']:g} slim model is saved as `{saved['saved_to']}` with the "
+                "base folder's sentence-transformers files (`SentenceTransformer(folder, trust_remote_code=True)` "
+                "loads it)."]
+    return [*out, *([""] + [f"Warning: {w}." for w in e["latency_warnings"]] if e["latency_warnings"] else []), ""]
+
+
 SECTION_NAMES = {"paper_mode": "paper mode", "structured_mode": "structured",
                  "structured_recovery": "structured, recovered", "retraining_free": "retraining-free"}
 
@@ -340,6 +380,7 @@ def render(results: dict, plots: list[str], failed: dict[str, str] | None = None
         v = results["verdicts"]
         out += [f"**Does the paper's claim hold (structured mode, single shot)?** {v['structured_mode']}", "",
                 f"After reconstruction: {v['structured_mode_reconstructed']}", ""]
+    out += _embedding_section(results)
     out += _comparisons_section(results)
     out += ["## Quality goals (test split; the best criterion chosen on the "
             f"{s.get('selection_split', 'test')} split)", "", *_goals_table(results), ""]

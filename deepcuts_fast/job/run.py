@@ -1,9 +1,10 @@
 """`deepcuts run`: the main job, step by step, each step resumable.
 
 Dense evaluation -> scoring (every criterion, passes shared) -> paper mode (single shot, recovery,
-rewinding) -> structured mode (plan, prune, reconstruct, latency, recovery) -> mask analysis ->
-results.json, plots and report.md under `out`, with the best slim model per FLOP budget saved
-next to them.
+rewinding) -> structured mode (plan, prune, reconstruct, latency, recovery) -> the retraining-free pipeline ->
+sentence-embedding mode (the base model as given, pruned label-free, where it is a sentence-transformers one) -> mask
+analysis -> results.json, plots and report.md under `out`, with the best slim model per FLOP budget saved next to
+them.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..scoring import Scores, score_many
 from ..scoring.layout import model_layout
 from ..task import TaskModel
 from ..train import evaluate
-from . import analysis, held_out, paper_mode, structured_mode
+from . import analysis, embedding_mode, held_out, paper_mode, structured_mode
 from .config import JobConfig
 from .goals import quality_goals, verdicts
 from .plots import write_plots
@@ -280,6 +281,27 @@ class MainJob:
                     self.log(f"pipeline  {label:>22s}  keep_flops={keep:<4g} seed {seed}  accuracy {r['accuracy']:.4f}")
         return rows
 
+    def embedding(self) -> dict:
+        """The job's base model as given, where it is a sentence-embedding model, pruned label-free at every
+        `embedding_keep_flops` and measured against itself (`embedding_mode`); `{"skipped": why}` otherwise."""
+        c = self.config
+        skipped = embedding_mode.skip_reason(self.task.base, c.embedding_keep_flops)
+        if skipped:
+            self.log(f"sentence embeddings skipped: {skipped}")
+            return {"skipped": skipped}
+        mode = embedding_mode.EmbeddingMode(self.task.base, self.draw, self.evaluation.test, c, self.seq_len,
+                                            self.reconstruct_dtype, self.progress)
+        code = ("deepcuts_fast.job.embedding_mode", "deepcuts_fast.embedding_metrics", "deepcuts_fast.pipeline",
+                "deepcuts_fast.scoring")
+        rows = [self.store.run(f"embedding-k{keep:g}", lambda keep=keep: mode.prune(keep, self.out), code=code,
+                               base=self.task.base) for keep in c.embedding_keep_flops]
+        timed = self.store.run("embedding-latency", lambda: mode.latency(rows), code=code,
+                               plans=[r["plan"] for r in rows], batch=c.latency_batch, seq=self.seq_len)
+        for r, t in zip(rows, timed[1:]):
+            self.log(f"embedding keep_flops={r['keep_flops']:<4g} cosine {r['cosine']:.4f}, NN@{r['k']} "
+                     f"{r['overlap']:.4f}, {t['speedup']:.2f}x dense fp32")
+        return embedding_mode.summary(self.task.base, rows, timed)
+
     def mask_analysis(self, rows: list[dict]) -> dict:
         c = self.config
         crits = list(c.criteria)
@@ -316,6 +338,7 @@ class MainJob:
         results["deployment"] = self.deployment(results["structured_recovery"])
         results["retraining_free"] = self.pipeline()
         results["retraining_free_summary"] = pipeline_summary(results["retraining_free"], results["dense"])
+        results["embedding"] = self.embedding()
         results["mask_analysis"] = self.mask_analysis(rows)
         results["scoring_seconds"] = self.store.run("scoring", lambda: {"all": self._scoring_seconds()},
                                                     code=("deepcuts_fast.scoring",))
