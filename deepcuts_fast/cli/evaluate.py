@@ -1,8 +1,8 @@
-"""`deepcuts eval`: the metrics of a sequence classifier's task (accuracy, macro-F1 and loss; MSE and Pearson for
-regression) of a model, or of an .onnx file from `deepcuts export` under onnxruntime, on a data split, with the
-precision it ran in; with --baseline, how well a slim embedding model keeps its dense model's embeddings
-(`deepcuts_fast.embedding_metrics`). Data files carry one label per text, so a token-classification or QA model is
-refused with what evaluates it instead (`dc.evaluate` on batches carrying its labels)."""
+"""`deepcuts eval`: the metrics of a model's task on a data split, with the precision it ran in: a sequence
+classifier's accuracy, macro-F1 and loss (MSE and Pearson for regression) on texts with labels, a tagger's entity F1
+on a file of tagged words, a QA reader's exact match and F1 on a SQuAD file (`deepcuts_fast.data.load_task_data`),
+or a sequence classifier exported to an .onnx file by `deepcuts export`, under onnxruntime; with --baseline, how well
+a slim embedding model keeps its dense model's embeddings (`deepcuts_fast.embedding_metrics`)."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +15,8 @@ from .parsing import Command, add_common
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `eval` sub-parser and its flags."""
-    e = sub.add_parser("eval", help="accuracy / loss of a model (or of an .onnx file from `deepcuts export`) on a "
-                                    "data split")
+    e = sub.add_parser("eval", help="the task's metrics of a model (accuracy, entity F1, QA exact match and F1), or "
+                                    "of a classifier's .onnx file from `deepcuts export`, on a data split")
     add_common(e)
     model = next(a for a in e._actions if a.dest == "model")
     model.help += "; or an .onnx file written by `deepcuts export`, run with onnxruntime (its tokenizer and config " \
@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
         return _eval_embeddings(args)
     if loading.is_onnx_file(args.model):
         return _eval_onnx(args)
-    _check_file_task(_saved_config(args.model), args.model)
     model, tokenizer, dataset = loading.model_and_data(args, args.split)
     batches = make_batches(dataset, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, sort_by_length=True)
@@ -106,7 +105,7 @@ def _eval_onnx(args: argparse.Namespace) -> int:
         raise DeepCutsError(f"--dtype {args.dtype} does not apply to an ONNX file, which runs in the precision it was "
                             "exported in (int8 with `deepcuts export --quantize int8`); drop --dtype")
     onnx = OnnxClassifier(args.model)
-    _check_file_task(onnx.config, args.model)
+    _check_onnx_task(onnx.config, args.model)
     dataset = encode_labels(load_dataset(args.data, args.split), onnx.config)
     batches = make_batches(dataset, onnx.tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                            limit=args.limit, sort_by_length=True)
@@ -116,40 +115,22 @@ def _eval_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_config(name: str):
-    """The config of --model, None where it cannot be read (loading the model then says why) or for the packaged
-    task model, a sequence classifier."""
-    from ..models import load_config
-    from ..task import TASK_MODEL_ALIAS
-
-    if name == TASK_MODEL_ALIAS:
-        return None
-    try:
-        return load_config(name)
-    except DeepCutsError:
-        return None
-
-
-def _check_file_task(config, name: str) -> None:
-    """Refuse a model saved with another task's head than a sequence classifier's: data files carry one label per
-    text, its labels are per token or answer positions, and files holding those are not supported yet."""
+def _check_onnx_task(config, name: str) -> None:
+    """Refuse an .onnx file exported from a model with another task's head than a sequence classifier's: the file
+    runner reads one row of logits per text; the model folder it came from is evaluated on its own task's data."""
     from ..models import saved_head
     from ..tasks import SEQUENCE
 
     try:
-        saved = None if config is None else saved_head(config, name)
+        saved = saved_head(config, name)
     except DeepCutsError:  # a refused task: loading the model says why
         return
     if saved is None or saved.name == SEQUENCE:
         return
-    keys = " and ".join(f"`{k}`" for k in saved.labels)
-    shape = "per token, shaped (batch, tokens), -100 where a token has none" if saved.per_token else \
-        "per example, shaped (batch,)"
     classes = "/".join(getattr(config, "architectures", None) or []) or "its saved head"
-    raise DeepCutsError(f"model {name!r} ({classes}) is a {saved.name} model, and data files carry one label per "
-                        f"text (a sequence classifier's): evaluating a {saved.name} model on file data is not supported yet; "
-                        f"evaluate it in Python with dc.evaluate(model, batches), the batches carrying {keys} "
-                        f"{shape}")
+    raise DeepCutsError(f"{name!r} was exported from a {saved.name} model ({classes}), and an .onnx file is evaluated "
+                        "as a sequence classifier (one row of logits per text); evaluate the model folder it was "
+                        f"exported from instead: deepcuts eval --model FOLDER --data a {saved.name} data file")
 
 
 def _print_eval(args: argparse.Namespace, result, dtype: str) -> None:

@@ -1,11 +1,12 @@
-"""What the commands load and lock: the task model of --model, with the labelled --data it runs on, and the
-output locks held while a command writes."""
+"""What the commands load and lock: the task model of --model, with the labelled --data it runs on (of the kind
+its task reads), and the output locks held while a command writes."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 from collections.abc import Iterator
 
+from ..errors import DeepCutsError
 from ..locks import output_lock
 
 
@@ -25,16 +26,39 @@ def classifier(args: argparse.Namespace, num_labels: int | None, head_free: bool
 def model_and_data(args: argparse.Namespace, split: str, head_free: bool = False, labels: bool = True) -> tuple:
     """(model, tokenizer, dataset) for the --model / --data of a command, labels checked and numbered as
     the model's head numbers them (its named labels, else sorted class names); `head_free` as in `classifier`.
-    With `labels` False (a label-free objective) the data may be unlabelled text and a bare encoder is taken with
-    its fresh head marked untrained, which the objective never reads, and a model of any task is taken (its own
-    head distills on the texts); with labels, one per text, the model must be a sequence classifier."""
-    from ..data import encode_labels, load_dataset
+    A token-classification or QA model reads a data file of its task (words with tags, SQuAD rows; `load_task_data`),
+    any other model texts with one label each. With `labels` False (a label-free objective) the data may be
+    unlabelled text and a bare encoder is taken with its fresh head marked untrained, which the objective never reads,
+    and a model of any task is taken with text data (its own head distills on the texts); with labels, text data
+    needs a sequence classifier."""
+    from ..data import TextDataset, encode_task_data, load_task_data
     from ..tasks import SEQUENCE
 
-    dataset = load_dataset(args.data, split, require_labels=labels)
-    model, tokenizer = classifier(args, dataset.num_labels if dataset.labelled else None, head_free or not labels,
-                                  task=SEQUENCE if labels else None)
-    return model, tokenizer, encode_labels(dataset, model.config)
+    task, named = saved_task_of(args.model)
+    dataset = load_task_data(args.data, split, task, named, require_labels=labels)
+    if isinstance(dataset, TextDataset):
+        model, tokenizer = classifier(args, dataset.num_labels if dataset.labelled else None, head_free or not labels,
+                                      task=SEQUENCE if labels else None)
+    else:
+        model, tokenizer = classifier(args, None, task=task)
+    return model, tokenizer, encode_task_data(dataset, model.config)
+
+
+def saved_task_of(model: str) -> tuple[str | None, str]:
+    """(the task of the head --model was saved with, None for the packaged task model, a bare encoder or a config
+    that cannot be read, which loading the model then explains; how messages name the model, with its classes)."""
+    from ..models import load_config, saved_head
+    from ..task import TASK_MODEL_ALIAS
+
+    if model == TASK_MODEL_ALIAS:
+        return None, f"model {model!r}"
+    try:
+        config = load_config(model)
+    except DeepCutsError:
+        return None, f"model {model!r}"
+    saved = saved_head(config, model)
+    classes = "/".join(getattr(config, "architectures", None) or [])
+    return (None if saved is None else saved.name), f"model {model!r}" + (f" ({classes})" if classes else "")
 
 
 def is_onnx_file(model: str) -> bool:

@@ -210,18 +210,14 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
 
 def _held_out(args: argparse.Namespace, model, tokenizer) -> HeldOut:
     """The batches of the held-out split of --data (at most --calibration-examples examples, --batch-size and
-    --max-length as for calibration), or why the dense and slim models are not compared: no --data, no held-out
-    split, no labels, or a model whose head does not predict the data's per-text labels."""
-    from ..data import encode_labels, load_dataset, make_batches
+    --max-length as for calibration), or why the dense and slim models are not compared: no --data, an untrained
+    head, no held-out split, or a split without labels of the model's task."""
+    from ..data import TextDataset, encode_task_data, load_task_data, make_batches
     from ..scoring.objective import head_state
-    from ..tasks import SEQUENCE, model_task
+    from ..tasks import SEQUENCE, task_of_head
 
     if args.data is None:
         return HeldOut(skipped="no --data, so no held-out split to evaluate on")
-    task = model_task(model)
-    if task is not None and task.name != SEQUENCE:
-        return HeldOut(skipped=f"the model is a {task.name} model and --data has one label per text; evaluate it "
-                               "with dc.evaluate on batches with its own labels")
     if head_state(model) != "trained":
         return HeldOut(skipped="the model's classifier head is untrained, so its predictions mean nothing")
     split = _held_out_split(args.data)
@@ -229,11 +225,12 @@ def _held_out(args: argparse.Namespace, model, tokenizer) -> HeldOut:
         return HeldOut(skipped=f"--data {args.data} has no held-out split ({' or '.join(HELD_OUT_SPLITS)}): one "
                                "data file is all calibration data; give a folder with train and test files to "
                                "compare on held-out data")
+    task = task_of_head(model).name
     try:
-        dataset = load_dataset(args.data, split, require_labels=False)
-        if not dataset.labelled:
+        dataset = load_task_data(args.data, split, task, "the model", require_labels=task != SEQUENCE)
+        if isinstance(dataset, TextDataset) and not dataset.labelled:
             return HeldOut(split, skipped=f"the {split!r} split of --data has no labels")
-        dataset = encode_labels(dataset, model.config)
+        dataset = encode_task_data(dataset, model.config)
     except DeepCutsError as e:
         return HeldOut(split, skipped=f"the {split!r} split of --data cannot be evaluated on: {e}")
     return HeldOut(split, make_batches(dataset, tokenizer, batch_size=args.batch_size or CALIBRATION_BATCH,

@@ -1,4 +1,5 @@
-"""Token batches for a sequence-classification model from a `TextDataset`."""
+"""Token batches from a dataset: a `TextDataset` for a sequence-classification model, or a token-classification or
+QA file's dataset (`TaggedDataset`, `AnswerDataset`), which tokenizes its own rows with its task's labels."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +7,12 @@ import torch
 
 from ..errors import DeepCutsError
 from .dataset import TextDataset, encode_labels
+from .qa_files import AnswerDataset
+from .token_files import TaggedDataset
 
 
 def make_batches(
-    dataset: TextDataset,
+    dataset: TextDataset | TaggedDataset | AnswerDataset,
     tokenizer,
     batch_size: int = 32,
     max_length: int = 64,
@@ -20,8 +23,9 @@ def make_batches(
     sort_by_length: bool = False,
     length_pool: int | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Tokenize the dataset into model-ready batches (input_ids, attention_mask, [token_type_ids], labels unless
-    the dataset is unlabelled).
+    """Tokenize the dataset into model-ready batches (input_ids, attention_mask, [token_type_ids], and the task's
+    labels: `labels` per text unless the dataset is unlabelled, `labels` per token for a `TaggedDataset`,
+    `start_positions` / `end_positions` for an `AnswerDataset`).
 
     Texts are truncated to `max_length` tokens and padded to the longest row of each batch, or to
     `max_length` with `pad_to_max_length` (fixed shapes). `shuffle` permutes the examples with `seed`,
@@ -32,9 +36,12 @@ def make_batches(
     wasted compute but every batch should still be a random mix of the data.
 
     Class names become ids in sorted order (`encode_labels` without a model); to number them as a
-    model's head does, pass `encode_labels(dataset, model.config)` instead.
+    model's head does, pass `encode_labels(dataset, model.config)` instead; a `TaggedDataset`'s tag names must be
+    mapped first (`encode_tags(dataset, model.config)`). `length_pool` is for texts only (fine-tuning data).
     """
-    dataset = encode_labels(dataset)
+    texts = isinstance(dataset, TextDataset)
+    if texts:
+        dataset = encode_labels(dataset)
     if len(dataset) == 0:
         raise DeepCutsError(f"dataset {dataset.name!r} has no examples; pass data with at least one row")
     _check_positive(batch_size=batch_size, max_length=max_length, limit=limit, length_pool=length_pool)
@@ -44,10 +51,16 @@ def make_batches(
     if sort_by_length:
         order = np.asarray(sorted(order, key=lambda i: _text_length(dataset, i)))
     elif length_pool is not None:
+        if not texts:
+            raise DeepCutsError(f"length_pool batches texts for fine-tuning; batch dataset {dataset.name!r} "
+                                "without it (sort_by_length for evaluation)")
         order = _pooled_by_length(order, _token_lengths(dataset, order, tokenizer, max_length), batch_size,
                                   length_pool, rng)
-    label_dtype = torch.float32 if dataset.is_regression else torch.long
     padding = "max_length" if pad_to_max_length else "longest"
+    if not texts:
+        return [dataset.encode(order[start:start + batch_size], tokenizer, max_length, padding)
+                for start in range(0, len(order), batch_size)]
+    label_dtype = torch.float32 if dataset.is_regression else torch.long
     return [
         _encode_batch(dataset, order[start:start + batch_size], tokenizer, max_length, padding, label_dtype)
         for start in range(0, len(order), batch_size)
@@ -75,8 +88,10 @@ def _pooled_by_length(order: np.ndarray, lengths: dict[int, int], batch_size: in
     return np.concatenate([full[i] for i in rng.permutation(len(full))] + rest) if full else pooled
 
 
-def _text_length(dataset: TextDataset, i: int) -> int:
-    """Characters in example `i` (text and pair): a cheap proxy for its token count."""
+def _text_length(dataset: TextDataset | TaggedDataset | AnswerDataset, i: int) -> int:
+    """Characters in example `i` (text and pair; words; question and context): a cheap proxy for its token count."""
+    if not isinstance(dataset, TextDataset):
+        return dataset.chars(i)
     return len(dataset.texts[i]) + (len(dataset.text_pairs[i]) if dataset.text_pairs is not None else 0)
 
 

@@ -247,7 +247,8 @@ def _texts(values: list, column: str, name: str, lines: Sequence[int] | None = N
         if value is None or isinstance(value, str):
             what = f"{'no' if value is None else 'an empty'} `{column}`; fill it in or remove the row"
         else:
-            what = f"`{column}` {_short(value)}, a JSON {type(value).__name__}, not a text; write each text as a string"
+            what = (f"`{column}` {short_value(value)}, a JSON {type(value).__name__}, not a text; write each text as a "
+                    "string")
         raise DeepCutsError(f"{name}: {row_name(index, lines)} has {what}")
     return values
 
@@ -263,8 +264,8 @@ def _parse_labels(values: list, name: str, lines: Sequence[int] | None = None) -
     for index, value in enumerate(values):
         if isinstance(value, (dict, list)):
             raise DeepCutsError(
-                f"{name}: {row_name(index, lines)} has label {_short(value)}, a JSON {type(value).__name__}, not a "
-                "class or number; write one class name or number per row"
+                f"{name}: {row_name(index, lines)} has label {short_value(value)}, a JSON {type(value).__name__}, not "
+                "a class or number; write one class name or number per row"
             )
         if value is None or not str(value).strip():
             raise DeepCutsError(f"{name}: {row_name(index, lines)} has no label; fill it in or remove the row")
@@ -280,7 +281,7 @@ def _parse_labels(values: list, name: str, lines: Sequence[int] | None = None) -
     return [float(number) for number in numbers]
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def short_value(value: Any, limit: int = 40) -> str:
     """`repr(value)`, cut to `limit` characters for an error message."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,7 +1,8 @@
 """Reading one local data file (CSV, TSV, JSON, JSON lines, or plain text with one text a line) into named columns,
 strictly: a row whose fields do not match the header, a repeated column name or JSON key, a blank line of a text
 file, or a line that is not valid is refused by its line, never guessed at, because a guess silently shifts texts
-and labels."""
+and labels. A JSON file in SQuAD's nested form (`{"data": [{"paragraphs": [...]}]}`) is read as one row per
+question."""
 from __future__ import annotations
 
 import csv
@@ -150,9 +151,44 @@ def _read_json(content: str, name: str) -> tuple[list, list[int] | None]:
         return _read_json_lines(content, name)
     if isinstance(data, list):
         return data, None
+    if isinstance(data, dict) and _is_squad(data):
+        return _squad_rows(data, name), None
     if isinstance(data, dict):
         _check_unwrapped(data, name)
     return [data], None
+
+
+def _is_squad(data: dict) -> bool:
+    """Whether one JSON object is a file in SQuAD's nested form: `{"data": [{"paragraphs": [...]}, ...]}`."""
+    articles = data.get("data")
+    return isinstance(articles, list) and bool(articles) and all(
+        isinstance(article, dict) and "paragraphs" in article for article in articles)
+
+
+def _squad_rows(data: dict, name: str) -> list[dict]:
+    """One row per question of a nested SQuAD file ({"question", "context", "answers"}, the flat form the hub's
+    `squad` data sets use), answers as `{"text": [...], "answer_start": [...]}` (empty for an unanswerable one)."""
+    rows = []
+    for article in data["data"]:
+        if not isinstance(article["paragraphs"], list) or not all(map(_squad_paragraph, article["paragraphs"])):
+            raise DeepCutsError(f"{name}: is nested SQuAD data with a paragraph that is not "
+                                '{"context": ..., "qas": [{"question": ..., "answers": [...]}]}; fix it, or '
+                                "flatten the file to one JSON row per question")
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                answers = qa.get("answers", [])
+                rows.append({"question": qa.get("question"), "context": paragraph.get("context"),
+                             "answers": {"text": [a.get("text") for a in answers],
+                                         "answer_start": [a.get("answer_start") for a in answers]}})
+    return rows
+
+
+def _squad_paragraph(paragraph: Any) -> bool:
+    """Whether a nested SQuAD paragraph has the form rows are read from: a `qas` list of question objects, each
+    with a list of answer objects."""
+    return (isinstance(paragraph, dict) and isinstance(paragraph.get("qas"), list)
+            and all(isinstance(qa, dict) and isinstance(qa.get("answers", []), list)
+                    and all(isinstance(a, dict) for a in qa.get("answers", [])) for qa in paragraph["qas"]))
 
 
 def _check_unwrapped(data: dict, name: str) -> None:

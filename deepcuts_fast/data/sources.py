@@ -104,7 +104,7 @@ def _load_local(path: Path, split: str, require_labels: bool = True) -> TextData
     """A data file, or the `<split>` file of a folder (class names numbered over all its split files)."""
     others: set[str] = set()
     if path.is_dir():
-        folder, path = path, _split_file(path, split)
+        folder, path = path, split_file(path, split)
         others = _folder_class_names(folder, skip=path)
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DeepCutsError(f"unsupported data file type {path.suffix or path.name!r}; use {', '.join(FILE_SUFFIXES)}")
@@ -118,7 +118,7 @@ def _load_local(path: Path, split: str, require_labels: bool = True) -> TextData
     return dataset_from_columns(columns, str(path), others, lines, require_labels)
 
 
-def _split_file(folder: Path, split: str) -> Path:
+def split_file(folder: Path, split: str) -> Path:
     """The `<split>.<csv|tsv|jsonl|json>` file of a folder holding one file per split; two files for one split
     are refused, as either choice would be a guess."""
     found = [folder / f"{split}{suffix}" for suffix in FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
@@ -135,9 +135,9 @@ def _split_file(folder: Path, split: str) -> Path:
 
 
 def _split_files(folder: Path) -> list[Path]:
-    """Every split file of a folder: per file name stem, the one `_split_file` would pick."""
+    """Every split file of a folder: per file name stem, the one `split_file` would pick."""
     stems = sorted({p.stem for p in folder.iterdir() if p.suffix in FILE_SUFFIXES and p.is_file()})
-    return [_split_file(folder, stem) for stem in stems]
+    return [split_file(folder, stem) for stem in stems]
 
 
 def _folder_class_names(folder: Path, skip: Path) -> set[str]:
