@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 DTYPE_HELP = ("precision: auto (default) = the fastest dtype this machine runs natively (bf16 on GPUs and CPUs "
               "with native bf16, else fp32), as deepcuts_fast.precision decides; $DEEPCUTS_PRECISION overrides it")
-DATA_HELP = "'rotten_tomatoes' (embedded), a CSV/TSV/JSON(L) file with text[,text_pair],label, or a datasets hub name"
+DATA_HELP = ("'rotten_tomatoes' (embedded), a CSV/TSV/JSON(L) file with text[,text_pair],label, or a datasets hub "
+             "name; for a tagger a JSON(L) file of tokens,tags rows, for a QA reader SQuAD rows (docs/data.md)")
 OBJECTIVE_HELP = ("what the gradients come from: labels (the data's labels through the model's trained head), "
                   "distill (the dense model's own outputs: its logits, or a bare encoder's pooled embedding; the data "
                   "may be plain text, a .txt file with one text a line or a CSV/JSONL text column), or auto (default: "
