@@ -291,12 +291,13 @@ class MainJob:
             return {"skipped": skipped}
         mode = embedding_mode.EmbeddingMode(self.task.base, self.draw, self.evaluation.test, c, self.seq_len,
                                             self.reconstruct_dtype, self.progress)
-        code = ("deepcuts_fast.job.embedding_mode", "deepcuts_fast.embedding_metrics", "deepcuts_fast.pipeline",
-                "deepcuts_fast.scoring")
-        rows = [self.store.run(f"embedding-k{keep:g}", lambda keep=keep: mode.prune(keep, self.out), code=code,
+        rows = [self.store.run(f"embedding-k{keep:g}", lambda keep=keep: mode.prune(keep, self.out),
+                               code=("deepcuts_fast.job.embedding_mode", "deepcuts_fast.embedding_metrics",
+                                     "deepcuts_fast.pipeline", "deepcuts_fast.scoring"),
                                base=self.task.base) for keep in c.embedding_keep_flops]
-        timed = self.store.run("embedding-latency", lambda: mode.latency(rows), code=code,
-                               plans=[r["plan"] for r in rows], batch=c.latency_batch, seq=self.seq_len)
+        timed = self.store.run("embedding-latency", lambda: mode.latency(rows), code=(
+            "deepcuts_fast.job.embedding_mode", "deepcuts_fast.job.structured_mode"),
+            plans=[r["plan"] for r in rows], batch=c.latency_batch, seq=self.seq_len)
         for r, t in zip(rows, timed[1:]):
             self.log(f"embedding keep_flops={r['keep_flops']:<4g} cosine {r['cosine']:.4f}, NN@{r['k']} "
                      f"{r['overlap']:.4f}, {t['speedup']:.2f}x dense fp32")
