@@ -23,9 +23,8 @@ from torch import nn
 
 from .arch import encoder_layers
 from .errors import DeepCutsError
-from .families.depth import layer_ids
 from .models import model_device, to_device
-from .pruning.reconstruct import check_source
+from .pruning.reconstruct import _counterparts, check_source
 from .scoring.objective import Objective, resolve_objective
 from .train import finetune
 
@@ -88,11 +87,10 @@ def _hidden_loss(slim: torch.Tensor, dense: torch.Tensor, mask: torch.Tensor | N
 
 
 def _layer_pairs(slim: nn.Module, dense: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(slim layer module, the dense layer module it was cut from) for every slim layer."""
-    where = {layer: i for i, layer in enumerate(layer_ids(dense))}
-    slim_layers, dense_layers = encoder_layers(slim), encoder_layers(dense)
-    return [(slim.get_submodule(s.prefix), dense.get_submodule(dense_layers[where[i]].prefix))
-            for s, i in zip(slim_layers, layer_ids(slim))]
+    """(slim layer module, the dense layer module it was cut from) for every slim layer (`reconstruct`'s matching)."""
+    dense_layers = encoder_layers(dense)
+    return [(slim.get_submodule(s.prefix), dense.get_submodule(dense_layers[i].prefix))
+            for s, i in zip(encoder_layers(slim), _counterparts(slim, dense))]
 
 
 @contextlib.contextmanager

@@ -213,11 +213,10 @@ def _residuals(layer, pre_norm: bool):
     FFN output, in a post-norm layer the FFN's input (the attention block's normalised output), in a pre-norm layer
     the layer's input plus the attention output."""
     seen: dict = {}
-    source, where = (layer.linears["attn_out"], "output") if pre_norm else (layer.linears["ffn_in"], "input")
-    if where == "output":
-        handle = source.register_forward_hook(lambda m, args, out: seen.__setitem__("ffn", out))
+    if pre_norm:
+        handle = layer.linears["attn_out"].register_forward_hook(lambda m, args, out: seen.__setitem__("ffn", out))
     else:
-        handle = source.register_forward_pre_hook(lambda m, args: seen.__setitem__("ffn", args[0]))
+        handle = layer.linears["ffn_in"].register_forward_pre_hook(lambda m, args: seen.__setitem__("ffn", args[0]))
 
     def read(call: _LayerCall, role: str) -> torch.Tensor:
         if role == "attn_out":
