@@ -99,6 +99,12 @@ class Family:
 
         return {"heads": group(HEAD_ROLES), "neurons": group(NEURON_ROLES)}
 
+    @property
+    def pre_norm(self) -> bool:
+        """Whether a layer's output is its residual sum itself (no LayerNorm after the last residual add), as in
+        ModernBERT; the refits read residuals and bridge removed layers differently then."""
+        return self.output_norm is None
+
     def blocks(self, path: str) -> int:
         """How many unit-ordered blocks the Linear at `path` stacks along its unit axis (1: a plain Linear)."""
         return dict(self.stacked).get(path, 1)

@@ -108,7 +108,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             work_calls = list(dense_calls)  # the copy's first layer is called the same way
             changed = False  # whether the copy computes anything differently from the dense model yet
             walk = dense_walk(dense, set(counts.kept_layers), dense_calls)
-            pre_norm = family(dense).output_norm is None
+            pre_norm = family(dense).pre_norm
             for i, layer in enumerate(encoder_layers(work)):
                 if i in counts.dropped:  # the copy skips it; the dense model runs it (in `walk`)
                     kept["heads"].append([])

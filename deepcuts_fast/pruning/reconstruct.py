@@ -78,7 +78,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
         with torch.no_grad(), autocast(device, autocast_dtype):
             slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
             slim_layers = dict(zip(counterpart, encoder_layers(refit)))
-            pre_norm = family(dense).output_norm is None
+            pre_norm = family(dense).pre_norm
             for i, targets in dense_walk(dense, set(slim_layers), dense_calls):
                 layer = slim_layers[i]
                 module = refit.get_submodule(layer.prefix)
@@ -179,7 +179,7 @@ def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
             i += 1
             continue
         end = next((j for j in range(i + 1, len(layers)) if j in kept), len(layers))
-        targets, calls = _dense_targets(module, layers[i], calls, fam.output_norm is None)
+        targets, calls = _dense_targets(module, layers[i], calls, fam.pre_norm)
         if end > i + 1:
             norm = None if fam.output_norm is None else module.get_submodule(fam.output_norm)
             for j in range(i + 1, end):
