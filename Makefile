@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml setup.py constraints-cpu.txt
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/deepcuts run --quick --out runs/quick
 
+# Two pytest-xdist workers, each with half the cores (tests/conftest.py), a test file per worker at a time (the
+# README's examples share the model their first block fine-tunes); the multi-threaded kernel paths keep their own
+# tests, which set the thread count themselves.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 DEEPCUTS_REQUIRE_CPP=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 DEEPCUTS_REQUIRE_CPP=1 $(PYTEST)
 
 # The suite again as an AVX2-only CPU on one thread runs it: oneDNN and ATen capped at AVX2 (no native
 # bf16, other GEMM rounding) and OMP_NUM_THREADS=1, so no test may rely on this machine's ISA or thread count.
@@ -34,7 +40,7 @@ test: $(STAMP)
 # test runs in both unless it is marked.
 test-portable: $(STAMP)
 	HF_HUB_OFFLINE=1 DEEPCUTS_REQUIRE_CPP=1 OMP_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \
-		$(BIN)/python -m pytest -q -m "not example and not triton_interpreter and not isa_independent"
+		$(PYTEST) -m "not example and not triton_interpreter and not isa_independent"
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scoring.py

@@ -8,6 +8,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests compare against fp32 references, so "auto" precision means fp32 here on every CPU kind (with or
 # without native bf16); tests/test_precision.py checks what "auto" picks on each kind of machine.
 os.environ.setdefault("DEEPCUTS_PRECISION", "fp32")
+# Under pytest-xdist (`make test` runs two workers) each worker takes an equal share of this machine's cores,
+# unless OMP_NUM_THREADS is given, so the workers never ask for more threads than there are cores; set before
+# torch starts its thread pool, and inherited by the commands the tests run.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _CORES // _WORKERS))
 
 import pytest
 import torch
