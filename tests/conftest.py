@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests compare against fp32 references, so "auto" precision means fp32 here on every CPU kind (with or
@@ -108,6 +110,18 @@ def bert():
 @pytest.fixture
 def batches():
     return tiny_batches()
+
+
+def sentence_transformers_files(folder: Path, pooling: dict, normalize: bool = True) -> Path:
+    """Write what a sentence-transformers folder adds to a transformers one: modules.json (Transformer, Pooling and,
+    with `normalize`, Normalize) and 1_Pooling/config.json holding `pooling` (e.g. {"pooling_mode_cls_token": True})."""
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), *([("Normalize", "2_Normalize")] if normalize else [])]
+    (folder / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": path,
+                                                      "type": f"sentence_transformers.models.{kind}"}
+                                                     for i, (kind, path) in enumerate(modules)]))
+    return folder
 
 
 WORDS = "good bad film plot actor boring great awful funny dull moving script".split()

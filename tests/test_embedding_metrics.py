@@ -11,7 +11,7 @@ import torch
 
 import deepcuts_fast as dc
 from deepcuts_fast.embedding_metrics import embed, mean_cosine, neighbour_overlap
-from conftest import tiny_batches, tiny_model
+from conftest import sentence_transformers_files, tiny_batches, tiny_model
 
 
 def _perturbed(model, scale: float = 0.3, seed: int = 7):
@@ -131,9 +131,7 @@ def test_mean_cosine_against_numpy():
 
 def test_pooling_follows_the_dense_folder(tmp_path, dense, texts):
     """pooling=None reads the dense model's sentence-transformers folder; an explicit value wins."""
-    (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    (tmp_path / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Normalize"}]))
+    sentence_transformers_files(tmp_path, {"pooling_mode_cls_token": True})
     folder = tiny_model("bert", seed=3)
     folder.config._name_or_path = str(tmp_path)
     result = dc.evaluate_embeddings(_perturbed(dense), folder, texts)

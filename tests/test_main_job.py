@@ -16,7 +16,7 @@ from deepcuts_fast.job.goals import quality_goals, verdicts
 from deepcuts_fast.job.pipeline_summary import pipeline_summary
 from deepcuts_fast.hashing import model_fingerprint
 from deepcuts_fast.job.steps import StepStore
-from conftest import TINY, tiny_model
+from conftest import TINY, sentence_transformers_files, tiny_model
 
 TOP_KEYS = {"version", "machine", "settings", "dense", "scoring_seconds", "paper_mode", "paper_recovery",
             "paper_rewind", "structured_mode", "latency", "structured_recovery", "mask_analysis", "goals",
@@ -179,13 +179,7 @@ def _sentence_folder(folder: Path) -> Path:
                      initializer_range=0.5)
     BertModel(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")]
-    (folder / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": path,
-                                                      "type": f"sentence_transformers.models.{kind}"}
-                                                     for i, (kind, path) in enumerate(modules)]))
-    return folder
+    return sentence_transformers_files(folder, {"pooling_mode_mean_tokens": True})
 
 
 def test_embedding_section_prunes_the_sentence_model_as_given(data_csv, tmp_path):

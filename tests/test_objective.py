@@ -3,11 +3,9 @@ gradient criterion scores unlabelled data with it, `auto` picks labels or distil
 never read, plain text loads unlabelled, and the pipeline and `deepcuts prune` run end to end without labels."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import sentence_transformers_files, tiny_batches, tiny_model
 from torch.func import functional_call, jacrev
 from transformers import AutoModel
 
@@ -175,14 +173,12 @@ def test_pooling_follows_the_sentence_transformers_config(tmp_path):
     torch.testing.assert_close(pool(hidden, mask, "max")[1], hidden[1, :2].amax(0))
     torch.testing.assert_close(pool(hidden, mask, "cls"), hidden[:, 0])
     assert sentence_pooling(str(tmp_path)) == ("mean", False)
-    (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 4, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    (tmp_path / "modules.json").write_text(json.dumps(
-        [{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
-         {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    sentence_transformers_files(tmp_path, {"word_embedding_dimension": 4, "pooling_mode_cls_token": True,
+                                           "pooling_mode_mean_tokens": False})
     assert sentence_pooling(str(tmp_path)) == ("cls", True)
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
+    sentence_transformers_files(tmp_path, {"pooling_mode_max_tokens": True}, normalize=False)
+    assert sentence_pooling(str(tmp_path)) == ("max", False)
+    sentence_transformers_files(tmp_path, {"pooling_mode_weightedmean_tokens": True})
     with pytest.raises(DeepCutsError, match="weightedmean"):
         sentence_pooling(str(tmp_path))
 
