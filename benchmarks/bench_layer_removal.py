@@ -70,8 +70,9 @@ def main(argv=None) -> None:
         print(f"draw {seed}: layer importance {[round(v, 4) for v in importance]}", flush=True)
         for keep in keeps:
             for drop in drops:
-                slim, plan, info = dc.prune_without_retraining(model, calibration, keep, seq_len=args.seq_len,
-                                                               scores=scores, drop_layers=sorted(order[:drop]))
+                slim, plan, info = dc.prune_without_retraining(model, calibration, keep, criterion="fisher",
+                                                               seq_len=args.seq_len, scores=scores,
+                                                               drop_layers=sorted(order[:drop]))
                 r = dc.evaluate(slim, test)
                 results.setdefault((keep, drop), []).append(r)
                 print(f"draw {seed} keep {keep} drop {drop} (layers {plan.dropped}): accuracy {r.accuracy:.4f} "

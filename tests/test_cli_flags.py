@@ -78,7 +78,7 @@ def test_help_of_every_command_shows_defaults(command, capsys, monkeypatch):
     expected = {"score": ["number of calibration batches (default: 8)", "(default: smooth-cut)", "unit (default)",
                           "42 MB"],
                 "eval": ["--batch-size BATCH_SIZE", "(default: 16)", "(default: test)"],
-                "prune": ["(default: fisher", "(default: 512)", "(default: 128)", "--no-rearrange",
+                "prune": ["(default: cam-cut", "(default: 512)", "(default: 128)", "--no-rearrange",
                           "--no-reconstruct", "--method {one-shot,iterative}"],
                 "bench": ["(default: 20)"], "run": ["(default: rotten_tomatoes)"],
                 "make-data": ["multiclass: 6 topics", "(default: csv)"]}[command]
@@ -260,7 +260,7 @@ def test_prune_with_data_runs_the_pipeline(model_dir, data_csv, tmp_path, capsys
     assert code == 0
     s = json.loads(stdout)
     assert (s["path"], s["criterion"], s["scores"], s["rearranged"], s["reconstructed"]) == (
-        "pipeline", "fisher", None, True, True)
+        "pipeline", "cam-cut", None, True, True)
     assert s["data"] == s["reconstructed_on"] == str(data_csv) and s["calibration_examples"] == 16
     assert set(s["timings"]) == {"score", "search", "rearrange", "prune", "reconstruct", "total"}
     assert s["flops_kept"] <= 0.5 and s["params"] < s["dense_params"]

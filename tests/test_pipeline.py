@@ -55,3 +55,16 @@ def test_pipeline_on_given_scores_matches_scoring_itself(monkeypatch):
     with pytest.raises(dc.DeepCutsError, match="lacks fisher.*score_many"):
         dc.prune_without_retraining(dense, calibration, keep_flops=0.5, criterion="gradient", seq_len=10,
                                     scores={"gradient": shared["gradient"]})
+
+
+def test_default_criterion_follows_the_method():
+    """Without a criterion the one-shot method scores with Cam-Cut and the iterative one with Fisher (the defaults
+    the four-draw comparison chose); Fisher's scores come along either way as the reference."""
+    dense, calibration = tiny_model("bert", seed=2), tiny_batches(n_batches=2, batch_size=4, seed=5)
+    shared = dc.score_many(dense, calibration, ["cam-cut", "fisher"], granularity="unit", seed=3, progress=False)
+    for method, expected in (("one-shot", "cam-cut"), ("iterative", "fisher")):
+        _, _, info = dc.prune_without_retraining(dense, calibration, keep_flops=0.5, seq_len=10, scores=shared,
+                                                 method=method)
+        assert info["criterion"] == expected == dc.pipeline.DEFAULT_CRITERION[method]
+    with pytest.raises(dc.DeepCutsError, match="lacks cam-cut"):
+        dc.prune_without_retraining(dense, calibration, keep_flops=0.5, seq_len=10, scores={"fisher": shared["fisher"]})

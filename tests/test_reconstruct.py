@@ -114,7 +114,8 @@ def test_the_iterative_method_and_the_pipeline_refuse_counts_and_scores_of_anoth
     with pytest.raises(DeepCutsError, match="the fisher scores were made on a model with weights"):
         select_and_refit(other, calibration, unrecorded, selection="criterion", scores=scores)
     with pytest.raises(DeepCutsError, match="fisher scores were computed on .*, not on this model"):
-        dc.prune_without_retraining(other, calibration, 0.5, seq_len=10, scores={"fisher": scores})
+        dc.prune_without_retraining(other, calibration, 0.5, criterion="fisher", seq_len=10,
+                                    scores={"fisher": scores})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -52,8 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="plan from this `deepcuts score --granularity unit` file instead of scoring (then no "
                         "Fisher allocation or rearrangement); one of --scores / --data is required")
     p.add_argument("--criterion", default=None, metavar="NAME",
-                   help=criterion_help("what the pipeline scores with, besides Fisher (default: fisher; not with "
-                                       "--scores)"))
+                   help=criterion_help("what the pipeline scores with, besides Fisher (default: cam-cut with the one-shot "
+                                       "method, fisher with the iterative one; not with --scores)"))
     for target, what in (("flops", "FLOPs"), ("params", "unit parameters"), ("heads", "heads"),
                          ("neurons", "FFN neurons")):
         only = "" if target == "flops" else "; needs --scores"
@@ -163,7 +163,7 @@ def _library_options(args: argparse.Namespace) -> dict:
 def _prune(args: argparse.Namespace, out: Path) -> int:
     """`deepcuts prune` once its --out folder is checked and locked."""
     from ..data import make_batches
-    from ..pipeline import FISHER, prune_from_scores, prune_without_retraining
+    from ..pipeline import prune_from_scores, prune_without_retraining
     from ..pruning import save_pretrained
     from ..scoring import Scores
 
@@ -180,7 +180,7 @@ def _prune(args: argparse.Namespace, out: Path) -> int:
     options = _library_options(args)
     if scores is None:
         slim, plan, info = prune_without_retraining(
-            model, batches, args.keep_flops, criterion=args.criterion or FISHER, seq_len=args.seq_len,
+            model, batches, args.keep_flops, criterion=args.criterion, seq_len=args.seq_len,
             rearrange=options["rearrange"], reconstruct=options["reconstruct"], dtype=args.dtype,
             min_heads=args.min_heads, min_neurons=args.min_neurons, seed=args.seed, progress=not args.quiet,
             method=args.method, selection=args.selection, objective=args.objective or "auto",
