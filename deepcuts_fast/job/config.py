@@ -82,10 +82,11 @@ class JobConfig:
     @classmethod
     def quick(cls, **overrides) -> "JobConfig":
         """Fewer calibration batches and criteria, one FLOP budget, no recovery fine-tuning, one pipeline draw of
-        512 examples, sentence embeddings pruned at 0.5 only from 512 texts."""
+        512 examples (Fisher and the one-shot default, Cam-Cut), sentence embeddings pruned at 0.5 only from 512
+        texts."""
         quick = cls(criteria=QUICK_CRITERIA, keep_flops=(0.5,), calibration_batches=8, recovery_criteria=(),
                     recovery_compressions=(), rewind_criteria=(), structured_recovery_epochs=0.0,
-                    pipeline_criteria=("fisher",), pipeline_draws=1, pipeline_examples=512,
+                    pipeline_criteria=("fisher", "cam-cut"), pipeline_draws=1, pipeline_examples=512,
                     pipeline_keep_flops=(0.5,), pipeline_methods=("one-shot", "iterative"), embedding_examples=512,
                     embedding_keep_flops=(0.5,))
         return replace(quick, **overrides)
