@@ -13,6 +13,7 @@ from typing import NamedTuple
 from ..errors import DeepCutsError
 from ..locks import output_lock
 from ..outputs import check_folder
+from ..pipeline import DEFAULT_CRITERION
 from . import loading
 from .flags import flag_setting
 from .parsing import DATA_HELP, DTYPE_HELP, OBJECTIVE_HELP, Command, criterion_help
@@ -52,8 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="plan from this `deepcuts score --granularity unit` file instead of scoring (then no "
                         "Fisher allocation or rearrangement); one of --scores / --data is required")
     p.add_argument("--criterion", default=None, metavar="NAME",
-                   help=criterion_help("what the pipeline scores with, besides Fisher (default: cam-cut with the one-shot "
-                                       "method, fisher with the iterative one; not with --scores)"))
+                   help=criterion_help("what the pipeline scores with, besides Fisher (default: " + ", ".join(
+                       f"{name} with the {method} method" for method, name in DEFAULT_CRITERION.items())
+                       + "; not with --scores)"))
     for target, what in (("flops", "FLOPs"), ("params", "unit parameters"), ("heads", "heads"),
                          ("neurons", "FFN neurons")):
         only = "" if target == "flops" else "; needs --scores"

@@ -29,7 +29,7 @@ from ..tasks import EMBEDDING, without_labels
 from . import structured_mode
 from .config import JobConfig
 
-CRITERION = "fisher"  # the unit scores of the label-free pipeline (the iterative method's default criterion)
+CRITERION = "fisher"  # the unit scores of the label-free pipeline: its embedding measurements were made with Fisher
 GOAL_KEEP = 0.5  # the budget the goals are stated for; its slim model is saved next to the report
 GOALS = (("cosine", "cosine", 0.95), ("overlap", "NN@10", 0.70), ("probe", "probe", -0.01))
 """(key of the row, its name in the report, the least value that meets the goal): mean cosine slim vs dense >= 0.95,
