@@ -22,8 +22,11 @@ from .flops import encoder_flops
 from .errors import DeepCutsError, check_choice
 from .planning import Plan, check_budget, plan, rearrange as rearrange_plan
 from .planning.budget import BUDGETS
+from .models import model_device
+from .precision import choose
 from .pruning import prune, reconstruct as reconstruct_slim
 from .pruning.iterative import SELECTIONS, iterative_prune
+from .pruning.refit_targets import RefitTargets
 from .scoring import Scores, layer_importance, score_many
 from .scoring.criteria import get_criterion
 from .scoring.objective import OBJECTIVES
@@ -35,6 +38,10 @@ DEFAULT_CRITERION = {"one-shot": "cam-cut", "iterative": FISHER}
 """What each method scores with when no criterion is given. One-shot: Cam-Cut, which tied Fisher at keep_flops 0.5
 and 0.25 and beat it by 1.0 point at 0.33 (p=0.002) over four calibration draws on the embedded task (see
 docs/defaults.md); the iterative method was measured with Fisher only."""
+
+SHARED_TARGETS_MEMORY = 2 << 30
+"""The most memory (bytes) the one-shot method keeps the refit's targets in when its scoring pass records them on
+the way (`RefitTargets`); past it the refit runs its own dense forward: slower, the same result."""
 
 METHODS = ("one-shot", "iterative")
 """`prune_without_retraining`'s methods: one-shot (search, rearrange, prune, refit) or iterative."""
@@ -85,7 +92,10 @@ def prune_without_retraining(
     trained head, else distill); the refits never read labels. `info["objective"]` says which ran.
 
     `method` "one-shot" (the default) rearranges the searched mask against Fisher and refits the pruned
-    model's output projections at the end (`rearrange=` / `reconstruct=` switch those steps off).
+    model's output projections at the end (`rearrange=` / `reconstruct=` switch those steps off). Refitting on the
+    scoring data, it records the dense model's refit targets during the scoring pass where they fit in
+    `SHARED_TARGETS_MEMORY`, so the refit runs only the slim model; `info["refit_targets"]` says whether it did
+    ("scoring pass") or ran its own dense forward ("own forward"); the result is the same.
     "iterative" keeps the search's number of heads and neurons per layer but chooses which ones bottom-up,
     sublayer by sublayer, on the partly pruned model: by the output error their removal leaves after a
     least-squares refit (group OBS, `selection="output"`), or by the criterion's unit scores
@@ -101,11 +111,17 @@ def prune_without_retraining(
     batch_list = list(batches)
     name = get_criterion(criterion or DEFAULT_CRITERION[method]).name
     timings: dict[str, float] = {}
+    info: dict[str, Any] = {}
     start = time.perf_counter()
     wanted = list(dict.fromkeys([name, FISHER]))
+    recorder = None
     if scores is None:
+        if method == "one-shot" and reconstruct and reconstruct_batches is None and RefitTargets.bytes_needed(
+                model, batch_list, outputs=bool(drop_layers)) <= SHARED_TARGETS_MEMORY:
+            recorder = RefitTargets(model, outputs=bool(drop_layers))
         scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
-                            dtype=dtype, progress=progress, objective=objective)
+                            dtype=dtype, progress=progress, objective=objective,
+                            observer=None if recorder is None else recorder.recording)
     else:
         _check_given(scores, wanted)
     timings["score"] = _lap(start)
@@ -132,10 +148,13 @@ def prune_without_retraining(
         timings["prune"] = _lap(t)
         if reconstruct:
             t = time.perf_counter()
-            slim = reconstruct_slim(slim, model, refit_on(), dtype=dtype)
+            recorded = _recorded(recorder, model, batch_list, dtype)
+            slim = reconstruct_slim(slim, model, refit_on(), dtype=dtype, targets=recorded)
             timings["reconstruct"] = _lap(t)
+            info["refit_targets"] = "scoring pass" if recorded is not None else "own forward"
     timings["total"] = _lap(start)
     info = {
+        **info,
         "criterion": name,
         "objective": scores[name].meta.get("objective"),
         "method": method,
@@ -187,6 +206,15 @@ def prune_from_scores(
     return slim, chosen, {"criterion": scores.criterion, "rearranged": False, "reconstructed": refit,
                           "flops_kept": encoder_flops(slim, seq_len) / encoder_flops(model, seq_len),
                           "timings": timings}
+
+
+def _recorded(recorder: RefitTargets | None, model: nn.Module, batches: list,
+              dtype: str | torch.dtype | None) -> RefitTargets | None:
+    """The refit targets the scoring pass recorded, when it recorded them on every batch in the precision the refit
+    runs in (it scores in another where that is faster or safer, e.g. fp32 for the noise); else None."""
+    if recorder is None or len(recorder.token_counts) != len(batches):
+        return None
+    return recorder if recorder.autocast_dtype == choose("infer", model_device(model), dtype).autocast_dtype else None
 
 
 def _layer_scores(model: nn.Module, batches: list, drop_layers) -> list[float] | None:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
 from test_pruning import logits, random_plan
 
 import deepcuts_fast as dc
 from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.pruning.iterative import select_and_refit
+from deepcuts_fast.pruning.reconstruct import _advance, _first_layer_calls
 from deepcuts_fast.pruning.slicing import LINEAGE
 
 
@@ -138,3 +139,26 @@ def test_reconstruction_and_the_pipeline_run_on_cuda_like_on_cpu(monkeypatch):
     assert next(gpu_slim.parameters()).is_cuda
     assert [len(h) for h in gpu_plan.heads] == [len(h) for h in cpu_plan.heads]
     dc.prune_without_retraining(gpu_dense, calibration, 0.5, seq_len=10)  # "auto": bf16 autocast on the GPU
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_the_layer_walk_computes_what_the_model_computes(arch):
+    """Walking the layers one by one from the first layer's calls, each layer with the arguments the model gives it
+    (local and global attention layers get different ones), gives every layer's output of the model's own forward."""
+    model = tiny_model(arch)
+    batches = tiny_batches(n_batches=2, batch_size=5, seq_len=12, seed=8, pad_id=pad_id(arch))
+    modules = [model.get_submodule(layer.prefix) for layer in dc.arch.encoder_layers(model)]
+    seen: list = []
+    handles = [m.register_forward_hook(lambda m, i, out: seen.append(out[0] if isinstance(out, tuple) else out))
+               for m in modules]
+    with torch.no_grad():
+        for b in batches:
+            model(**{k: v for k, v in b.items() if k != "labels"})
+        for h in handles:
+            h.remove()
+        calls = _first_layer_calls(model, batches)
+        for i, module in enumerate(modules):
+            calls = [_advance(module, call) for call in calls]
+            for j, (call, b) in enumerate(zip(calls, batches)):
+                mask = b["attention_mask"].bool()
+                torch.testing.assert_close(call.hidden[mask], seen[j * len(modules) + i][mask], rtol=1e-4, atol=1e-5)

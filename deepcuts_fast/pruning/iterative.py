@@ -35,7 +35,7 @@ from ..planning.checks import check_layout
 from ..planning.plan import Plan
 from ..precision import autocast, choose
 from ..scoring.scores import Scores
-from .reconstruct import (_advance, _first_layer_calls, dense_walk, _model_inputs, _normal_equations,
+from .reconstruct import (_advance, _at, _first_layer_calls, dense_walk, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
 from ..families import family
 from ..families.depth import remove_layers
@@ -117,6 +117,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                     continue
                 changed = changed or i + 1 in counts.dropped  # its FFN stands in for the removed layers after it
                 module = work.get_submodule(layer.prefix)
+                work_calls = _at(work_calls, i)  # after removed layers, the calls of this one
                 _, targets = next(walk)
                 clock = _add(timings, "forward", clock)
                 for kind, role, group, width, count, unit_scores in (

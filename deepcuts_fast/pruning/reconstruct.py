@@ -8,8 +8,10 @@ model's own forward pass with the earlier layers already refit, and the target i
 the slim model's own residual there, so each fit also makes up for what the layers below left
 different and errors do not pile up. Each layer's inputs are kept between
 layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
-model running twice per layer. A slim model with layers removed whole is matched to the dense layers by where each
-of its layers came from (`families.depth.layer_ids`), and the dense model runs its removed layers too. The kept
+model running twice per layer; each layer gets the arguments the model gives that layer (local and global
+attention layers get different masks and rotary tables). The dense targets come from a layer-by-layer walk of the
+dense model, or from a forward that recorded them already (`refit_targets`: the pipeline's scoring pass). A slim
+model with layers removed whole is matched to the dense layers by where each of its layers came from (`families.depth.layer_ids`), and the dense model runs its removed layers too. The kept
 layer right before removed ones also stands in for them, as ReplaceMe replaces a block by a linear map: its FFN
 output projection is fit to what makes its layer output what the dense model's is after the removed layers (through
 the inverse of the layer's output LayerNorm, at each token's own mean and scale, in a post-norm family), so the map
@@ -24,12 +26,12 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from ..arch import OUTPUT_ROLES, encoder_layers
+from ..arch import encoder_layers
 from ..errors import DeepCutsError, first_line
 from ..families import family
 from ..families.depth import layer_ids
@@ -37,18 +39,19 @@ from ..tasks import without_labels
 from ..hashing import model_fingerprint
 from ..precision import autocast, choose
 from ..models import model_device, to_device
+from .refit_targets import REFIT_ROLES, RefitTargets, bridge, recording_layer, residuals, tokens
 from .slicing import lineage
-
-REFIT_ROLES = OUTPUT_ROLES  # the block outputs: their inputs are what pruning removed
 
 
 @dataclass
 class _LayerCall:
-    """One batch's call of an encoder layer: hidden states plus the other arguments it was given."""
+    """One batch's call of encoder layer `index` (of the dense model): its hidden states, and the other arguments the
+    model gives each of its layers (they differ where layers attend differently, local and global ones: their masks
+    and rotary tables)."""
 
     hidden: torch.Tensor
-    args: tuple
-    kwargs: dict
+    layer_args: list[tuple[tuple, dict]]  # per dense layer: (positional arguments after the hidden states, keywords)
+    index: int
     real: torch.Tensor | None  # (batch, seq) bool mask of real tokens, None when there is no padding mask
 
 
@@ -57,12 +60,15 @@ class _Stop(Exception):
 
 
 def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
-                ridge: float = 1e-4, dtype: str | torch.dtype | None = "auto") -> nn.Module:
+                ridge: float = 1e-4, dtype: str | torch.dtype | None = "auto",
+                targets: RefitTargets | None = None) -> nn.Module:
     """A copy of `slim` whose output projections are refit to reproduce `dense`'s on `batches`.
 
     Both models must be on the same device; batches are moved there. `dtype` is the precision of the
     layer forwards ("auto": bf16 autocast only where the device runs it natively; the fits always
-    stay in float32 / float64). `dense` must be a model `slim` was pruned from (`check_source`)."""
+    stay in float32 / float64). `dense` must be a model `slim` was pruned from (`check_source`).
+    `targets`, recorded during a forward of `dense` on the same batches in the same precision (as the pipeline's
+    scoring pass records them), spare the refit its own dense forward; the result is the same."""
     device = model_device(dense)
     if model_device(slim) != device:
         raise DeepCutsError(f"the slim model is on {model_device(slim)} and the dense one on {device}; "
@@ -70,22 +76,29 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
     autocast_dtype = choose("infer", device, dtype).autocast_dtype
     batch_list = _model_inputs(batches, device)
     check_source(slim, dense)
+    if targets is not None:
+        targets.check(dense, batch_list, autocast_dtype)
     counterpart = _counterparts(slim, dense)
     refit = copy.deepcopy(slim).eval()
     was_training = dense.training
     dense.eval()
     try:
         with torch.no_grad(), autocast(device, autocast_dtype):
-            slim_calls, dense_calls = _first_layer_calls(refit, batch_list), _first_layer_calls(dense, batch_list)
+            dense_calls = _first_layer_calls(dense, batch_list)  # the slim model's layers are called alike
             slim_layers = dict(zip(counterpart, encoder_layers(refit)))
             pre_norm = family(dense).pre_norm
-            for i, targets in dense_walk(dense, set(slim_layers), dense_calls):
+            walk = (targets.walk(set(slim_layers)) if targets is not None
+                    else dense_walk(dense, set(slim_layers), dense_calls))
+            slim_calls = dense_calls
+            for i, layer_targets in walk:
                 layer = slim_layers[i]
                 module = refit.get_submodule(layer.prefix)
+                slim_calls = _at(slim_calls, i)
                 for role in REFIT_ROLES:
-                    gram, cross = _normal_equations(module, layer, role, slim_calls, targets[role], pre_norm)
+                    gram, cross = _normal_equations(module, layer, role, slim_calls, layer_targets[role], pre_norm)
                     _solve_into(layer.linears[role], gram, cross, ridge)
-                slim_calls = [_advance(module, call) for call in slim_calls]
+                if i != counterpart[-1]:  # the last layer's output feeds no refit
+                    slim_calls = [_advance(module, call) for call in slim_calls]
     finally:
         dense.train(was_training)
     return refit
@@ -129,46 +142,69 @@ def _model_inputs(batches: Iterable[Mapping[str, torch.Tensor]], device) -> list
 
 
 def _first_layer_calls(model: nn.Module, batches: list) -> list[_LayerCall]:
-    """How the first encoder layer is called on every batch (the model stops right there)."""
-    first = model.get_submodule(encoder_layers(model)[0].prefix)
+    """How the model calls its first encoder layer on every batch, with the arguments it gives each layer, read in a
+    forward where only the first layer of the first batch runs (to learn what a layer returns) and every other layer
+    call passes its input through, up to the last layer, where the forward stops."""
+    modules = [model.get_submodule(layer.prefix) for layer in encoder_layers(model)]
     calls: list[_LayerCall] = []
-    current: dict = {}
+    seen: dict = {}
 
-    def grab(module, args, kwargs):
-        calls.append(_LayerCall(args[0], args[1:], kwargs, current["real"]))
-        raise _Stop
+    def stand_in(i: int, module: nn.Module):
+        original = module.forward
 
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+        def forward(hidden, *args, **kwargs):
+            seen["args"].append((args, kwargs))
+            if i == 0:
+                seen["hidden"] = hidden
+            if len(seen["args"]) == len(modules):
+                raise _Stop
+            if "output" not in seen:  # a layer's real output, once: what the model's loop unpacks
+                seen["output"] = original(hidden, *args, **kwargs)
+            out = seen["output"]
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+        return forward
+
+    own = [module.__dict__.get("forward") for module in modules]
+    for i, module in enumerate(modules):
+        module.forward = stand_in(i, module)
     try:
         for batch in batches:
             mask = batch.get("attention_mask")
-            current["real"] = None if mask is None else mask.bool()
+            seen["args"] = []
             with contextlib.suppress(_Stop):
                 model(**batch)
+            if len(seen["args"]) != len(modules):
+                raise DeepCutsError(f"the model called {len(seen['args'])} of its {len(modules)} encoder layers; "
+                                    "its layers cannot be refit one by one")
+            calls.append(_LayerCall(seen["hidden"], seen["args"], 0, None if mask is None else mask.bool()))
     finally:
-        handle.remove()
+        for module, forward in zip(modules, own):
+            del module.forward
+            if forward is not None:
+                module.forward = forward
     return calls
 
 
 def _run(module: nn.Module, call: _LayerCall) -> torch.Tensor:
-    out = module(call.hidden, *call.args, **call.kwargs)
+    args, kwargs = call.layer_args[call.index]
+    out = module(call.hidden, *args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-def _advance(module: nn.Module, call: _LayerCall) -> _LayerCall:
-    """The next layer's call on the same batch."""
-    return _LayerCall(_run(module, call).float(), call.args, call.kwargs, call.real)
+def _advance(module: nn.Module, call: _LayerCall, to: int | None = None) -> _LayerCall:
+    """The call of layer `to` (default: the next one) on the same batch, with `module`'s output."""
+    return _LayerCall(_run(module, call).float(), call.layer_args, call.index + 1 if to is None else to, call.real)
 
 
-def _tokens(t: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
-    """Rows of the real tokens, in float32."""
-    return (t.flatten(0, -2) if real is None else t[real]).float()
+def _at(calls: list[_LayerCall], index: int) -> list[_LayerCall]:
+    """`calls` as calls of layer `index`: the hidden states given to another (a slim model's) layer."""
+    return [replace(call, index=index) for call in calls]
 
 
 def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
     """Run the dense model layer by layer from `calls` (its first layer's); for each layer in `kept` (the slim model's
     counterparts), in order, yield (its index, its refit targets: per role, the dense residual sum that role's output
-    is added into, on every batch), the FFN output's bridged over the removed layers that follow it (`_bridge`)."""
+    is added into, on every batch), the FFN output's bridged over the removed layers that follow it (`bridge`)."""
     fam = family(dense)
     layers = encoder_layers(dense)
     i = 0
@@ -184,50 +220,10 @@ def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
             norm = None if fam.output_norm is None else module.get_submodule(fam.output_norm)
             for j in range(i + 1, end):
                 calls = [_advance(dense.get_submodule(layers[j].prefix), call) for call in calls]
-            targets["ffn_out"] = [_bridge(z, _tokens(call.hidden, call.real), norm)
+            targets["ffn_out"] = [bridge(z, tokens(call.hidden, call.real), norm)
                                   for z, call in zip(targets["ffn_out"], calls)]
         yield i, targets
         i = end
-
-
-def _bridge(residual_sum: torch.Tensor, after: torch.Tensor, norm: nn.Module | None):
-    """The residual sum that makes a layer output `after` (the dense hidden states after the removed layers that
-    follow it) instead of what its own `residual_sum` gives: `after` itself in a pre-norm layer, whose output is the
-    sum; in a post-norm layer the output LayerNorm's inverse of `after` at each token's own mean and scale (the sum
-    itself for a removed layer that changed nothing)."""
-    if norm is None:
-        return after
-    gamma = norm.weight.detach().float()
-    floor = 1e-3 * float(gamma.abs().mean())  # a near-zero scale would blow the inverse up
-    gamma = torch.where(gamma >= 0, gamma.clamp_min(floor), gamma.clamp_max(-floor))
-    beta = norm.bias.detach().float() if getattr(norm, "bias", None) is not None else 0.0
-    mean = residual_sum.mean(-1, keepdim=True)
-    scale = (residual_sum.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
-    return mean + scale * (after - beta) / gamma
-
-
-@contextlib.contextmanager
-def _residuals(layer, pre_norm: bool):
-    """A reader (call, role, the role's output) -> the residual stream that `role`'s output is added to, at the real
-    tokens, for a forward of the layer made inside this block: the layer's input for the attention output; for the
-    FFN output, in a post-norm layer the FFN's input (the attention block's normalised output), in a pre-norm layer
-    the layer's input plus the attention output."""
-    seen: dict = {}
-    if pre_norm:
-        handle = layer.linears["attn_out"].register_forward_hook(lambda m, args, out: seen.__setitem__("ffn", out))
-    else:
-        handle = layer.linears["ffn_in"].register_forward_pre_hook(lambda m, args: seen.__setitem__("ffn", args[0]))
-
-    def read(call: _LayerCall, role: str) -> torch.Tensor:
-        if role == "attn_out":
-            return _tokens(call.hidden, call.real)
-        ffn = _tokens(seen["ffn"], call.real)
-        return _tokens(call.hidden, call.real) + ffn if pre_norm else ffn
-
-    try:
-        yield read
-    finally:
-        handle.remove()
 
 
 def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall],
@@ -235,19 +231,12 @@ def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall],
     """Per role, the dense layer's residual sums (the output projection's output plus the residual it is added to)
     at the real tokens of every batch; and the next layer's calls."""
     targets: dict = {role: [] for role in REFIT_ROLES}
-    captured: dict = {}
-    handles = [layer.linears[role].register_forward_hook(
-        lambda m, i, out, role=role: captured.__setitem__(role, out)) for role in REFIT_ROLES]
+    current: dict = {}
     nxt = []
-    try:
-        with _residuals(layer, pre_norm) as residual:
-            for call in calls:
-                nxt.append(_advance(module, call))
-                for role in REFIT_ROLES:
-                    targets[role].append(_tokens(captured[role], call.real) + residual(call, role))
-    finally:
-        for h in handles:
-            h.remove()
+    with recording_layer(module, layer, pre_norm, lambda: current["real"], targets):
+        for call in calls:
+            current["real"] = call.real
+            nxt.append(_advance(module, call))
     return targets, nxt
 
 
@@ -269,14 +258,14 @@ def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCal
 
     handle = linear.register_forward_pre_hook(grab)
     try:
-        with _residuals(layer, pre_norm) as residual:
+        with residuals(layer, pre_norm) as residual:
             for call, target in zip(calls, targets):
                 captured.clear()
                 with contextlib.suppress(_Stop):
                     _run(module, call)
-                x = _tokens(captured[0], call.real)
+                x = tokens(captured[0], call.real)
                 x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-                y = target - residual(call, role)
+                y = target - residual(call.hidden, call.real, role)
                 with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
                     gram += (x.T @ x).double()
                     cross += (x.T @ y).double()

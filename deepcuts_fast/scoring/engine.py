@@ -7,7 +7,8 @@ one route per criterion (deepcuts_fast.scoring.routes), which turns them into sc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from .probes import Chunk, LinearProbe, PassContext, attached
 from .routes import Route, RouteSetup, route_for
 from .scores import Scores
 
+Observer = Callable[[Mapping[str, torch.Tensor], "torch.dtype | None"], ContextManager]
+"""(a batch's inputs as the model gets them, the autocast dtype) -> a context entered around that batch's forward
+in a clean pass, so a caller can record what the dense model computes on the way (the refit's targets)."""
 DEFAULT_CPU_MEMORY = 4 << 30
 CPU_CHUNK_TOKENS = 5000  # stacking beyond ~5k tokens per pass is slower on CPU (activations leave the cache)
 
@@ -34,11 +38,12 @@ class ScoringPass:
 
     def __init__(self, model: nn.Module, layout: list[LayerLayout], criteria: Sequence[Criterion], noisy: bool,
                  options: ScoreOptions, dtype: torch.dtype | None, backend: str,
-                 objective: Objective = Objective("labels")) -> None:
+                 objective: Objective = Objective("labels"), observer: Observer | None = None) -> None:
         """`dtype`: the autocast dtype (None: fp32); `backend`: the resolved kernel backend; `objective`: the
-        resolved loss (`deepcuts_fast.scoring.objective.resolve_objective`)."""
+        resolved loss (`deepcuts_fast.scoring.objective.resolve_objective`); `observer`, when given, is entered
+        around each batch's forward (see `Observer`)."""
         self.model, self.layout, self.criteria, self.options = model, layout, list(criteria), options
-        self.objective = objective
+        self.objective, self.observer = objective, observer
         self._targets: tuple[int, torch.Tensor | None] | None = None  # (batch index, its targets), reused by chunks
         self.samples = options.noise_samples if noisy else 1
         self.dtype, self.backend = dtype, backend
@@ -145,8 +150,9 @@ class ScoringPass:
         if mask is None or self.options.include_padding:
             mask = torch.ones(inputs["input_ids"].shape, device=self.device)
         chunk = Chunk(batch_index=b, samples=samples, token_mask=mask.reshape(-1).float(), loss_scale=float(batch_size))
+        observed = self.observer(inputs, self.dtype) if self.observer is not None else contextlib.nullcontext()
         with attached(self._all_probes(), chunk):
-            with autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype), observed:
                 outputs = self.objective.outputs(self.model, inputs)
             if clean_targets:
                 targets = self.objective.targets(outputs, labels, self.options.seed, b, inputs.get("attention_mask"))

@@ -27,7 +27,7 @@ from ..kernels import resolve
 from ..precision import choose_for_scoring
 from ..models import check_token_ids, model_device
 from .criteria import LOSS_ESTIMATE, Criterion, get_criterion
-from .engine import ScoringPass, shared_passes
+from .engine import Observer, ScoringPass, shared_passes
 from .layout import LayerLayout, model_layout
 from .objective import resolve_objective
 from .options import ScoreOptions, options_from, whole_number
@@ -74,6 +74,7 @@ def score_many(
     batch_indices: Sequence[int] | None = None,
     options: ScoreOptions | None = None,
     objective: str = "auto",
+    observer: Observer | None = None,
 ) -> dict[str, Scores]:
     """Score `model` with several criteria, sharing forward/backward passes between them.
 
@@ -93,17 +94,19 @@ def score_many(
     (`Scores.fisher`), which `plan` allocates its budget by.
     `objective` picks what the gradients differentiate: "labels", "distill" (the dense model's own outputs, no
     labels or trained head needed) or "auto" (see `ScoreOptions`); each result's `meta["objective"]` says which ran.
+    `observer` (see `engine.Observer`) is entered around each batch's forward of the clean pass when it runs in eval
+    mode, the one forward per batch that is the plain model's: the pipeline records the refit's targets there.
     """
     opts = options_from(options, granularity=granularity, unit_method=unit_method, noise_samples=noise_samples,
                         noise_std=noise_std, noise_scale=noise_scale, shift=shift, backend=backend, dtype=dtype,
                         seed=seed, progress=progress, max_memory=max_memory, train_mode=train_mode,
                         sequential_noise=sequential_noise, include_padding=include_padding, with_fisher=with_fisher,
                         reference=reference, objective=objective)
-    return _score_with(model, batches, criteria, opts, batch_indices)
+    return _score_with(model, batches, criteria, opts, batch_indices, observer)
 
 
 def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[str], options: ScoreOptions,
-               batch_indices: Sequence[int] | None = None) -> dict[str, Scores]:
+               batch_indices: Sequence[int] | None = None, observer: Observer | None = None) -> dict[str, Scores]:
     """`score_many` once its options are gathered: the data-free scores, then one clean and one noisy pass at most."""
     if not isinstance(model, nn.Module):
         raise DeepCutsError(f"model must be a torch model (e.g. dc.load_model(...)), got {type(model).__name__}")
@@ -132,7 +135,9 @@ def _score_with(model: nn.Module, batches: Batches | None, criteria: Sequence[st
             # relative noise_std is a fraction of the activations' scale, which is what the check compares to
             precision = choose_for_scoring(device, options.dtype, options.noise_std if noisy else None)
             meta = {**meta_base, "dtype": precision.name, "dtype_reason": precision.reason}
-            scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend, objective)
+            watch = observer if not noisy and not options.train_mode else None
+            scoring = ScoringPass(model, layout, group, noisy, options, precision.autocast_dtype, backend, objective,
+                                  watch)
             results.update(scoring.run(batch_list, indices, meta))
     estimate = loss_estimate(results)
     if options.with_fisher and estimate is not None:
