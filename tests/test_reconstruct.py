@@ -1,6 +1,8 @@
 """dc.reconstruct: least-squares refit of the slim model's output projections."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
@@ -11,6 +13,8 @@ from deepcuts_fast.errors import DeepCutsError
 from deepcuts_fast.pruning.iterative import select_and_refit
 from deepcuts_fast.pruning.reconstruct import _advance, _first_layer_calls
 from deepcuts_fast.pruning.slicing import LINEAGE
+
+reconstruct_module = sys.modules["deepcuts_fast.pruning.reconstruct"]  # the package exports the function
 
 
 def hidden_error(model, dense, batches):
@@ -162,3 +166,23 @@ def test_the_layer_walk_computes_what_the_model_computes(arch):
             for j, (call, b) in enumerate(zip(calls, batches)):
                 mask = b["attention_mask"].bool()
                 torch.testing.assert_close(call.hidden[mask], seen[j * len(modules) + i][mask], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_layer_outputs_computed_from_the_kept_ffn_inputs_give_the_refit_of_running_the_layers(arch, monkeypatch):
+    """After its FFN output is refit, a layer's output comes from that projection's kept inputs and residuals in every
+    family (checked on the first batch against the layer's forward), with the refit running the layers gives."""
+    model = tiny_model(arch)
+    batches = tiny_batches(n_batches=3, batch_size=6, seq_len=12, seed=9, pad_id=pad_id(arch))
+    slim = dc.prune(model, random_plan(model, 2))
+    replays: list = []
+    real_replayed = reconstruct_module._replayed
+    monkeypatch.setattr(reconstruct_module, "_replayed", lambda *a: replays.append(real_replayed(*a)) or replays[-1])
+    replayed = dc.reconstruct(slim, model, batches, dtype="fp32")
+    assert replays and all(r is not None for r in replays)  # every layer but the last, none run again
+    for setting, value in (("REPLAY_MEMORY", 0), ("REPLAY_TOLERANCE", -1.0)):  # too large to keep; a mismatch
+        with monkeypatch.context() as m:
+            m.setattr(reconstruct_module, setting, value)
+            run = dc.reconstruct(slim, model, batches, dtype="fp32")
+        for (name, x), (_, y) in zip(replayed.state_dict().items(), run.state_dict().items()):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)

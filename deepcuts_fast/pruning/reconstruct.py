@@ -39,7 +39,8 @@ from ..tasks import without_labels
 from ..hashing import model_fingerprint
 from ..precision import autocast, choose
 from ..models import model_device, to_device
-from .refit_targets import REFIT_ROLES, RefitTargets, bridge, recording_layer, residuals, tokens
+from .refit_targets import (REFIT_ROLES, RefitTargets, bridge, real_token_count, recording_layer, residuals,
+                            tokens)
 from .slicing import lineage
 
 
@@ -53,6 +54,14 @@ class _LayerCall:
     layer_args: list[tuple[tuple, dict]]  # per dense layer: (positional arguments after the hidden states, keywords)
     index: int
     real: torch.Tensor | None  # (batch, seq) bool mask of real tokens, None when there is no padding mask
+
+
+REPLAY_MEMORY = 1 << 30
+"""The most memory (bytes) a layer's FFN-output inputs may take to be kept for computing the layer's output after its
+refit (`_replayed`); past it the layer runs again instead."""
+REPLAY_TOLERANCE = 1e-2
+"""How far (relative norm) the replayed output of a layer may be from its forward on the first batch: rounding (bf16
+autocast adds in another order), never a missing operation."""
 
 
 class _Stop(Exception):
@@ -90,15 +99,22 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
             walk = (targets.walk(set(slim_layers)) if targets is not None
                     else dense_walk(dense, set(slim_layers), dense_calls))
             slim_calls = dense_calls
+            tokens_in_all = real_token_count(batch_list)
             for i, layer_targets in walk:
                 layer = slim_layers[i]
                 module = refit.get_submodule(layer.prefix)
                 slim_calls = _at(slim_calls, i)
+                last = i == counterpart[-1]  # its output feeds no refit
+                width = layer.linears["ffn_out"].in_features + layer.linears["ffn_out"].out_features
+                kept = [] if not last and 4 * tokens_in_all * width <= REPLAY_MEMORY else None
                 for role in REFIT_ROLES:
-                    gram, cross = _normal_equations(module, layer, role, slim_calls, layer_targets[role], pre_norm)
+                    gram, cross = _normal_equations(module, layer, role, slim_calls, layer_targets[role], pre_norm,
+                                                    kept if role == "ffn_out" else None)
                     _solve_into(layer.linears[role], gram, cross, ridge)
-                if i != counterpart[-1]:  # the last layer's output feeds no refit
-                    slim_calls = [_advance(module, call) for call in slim_calls]
+                if not last:
+                    norm = None if pre_norm else module.get_submodule(family(dense).output_norm)
+                    slim_calls = ((kept and _replayed(module, layer, slim_calls, kept, norm))
+                                  or [_advance(module, call) for call in slim_calls])
     finally:
         dense.train(was_training)
     return refit
@@ -241,11 +257,12 @@ def _dense_targets(module: nn.Module, layer, calls: list[_LayerCall],
 
 
 def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCall], targets: list,
-                      pre_norm: bool):
+                      pre_norm: bool, kept: list | None = None):
     """X^T X and X^T Y over the calibration tokens, X = [slim input of the `role` Linear, 1], Y = the dense residual
     sums `targets` minus the slim layer's own residual there: the Linear is fit to make the slim residual sum the
     dense one, so it also makes up for what the layers below left different. Summed in float64 on the model's
-    device (one copy to the host at the end, not one per batch)."""
+    device (one copy to the host at the end, not one per batch). `kept`, when given, gets each batch's (inputs of
+    the Linear, residual) at the real tokens, from which `_replayed` computes the layer's output once it is refit."""
     linear = layer.linears[role]
     k, device = linear.in_features, linear.weight.device
     gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=device)
@@ -264,14 +281,50 @@ def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCal
                 with contextlib.suppress(_Stop):
                     _run(module, call)
                 x = tokens(captured[0], call.real)
-                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-                y = target - residual(call.hidden, call.real, role)
+                r = residual(call.hidden, call.real, role)
+                y = target - r
                 with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
-                    gram += (x.T @ x).double()
-                    cross += (x.T @ y).double()
+                    gram[:k, :k] += (x.T @ x).double()  # the ones column's blocks are sums
+                    gram[:k, k] += x.sum(0).double()
+                    gram[k, :k] = gram[:k, k]
+                    gram[k, k] += x.shape[0]
+                    cross[:k] += (x.T @ y).double()
+                    cross[k] += y.sum(0).double()
+                if kept is not None:
+                    kept.append((x, r))
     finally:
         handle.remove()
     return gram.cpu(), cross.cpu()
+
+
+def _replayed(module: nn.Module, layer, calls: list[_LayerCall], kept: list, norm: nn.Module | None,
+              ) -> list[_LayerCall] | None:
+    """The next layer's calls after `module`'s FFN output projection is refit, computed from that projection's inputs
+    and residuals `kept` during its fit (the layer's output is the projection's output plus the residual, through the
+    output norm `norm` of a post-norm family) instead of running the layer's attention and FFN input again; only the
+    real tokens' rows are computed, which are all a later layer reads from. None when the first batch shows the layer
+    computes something else; then the caller runs it."""
+    linear = layer.linears["ffn_out"]
+
+    def output(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        out = r + linear(x).float()
+        return out if norm is None else norm(out).float()
+
+    first = _advance(module, calls[0])
+    real_first, replay_first = tokens(first.hidden, first.real), output(*kept[0])
+    if replay_first.shape != real_first.shape or not bool(
+            (replay_first - real_first).norm() <= REPLAY_TOLERANCE * real_first.norm()):
+        return None
+    nxt = [first]
+    for call, (x, r) in zip(calls[1:], kept[1:]):
+        rows = output(x, r)
+        if call.real is None:
+            hidden = rows.reshape(call.hidden.shape)
+        else:
+            hidden = call.hidden.float().clone()  # padding keeps the layer's input: masked out of every real token
+            hidden[call.real] = rows
+        nxt.append(_LayerCall(hidden, call.layer_args, call.index + 1, call.real))
+    return nxt
 
 
 def _solve_into(linear: nn.Linear, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> None:
