@@ -93,9 +93,9 @@ def prune_without_retraining(
 
     `method` "one-shot" (the default) rearranges the searched mask against Fisher and refits the pruned
     model's output projections at the end (`rearrange=` / `reconstruct=` switch those steps off). Refitting on the
-    scoring data, it records the dense model's refit targets during the scoring pass where they fit in
-    `SHARED_TARGETS_MEMORY`, so the refit runs only the slim model; `info["refit_targets"]` says whether it did
-    ("scoring pass") or ran its own dense forward ("own forward"); the result is the same.
+    scoring data (either method), the pipeline records the dense model's refit targets during the scoring pass where
+    they fit in `SHARED_TARGETS_MEMORY`, so the refits run only the slim model; `info["refit_targets"]` says whether
+    they did ("scoring pass") or ran their own dense forward ("own forward"); the result is the same.
     "iterative" keeps the search's number of heads and neurons per layer but chooses which ones bottom-up,
     sublayer by sublayer, on the partly pruned model: by the output error their removal leaves after a
     least-squares refit (group OBS, `selection="output"`), or by the criterion's unit scores
@@ -116,7 +116,7 @@ def prune_without_retraining(
     wanted = list(dict.fromkeys([name, FISHER]))
     recorder = None
     if scores is None:
-        if method == "one-shot" and reconstruct and reconstruct_batches is None and RefitTargets.bytes_needed(
+        if reconstruct and reconstruct_batches is None and RefitTargets.bytes_needed(
                 model, batch_list, outputs=bool(drop_layers)) <= SHARED_TARGETS_MEMORY:
             recorder = RefitTargets(model, outputs=bool(drop_layers))
         scores = score_many(model, batch_list, wanted, granularity="unit", unit_method=unit_method, seed=seed,
@@ -135,9 +135,12 @@ def prune_without_retraining(
     def refit_on() -> list:  # the refit data, drawn only when a refit runs
         return batch_list if reconstruct_batches is None else list(reconstruct_batches)
 
+    recorded = _recorded(recorder, model, batch_list, dtype)
+    if reconstruct:
+        info["refit_targets"] = "scoring pass" if recorded is not None else "own forward"
     if method == "iterative":
         slim, final_plan, steps = iterative_prune(model, refit_on(), search_plan, selection=selection,
-                                                  scores=scores[name], dtype=dtype)
+                                                  scores=scores[name], dtype=dtype, targets=recorded)
         timings.update(steps)
     else:
         t = time.perf_counter()
@@ -148,10 +151,8 @@ def prune_without_retraining(
         timings["prune"] = _lap(t)
         if reconstruct:
             t = time.perf_counter()
-            recorded = _recorded(recorder, model, batch_list, dtype)
             slim = reconstruct_slim(slim, model, refit_on(), dtype=dtype, targets=recorded)
             timings["reconstruct"] = _lap(t)
-            info["refit_targets"] = "scoring pass" if recorded is not None else "own forward"
     timings["total"] = _lap(start)
     info = {
         **info,

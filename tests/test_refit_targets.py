@@ -79,13 +79,17 @@ def test_targets_of_another_model_other_batches_or_another_precision_are_refused
         dc.reconstruct(slim, model, batches, dtype="fp32", targets=targets)
 
 
+@pytest.mark.parametrize("method", ["one-shot", "iterative"])
 @pytest.mark.parametrize("cap, source", [(pipeline.SHARED_TARGETS_MEMORY, "scoring pass"), (0, "own forward")])
-def test_the_pipeline_refits_on_its_scoring_passs_targets_where_they_fit(monkeypatch, cap, source):
+def test_the_pipeline_refits_on_its_scoring_passs_targets_where_they_fit(monkeypatch, cap, source, method):
     model = tiny_model("bert")
     batches = tiny_batches(n_batches=3, batch_size=6, seq_len=12, seed=6)
     monkeypatch.setattr(pipeline, "SHARED_TARGETS_MEMORY", cap)
-    slim, _, info = dc.prune_without_retraining(model, batches, 0.5, dtype="fp32")
+    slim, _, info = dc.prune_without_retraining(model, batches, 0.5, dtype="fp32", method=method)
     assert info["refit_targets"] == source
     monkeypatch.setattr(pipeline, "SHARED_TARGETS_MEMORY", 0)
-    reference, _, _ = dc.prune_without_retraining(model, batches, 0.5, dtype="fp32")
+    reference, _, _ = dc.prune_without_retraining(model, batches, 0.5, dtype="fp32", method=method)
     assert_same_weights(slim, reference)
+    _, _, info = dc.prune_without_retraining(model, batches, 0.5, dtype="fp32", method=method,
+                                             reconstruct_batches=batches)
+    assert info["refit_targets"] == "own forward"  # other refit data than the scoring's: nothing to share

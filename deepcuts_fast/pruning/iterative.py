@@ -35,6 +35,7 @@ from ..planning.checks import check_layout
 from ..planning.plan import Plan
 from ..precision import autocast, choose
 from ..scoring.scores import Scores
+from .refit_targets import RefitTargets
 from .reconstruct import (_advance, _at, _first_layer_calls, dense_walk, _model_inputs, _normal_equations,
                           ridge_regularised, ridge_solution)
 from ..families import family
@@ -59,10 +60,12 @@ least-squares refits."""
 def iterative_prune(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], counts: Plan,
                     selection: str = "output", scores: Scores | None = None, ridge: float = 1e-4,
                     dtype: str | torch.dtype | None = "auto",
-                    neuron_steps: int = NEURON_STEPS) -> tuple[nn.Module, Plan, dict[str, float]]:
+                    neuron_steps: int = NEURON_STEPS,
+                    targets: RefitTargets | None = None) -> tuple[nn.Module, Plan, dict[str, float]]:
     """(slim model, its plan, timings in seconds): `select_and_refit`, then the physical pruning of its masked copy
     (in place: the copy is ours), which keeps the copy's record of being cut from `dense`."""
-    masked, plan, timings = select_and_refit(dense, batches, counts, selection, scores, ridge, dtype, neuron_steps)
+    masked, plan, timings = select_and_refit(dense, batches, counts, selection, scores, ridge, dtype, neuron_steps,
+                                             targets)
     start = time.perf_counter()
     kept = plan.kept_layers  # the copy has lost its dropped layers already
     shrink(masked, [plan.heads[i] for i in kept], [plan.neurons[i] for i in kept])
@@ -73,7 +76,8 @@ def iterative_prune(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tenso
 def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], counts: Plan,
                      selection: str = "output", scores: Scores | None = None, ridge: float = 1e-4,
                      dtype: str | torch.dtype | None = "auto",
-                     neuron_steps: int = NEURON_STEPS) -> tuple[nn.Module, Plan, dict[str, float]]:
+                     neuron_steps: int = NEURON_STEPS,
+                     targets: RefitTargets | None = None) -> tuple[nn.Module, Plan, dict[str, float]]:
     """(a dense-width copy of `dense` with the removed units' output columns zeroed and every output projection
     refit, the plan of the kept units, timings in seconds).
 
@@ -83,7 +87,9 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     "output" picks them by group OBS on the output error, "criterion" as the top of `scores` (unit scores of
     `dense`). `batches` are the calibration data (labels ignored); `dtype` the precision of the layer forwards
     ("auto": bf16 autocast only where the device runs it natively). `dense` is left untouched; `counts` and
-    `scores` must have been made on it where they record a weights hash, and the copy records being cut from it."""
+    `scores` must have been made on it where they record a weights hash, and the copy records being cut from it.
+    `targets`, the dense refit targets recorded on `batches` (as the pipeline's scoring pass records them), spare it
+    the dense model's forward, as in `reconstruct`."""
     _check_selection(selection, scores)
     if not isinstance(counts, Plan):
         raise DeepCutsError(f"the iterative method takes the unit counts as a dc.Plan, got {type(counts).__name__}")
@@ -95,6 +101,8 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
     device = model_device(dense)
     autocast_dtype = choose("infer", device, dtype).autocast_dtype
     batch_list = _model_inputs(batches, device)
+    if targets is not None:
+        targets.check(dense, batch_list, autocast_dtype)
     work = copy.deepcopy(dense).eval()
     record_cut(work, dense, fingerprint)
     timings = dict.fromkeys(STEPS, 0.0)
@@ -107,7 +115,8 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             dense_calls = _first_layer_calls(dense, batch_list)
             work_calls = list(dense_calls)  # the copy's first layer is called the same way
             changed = False  # whether the copy computes anything differently from the dense model yet
-            walk = dense_walk(dense, set(counts.kept_layers), dense_calls)
+            walk = (targets.walk(set(counts.kept_layers)) if targets is not None
+                    else dense_walk(dense, set(counts.kept_layers), dense_calls))
             pre_norm = family(dense).pre_norm
             for i, layer in enumerate(encoder_layers(work)):
                 if i in counts.dropped:  # the copy skips it; the dense model runs it (in `walk`)
