@@ -6,12 +6,13 @@ added into (its output plus the residual stream) is the dense model's (the idea 
 mask tuning, with whole weight matrices instead of one scale per unit). Inputs come from the slim
 model's own forward pass with the earlier layers already refit, and the target is the dense sum less
 the slim model's own residual there, so each fit also makes up for what the layers below left
-different and errors do not pile up. Each layer's inputs are kept between
-layers, so a layer runs three times (attention refit, FFN refit, next inputs) instead of the whole
-model running twice per layer; each layer gets the arguments the model gives that layer (local and global
-attention layers get different masks and rotary tables). The dense targets come from a layer-by-layer walk of the
-dense model, or from a forward that recorded them already (`refit_targets`: the pipeline's scoring pass). A slim
-model with layers removed whole is matched to the dense layers by where each of its layers came from (`families.depth.layer_ids`), and the dense model runs its removed layers too. The kept
+different and errors do not pile up. Each layer's inputs are kept between layers, so a layer runs twice (attention
+refit, FFN refit) and its output comes from what the FFN refit kept (`_replayed`), instead of the whole model running
+twice per layer; each layer gets the arguments the model gives that layer (local and global attention layers get
+different masks and rotary tables). The dense targets come from a layer-by-layer walk of the dense model, or from a
+forward that recorded them already (`refit_targets`: the pipeline's scoring pass). A slim model with layers removed
+whole is matched to the dense layers by where each of its layers came from (`families.depth.layer_ids`), and the
+dense model runs its removed layers too. The kept
 layer right before removed ones also stands in for them, as ReplaceMe replaces a block by a linear map: its FFN
 output projection is fit to what makes its layer output what the dense model's is after the removed layers (through
 the inverse of the layer's output LayerNorm, at each token's own mean and scale, in a post-norm family), so the map
@@ -181,9 +182,9 @@ def _first_layer_calls(model: nn.Module, batches: list) -> list[_LayerCall]:
         return forward
 
     own = [module.__dict__.get("forward") for module in modules]
-    for i, module in enumerate(modules):
-        module.forward = stand_in(i, module)
     try:
+        for i, module in enumerate(modules):
+            module.forward = stand_in(i, module)
         for batch in batches:
             mask = batch.get("attention_mask")
             seen["args"] = []
@@ -195,7 +196,7 @@ def _first_layer_calls(model: nn.Module, batches: list) -> list[_LayerCall]:
             calls.append(_LayerCall(seen["hidden"], seen["args"], 0, None if mask is None else mask.bool()))
     finally:
         for module, forward in zip(modules, own):
-            del module.forward
+            module.__dict__.pop("forward", None)
             if forward is not None:
                 module.forward = forward
     return calls
@@ -297,8 +298,8 @@ def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCal
     return gram.cpu(), cross.cpu()
 
 
-def _replayed(module: nn.Module, layer, calls: list[_LayerCall], kept: list, norm: nn.Module | None,
-              ) -> list[_LayerCall] | None:
+def _replayed(module: nn.Module, layer, calls: list[_LayerCall], kept: list,
+              norm: nn.Module | None) -> list[_LayerCall] | None:
     """The next layer's calls after `module`'s FFN output projection is refit, computed from that projection's inputs
     and residuals `kept` during its fit (the layer's output is the projection's output plus the residual, through the
     output norm `norm` of a post-norm family) instead of running the layer's attention and FFN input again; only the

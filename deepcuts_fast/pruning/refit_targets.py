@@ -3,9 +3,9 @@
 `reconstruct` fits each slim output projection so that, at the real calibration tokens, the residual sum its output
 is added into (its output plus the residual stream) is the dense model's. Those targets cost one dense forward over
 the calibration batches. A pass that runs the dense model over the same batches anyway, as the scoring pass does,
-can record them on the way (`RefitTargets.recording`), and the refit then runs only the slim model: a third less
-time for the whole retraining-free pipeline on MiniLM. `reconstruct`'s own layer-by-layer walk of the dense model
-records them with the same hooks (`recording_layer`), so both give the same targets.
+can record them on the way (`RefitTargets.recording`), and the refit then runs only the slim model (about half the
+refit's time on MiniLM: benchmarks/RESULTS.md). `reconstruct`'s own layer-by-layer walk of the dense model records
+them with the same hooks (`recording_layer`), so both give the same targets.
 """
 from __future__ import annotations
 
@@ -99,8 +99,8 @@ class RefitTargets:
         self.outputs: list[list[torch.Tensor]] | None = [[] for _ in layers] if outputs else None
         self.token_counts: list[int] = []  # real tokens per recorded batch
         self.autocast_dtype: torch.dtype | None = None
-        self._model, self._state, self._layers, self._pre_norm = id(dense), _state(dense), layers, family(dense).pre_norm
-        self._dense = dense
+        self._dense, self._state, self._layers = dense, _state(dense), layers
+        self._pre_norm = family(dense).pre_norm
 
     @staticmethod
     def bytes_needed(dense: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], outputs: bool = False) -> int:
@@ -130,7 +130,7 @@ class RefitTargets:
               autocast_dtype: torch.dtype | None) -> None:
         """Refuse targets that are not those of `dense` (the same object, its weights unchanged since) on `batches`
         with forwards in `autocast_dtype`: a refit to them would silently fit something else."""
-        if id(dense) != self._model or _state(dense) != self._state:
+        if dense is not self._dense or _state(dense) != self._state:
             raise DeepCutsError("these refit targets were recorded on another dense model, or on this one before its "
                                 "weights changed; reconstruct without them (targets=None)")
         counts = [real_token_count([b]) for b in batches]
@@ -155,7 +155,8 @@ class RefitTargets:
                                         "without the layer outputs bridging them needs (outputs=True)")
                 module = self._dense.get_submodule(self._layers[i].prefix)
                 norm = None if fam.output_norm is None else module.get_submodule(fam.output_norm)
-                targets["ffn_out"] = [bridge(z, after, norm) for z, after in zip(targets["ffn_out"], self.outputs[end - 1])]
+                after = self.outputs[end - 1]  # the dense hidden states after the removed layers
+                targets["ffn_out"] = [bridge(z, a, norm) for z, a in zip(targets["ffn_out"], after)]
             yield i, targets
 
 
