@@ -4,8 +4,9 @@ on this machine (fp32, int8, bf16 only where native), with the test accuracy of 
 compared with dense torch fp32 and with the fastest dense variant of the same run, which the table names.
 
 MiniLM: `minilm-rt` (the packaged MiniLM-L6 fine-tuned on the embedded reviews) and its slim model from
-`dc.prune_without_retraining(keep_flops=0.5)` (Fisher, one-shot, 2,048 calibration reviews at seq 64 that
-also serve the refit and calibrate OpenVINO int8, no fine-tuning of the slim model).
+`dc.prune_without_retraining(keep_flops=0.5)` (one-shot with `--criterion`, by default the pipeline's, 2,048
+calibration reviews at seq 64 that also serve the refit, the first 256 of them calibrate OpenVINO int8, no
+fine-tuning of the slim model).
 MiniLM shape: the packaged MiniLM-L6 with a random 2-class head (nothing fine-tuned) and its slim model from a
 magnitude plan at keep_flops 0.5 (latency only). BERT-base shape: a random BERT (hidden 768, 12 layers, 12 heads,
 FFN 3072; no download), sliced the same way (latency only: their accuracy means nothing; OpenVINO int8 is then
@@ -14,6 +15,7 @@ steady, in interleaved rounds; the allocator, threads and CPU are printed with t
 
     python benchmarks/bench_deploy.py [--families minilm,minilm-shape,bert-base] [--batch-sizes 1,32]
         [--runtimes torch,ort,openvino] [--repeats 10] [--out /tmp/deploy] [--keep 0.5] [--drop-layers 0]
+        [--criterion cam-cut]
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from benchmarks.model_families import dense_model  # noqa: E402
 from deepcuts_fast.data import encode_labels, load_dataset, make_batches  # noqa: E402
 from deepcuts_fast.benchmarking.deployment import compare_deployment, deployment_table  # noqa: E402
 from deepcuts_fast.machine import allocator, describe_cpu  # noqa: E402
+from deepcuts_fast.pipeline import DEFAULT_CRITERION  # noqa: E402
 from deepcuts_fast.precision import choose  # noqa: E402
 
 KEEP = 0.5
@@ -50,6 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--drop-layers", type=int, default=0,
                     help="minilm: also remove this many whole layers (the least important by dc.layer_importance on "
                          "the calibration reviews; the shape-only models: the last ones)")
+    ap.add_argument("--criterion", default=DEFAULT_CRITERION["one-shot"],
+                    help="minilm: the pipeline's criterion (default: its one-shot default)")
     args = ap.parse_args(argv)
     families = args.families.split(",")
     unknown = [f for f in families if f not in FAMILIES]
@@ -62,7 +67,7 @@ def main(argv=None) -> None:
     bf16 = choose("infer", torch.device("cpu"), "auto").name == "bf16"
     print(f"machine: {describe_cpu()}; {allocator()}; bf16 native: {bf16}", flush=True)
     for family in families:
-        dense, slim, tok, test, calibration = FAMILIES[family](args.keep, args.drop_layers)
+        dense, slim, tok, test, calibration = FAMILIES[family](args.keep, args.drop_layers, args.criterion)
         print(f"{family} slim (keep_flops {args.keep}, layers kept {getattr(slim.config, 'deepcuts_layer_ids', 'all')}): "
               f"heads per layer {slim.config.deepcuts_heads}, "
               f"FFN neurons per layer {slim.config.deepcuts_ffn}", flush=True)
@@ -78,7 +83,8 @@ def main(argv=None) -> None:
             print(f"Warning: {w}.")
 
 
-def minilm(keep: float = KEEP, drop_layers: int = 0) -> tuple[nn.Module, nn.Module, object, list, list]:
+def minilm(keep: float = KEEP, drop_layers: int = 0,
+           criterion: str = DEFAULT_CRITERION["one-shot"]) -> tuple[nn.Module, nn.Module, object, list, list]:
     task = dc.task_model("minilm-rt", progress=False)
     model, tok = task.model, task.tokenizer
     train = encode_labels(load_dataset("rotten_tomatoes", "train"), model.config)
@@ -86,8 +92,9 @@ def minilm(keep: float = KEEP, drop_layers: int = 0) -> tuple[nn.Module, nn.Modu
     calibration = make_batches(train, tok, batch_size=64, max_length=64, shuffle=True, seed=0, limit=2048,
                                sort_by_length=True)
     slim, _, info = dc.prune_without_retraining(model, calibration, keep_flops=keep, seq_len=128,
-                                                drop_layers=drop_layers or None)
-    print(f"minilm slim: {info['flops_kept']:.3f} of the FLOPs, pipeline {info['timings']['total']:.1f} s", flush=True)
+                                                drop_layers=drop_layers or None, criterion=criterion)
+    print(f"minilm slim ({info['criterion']}): {info['flops_kept']:.3f} of the FLOPs, pipeline "
+          f"{info['timings']['total']:.1f} s", flush=True)
     test = make_batches(test, tok, batch_size=64, max_length=64, sort_by_length=True)
     return model, slim, tok, test, calibration[:4]  # 256 reviews calibrate OpenVINO int8, as dc.deploy's default
 
@@ -105,8 +112,9 @@ def shape_only(family: str, keep: float = KEEP, drop_layers: int = 0) -> tuple[n
     return model, dc.prune(model, plan), tok, None, None
 
 
-FAMILIES = {"minilm": minilm, "minilm-shape": lambda *a: shape_only("minilm", *a),
-            "bert-base": lambda *a: shape_only("bert-base", *a)}
+FAMILIES = {"minilm": minilm,  # the shape-only models are sliced by magnitude: no criterion
+            "minilm-shape": lambda keep, drop, criterion: shape_only("minilm", keep, drop),
+            "bert-base": lambda keep, drop, criterion: shape_only("bert-base", keep, drop)}
 
 if __name__ == "__main__":
     main()
