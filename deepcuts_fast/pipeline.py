@@ -40,8 +40,8 @@ and 0.25 and beat it by 1.0 point at 0.33 (p=0.002) over four calibration draws 
 docs/defaults.md); the iterative method was measured with Fisher only."""
 
 SHARED_TARGETS_MEMORY = 2 << 30
-"""The most memory (bytes) the one-shot method keeps the refit's targets in when its scoring pass records them on
-the way (`RefitTargets`); past it the refit runs its own dense forward: slower, the same result."""
+"""The most memory (bytes) the pipeline keeps the refit's targets in when its scoring pass records them on the way
+(`RefitTargets`); past it the refit runs its own dense forward: slower, the same result."""
 
 METHODS = ("one-shot", "iterative")
 """`prune_without_retraining`'s methods: one-shot (search, rearrange, prune, refit) or iterative."""

@@ -127,7 +127,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                 changed = changed or i + 1 in counts.dropped  # its FFN stands in for the removed layers after it
                 module = work.get_submodule(layer.prefix)
                 work_calls = _at(work_calls, i)  # after removed layers, the calls of this one
-                _, targets = next(walk)
+                _, layer_targets = next(walk)
                 clock = _add(timings, "forward", clock)
                 for kind, role, group, width, count, unit_scores in (
                         ("heads", "attn_out", layer.head_dim, layer.num_heads, len(counts.heads[i]),
@@ -138,7 +138,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                         kept[kind].append(list(range(width)))
                         continue
                     linear = layer.linears[role]
-                    gram, cross = _normal_equations(module, layer, role, work_calls, targets[role], pre_norm)
+                    gram, cross = _normal_equations(module, layer, role, work_calls, layer_targets[role], pre_norm)
                     clock = _add(timings, "grams", clock)
                     if selection == "output" or (selection == "output-heads" and kind == "heads"):
                         units = obs_keep(gram, cross, group, count, ridge, None if group > 1 else neuron_steps)
