@@ -3,10 +3,11 @@ refit before the next (tiny random models)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
 from test_cli_flags import api_pipeline, prune_argv, run
 from test_pruning import logits
 
@@ -14,6 +15,8 @@ import deepcuts_fast as dc
 from deepcuts_fast.arch import encoder_layers
 from deepcuts_fast.pruning.iterative import obs_keep, select_and_refit
 from deepcuts_fast.pruning.reconstruct import ridge_solution
+
+reconstruct_module = sys.modules["deepcuts_fast.pruning.reconstruct"]  # the package exports the function
 
 
 def counts_plan(model, heads: list[int], neurons: list[int]) -> dc.Plan:
@@ -195,3 +198,22 @@ def test_cli_prune_method_iterative(model_dir, data_csv, tmp_path, capsys):
     code, _, err = run(prune_argv(model_dir, data_csv, tmp_path / "w", "--selection", "criterion"), capsys)
     assert code == 2 and "--selection criterion chooses units inside --method iterative" in err and not (
         tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_layer_outputs_from_the_kept_ffn_inputs_give_the_choices_and_refits_of_running_the_layers(arch, monkeypatch):
+    """As in `reconstruct`: after a layer's refits its output comes from the FFN output's kept inputs in every
+    family, and the units chosen and the weights are those that running the layer again gives."""
+    dense = tiny_model(arch, seed=4)
+    calibration = tiny_batches(n_batches=3, batch_size=6, seq_len=12, seed=5, pad_id=pad_id(arch))
+    counts = counts_plan(dense, heads=[2, 3], neurons=[20, 30])
+    replays: list = []
+    real_replayed = reconstruct_module._replayed
+    monkeypatch.setattr(reconstruct_module, "_replayed", lambda *a: replays.append(real_replayed(*a)) or replays[-1])
+    masked, plan, _ = select_and_refit(dense, calibration, counts)
+    assert replays and all(r is not None for r in replays)
+    monkeypatch.setattr(reconstruct_module, "REPLAY_MEMORY", 0)
+    run_masked, run_plan, _ = select_and_refit(dense, calibration, counts)
+    assert (plan.heads, plan.neurons) == (run_plan.heads, run_plan.neurons)
+    for (name, x), (_, y) in zip(masked.state_dict().items(), run_masked.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)

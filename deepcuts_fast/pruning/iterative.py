@@ -14,7 +14,8 @@ cheapest group, downdates G^-1 (Schur complement) and W, and repeats until the p
 on the kept columns by least squares, exactly as `reconstruct` refits a slim model, and the removed
 columns are zeroed so that the sublayers above see the pruned function. With `selection="criterion"`
 the given unit scores choose the kept units instead (the refit stays); with `selection="output-heads"`
-they choose the FFN neurons while group OBS chooses the heads. Grams are accumulated in float32
+they choose the FFN neurons while group OBS chooses the heads. A layer's output after its refits comes from
+what its FFN-output fit kept, as in `reconstruct` (`next_calls`). Grams are accumulated in float32
 per batch and summed in float64; the elimination and the solves run in float64 on the CPU.
 """
 from __future__ import annotations
@@ -35,9 +36,9 @@ from ..planning.checks import check_layout
 from ..planning.plan import Plan
 from ..precision import autocast, choose
 from ..scoring.scores import Scores
-from .refit_targets import RefitTargets
-from .reconstruct import (_advance, _at, _first_layer_calls, dense_walk, _model_inputs, _normal_equations,
-                          ridge_regularised, ridge_solution)
+from .refit_targets import RefitTargets, real_token_count
+from .reconstruct import (_at, _first_layer_calls, dense_walk, _model_inputs, _normal_equations, next_calls,
+                          replay_store, ridge_regularised, ridge_solution)
 from ..families import family
 from ..families.depth import remove_layers
 from ..families.narrowing import shrink
@@ -117,7 +118,10 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
             changed = False  # whether the copy computes anything differently from the dense model yet
             walk = (targets.walk(set(counts.kept_layers)) if targets is not None
                     else dense_walk(dense, set(counts.kept_layers), dense_calls))
-            pre_norm = family(dense).pre_norm
+            fam = family(dense)
+            pre_norm = fam.pre_norm
+            tokens_in_all = real_token_count(batch_list)
+            last = counts.kept_layers[-1]  # its output feeds no refit
             for i, layer in enumerate(encoder_layers(work)):
                 if i in counts.dropped:  # the copy skips it; the dense model runs it (in `walk`)
                     kept["heads"].append([])
@@ -127,6 +131,7 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                 changed = changed or i + 1 in counts.dropped  # its FFN stands in for the removed layers after it
                 module = work.get_submodule(layer.prefix)
                 work_calls = _at(work_calls, i)  # after removed layers, the calls of this one
+                kept_inputs = None if i == last else replay_store(layer, tokens_in_all)
                 _, layer_targets = next(walk)
                 clock = _add(timings, "forward", clock)
                 for kind, role, group, width, count, unit_scores in (
@@ -136,9 +141,10 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                          None if scores is None else scores.neurons(i))):
                     if count == width and not changed:  # the dense weights are already the exact fit
                         kept[kind].append(list(range(width)))
-                        continue
+                        continue  # (an FFN output left as it is keeps no inputs: the layer then runs again)
                     linear = layer.linears[role]
-                    gram, cross = _normal_equations(module, layer, role, work_calls, layer_targets[role], pre_norm)
+                    gram, cross = _normal_equations(module, layer, role, work_calls, layer_targets[role], pre_norm,
+                                                    kept_inputs if role == "ffn_out" else None)
                     clock = _add(timings, "grams", clock)
                     if selection == "output" or (selection == "output-heads" and kind == "heads"):
                         units = obs_keep(gram, cross, group, count, ridge, None if group > 1 else neuron_steps)
@@ -149,7 +155,8 @@ def select_and_refit(dense: nn.Module, batches: Iterable[Mapping[str, torch.Tens
                     _refit_columns(linear, gram, cross, _columns(units, group), ridge)
                     changed = True
                     clock = _add(timings, "refit", clock)
-                work_calls = [_advance(module, call) for call in work_calls]
+                if i != last:
+                    work_calls = next_calls(module, layer, work_calls, kept_inputs, fam)
                 clock = _add(timings, "forward", clock)
     finally:
         dense.train(was_training)

@@ -106,16 +106,13 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
                 module = refit.get_submodule(layer.prefix)
                 slim_calls = _at(slim_calls, i)
                 last = i == counterpart[-1]  # its output feeds no refit
-                width = layer.linears["ffn_out"].in_features + layer.linears["ffn_out"].out_features
-                kept = [] if not last and 4 * tokens_in_all * width <= REPLAY_MEMORY else None
+                kept = None if last else replay_store(layer, tokens_in_all)
                 for role in REFIT_ROLES:
                     gram, cross = _normal_equations(module, layer, role, slim_calls, layer_targets[role], pre_norm,
                                                     kept if role == "ffn_out" else None)
                     _solve_into(layer.linears[role], gram, cross, ridge)
                 if not last:
-                    norm = None if pre_norm else module.get_submodule(family(dense).output_norm)
-                    slim_calls = ((kept and _replayed(module, layer, slim_calls, kept, norm))
-                                  or [_advance(module, call) for call in slim_calls])
+                    slim_calls = next_calls(module, layer, slim_calls, kept, family(dense))
     finally:
         dense.train(was_training)
     return refit
@@ -296,6 +293,20 @@ def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCal
     finally:
         handle.remove()
     return gram.cpu(), cross.cpu()
+
+
+def replay_store(layer, tokens_in_all: int) -> list | None:
+    """An empty list for `_normal_equations` to keep a layer's FFN-output inputs in, for `next_calls`; None where
+    they would take more than `REPLAY_MEMORY`."""
+    width = layer.linears["ffn_out"].in_features + layer.linears["ffn_out"].out_features
+    return [] if 4 * tokens_in_all * width <= REPLAY_MEMORY else None
+
+
+def next_calls(module: nn.Module, layer, calls: list[_LayerCall], kept: list | None, fam) -> list[_LayerCall]:
+    """The next layer's calls once `module`'s output projections are refit: replayed from what its FFN-output fit
+    kept (`_replayed`) where it kept them and the first batch agrees, else from running the layer."""
+    norm = None if fam.pre_norm else module.get_submodule(fam.output_norm)
+    return (kept and _replayed(module, layer, calls, kept, norm)) or [_advance(module, call) for call in calls]
 
 
 def _replayed(module: nn.Module, layer, calls: list[_LayerCall], kept: list,
