@@ -105,6 +105,11 @@ class Family:
         ModernBERT; the refits read residuals and bridge removed layers differently then."""
         return self.output_norm is None
 
+    def output_norm_of(self, layer: nn.Module) -> nn.Module | None:
+        """The LayerNorm an encoder layer module's output passes through after its last residual add; None in a
+        pre-norm family, whose layer output is the residual sum itself."""
+        return None if self.output_norm is None else layer.get_submodule(self.output_norm)
+
     def blocks(self, path: str) -> int:
         """How many unit-ordered blocks the Linear at `path` stacks along its unit axis (1: a plain Linear)."""
         return dict(self.stacked).get(path, 1)

@@ -40,8 +40,8 @@ from ..tasks import without_labels
 from ..hashing import model_fingerprint
 from ..precision import autocast, choose
 from ..models import model_device, to_device
-from .refit_targets import (REFIT_ROLES, RefitTargets, bridge, real_token_count, recording_layer, residuals,
-                            tokens)
+from .refit_targets import (REFIT_ROLES, RefitTargets, bridge, next_kept, real_token_count, recording_layer,
+                            residuals, tokens)
 from .slicing import lineage
 
 
@@ -96,7 +96,7 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
         with torch.no_grad(), autocast(device, autocast_dtype):
             dense_calls = _first_layer_calls(dense, batch_list)  # the slim model's layers are called alike
             slim_layers = dict(zip(counterpart, encoder_layers(refit)))
-            pre_norm = family(dense).pre_norm
+            fam = family(dense)
             walk = (targets.walk(set(slim_layers)) if targets is not None
                     else dense_walk(dense, set(slim_layers), dense_calls))
             slim_calls = dense_calls
@@ -108,11 +108,11 @@ def reconstruct(slim: nn.Module, dense: nn.Module, batches: Iterable[Mapping[str
                 last = i == counterpart[-1]  # its output feeds no refit
                 kept = None if last else replay_store(layer, tokens_in_all)
                 for role in REFIT_ROLES:
-                    gram, cross = _normal_equations(module, layer, role, slim_calls, layer_targets[role], pre_norm,
-                                                    kept if role == "ffn_out" else None)
+                    gram, cross = _normal_equations(module, layer, role, slim_calls, layer_targets[role],
+                                                    fam.pre_norm, kept if role == "ffn_out" else None)
                     _solve_into(layer.linears[role], gram, cross, ridge)
                 if not last:
-                    slim_calls = next_calls(module, layer, slim_calls, kept, family(dense))
+                    slim_calls = next_calls(module, layer, slim_calls, kept, fam)
     finally:
         dense.train(was_training)
     return refit
@@ -205,9 +205,9 @@ def _run(module: nn.Module, call: _LayerCall) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _advance(module: nn.Module, call: _LayerCall, to: int | None = None) -> _LayerCall:
-    """The call of layer `to` (default: the next one) on the same batch, with `module`'s output."""
-    return _LayerCall(_run(module, call).float(), call.layer_args, call.index + 1 if to is None else to, call.real)
+def _advance(module: nn.Module, call: _LayerCall) -> _LayerCall:
+    """The next layer's call on the same batch, with `module`'s output."""
+    return _LayerCall(_run(module, call).float(), call.layer_args, call.index + 1, call.real)
 
 
 def _at(calls: list[_LayerCall], index: int) -> list[_LayerCall]:
@@ -228,10 +228,10 @@ def dense_walk(dense: nn.Module, kept: set[int], calls: list[_LayerCall]):
             calls = [_advance(module, call) for call in calls]
             i += 1
             continue
-        end = next((j for j in range(i + 1, len(layers)) if j in kept), len(layers))
+        end = next_kept(i, kept, len(layers))
         targets, calls = _dense_targets(module, layers[i], calls, fam.pre_norm)
         if end > i + 1:
-            norm = None if fam.output_norm is None else module.get_submodule(fam.output_norm)
+            norm = fam.output_norm_of(module)
             for j in range(i + 1, end):
                 calls = [_advance(dense.get_submodule(layers[j].prefix), call) for call in calls]
             targets["ffn_out"] = [bridge(z, tokens(call.hidden, call.real), norm)
@@ -284,7 +284,6 @@ def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCal
                 with torch.autocast(x.device.type, enabled=False):  # the Gram matrices stay float32
                     gram[:k, :k] += (x.T @ x).double()  # the ones column's blocks are sums
                     gram[:k, k] += x.sum(0).double()
-                    gram[k, :k] = gram[:k, k]
                     gram[k, k] += x.shape[0]
                     cross[:k] += (x.T @ y).double()
                     cross[k] += y.sum(0).double()
@@ -292,6 +291,7 @@ def _normal_equations(module: nn.Module, layer, role: str, calls: list[_LayerCal
                     kept.append((x, r))
     finally:
         handle.remove()
+    gram[k, :k] = gram[:k, k]  # symmetric: the ones column's sums are its row too
     return gram.cpu(), cross.cpu()
 
 
@@ -305,8 +305,7 @@ def replay_store(layer, tokens_in_all: int) -> list | None:
 def next_calls(module: nn.Module, layer, calls: list[_LayerCall], kept: list | None, fam) -> list[_LayerCall]:
     """The next layer's calls once `module`'s output projections are refit: replayed from what its FFN-output fit
     kept (`_replayed`) where it kept them and the first batch agrees, else from running the layer."""
-    norm = None if fam.pre_norm else module.get_submodule(fam.output_norm)
-    return (kept and _replayed(module, layer, calls, kept, norm)) or [_advance(module, call) for call in calls]
+    return (kept and _replayed(module, layer, calls, kept, fam.output_norm_of(module))) or [_advance(module, call) for call in calls]
 
 
 def _replayed(module: nn.Module, layer, calls: list[_LayerCall], kept: list,

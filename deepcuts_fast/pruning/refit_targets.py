@@ -148,16 +148,21 @@ class RefitTargets:
         fam = family(self._dense)
         for i in sorted(kept):
             targets = {role: list(rows) for role, rows in self.roles[i].items()}
-            end = next((j for j in range(i + 1, len(self._layers)) if j in kept), len(self._layers))
+            end = next_kept(i, kept, len(self._layers))
             if end > i + 1:
                 if self.outputs is None:
                     raise DeepCutsError("the slim model has layers removed, and these refit targets were recorded "
                                         "without the layer outputs bridging them needs (outputs=True)")
-                module = self._dense.get_submodule(self._layers[i].prefix)
-                norm = None if fam.output_norm is None else module.get_submodule(fam.output_norm)
+                norm = fam.output_norm_of(self._dense.get_submodule(self._layers[i].prefix))
                 after = self.outputs[end - 1]  # the dense hidden states after the removed layers
                 targets["ffn_out"] = [bridge(z, a, norm) for z, a in zip(targets["ffn_out"], after)]
             yield i, targets
+
+
+def next_kept(i: int, kept: set[int], count: int) -> int:
+    """The first layer in `kept` after layer `i` of `count` layers (`count` when none): the layers between are
+    removed, and layer `i`'s FFN output stands in for them (`bridge`)."""
+    return next((j for j in range(i + 1, count) if j in kept), count)
 
 
 def bridge(residual_sum: torch.Tensor, after: torch.Tensor, norm: nn.Module | None):
