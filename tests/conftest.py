@@ -178,3 +178,21 @@ def data_csv(tmp_path_factory):
             words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (n,), generator=g)]
             w.writerow([" ".join(words), i % 2])
     return path
+
+
+def assert_same_weights(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Every tensor of `a`'s state dict close to `b`'s, in order, named when not."""
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=name)
+
+
+def replay_results(monkeypatch) -> list:
+    """The return values of every replay of a layer's output after its refits (`pruning.reconstruct._replayed`; None
+    where the layer had to run again), collected while the test runs."""
+    import sys
+
+    module = sys.modules["deepcuts_fast.pruning.reconstruct"]  # the package exports the function of that name
+    seen: list = []
+    real = module._replayed
+    monkeypatch.setattr(module, "_replayed", lambda *a: seen.append(real(*a)) or seen[-1])
+    return seen

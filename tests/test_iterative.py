@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
+from conftest import FAMILIES, assert_same_weights, pad_id, replay_results, tiny_batches, tiny_model
 from test_cli_flags import api_pipeline, prune_argv, run
 from test_pruning import logits
 
@@ -51,8 +51,7 @@ def test_keeping_everything_changes_nothing():
     slim, plan, info = dc.prune_without_retraining(dense, calibration, keep_flops=1.0, seq_len=10,
                                                    method="iterative")
     assert info["heads"] == [4, 4] and info["neurons"] == [48, 48]
-    for (name, a), b in zip(slim.state_dict().items(), dense.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert_same_weights(slim, dense, rtol=0, atol=0)
 
 
 def lstsq_error(x: torch.Tensor, y: torch.Tensor, columns: list[int], ridge: float) -> float:
@@ -207,13 +206,10 @@ def test_layer_outputs_from_the_kept_ffn_inputs_give_the_choices_and_refits_of_r
     dense = tiny_model(arch, seed=4)
     calibration = tiny_batches(n_batches=3, batch_size=6, seq_len=12, seed=5, pad_id=pad_id(arch))
     counts = counts_plan(dense, heads=[2, 3], neurons=[20, 30])
-    replays: list = []
-    real_replayed = reconstruct_module._replayed
-    monkeypatch.setattr(reconstruct_module, "_replayed", lambda *a: replays.append(real_replayed(*a)) or replays[-1])
+    replays = replay_results(monkeypatch)
     masked, plan, _ = select_and_refit(dense, calibration, counts)
     assert replays and all(r is not None for r in replays)
     monkeypatch.setattr(reconstruct_module, "REPLAY_MEMORY", 0)
     run_masked, run_plan, _ = select_and_refit(dense, calibration, counts)
     assert (plan.heads, plan.neurons) == (run_plan.heads, run_plan.neurons)
-    for (name, x), (_, y) in zip(masked.state_dict().items(), run_masked.state_dict().items()):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_weights(masked, run_masked)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_batches, tiny_model
+from conftest import assert_same_weights, tiny_batches, tiny_model
 from test_pruning import logits
 
 import deepcuts_fast as dc
@@ -50,8 +50,7 @@ def test_pipeline_on_given_scores_matches_scoring_itself(monkeypatch):
     slim, plan, _ = dc.prune_without_retraining(dense, calibration, keep_flops=0.5, criterion="cam-cut",
                                                 seq_len=10, scores=shared)
     assert (plan.heads, plan.neurons) == (own_plan.heads, own_plan.neurons)
-    for (name, a), b in zip(slim.state_dict().items(), own_slim.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert_same_weights(slim, own_slim, rtol=0, atol=0)
     with pytest.raises(dc.DeepCutsError, match="lacks fisher.*score_many"):
         dc.prune_without_retraining(dense, calibration, keep_flops=0.5, criterion="gradient", seq_len=10,
                                     scores={"gradient": shared["gradient"]})

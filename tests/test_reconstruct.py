@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
+from conftest import FAMILIES, assert_same_weights, pad_id, replay_results, tiny_batches, tiny_model
 from test_pruning import logits, random_plan
 
 import deepcuts_fast as dc
@@ -175,14 +175,11 @@ def test_layer_outputs_computed_from_the_kept_ffn_inputs_give_the_refit_of_runni
     model = tiny_model(arch)
     batches = tiny_batches(n_batches=3, batch_size=6, seq_len=12, seed=9, pad_id=pad_id(arch))
     slim = dc.prune(model, random_plan(model, 2))
-    replays: list = []
-    real_replayed = reconstruct_module._replayed
-    monkeypatch.setattr(reconstruct_module, "_replayed", lambda *a: replays.append(real_replayed(*a)) or replays[-1])
+    replays = replay_results(monkeypatch)
     replayed = dc.reconstruct(slim, model, batches, dtype="fp32")
     assert replays and all(r is not None for r in replays)  # every layer but the last, none run again
     for setting, value in (("REPLAY_MEMORY", 0), ("REPLAY_TOLERANCE", -1.0)):  # too large to keep; a mismatch
         with monkeypatch.context() as m:
             m.setattr(reconstruct_module, setting, value)
             run = dc.reconstruct(slim, model, batches, dtype="fp32")
-        for (name, x), (_, y) in zip(replayed.state_dict().items(), run.state_dict().items()):
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+        assert_same_weights(replayed, run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, pad_id, tiny_batches, tiny_model
+from conftest import FAMILIES, assert_same_weights, pad_id, tiny_batches, tiny_model
 from test_pruning import random_plan
 
 import deepcuts_fast as dc
@@ -19,11 +19,6 @@ def recorded(model, batches, outputs: bool = False, criteria=("cam-cut", "fisher
     dc.score_many(model, batches, list(criteria), granularity="unit", progress=False, dtype=dtype,
                   observer=targets.recording)
     return targets
-
-
-def assert_same_weights(a, b) -> None:
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
